@@ -1,0 +1,1 @@
+"""Shared code of the HPA single-cell classification pipeline (see DESIGN.md)."""

@@ -1,0 +1,74 @@
+"""The one place for the facts every step shares: classes, channel order, statistics, paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- classes
+CLASS_NAMES: tuple[str, ...] = (
+    "Nucleoplasm",                                # 0
+    "Nuclear membrane",                           # 1
+    "Nucleoli",                                   # 2
+    "Nucleoli fibrillar center",                  # 3
+    "Nuclear speckles",                           # 4
+    "Nuclear bodies",                             # 5
+    "Endoplasmic reticulum",                      # 6
+    "Golgi apparatus",                            # 7
+    "Intermediate filaments",                     # 8
+    "Actin filaments",                            # 9
+    "Microtubules",                               # 10
+    "Mitotic spindle",                            # 11
+    "Centrosome",                                 # 12
+    "Plasma membrane",                            # 13
+    "Mitochondria",                               # 14
+    "Aggresome",                                  # 15
+    "Cytosol",                                    # 16
+    "Vesicles and punctate cytosolic patterns",   # 17
+    "Negative",                                   # 18
+)
+NUM_CLASSES = len(CLASS_NAMES)                    # 19
+NEGATIVE = 18                                     # "Negative": no specific staining
+MICROTUBULES = 10                                 # the class the red channel shows
+ENDOPLASMIC_RETICULUM = 6                         # the class the yellow channel shows
+
+# ----------------------------------------------------------------------------- channels
+# Canonical in-memory channel order everywhere (arrays are H x W x 4, tensors 4 x H x W):
+# red = microtubules, green = protein of interest, blue = nucleus, yellow = ER.
+CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+RED, GREEN, BLUE, YELLOW = 0, 1, 2, 3
+
+# Per-channel mean/std of uint8 images scaled to [0, 1], in CHANNELS order.
+# Competition images (HPA 2021 train set) and the public HPA external images differ a bit.
+CHANNEL_STATS: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "competition": {"mean": (0.0781, 0.0529, 0.0544, 0.0811), "std": (0.1288, 0.0852, 0.1344, 0.1272)},
+    "external":    {"mean": (0.0588, 0.0460, 0.0371, 0.0970), "std": (0.1062, 0.0827, 0.0978, 0.1610)},
+}
+
+# ----------------------------------------------------------------------------- paths
+ROOT = Path(__file__).resolve().parents[1]        # repository root
+INPUT_DIR = ROOT / "input"                        # everything a step reads (ignored by git)
+OUTPUT_DIR = ROOT / "output"                      # runs, submission, plots (ignored by git)
+COMP_DIR = INPUT_DIR / "hpa-single-cell-image-classification"  # competition layout / demo data
+HPA512_DIR = INPUT_DIR / "hpa-512"                # S2's processed images, folds, masks
+HPA_SEG_DIR = INPUT_DIR / "hpa-seg"               # official HPA segmentation weights (optional)
+
+
+def resolve(path: str | Path) -> Path:
+    """A path constant as given by a user: absolute stays, relative is taken from the repo root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def parse_labels(label: str | float | None) -> list[int]:
+    """'8|5|0' -> [8, 5, 0]; empty or NaN -> []. Raises ValueError on an id outside 0..18."""
+    if label is None or (isinstance(label, float) and label != label) or str(label).strip() == "":
+        return []
+    out = [int(x) for x in str(label).split("|")]
+    bad = [x for x in out if not 0 <= x < NUM_CLASSES]
+    if bad:
+        raise ValueError(f"class id(s) {bad} outside 0..{NUM_CLASSES - 1} in label {label!r}")
+    return out
+
+
+def format_labels(labels) -> str:
+    """[8, 5, 0] -> '8|5|0' (order kept)."""
+    return "|".join(str(int(x)) for x in labels)
