@@ -1,0 +1,54 @@
+"""The constants-block override mechanism shared by all scripts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common import config
+
+
+def _ns():
+    return {"EPOCHS": 3, "LR": 1e-3, "NAME": "run", "AMP": True, "SIZES": (128, 256),
+            "TAGS": ["a"], "OPTIONAL": None, "lowercase": 1, "_PRIVATE": 2}
+
+
+def test_defaults_and_typed_overrides():
+    ns = _ns()
+    cfg = config.parse(ns, ["--EPOCHS", "7", "--lr", "0.5", "--NAME=x", "--AMP", "false",
+                            "--SIZES", "64,96", "--TAGS", '["b","c"]', "--OPTIONAL", "path"], quiet=True)
+    assert cfg.EPOCHS == 7 and isinstance(cfg.EPOCHS, int)
+    assert cfg.LR == 0.5 and isinstance(cfg.LR, float)
+    assert cfg.NAME == "x" and cfg.AMP is False
+    assert cfg.SIZES == (64, 96) and cfg.TAGS == ["b", "c"] and cfg.OPTIONAL == "path"
+    assert ns["EPOCHS"] == 7, "the script's globals are updated"
+    assert "lowercase" not in cfg and "_PRIVATE" not in cfg
+
+
+def test_bare_bool_flag_means_true():
+    cfg = config.parse({"OVERWRITE": False, "N": 1}, ["--OVERWRITE", "--N", "2"], quiet=True)
+    assert cfg.OVERWRITE is True and cfg.N == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--EPOCH", "3"], "unknown constant --EPOCH"),
+    (["--EPOCHS", "three"], "--EPOCHS: cannot read 'three' as int"),
+    (["--AMP", "maybe"], "--AMP: cannot read 'maybe' as bool"),
+    (["--EPOCHS"], "--EPOCHS needs a value"),
+    (["EPOCHS", "3"], "unexpected argument"),
+])
+def test_bad_overrides_are_rejected(argv, message):
+    with pytest.raises(SystemExit) as e:
+        config.parse(_ns(), argv, quiet=True)
+    assert message in str(e.value)
+    if "unknown" in message:
+        assert "--EPOCHS" in str(e.value) and "--LR" in str(e.value), "lists the valid names"
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = config.parse(_ns(), ["--EPOCHS", "5"], quiet=True)
+    path = config.save(cfg, tmp_path / "run" / "config.json")
+    data = json.loads(path.read_text())
+    assert data["EPOCHS"] == 5 and data["SIZES"] == [128, 256]
+    assert config.load(path).EPOCHS == 5
+    assert not list((tmp_path / "run").glob(".*tmp*")), "no temporary file left behind"
