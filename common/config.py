@@ -44,6 +44,15 @@ _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
 
+def _auto(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _convert(name: str, text: str, default: Any) -> Any:
     try:
         if isinstance(default, bool):
@@ -65,6 +74,8 @@ def _convert(name: str, text: str, default: Any) -> Any:
                 items = [t.strip() for t in text.split(",") if t.strip()]
             if default:
                 items = [_convert(name, i, default[0]) if isinstance(i, str) else i for i in items]
+            else:  # empty default: numbers where they look like numbers
+                items = [_auto(i) if isinstance(i, str) else i for i in items]
             return type(default)(items)
         if default is None:
             return None if text.lower() in ("none", "null") else text
@@ -81,7 +92,9 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
     so module-level code sees them. Prints the resolved values unless ``quiet``.
     """
-    defaults = constants_of(namespace)
+    # The pristine defaults are remembered on the first call, so a second main() in the same
+    # process (tests, notebooks) starts from the constants block, not from the last overrides.
+    defaults = namespace.setdefault("_CONFIG_DEFAULTS", constants_of(namespace))
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = Config(defaults)
     i = 0

@@ -52,3 +52,16 @@ def test_save_and_load_round_trip(tmp_path):
     assert data["EPOCHS"] == 5 and data["SIZES"] == [128, 256]
     assert config.load(path).EPOCHS == 5
     assert not list((tmp_path / "run").glob(".*tmp*")), "no temporary file left behind"
+
+
+def test_empty_list_default_reads_numbers():
+    cfg = config.parse({"CLASSES": []}, ["--CLASSES", "11,15,x"], quiet=True)
+    assert cfg.CLASSES == [11, 15, "x"]
+
+
+def test_second_parse_starts_from_the_constants_block():
+    ns = _ns()
+    config.parse(ns, ["--EPOCHS", "9"], quiet=True)
+    assert ns["EPOCHS"] == 9
+    cfg = config.parse(ns, [], quiet=True)
+    assert cfg.EPOCHS == 3 and ns["EPOCHS"] == 3

@@ -1,0 +1,109 @@
+"""S6: score a submission with the competition metric (cell-level mAP, strict and lenient).
+
+Reads a submission (ID,ImageWidth,ImageHeight,PredictionString) and the per-cell truth
+(ID,ImageWidth,ImageHeight,cell_id,Label,EncodedMask; one row per cell and label, see
+common/metric.py), prints a per-class AP table and ends with exactly two lines
+``mAP_strict=<x>`` and ``mAP_lenient=<x>``. Beside the submission it writes
+``<stem>_scores.csv``, ``<stem>_ap.png`` (per-class AP bars), ``<stem>_pr.png`` (lenient
+precision-recall envelopes) and ``<stem>_eval_config.json``.
+
+``--MAKE truth`` first writes ``submission_truth.csv`` (beside SUBMISSION) from the truth: each
+true cell with its true labels at confidence 1 (must score 1.0). ``--MAKE broadcast`` writes
+``submission_broadcast.csv``: every true cell gets ALL labels of its image (the union over the
+image's cells) at confidence 1, the best a method that cannot tell cells apart can do. All its
+confidences tie, so the metric's tie rule decides: ties keep submission order (images in truth
+order, cells in truth order, classes ascending).
+"""
+# ---------------------------------------------------------------------------- input
+SUBMISSION = "output/submission.csv"  # the submission to score; MAKE writes submission_<MAKE>.csv beside it
+TRUTH = "input/hpa-single-cell-image-classification/test_cells.csv"  # per-(cell, label) truth CSV
+# ---------------------------------------------------------------------------- scoring
+MAKE = ""  # "" = score SUBMISSION; "truth" | "broadcast" = build that reference submission and score it
+IOU = 0.6  # mask IoU at or above which a detection matches a true cell
+# ---------------------------------------------------------------------------- output
+PLOTS = True  # write <stem>_ap.png and <stem>_pr.png beside the submission
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
+
+from common import config, constants, encoding, metric
+from common.io import atomic_to_csv
+
+_MAKE_CHOICES = ("", "truth", "broadcast")
+
+
+def make_reference(truth: pd.DataFrame, kind: str, path: Path) -> Path:
+    """Write the "truth" or "broadcast" reference submission built from the truth table."""
+    cells, labels, images = metric.truth_cells(truth)
+    pred = {}
+    for img, idx in images.items():
+        lab = labels[idx].astype(np.float64)
+        if kind == "broadcast":
+            lab = np.broadcast_to(lab.max(0), lab.shape)
+        masks = cells["EncodedMask"].to_numpy()[idx].tolist()
+        pred[img] = encoding.prediction_string(masks, lab, min_conf=0.5)  # the 1s, written as "1"
+    sample = cells.drop_duplicates("ID")[["ID", "ImageWidth", "ImageHeight"]]
+    return encoding.write_submission(pred, sample, path)
+
+
+def score_table(strict: dict, lenient: dict) -> pd.DataFrame:
+    rows = []
+    for c in range(constants.NUM_CLASSES):
+        rows.append({"class": c, "name": constants.CLASS_NAMES[c], "n_gt": strict["n_gt"][c],
+                     "ap_strict": strict["per_class"].get(c, np.nan),
+                     "ap_lenient": lenient["per_class"].get(c, np.nan)})
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    def f(x):
+        return "    -" if pd.isna(x) else f"{x:.4f}"
+
+    lines = [f"{'class':>5}  {'name':<42} {'n_gt':>6}  {'AP_strict':>9}  {'AP_lenient':>10}"]
+    for r in table.itertuples(index=False):
+        lines.append(f"{r[0]:>5}  {r[1]:<42} {r[2]:>6}  {f(r[3]):>9}  {f(r[4]):>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    if cfg.MAKE not in _MAKE_CHOICES:
+        raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
+    sub_path = constants.resolve(cfg.SUBMISSION)
+    try:
+        truth = metric.read_truth(constants.resolve(cfg.TRUTH))
+        if cfg.MAKE:
+            sub_path = make_reference(truth, cfg.MAKE, sub_path.parent / f"submission_{cfg.MAKE}.csv")
+            print(f"wrote {sub_path}")
+        sub = encoding.read_submission(sub_path)
+        strict = metric.score_submission(sub, truth, "strict", cfg.IOU)
+        lenient = metric.score_submission(sub, truth, "lenient", cfg.IOU)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"S6: {e}") from None
+
+    stem = sub_path.parent / sub_path.stem
+    table = score_table(strict, lenient)
+    atomic_to_csv(table, f"{stem}_scores.csv")
+    config.save(cfg, f"{stem}_eval_config.json")
+    if cfg.PLOTS:
+        from common import plots
+
+        plots.plot_class_ap({"strict": strict["per_class"], "lenient": lenient["per_class"]},
+                            f"{stem}_ap.png", title=f"per-class AP: {sub_path.name}")
+        plots.plot_pr_curves(lenient["pr"], f"{stem}_pr.png",
+                             title=f"precision-recall (lenient): {sub_path.name}")
+    if strict["n_images_ignored"]:
+        print(f"note: {strict['n_images_ignored']} submission row(s) have no truth and were ignored")
+    print(f"scored {sub_path} against {constants.resolve(cfg.TRUTH)} ({len(sub)} rows, IoU >= {cfg.IOU})")
+    print(format_table(table))
+    print(f"mAP_strict={strict['mAP']:.4f}")
+    print(f"mAP_lenient={lenient['mAP']:.4f}")
+    return {"strict": strict, "lenient": lenient, "submission": sub_path}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""S6_evaluate end to end on a tiny truth CSV built here."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import encoding
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_s6():
+    spec = importlib.util.spec_from_file_location("S6_evaluate", ROOT / "S6_evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["S6_evaluate"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def truth_csv(tmp_path):
+    """Two 16x16 images; in "x" the cells differ in labels, in "y" the single cell has 2 labels."""
+    lab = np.zeros((16, 16), np.uint16)
+    lab[0:6, 0:6], lab[8:14, 0:6], lab[0:6, 8:14] = 1, 2, 3
+    masks = encoding.encode_label_map(lab)
+    rows = [("x", 1, 0), ("x", 1, 16), ("x", 2, 16), ("x", 3, 5), ("y", 1, 2), ("y", 1, 18)]
+    df = pd.DataFrame([{"ID": i, "ImageWidth": 16, "ImageHeight": 16, "cell_id": c, "Label": label,
+                        "EncodedMask": masks[c]} for i, c, label in rows])
+    path = tmp_path / "truth" / "test_cells.csv"
+    path.parent.mkdir()
+    df.to_csv(path, index=False)
+    return path
+
+
+def _run(capsys, *args):
+    _load_s6().main(list(args))
+    return capsys.readouterr().out.strip().splitlines()
+
+
+def test_truth_submission_scores_one_and_writes_outputs(truth_csv, tmp_path, capsys):
+    sub = tmp_path / "out" / "submission.csv"
+    lines = _run(capsys, "--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--MAKE", "truth")
+    assert lines[-2:] == ["mAP_strict=1.0000", "mAP_lenient=1.0000"]
+    made = tmp_path / "out" / "submission_truth.csv"
+    df = encoding.read_submission(made)
+    assert df["ID"].tolist() == ["x", "y"]
+    assert len(df["PredictionString"][0].split()) == 3 * 4  # 4 (cell, label) pairs in "x"
+    for suffix in ("_scores.csv", "_ap.png", "_pr.png", "_eval_config.json"):
+        assert (tmp_path / "out" / f"submission_truth{suffix}").stat().st_size > 0
+    scores = pd.read_csv(tmp_path / "out" / "submission_truth_scores.csv")
+    assert len(scores) == 19
+    assert scores.set_index("class").loc[16, "n_gt"] == 2
+    assert scores.set_index("class")["ap_strict"].isna().sum() == 19 - 5  # classes 0, 2, 5, 16, 18
+    # scoring the written file again (MAKE="") gives the same result, without plots
+    lines = _run(capsys, "--SUBMISSION", str(made), "--TRUTH", str(truth_csv), "--PLOTS", "false")
+    assert lines[-2:] == ["mAP_strict=1.0000", "mAP_lenient=1.0000"]
+
+
+def test_broadcast_scores_below_one_when_cells_differ(truth_csv, tmp_path, capsys):
+    sub = tmp_path / "submission.csv"
+    lines = _run(capsys, "--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--MAKE", "broadcast",
+                 "--PLOTS", "false")
+    # Image x's 3 cells all get {0, 5, 16}; y is exact. Ties keep submission order (cells 1, 2, 3):
+    # class 0: TP, FP, FP -> 1; class 5: FP, FP, TP -> 1/3; class 16: TP, TP, FP -> 1; 2, 18: 1.
+    # Strict mAP = (1 + 1/3 + 1 + 1 + 1) / 5; lenient is the same (every detection's class is in its image).
+    expected = (4 + 1 / 3) / 5
+    assert lines[-2] == f"mAP_strict={expected:.4f}"
+    assert lines[-1] == f"mAP_lenient={expected:.4f}"
+    assert expected < 1
+    assert (tmp_path / "submission_broadcast.csv").is_file()
+    assert not (tmp_path / "submission_broadcast_ap.png").exists()
+
+
+def test_missing_files_are_named(truth_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="nothere.csv"):
+        _load_s6().main(["--SUBMISSION", str(tmp_path / "nothere.csv"), "--TRUTH", str(truth_csv)])
+    with pytest.raises(SystemExit, match="notruth.csv"):
+        _load_s6().main(["--SUBMISSION", str(tmp_path / "s.csv"), "--TRUTH", str(tmp_path / "notruth.csv")])
+    with pytest.raises(SystemExit, match="MAKE"):
+        _load_s6().main(["--TRUTH", str(truth_csv), "--MAKE", "bogus"])
