@@ -142,6 +142,16 @@ def write_channels(folder: str | Path, image_id: str, img: np.ndarray) -> None:
                 raise OSError(f"{p}: cannot write")
 
 
+def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize an H x W x C image to ``size`` (side, or (height, width)); area averaging when shrinking."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = h * w < img.shape[0] * img.shape[1]
+    out = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out.reshape(int(h), int(w), *img.shape[2:])
+
+
 # ----------------------------------------------------------------------------- 4-channel PNG
 def write_rgby(path: str | Path, img: np.ndarray) -> Path:
     """Write an H x W x 4 uint8 RGBY image as one 4-channel PNG (stored as R,G,B,A = R,G,B,Y)."""

@@ -116,3 +116,33 @@ def plot_training_curves(summary_csv: str | Path, out_png: str | Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     return _save(fig, path=out_png)
+
+
+def false_colour(image: np.ndarray) -> np.ndarray:
+    """H x W x 4 RGBY uint8 -> H x W x 3 RGB for display (yellow added to red and green)."""
+    img = image.astype(np.float32)
+    rgb = np.stack([img[..., 0] + 0.5 * img[..., 3], img[..., 1] + 0.5 * img[..., 3], img[..., 2]], -1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def plot_cell_overlay(image: np.ndarray, labels: np.ndarray, cell_ids, probs: np.ndarray,
+                      path: str | Path, top: int = 2, min_prob: float = 0.2, title: str = "") -> Path:
+    """The image in false colour, every cell outlined and labelled with its top classes."""
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    plt = _pyplot()
+    rgb = false_colour(image)
+    rgb[find_boundaries(labels, mode="inner")] = (255, 255, 255)
+    fig, ax = plt.subplots(figsize=(8, 8 * image.shape[0] / image.shape[1]))
+    ax.imshow(rgb)
+    ax.set_axis_off()
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, list(cell_ids)) if len(cell_ids) else []
+    for cid, (cy, cx), p in zip(cell_ids, centres, probs):
+        order = np.argsort(-p)[:top]
+        text = "\n".join(f"{CLASS_NAMES[c][:14]} {p[c]:.2f}" for c in order if p[c] >= min_prob) or "-"
+        ax.text(cx, cy, f"{cid}\n{text}", color="white", fontsize=5, ha="center", va="center",
+                bbox={"facecolor": "black", "alpha": 0.45, "pad": 1, "linewidth": 0})
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path)

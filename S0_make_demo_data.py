@@ -1,0 +1,69 @@
+"""S0: write a small synthetic HPA-like dataset with per-cell truth in the competition layout.
+
+    python S0_make_demo_data.py                       # 64 train + 16 test images, 512 px
+    python S0_make_demo_data.py --IMAGE_SIZE 2048     # real-size images
+
+Writes OUT_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv,
+{train,test}_cell_truth/{ID}.png, {train,test}_nucleus_truth/{ID}.png (uint16 label maps, same
+ids), {train,test}_cells.csv (one row per cell and label) and demo_config.json (written last).
+Skips when OUT_DIR already holds a demo made with the same config (unless OVERWRITE); refuses
+to write over a folder that holds a train.csv but no demo config (it may be the real data).
+"""
+# ---------------------------------------------------------------------------- data
+N_TRAIN = 64              # training images
+N_TEST = 16               # test images (truth in test_cells.csv, labels hidden in sample_submission)
+IMAGE_SIZE = 512          # side of the square images in pixels (2048 = real HPA size)
+MIN_CELLS = 8             # fewest cells per image
+MAX_CELLS = 30            # most cells per image
+FRAC_16BIT = 0.25         # fraction of images written as 16-bit PNGs (exercises io's 16-bit path)
+LABEL_TEMPER = 0.5        # label-combo weight = real count ** LABEL_TEMPER (1 = real frequencies)
+RARE_BOOST = 0.5          # chance an image's combo is drawn among those holding a uniformly chosen class
+# ---------------------------------------------------------------------------- run
+SEED = 2021               # everything (ids, labels, pixels) follows from this seed
+OUT_DIR = "input/hpa-single-cell-image-classification"  # where the competition layout is written
+NUM_WORKERS = 2           # processes generating images (1 = in this process)
+OVERWRITE = False         # regenerate even when the same demo already exists
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import config, constants, demo_data
+
+# constants that change the generated data (the rest only change how it is made)
+_DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC_16BIT", "LABEL_TEMPER",
+              "RARE_BOOST", "SEED")
+
+
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    out_dir = constants.resolve(cfg.OUT_DIR)
+    wanted = {k: cfg[k] for k in _DATA_KEYS} | {"GENERATOR_VERSION": demo_data.VERSION}
+    old = demo_data.read_config(out_dir)
+    if old is None and (out_dir / "train.csv").exists() and not cfg.OVERWRITE:
+        raise SystemExit(f"{out_dir} holds a train.csv but no {demo_data.CONFIG_NAME}: it may be real "
+                         "competition data; not writing over it (use --OVERWRITE true to force)")
+    if old is not None and {k: old.get(k) for k in wanted} == wanted and not cfg.OVERWRITE:
+        missing = [p for p in demo_data.demo_outputs(out_dir) if not p.exists()]
+        if not missing:
+            print(f"demo data with the same config already in {out_dir}; skipping (--OVERWRITE true to redo)")
+            return out_dir
+    if old is not None or cfg.OVERWRITE:
+        demo_data.remove_outputs(out_dir)
+    if cfg.N_TRAIN < 1 or cfg.N_TEST < 0:
+        raise SystemExit(f"need N_TRAIN >= 1 and N_TEST >= 0, got {cfg.N_TRAIN}, {cfg.N_TEST}")
+    t0 = time.time()
+    summary = demo_data.make_dataset(
+        out_dir, cfg.N_TRAIN, cfg.N_TEST, cfg.IMAGE_SIZE, cfg.SEED, min_cells=cfg.MIN_CELLS,
+        max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
+        rare_boost=cfg.RARE_BOOST, num_workers=cfg.NUM_WORKERS, progress=True)
+    config.save(dict(cfg) | wanted, out_dir / demo_data.CONFIG_NAME)  # last: marks the dataset complete
+    counts = ", ".join(f"{c}:{n}" for c, n in enumerate(summary["class_images"]))
+    print(f"wrote {summary['n_train']} train + {summary['n_test']} test images ({summary['n_cells']} cells) "
+          f"to {out_dir} in {time.time() - t0:.1f}s; images per class {counts}")
+    return out_dir
+
+
+if __name__ == "__main__":
+    main()

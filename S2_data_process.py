@@ -1,0 +1,307 @@
+"""S2: resize every image to IMAGE_SIZE, segment its cells, assign folds.
+
+Reads   DATA_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv
+        (+ DATA_DIR/train_external/ and train_external.csv from S1, when present)
+Writes  OUT_DIR/{train,test}/{ID}.png                 4-channel RGBY PNG, IMAGE_SIZE x IMAGE_SIZE
+        OUT_DIR/{train,test}_cell_mask/{ID}.npz       keys cell, nucleus (uint16, same ids, 0 = background)
+        OUT_DIR/meta/{train,test}/{ID}.json           one record per finished image (sizes, n_cells)
+        OUT_DIR/train_all.csv, OUT_DIR/test.csv       rebuilt from all records at the end of every run
+        OUT_DIR/s2_failures.csv                       images that could not be processed, with the reason
+
+Finished images are skipped (resume after an interruption; --OVERWRITE redoes them). --SHARD i/n does
+every n-th image so a cluster array can split the work; any shard's end rebuilds the CSVs from the
+records present. Run:  python S2_data_process.py [--SEGMENTER builtin] [--NUM_WORKERS 8] [--SHARD 0/4]
+"""
+# ---------------------------------------------------------------------------- data
+DATA_DIR = "input/hpa-single-cell-image-classification"  # competition layout (or S0's demo data)
+OUT_DIR = "input/hpa-512"                                 # where the processed images, masks, CSVs go
+EXTERNAL = True                                           # include DATA_DIR/train_external (S1) if present
+# ---------------------------------------------------------------------------- images
+IMAGE_SIZE = 512                                          # side of the written images and masks (px)
+# ---------------------------------------------------------------------------- folds
+N_FOLDS = 5                                               # MultilabelStratifiedKFold splits
+SEED = 42                                                 # fold shuffling seed
+# ---------------------------------------------------------------------------- segmentation
+SEGMENTER = "auto"                                        # auto | builtin | hpa (alias hpacellseg)
+HPA_SEG_DIR = "input/hpa-seg"                             # official HPA segmentation weights
+SEG_AT = "auto"                                           # where to segment: resized | original | auto
+SEG_BATCH = 8                                             # images per segment() call (HPA networks)
+DEVICE = "auto"                                           # device of the HPA networks (auto | cpu | cuda)
+# ---------------------------------------------------------------------------- run
+NUM_WORKERS = 4                                           # processes (builtin); 1 = in this process
+SHARD = ""                                                # "i/n": do every n-th image from the i-th (0-based)
+OVERWRITE = False                                         # redo images whose outputs already exist
+
+import json
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from common import config, constants, io, parallel, segmentation
+
+_SPLITS = ("train", "test")
+
+
+# ----------------------------------------------------------------------------- layout
+def out_paths(out_dir: Path, split: str, image_id: str) -> dict[str, Path]:
+    """Where S2 writes the outputs of one image."""
+    return {"image": out_dir / split / f"{image_id}.png",
+            "mask": out_dir / f"{split}_cell_mask" / f"{image_id}.npz",
+            "meta": out_dir / "meta" / split / f"{image_id}.json",
+            "failed": out_dir / "meta" / "failed" / split / f"{image_id}.json"}
+
+
+def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={"ID": str})
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"{path}: cannot read CSV ({e})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    if df["ID"].isna().any() or df["ID"].duplicated().any():
+        dup = df["ID"][df["ID"].duplicated()].head(3).tolist()
+        raise SystemExit(f"{path}: empty or duplicated IDs (e.g. {dup})")
+    return df
+
+
+def list_images(data_dir: Path, external: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test): train = ID, Label, is_ext, folder; test = ID, folder (sample_submission order)."""
+    parts = []
+    if (data_dir / "train.csv").is_file():
+        t = _read_csv(data_dir / "train.csv", ["ID", "Label"])[["ID", "Label"]]
+        parts.append(t.assign(is_ext=0, folder=str(data_dir / "train")))
+    ext_csv = data_dir / "train_external.csv"
+    if external and ext_csv.is_file():
+        e = _read_csv(ext_csv, ["ID", "Label"])[["ID", "Label"]]
+        parts.append(e.assign(is_ext=1, folder=str(data_dir / "train_external")))
+    train = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["ID", "Label", "is_ext", "folder"])
+    dup = train["ID"][train["ID"].duplicated()]
+    if len(dup):
+        raise SystemExit(f"{data_dir}: IDs in both train.csv and train_external.csv, "
+                         f"e.g. {dup.head(3).tolist()}")
+    for row in train.itertuples():
+        try:
+            constants.parse_labels(row.Label)
+        except ValueError as err:
+            src = ext_csv if row.is_ext else data_dir / "train.csv"
+            raise SystemExit(f"{src}: image {row.ID}: {err}") from None
+    test = pd.DataFrame(columns=["ID", "folder"])
+    if (data_dir / "sample_submission.csv").is_file():
+        s = _read_csv(data_dir / "sample_submission.csv", ["ID"])
+        test = pd.DataFrame({"ID": s["ID"], "folder": str(data_dir / "test")})
+    if train.empty and test.empty:
+        raise SystemExit(f"{data_dir}: found neither train.csv nor sample_submission.csv "
+                         "(run S0_make_demo_data.py for demo data, or download the competition data)")
+    return train, test
+
+
+# ----------------------------------------------------------------------------- folds
+def assign_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
+    """Fold of each row (index-aligned): multilabel-stratified on the 19 classes and is_ext; rows are
+    sorted by ID first, so the folds depend only on the set of (ID, Label, is_ext), not on CSV order."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    order = train.sort_values("ID", kind="stable").index
+    n = len(order)
+    folds = pd.Series(-1, index=train.index, dtype=int)
+    if n == 0:
+        return folds
+    if n < n_folds:
+        print(f"warning: only {n} training images for {n_folds} folds; folds assigned round-robin")
+        folds.loc[order] = np.arange(n) % n_folds
+        return folds
+    y = np.zeros((n, constants.NUM_CLASSES + 1), np.int8)
+    for r, i in enumerate(order):
+        y[r, constants.parse_labels(train.at[i, "Label"])] = 1
+        y[r, -1] = int(train.at[i, "is_ext"])
+    mskf = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val) in enumerate(mskf.split(np.zeros(n), y)):
+        folds.loc[order[val]] = k
+    return folds
+
+
+# ----------------------------------------------------------------------------- one batch (in a worker)
+_SEGMENTERS: dict = {}
+
+
+def _segmenter(opts: dict):
+    key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"])
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = segmentation.get_segmenter(opts["segmenter"], weights_dir=opts["hpa_seg_dir"],
+                                                      device=opts["device"])
+    return _SEGMENTERS[key]
+
+
+def _fail(paths: dict, split: str, image_id: str, reason: str) -> dict:
+    rec = {"ID": image_id, "split": split, "ok": False, "reason": reason}
+    io.atomic_write_text(paths["failed"], json.dumps(rec) + "\n")
+    return rec
+
+
+def _prepare(task: tuple, opts: dict, out_dir: Path):
+    """Read one image, write its IMAGE_SIZE version; (split, id, paths, (h, w), segmentation input)."""
+    split, folder, image_id = task
+    paths = out_paths(out_dir, split, image_id)
+    try:
+        img = io.read_image(folder, image_id)
+        small = cv2.resize(img, (opts["image_size"],) * 2, interpolation=cv2.INTER_AREA)
+        io.write_rgby(paths["image"], small)
+        return split, image_id, paths, img.shape[:2], small if opts["seg_at"] == "resized" else img
+    except Exception as e:  # noqa: BLE001 - a bad image is reported, the others go on
+        return _fail(paths, split, image_id, f"{type(e).__name__}: {e}")
+
+
+def process_batch(batch: dict) -> list[dict]:
+    """Read, resize, write, segment and save a few images; one record per image (``ok`` or ``reason``)."""
+    opts, out_dir, size = batch["opts"], Path(batch["opts"]["out_dir"]), batch["opts"]["image_size"]
+    tasks = batch["tasks"]
+    if len(tasks) > 1 and opts.get("io_threads", 1) > 1:  # decoding PNGs releases the GIL
+        with ThreadPoolExecutor(min(opts["io_threads"], len(tasks))) as ex:
+            prepared = list(ex.map(lambda t: _prepare(t, opts, out_dir), tasks))
+    else:
+        prepared = [_prepare(t, opts, out_dir) for t in tasks]
+    records = [r for r in prepared if isinstance(r, dict)]
+    ready = [r for r in prepared if not isinstance(r, dict)]
+    if not ready:
+        return records
+    try:
+        results = _segmenter(opts).segment([r[4] for r in ready])
+    except Exception as e:  # noqa: BLE001
+        return records + [_fail(r[2], r[0], r[1], f"segmentation failed: {type(e).__name__}: {e}")
+                          for r in ready]
+    for (split, image_id, paths, (h, w), _), (cell, nuc) in zip(ready, results):
+        try:
+            cell = segmentation.resize_labels(cell, size)
+            nuc = segmentation.resize_labels(nuc, size) if nuc is not None else np.zeros_like(cell)
+            cell, nuc = segmentation.relabel(cell, nuc)
+            io.save_masks(paths["mask"], cell, nuc)
+            rec = {"ID": image_id, "split": split, "ok": True, "ImageWidth": int(w), "ImageHeight": int(h),
+                   "n_cells": int(cell.max()) if cell.size else 0, "segmenter": opts["segmenter"],
+                   "seg_at": opts["seg_at"]}
+            io.atomic_write_text(paths["meta"], json.dumps(rec) + "\n")  # written last: marks the image done
+            paths["failed"].unlink(missing_ok=True)
+            records.append(rec)
+        except Exception as e:  # noqa: BLE001
+            records.append(_fail(paths, split, image_id, f"{type(e).__name__}: {e}"))
+    return records
+
+
+# ----------------------------------------------------------------------------- tables
+def _records(folder: Path) -> pd.DataFrame:
+    rows = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rows.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            print(f"warning: {p}: unreadable record, ignored (the image will be redone next run)")
+            p.unlink(missing_ok=True)
+    return pd.DataFrame(rows)
+
+
+def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds: int, seed: int) -> dict:
+    """(Re)write train_all.csv, test.csv and s2_failures.csv from every record under OUT_DIR/meta."""
+    counts = {}
+    train = train.assign(fold=assign_folds(train, n_folds, seed))
+    for split, table, cols in (
+            ("train", train, ["ID", "Label", "is_ext", "fold", "ImageWidth", "ImageHeight", "n_cells"]),
+            ("test", test, ["ID", "ImageWidth", "ImageHeight", "n_cells"])):
+        rec = _records(out_dir / "meta" / split)
+        if rec.empty:
+            rec = pd.DataFrame(columns=["ID", "ImageWidth", "ImageHeight", "n_cells"])
+        df = table.merge(rec[["ID", "ImageWidth", "ImageHeight", "n_cells"]], on="ID", how="inner")
+        for c in ("ImageWidth", "ImageHeight", "n_cells"):
+            df[c] = df[c].astype(int)
+        name = "train_all.csv" if split == "train" else "test.csv"
+        io.atomic_to_csv(df[cols], out_dir / name)
+        counts[split] = (len(df), len(table), df["n_cells"].to_numpy())
+    fails = pd.concat([_records(out_dir / "meta" / "failed" / s) for s in _SPLITS], ignore_index=True)
+    if fails.empty:
+        fails = pd.DataFrame(columns=["ID", "split", "reason"])
+    io.atomic_to_csv(fails[["ID", "split", "reason"]], out_dir / "s2_failures.csv")
+    counts["failed"] = fails
+    return counts
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUT_DIR)
+    seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
+    if cfg.IMAGE_SIZE < 16:
+        raise SystemExit(f"--IMAGE_SIZE {cfg.IMAGE_SIZE}: too small")
+    try:
+        shard = parallel.parse_shard(cfg.SHARD)
+        seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    seg_at = cfg.SEG_AT.strip().lower()
+    if seg_at == "auto":
+        seg_at = "original" if seg_name == "hpa" else "resized"
+    if seg_at not in ("resized", "original"):
+        raise SystemExit(f"--SEG_AT {cfg.SEG_AT!r}: choose resized, original or auto")
+    why = ""
+    if cfg.SEGMENTER.strip().lower() == "auto":
+        why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
+    print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
+
+    train, test = list_images(data_dir, cfg.EXTERNAL)
+    tasks = [("train", r.folder, r.ID) for r in train.itertuples()] + \
+            [("test", r.folder, r.ID) for r in test.itertuples()]
+    tasks = parallel.shard(tasks, shard)  # the full list first: shard i always owns the same images
+
+    def outputs(t):
+        p = out_paths(out_dir, t[0], t[2])
+        return [p["meta"], p["image"], p["mask"]]
+
+    todo, done = parallel.split_done(tasks, outputs, overwrite=cfg.OVERWRITE)
+    print(f"S2: {len(tasks)} images in this shard: {len(done)} already done, {len(todo)} to do")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, out_dir / "meta" / f"s2_config_shard{shard[0]}of{shard[1]}.json")
+
+    opts = {"out_dir": str(out_dir), "image_size": cfg.IMAGE_SIZE, "seg_at": seg_at, "segmenter": seg_name,
+            "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1)}
+    if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch
+        step, workers = max(cfg.SEG_BATCH, 1), 1
+    else:
+        step, workers = 1, cfg.NUM_WORKERS
+    batches = [{"opts": opts, "tasks": todo[i:i + step]} for i in range(0, len(todo), step)]
+    records = []
+    for o in parallel.run_parallel(process_batch, batches, workers, desc="S2 images"):
+        if o.ok:
+            records.extend(o.value)
+        else:  # the batch itself died (e.g. a worker killed for memory): record each image
+            for split, _, image_id in o.item["tasks"]:
+                records.append(_fail(out_paths(out_dir, split, image_id), split, image_id, o.error))
+
+    counts = build_tables(out_dir, train, test, cfg.N_FOLDS, cfg.SEED)
+    ok = [r for r in records if r["ok"]]
+    failed = [r for r in records if not r["ok"]]
+    print(f"S2 done: {len(ok)} processed, {len(done)} skipped (already done), {len(failed)} failed")
+    for r in failed[:20]:
+        print(f"  failed {r['split']}/{r['ID']}: {r['reason']}")
+    if len(failed) > 20:
+        print(f"  ... {len(failed) - 20} more in {out_dir / 's2_failures.csv'}")
+    for split in _SPLITS:
+        n, total, cells = counts[split]
+        stats = (f"cells/image min {cells.min()} median {np.median(cells):.0f} mean {cells.mean():.1f} "
+                 f"max {cells.max()}, {int((cells == 0).sum())} without cells") if n else "no images"
+        print(f"  {split}: {n}/{total} images in {'train_all' if split == 'train' else 'test'}.csv; {stats}")
+    if len(counts["failed"]):
+        reasons = Counter(r.split(":")[0] for r in counts["failed"]["reason"])
+        print(f"  {len(counts['failed'])} images listed in s2_failures.csv ({dict(reasons)})")
+    return {"processed": len(ok), "skipped": len(done), "failed": len(failed), "segmenter": seg_name,
+            "train_rows": counts["train"][0], "test_rows": counts["test"][0],
+            "failures_listed": len(counts["failed"])}
+
+
+if __name__ == "__main__":
+    main()

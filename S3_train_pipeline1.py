@@ -1,0 +1,132 @@
+"""S3 - pipeline 1: train an image-level classifier on whole 4-channel images with the HPA
+augmentations ("masked" or "center_cells" variant), one fold at a time.
+
+Reads  DATA_DIR/train_all.csv (ID, Label, is_ext, fold, ...) and DATA_DIR/train/{ID}.png (S2).
+Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
+       best.pth last.pth config.json summary.csv train.log curves.png
+
+    python S3_train_pipeline1.py --FOLD 0 --VARIANT masked
+    torchrun --nproc_per_node=4 S3_train_pipeline1.py --FOLD 0     # DDP, BATCH_SIZE per GPU
+    python S3_train_pipeline1.py --FOLD 0 --RESUME                 # continue from last.pth
+"""
+# ---------------------------------------------------------------------------- data
+DATA_DIR = "input/hpa-512"                 # S2 output folder (relative to the repo root)
+TRAIN_CSV = "train_all.csv"                # table inside DATA_DIR
+IMAGE_SUBDIR = "train"                     # 4-channel PNGs inside DATA_DIR
+FOLD = 0                                   # validation fold; -1 = train on everything, no validation
+USE_EXTERNAL = True                        # train on the external (is_ext=1) images too
+VAL_EXTERNAL = False                       # validate on external images of the fold too
+MAX_IMAGES = 0                             # keep only the first N rows (0 = all), for smoke runs
+# ---------------------------------------------------------------------------- model
+PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
+VARIANT = "masked"                         # masked | center_cells: augmentation set and S5 views
+MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm model name (tag optional)
+PRETRAINED = True                          # ImageNet weights from the timm hub / HF cache
+PRETRAINED_FILE = ""                       # local weights file instead of the hub
+DROPOUT = 0.5                              # p of each multi-sample-dropout mask
+MSD_SAMPLES = 5                            # dropout masks averaged by the head
+IMAGE_SIZE = 512                           # training resolution (images resized when different)
+LOSS = "lovasz"                            # bce | focal | lovasz (focal+Lovász+hard log, 0.5 each) | spec
+# ---------------------------------------------------------------------------- augmentation
+P_FLIP = 0.5                               # each of transpose / h-flip / v-flip
+P_AFFINE = 0.75                            # shift 0.2 / scale 0.2 / rotate 45
+P_COARSE_DROPOUT = 0.7                     # one 70% hole ("masked" variant only)
+P_GREEN_TO_NEGATIVE = 0.05                 # green * U(0, 0.1) and label -> {Negative}
+P_GREEN_FROM_OTHER = 0.05                  # green <- red (-> {Microtubules}) or yellow (-> {ER}) * U(0.6, 1)
+P_INTENSITY = 0.5                          # per-channel intensity scaling
+INTENSITY_RANGE = [0.6, 1.1]               # range of the per-channel factor
+# ---------------------------------------------------------------------------- training
+EPOCHS = 20                                # training epochs
+BATCH_SIZE = 16                            # images per GPU and step
+LR = 3e-4                                  # peak learning rate
+WEIGHT_DECAY = 1e-2                        # weight decay (weights only, not biases/norms)
+OPTIMIZER = "adamw"                        # adamw | adam
+WARMUP_EPOCHS = 1.0                        # linear warm-up (epochs)
+MIN_LR = 1e-6                              # end of the cosine
+ACCUM_STEPS = 1                            # gradient accumulation
+EMA_DECAY = 0.0                            # EMA of the weights (0 = off)
+AMP = True                                 # mixed precision on CUDA
+NUM_WORKERS = 8                            # DataLoader workers per process
+SEED = 42                                  # global seed (data order, augmentations, init)
+DEVICE = "auto"                            # auto | cpu | cuda
+RESUME = False                             # continue from <run>/fold<k>/last.pth
+MONITOR = "val_mAP"                        # metric selecting best.pth
+MAX_TRAIN_STEPS = 0                        # batches per epoch cap (0 = all)
+# ---------------------------------------------------------------------------- output
+OUTPUT_DIR = "output"                      # runs go to OUTPUT_DIR/RUN_NAME/fold<k>
+RUN_NAME = ""                              # empty: p1_<model>_<size>_<variant>_<loss>
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pandas as pd
+
+from common import augment, config, constants, models, train
+from common.datasets import ImageDataset
+
+
+def run_name(cfg: dict) -> str:
+    if cfg["RUN_NAME"]:
+        return cfg["RUN_NAME"]
+    model = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg["MODEL_NAME"].split(".")[0])
+    loss = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg["LOSS"])
+    return f"p1_{model}_{cfg['IMAGE_SIZE']}_{cfg['VARIANT']}_{loss}"
+
+
+def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
+    is_ext = df["is_ext"].fillna(0).astype(int) if "is_ext" in df else pd.Series(0, index=df.index)
+    if not cfg["USE_EXTERNAL"]:
+        df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
+    if cfg["FOLD"] < 0:
+        return df, None
+    if "fold" not in df:
+        raise ValueError("train table has no 'fold' column (run S2), or use --FOLD -1")
+    fold = df["fold"].astype(int)
+    val_mask = fold == cfg["FOLD"]
+    if not val_mask.any():
+        raise ValueError(f"FOLD {cfg['FOLD']} has no rows; folds present: {sorted(fold.unique())}")
+    val = df[val_mask] if cfg["VAL_EXTERNAL"] else df[val_mask & (is_ext == 0)]
+    return df[~val_mask], val
+
+
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    if cfg["PIPELINE"] != 1:
+        raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
+    if cfg["VARIANT"] not in augment.VARIANTS:
+        raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS}")
+    data_dir = constants.resolve(cfg["DATA_DIR"])
+    csv = data_dir / cfg["TRAIN_CSV"]
+    if not csv.is_file():
+        raise SystemExit(f"{csv}: not found (run S2 first)")
+    df = pd.read_csv(csv)
+    missing = {"ID", "Label"} - set(df.columns)
+    if missing:
+        raise SystemExit(f"{csv}: missing column(s) {sorted(missing)}")
+    if cfg["MAX_IMAGES"] > 0:
+        df = df.iloc[: cfg["MAX_IMAGES"]]
+    train_df, val_df = split(df, cfg)
+
+    image_dir = data_dir / cfg["IMAGE_SUBDIR"]
+    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], train=True, p_flip=cfg["P_FLIP"],
+                                   p_affine=cfg["P_AFFINE"], p_dropout=cfg["P_COARSE_DROPOUT"])
+    train_ds = ImageDataset(train_df, image_dir, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(cfg),
+                            image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
+    val_ds = None
+    if val_df is not None:
+        val_ds = ImageDataset(val_df, image_dir, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
+
+    out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
+        f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
+    train.seed_everything(cfg["SEED"])  # the weight initialisation depends on SEED too
+    model = models.build_model(cfg)
+    result = train.fit(cfg, model, train_ds, val_ds, out_dir)
+    print(f"S3 done: {out_dir} best {cfg['MONITOR']}={result['best_metric']} (epoch {result['best_epoch']})")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""S4.1: crop every segmented cell of every training image into a square PNG (pipeline 2's input).
+
+Reads   input/hpa-512/train_all.csv, train_cell_mask/{ID}.npz, train/{ID}.png (512 px), and the
+        original-resolution images (competition train/ or train_external/) when FROM_ORIGINAL
+Writes  input/hpa-512/cells_{CELL_SIZE}/{ID}_{cell:04d}.png   one crop per cell (common.cells.crop_cells)
+        input/hpa-512/cells_{CELL_SIZE}.csv   ID, cell_id, x0, y0, x1, y1, area, border (512-px coords)
+        input/hpa-512/cells_{CELL_SIZE}.json  this run's constants (S4.2 takes CROP_MARGIN, FROM_ORIGINAL)
+        input/hpa-512/s41_failures.csv        images that failed, with the error (absent if none)
+
+Competition and external images alike (every image of train_all.csv that has a mask). Resumable:
+an image whose crops all exist is not re-cropped (its index rows are recomputed from the mask).
+With --SHARD i/n only every n-th image is done and the index goes to cells_{S}.shard{i}of{n}.csv;
+a final run without SHARD then writes the full index (it skips every cropped image).
+
+    python S4.1_crop_cells.py                      # 256-px crops
+    python S4.1_crop_cells.py --CELL_SIZE 128      # 128-px crops for the small model
+"""
+# ---------------------------------------------------------------------------- crops
+CELL_SIZE = 256              # side of a saved crop (px); 128 is also used
+CROP_MARGIN = 0.05           # margin each side of the cell's box, fraction of its longer side
+FROM_ORIGINAL = True         # crop from the original-resolution image when it exists (mask upscaled, nearest)
+# ---------------------------------------------------------------------------- paths
+HPA512_DIR = "input/hpa-512"                                       # S2's output folder
+TRAIN_CSV = "input/hpa-512/train_all.csv"                          # S2's image table
+COMP_TRAIN_DIR = "input/hpa-single-cell-image-classification/train"             # originals
+EXT_TRAIN_DIR = "input/hpa-single-cell-image-classification/train_external"     # external originals
+# ---------------------------------------------------------------------------- run
+NUM_WORKERS = 2              # processes (<= 1: in this process)
+SHARD = ""                   # "i/n": only every n-th image starting at i (0-based); "" = all
+OVERWRITE = False            # re-crop images whose crops already exist
+LIMIT = 0                    # only the first LIMIT images (0 = all); for quick tries
+
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import config, constants, io, parallel
+from common.bag_datasets import crop_image_cells, external_flags
+
+_INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
+
+
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    hpa = constants.resolve(cfg.HPA512_DIR)
+    train_csv = constants.resolve(cfg.TRAIN_CSV)
+    if not train_csv.is_file():
+        raise SystemExit(f"{train_csv}: not found (run S2 first)")
+    df = pd.read_csv(train_csv, dtype={"ID": str})
+    if "ID" not in df.columns:
+        raise SystemExit(f"{train_csv}: has no ID column")
+    out_dir = hpa / f"cells_{cfg.CELL_SIZE}"
+    mask_dir = hpa / "train_cell_mask"
+    is_ext = external_flags(df)
+    tasks = []
+    for image_id, ext in zip(df["ID"].astype(str), is_ext):
+        mask = mask_dir / f"{image_id}.npz"
+        if not mask.is_file():
+            continue
+        orig = constants.resolve(cfg.EXT_TRAIN_DIR if ext else cfg.COMP_TRAIN_DIR)
+        tasks.append(dict(image_id=image_id, mask_path=str(mask),
+                          image_path=str(hpa / "train" / f"{image_id}.png"),
+                          original_dir=str(orig) if cfg.FROM_ORIGINAL else "", out_dir=str(out_dir),
+                          size=cfg.CELL_SIZE, margin=cfg.CROP_MARGIN, overwrite=cfg.OVERWRITE))
+    n_no_mask = len(df) - len(tasks)
+    if cfg.LIMIT:
+        tasks = tasks[:cfg.LIMIT]
+    i, n = parallel.parse_shard(cfg.SHARD)
+    tasks = parallel.shard(tasks, (i, n))
+    print(f"S4.1: {len(tasks)} images to crop at {cfg.CELL_SIZE} px (shard {i}/{n}; "
+          f"{n_no_mask} of {len(df)} images have no mask) -> {out_dir}", flush=True)
+
+    t0 = time.perf_counter()
+    rows, fails, written, skipped, from_orig = [], [], 0, 0, 0
+    for o in parallel.run_parallel(crop_image_cells, tasks, cfg.NUM_WORKERS, desc="S4.1 images"):
+        if not o.ok:
+            fails.append(dict(ID=o.item["image_id"], error=o.error))
+            continue
+        rows.extend(o.value["rows"])
+        written += o.value["written"]
+        skipped += o.value["written"] == 0 and bool(o.value["rows"])
+        from_orig += o.value["from_original"]
+    dt = time.perf_counter() - t0
+
+    index = pd.DataFrame(rows, columns=_INDEX_COLUMNS)
+    index["border"] = index["border"].astype(int)
+    name = f"cells_{cfg.CELL_SIZE}.csv" if n == 1 else f"cells_{cfg.CELL_SIZE}.shard{i}of{n}.csv"
+    io.atomic_to_csv(index, hpa / name)
+    config.save(cfg, hpa / f"cells_{cfg.CELL_SIZE}.json")  # S4.2 reads CROP_MARGIN / FROM_ORIGINAL
+    fail_csv = hpa / "s41_failures.csv"
+    if fails:
+        io.atomic_to_csv(pd.DataFrame(fails), fail_csv)
+    elif fail_csv.exists() and n == 1:
+        fail_csv.unlink()
+    n_img = len(tasks) - len(fails)
+    print(f"S4.1 done in {dt:.1f} s: {n_img} images ({skipped} already cropped, {from_orig} from the "
+          f"original resolution), {len(index)} cells indexed, {written} crops written "
+          f"({written / max(dt, 1e-9):.0f} crops/s), {int(index['border'].sum()) if len(index) else 0} "
+          f"touch the border; index {hpa / name}", flush=True)
+    if fails:
+        print(f"S4.1: {len(fails)} images FAILED, listed in {fail_csv}; first: {fails[0]['ID']}: "
+              f"{fails[0]['error']}", flush=True)
+    return dict(images=n_img, cells=len(index), written=written, failed=len(fails), seconds=dt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""S4.2: pipeline 2 - bags of CELLS_PER_IMAGE cell crops trained with the image label (MIL).
+
+Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's cells_{CELL_SIZE}/ crops and
+        cells_{CELL_SIZE}.csv index (and cells_{CELL_SIZE}.json, S4.1's settings); for the
+        cell-level validation (demo data only) the competition folder's train_cells.csv,
+        train_cell_truth/{ID}.png and train/ originals
+Writes  output/<RUN_NAME>/fold<FOLD>/  best.pth last.pth config.json summary.csv train.log curves.png
+
+Model: common.models.build_model with PIPELINE=2 -> common.mil.BagModel (cell classifier on every
+cell, "logits" = MIL_POOL over the bag, loss (MIL_W_MAX*BCE(pool) + MIL_W_MEAN*BCE(mean)) / sum).
+Validation: image-level mAP of the pooled logits on the fold's bags (val_mAP), and, when the
+per-cell truth exists, cell_mAP_strict / cell_mAP_lenient of every TRUE cell of the fold's
+images (cropped with common.cells exactly like S4.1 crops, scored with metric.score_cells).
+
+    python S4.2_train_pipeline2.py --FOLD 0
+    python S4.2_train_pipeline2.py --CELL_SIZE 128 --MODEL_NAME resnet18 --EPOCHS 2 --DEVICE cpu
+    torchrun --nproc_per_node 4 S4.2_train_pipeline2.py --FOLD 0       # DDP
+"""
+# ---------------------------------------------------------------------------- data
+HPA512_DIR = "input/hpa-512"                            # S2's output folder (crops and index from S4.1)
+TRAIN_CSV = "input/hpa-512/train_all.csv"               # image table with folds
+COMP_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
+FOLD = 0                     # validation fold (the others train); -1: train on all, no validation
+CELL_SIZE = 256              # crop side: reads cells_{CELL_SIZE}/ (saved in the config for S5)
+CELLS_PER_IMAGE = 16         # cells per bag (with replacement when an image has fewer)
+CROP_MARGIN = 0.05           # crop margin of S4.1 (replaced by cells_{CELL_SIZE}.json's when present)
+FROM_ORIGINAL = True         # S4.1 cropped from the original resolution (ditto)
+USE_EXTERNAL = True          # train on the external images too (validation is always competition only)
+MAX_IMAGES = 0               # use only this many training images (0 = all); for smoke runs
+# ---------------------------------------------------------------------------- augmentation
+P_GREEN_TO_NEGATIVE = 0.05   # per bag: green dimmed, label -> Negative
+P_GREEN_FROM_OTHER = 0.05    # per bag: green <- red (Microtubules) or yellow (ER)
+P_INTENSITY = 0.0            # per bag: per-channel intensity scaling (pipeline 1 uses 0.5)
+# ---------------------------------------------------------------------------- model
+PIPELINE = 2                 # the bag model (common.mil.BagModel); do not change
+MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm backbone of the cell classifier
+PRETRAINED = True            # ImageNet weights (needs the timm cache or internet)
+PRETRAINED_FILE = ""         # local weights file instead of the hub
+DROPOUT = 0.5                # multi-sample-dropout p
+MSD_SAMPLES = 5              # multi-sample-dropout masks
+LOSS = "bce"                 # (the MIL loss is BCE; kept for the config of S5)
+MIL_POOL = "max"             # image logit from the cells: max | topk | lse | mean
+MIL_W_MAX = 4.0              # weight of BCE(pooled logit)
+MIL_W_MEAN = 1.0             # weight of BCE(mean cell logit)
+MIL_TOPK = 4                 # k of MIL_POOL=topk
+MIL_LSE_R = 5.0              # r of MIL_POOL=lse
+MIL_CHUNK = 256              # cells per forward at inference (memory bound)
+# ---------------------------------------------------------------------------- training (common.train)
+EPOCHS = 20                  # epochs
+BATCH_SIZE = 8               # bags per step and process (x CELLS_PER_IMAGE cells)
+LR = 3e-4                    # peak learning rate
+WEIGHT_DECAY = 1e-2          # weight decay
+OPTIMIZER = "adamw"          # adamw | adam
+WARMUP_EPOCHS = 1.0          # linear warm-up (epochs)
+MIN_LR = 1e-6                # end of the cosine
+ACCUM_STEPS = 1              # gradient accumulation
+EMA_DECAY = 0.0              # weight EMA (0 = off)
+AMP = True                   # mixed precision on CUDA
+NUM_WORKERS = 4              # DataLoader workers per process
+SEED = 42                    # seed
+DEVICE = "auto"              # auto | cpu | cuda
+RESUME = False               # continue from last.pth
+MONITOR = "val_mAP"          # best.pth metric (val_mAP | val_loss | cell_mAP_strict | cell_mAP_lenient)
+MAX_TRAIN_STEPS = 0          # batches per epoch cap (0 = all)
+GRAD_CLIP = 0.0              # gradient norm clip (0 = off)
+# ---------------------------------------------------------------------------- cell-level validation
+CELL_VAL = True              # score the true cells of the fold when train_cells.csv exists
+CELL_VAL_MAX_IMAGES = 200    # at most this many validation images for it (0 = all)
+# ---------------------------------------------------------------------------- output
+OUTPUT_DIR = "output"        # runs folder
+RUN_NAME = ""                # "" -> p2_{model}_{CELL_SIZE}_{MIL_POOL}
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import augment, cells, config, constants, io, metric, models, train
+from common.bag_datasets import BagDataset, external_flags
+
+log = logging.getLogger("hpa.s42")
+
+
+def run_name(cfg: dict) -> str:
+    if cfg["RUN_NAME"]:
+        return cfg["RUN_NAME"]
+    model = str(cfg["MODEL_NAME"]).split(".")[0]
+    return f"p2_{model}_{cfg['CELL_SIZE']}_{cfg['MIL_POOL']}"
+
+
+def _read_crop_settings(cfg: dict, hpa: Path) -> None:
+    """Take CROP_MARGIN / FROM_ORIGINAL from S4.1's cells_{S}.json: they describe the crops trained on."""
+    path = hpa / f"cells_{cfg['CELL_SIZE']}.json"
+    if not path.is_file():
+        return
+    s41 = json.loads(path.read_text())
+    for key in ("CROP_MARGIN", "FROM_ORIGINAL"):
+        if key in s41 and s41[key] != cfg[key]:
+            print(f"S4.2: {key}={s41[key]!r} from {path} (crops were made so), not {cfg[key]!r}")
+            cfg[key] = s41[key]
+
+
+# ----------------------------------------------------------------------------- cell-level validation
+def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
+    """The true cell label map of an image at ``shape`` (truth PNG, else decoded EncodedMasks)."""
+    import cv2
+
+    png = comp / "train_cell_truth" / f"{image_id}.png"
+    if png.is_file():
+        lab = io.read_label_png(png)
+    else:
+        from common import encoding
+
+        h, w = int(rows["ImageHeight"].iloc[0]), int(rows["ImageWidth"].iloc[0])
+        lab = np.zeros((h, w), np.uint16)
+        for cid, mask in rows.groupby("cell_id", sort=False)["EncodedMask"].first().items():
+            lab[encoding.decode_binary_mask(mask, h, w)] = int(cid)
+    if lab.shape != tuple(shape):
+        lab = cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return lab
+
+
+class CellValidation:
+    """``extra_metrics`` of train.fit: cell mAP (strict, lenient) on the true cells of the fold.
+
+    The crops are built once (uint8, in memory), each from the original image with the true map
+    when FROM_ORIGINAL and the original is there, else from the 512-px image with the true map
+    resized with nearest neighbour; each image's cells are one bag through the BagModel.
+    """
+
+    def __init__(self, cfg: dict, val_ids: list[str], hpa: Path, comp: Path, sources: dict[str, str]):
+        truth_df = pd.read_csv(comp / "train_cells.csv", dtype={"ID": str, "Label": str},
+                               keep_default_na=False)
+        truth_df = truth_df[truth_df["ID"].isin(set(val_ids))]
+        keep = list(dict.fromkeys(truth_df["ID"]))
+        if cfg["CELL_VAL_MAX_IMAGES"]:
+            keep = keep[:cfg["CELL_VAL_MAX_IMAGES"]]
+        truth_df = truth_df[truth_df["ID"].isin(set(keep))]
+        self.truth: dict = {}
+        for (iid, cid), labs in truth_df.groupby(["ID", "cell_id"], sort=False)["Label"]:
+            self.truth[(iid, int(cid))] = sorted({x for lab in labs for x in constants.parse_labels(lab)})
+        self.bags: list[tuple[str, list[int], np.ndarray, str]] = []
+        size, margin = int(cfg["CELL_SIZE"]), float(cfg["CROP_MARGIN"])
+        for iid, rows in truth_df.groupby("ID", sort=False):
+            orig = comp / "train"
+            if cfg["FROM_ORIGINAL"] and io.channel_path(orig, iid, "red").is_file():
+                img = io.read_image(orig, iid)
+            else:
+                img = io.read_rgby(hpa / "train" / f"{iid}.png")
+            lab = _truth_map(comp, iid, rows, img.shape[:2])
+            ids = [c for c in cells.cell_ids(lab) if (iid, c) in self.truth]
+            if ids:
+                crops = cells.crop_cells(img, lab, ids, size, margin)
+                self.bags.append((iid, ids, crops, sources.get(iid, "competition")))
+        self.n_cells = sum(len(b[1]) for b in self.bags)
+
+    @torch.no_grad()
+    def __call__(self, model, device) -> dict:
+        was_training = model.training
+        model.eval()
+        image_ids, cell_ids, probs = [], [], []
+        for iid, ids, crops, source in self.bags:
+            x = augment.normalize(crops, source).unsqueeze(0).to(device)
+            p = torch.sigmoid(model({"image": x})["cell_logits"][0].float()).cpu().numpy()
+            image_ids += [iid] * len(ids)
+            cell_ids += ids
+            probs.append(p)
+        model.train(was_training)
+        if not probs:
+            return {}
+        probs = np.concatenate(probs)
+        return {f"cell_mAP_{mode}": metric.score_cells(image_ids, cell_ids, probs, self.truth, mode)["mAP"]
+                for mode in ("strict", "lenient")}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    hpa = constants.resolve(cfg.HPA512_DIR)
+    comp = constants.resolve(cfg.COMP_DIR)
+    train_csv = constants.resolve(cfg.TRAIN_CSV)
+    cells_dir = hpa / f"cells_{cfg.CELL_SIZE}"
+    index_csv = hpa / f"cells_{cfg.CELL_SIZE}.csv"
+    for p, what in ((train_csv, "run S2 first"), (index_csv, f"run S4.1 --CELL_SIZE {cfg.CELL_SIZE} first")):
+        if not p.is_file():
+            raise SystemExit(f"{p}: not found ({what})")
+    _read_crop_settings(cfg, hpa)
+    df = pd.read_csv(train_csv, dtype={"ID": str, "Label": str}, keep_default_na=False)
+    missing = [c for c in ("ID", "Label", "fold") if c not in df.columns]
+    if missing:
+        raise SystemExit(f"{train_csv}: missing column(s) {missing}")
+    df["is_ext"] = external_flags(df).astype(int)
+    index_df = pd.read_csv(index_csv, dtype={"ID": str})
+    fold_dir = f"fold{cfg.FOLD}" if cfg.FOLD >= 0 else "all"
+    out_dir = constants.resolve(cfg.OUTPUT_DIR) / run_name(cfg) / fold_dir
+
+    in_fold = df["fold"] == cfg.FOLD
+    tr = df[~in_fold & ((df["is_ext"] == 0) | cfg.USE_EXTERNAL)]
+    if cfg.MAX_IMAGES:
+        tr = tr.iloc[:cfg.MAX_IMAGES]
+    va = df[in_fold & (df["is_ext"] == 0)]
+    kw = dict(cells_per_image=cfg.CELLS_PER_IMAGE, cell_size=cfg.CELL_SIZE, seed=cfg.SEED)
+    train_ds = BagDataset(tr, cells_dir, index_df, augment=True, p_green_to_negative=cfg.P_GREEN_TO_NEGATIVE,
+                          p_green_from_other=cfg.P_GREEN_FROM_OTHER, p_intensity=cfg.P_INTENSITY, **kw)
+    val_ds = BagDataset(va, cells_dir, index_df, augment=False, **kw) if len(va) else None
+    print(f"S4.2: {len(train_ds)} training bags ({train_ds.n_without_cells} images without cells left out), "
+          f"{len(val_ds) if val_ds else 0} validation bags"
+          f"{f' ({val_ds.n_without_cells} without cells)' if val_ds else ''}; "
+          f"{cfg.CELLS_PER_IMAGE} cells of {cfg.CELL_SIZE} px per bag -> {out_dir}", flush=True)
+
+    extra = None
+    if cfg.CELL_VAL and val_ds is not None and (comp / "train_cells.csv").is_file():
+        sources = dict(zip(va["ID"], np.where(va["is_ext"] > 0, "external", "competition")))
+        extra = CellValidation(cfg, val_ds.ids, hpa, comp, sources)
+        print(f"S4.2: cell-level validation on {extra.n_cells} true cells of {len(extra.bags)} images",
+              flush=True)
+
+    model = models.build_model(cfg)
+    result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
+    print(f"S4.2 done: best {cfg.MONITOR}={result['best_metric']} at epoch {result['best_epoch']}; "
+          f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""S5: score every cell of every test image with every trained run and write submission.csv.
+
+Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
+        HPA512_DIR/test/{ID}.png and test_cell_mask/{ID}.npz from S2 (when absent: the original
+        DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read, resized and segmented here)
+        OUTPUT_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants)
+Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
+        OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
+        OUTPUT_DIR/overlays/{ID}.png     the first N_OVERLAYS images, cells outlined and labelled
+        OUTPUT_DIR/submission_{pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6)
+        OUTPUT_DIR/s5_config.json        the resolved constants and the runs used
+
+    python S5_predict.py                                   # every run under output/
+    python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
+"""
+# ---------------------------------------------------------------------------- input
+DATA_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
+HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
+# ---------------------------------------------------------------------------- models
+OUTPUT_DIR = "output"             # runs are found here; outputs are written here
+RUNS = []                         # run folders or checkpoint files; [] = every run under OUTPUT_DIR
+CHECKPOINT = "best.pth"           # which checkpoint of a run folder
+RUN_WEIGHTS = []                  # one ensemble weight per run ([] = all 1)
+RUN_TTA = []                      # flip/transpose variants per run, 1..8 ([] = TTA for every run)
+TTA = 2                           # default number of TTA variants (1 = none)
+# ---------------------------------------------------------------------------- ensemble
+MULTIPLY_IMAGE_PRED = False       # multiply each cell's probabilities by its image's prediction
+BORDER_WEIGHT = 1.0               # multiply cells touching the image edge by this (1 = off)
+MIN_CONF = 0.0                    # drop (cell, class) triplets below this confidence
+# ---------------------------------------------------------------------------- segmentation
+SEGMENTER = "auto"                # used only when S2's test mask is missing: auto | builtin | hpa
+IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
+# ---------------------------------------------------------------------------- run
+DEVICE = "auto"                   # auto | cpu | cuda
+AMP = True                        # mixed precision (CUDA only)
+BATCH_SIZE = 32                   # views per forward pass (TTA variants included)
+N_OVERLAYS = 4                    # overlay PNGs for the first N test images (0 = none)
+VARIANTS = True                   # also write per-pipeline / image-level submissions for comparison
+SUBMISSION = "submission.csv"     # file name of the submission inside OUTPUT_DIR
+LIMIT = 0                         # only the first LIMIT test images (0 = all); rows kept, strings empty
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from common import cells, config, constants, encoding, io, plots, predict, segmentation
+from common.constants import NUM_CLASSES
+
+
+def _load_sample(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise SystemExit(f"S5: {path}: sample submission not found (run S0 for demo data, or put the "
+                         f"competition data in {path.parent})")
+    df = pd.read_csv(path, dtype={"ID": str})
+    missing = [c for c in ("ID", "ImageWidth", "ImageHeight") if c not in df.columns]
+    if missing:
+        raise SystemExit(f"S5: {path}: missing column(s) {missing}")
+    return df
+
+
+def _runs(cfg) -> list[Path]:
+    out = constants.resolve(cfg.OUTPUT_DIR)
+    runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else predict.find_runs(out, cfg.CHECKPOINT)
+    if not runs:
+        raise SystemExit(f"S5: no trained run ({cfg.CHECKPOINT}) under {out}: run S3 and/or S4.2 first")
+    for r in runs:
+        ckpt = r / cfg.CHECKPOINT if r.is_dir() else r
+        if not ckpt.is_file():
+            raise SystemExit(f"S5: {ckpt}: checkpoint not found")
+    return runs
+
+
+def _per_run(values: list, n: int, default, name: str) -> list:
+    if not values:
+        return [default] * n
+    if len(values) != n:
+        raise SystemExit(f"S5: --{name} has {len(values)} values for {n} runs")
+    return list(values)
+
+
+class ImageSource:
+    """The working-resolution image and mask of a test image, from S2 or made here."""
+
+    def __init__(self, cfg):
+        self.hpa = constants.resolve(cfg.HPA512_DIR)
+        self.test_dir = constants.resolve(cfg.DATA_DIR) / "test"
+        self.size = int(cfg.IMAGE_SIZE)
+        self.segmenter_name = cfg.SEGMENTER
+        self._segmenter = None
+        self.n_segmented = 0
+
+    def original(self, image_id: str) -> np.ndarray | None:
+        if io.channel_path(self.test_dir, image_id, "red").is_file():
+            return io.read_image(self.test_dir, image_id)
+        return None
+
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(image, cell label map) at the working resolution, and the original image if read."""
+        small, original = self.hpa / "test" / f"{image_id}.png", None
+        if small.is_file():
+            image = io.read_rgby(small)
+        else:
+            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
+            image = io.resize_image(original, self.size)
+        mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
+        if mask_path.is_file():
+            labels = io.load_masks(mask_path)[0]
+        else:
+            if self._segmenter is None:
+                self._segmenter = segmentation.get_segmenter(self.segmenter_name)
+                print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}'",
+                      flush=True)
+            labels = self._segmenter.segment([image])[0][0]
+            self.n_segmented += 1
+        if labels.shape != image.shape[:2]:
+            labels = segmentation.resize_labels(labels, image.shape[:2])
+        return image, labels, original
+
+
+def main(argv=None):
+    cfg = config.parse(globals(), argv)
+    t_start = time.time()
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUTPUT_DIR)
+    sample = _load_sample(data_dir / "sample_submission.csv")
+    runs = _runs(cfg)
+    weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
+    ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]
+    predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT)
+                  for r, t in zip(runs, ttas)]
+    for p, w in zip(predictors, weights):
+        print(f"S5: {p} weight {w}", flush=True)
+    need_original = any(p.pipeline == 2 and p.from_original for p in predictors)
+    pipelines = sorted({p.pipeline for p in predictors})
+    source = ImageSource(cfg)
+
+    names = ["ensemble"]
+    if cfg.VARIANTS:
+        names += [f"pipeline{k}" for k in pipelines if len(pipelines) > 1] + ["image_level", "x_image"]
+    strings: dict[str, dict[str, str]] = {n: {} for n in names}
+    pred_rows, n_cells_total, n_dropped = [], 0, 0
+    todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
+    overlay_dir = out_dir / "overlays"
+    for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
+        image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
+        image, labels, original = source.load(image_id)
+        if need_original and original is None:
+            original = source.original(image_id)
+        ids = cells.cell_ids(labels)
+        if not ids:  # no cells: the row stays, with an empty PredictionString
+            continue
+        # masks at the original resolution; a cell lost when shrinking is dropped (counted)
+        full = segmentation.resize_labels(labels, (height, width))
+        masks = encoding.encode_label_map(full)
+        kept = [c for c in ids if c in masks]
+        n_dropped += len(ids) - len(kept)
+        ids = kept
+        if not ids:
+            continue
+        boxes = cells.bounding_boxes(labels)
+        border = np.array([cells.touches_border(boxes[c], labels.shape) for c in ids])
+
+        cell_p, image_p = [], []
+        for p in predictors:
+            cp, ip = p.predict(image, labels, ids, original)
+            cell_p.append(cp)
+            image_p.append(ip)
+        ens = predict.ensemble(cell_p, weights)
+        img_ens = predict.ensemble(image_p, weights)
+        variants = {"ensemble": ens}
+        if cfg.VARIANTS:
+            for pl in pipelines:
+                if len(pipelines) > 1:
+                    sel = [i for i, p in enumerate(predictors) if p.pipeline == pl]
+                    variants[f"pipeline{pl}"] = predict.ensemble([cell_p[i] for i in sel],
+                                                                 [weights[i] for i in sel])
+            variants["image_level"] = np.broadcast_to(img_ens, ens.shape)
+            variants["x_image"] = ens * img_ens[None]
+        if cfg.MULTIPLY_IMAGE_PRED:
+            variants["ensemble"] = ens = ens * img_ens[None]
+        if cfg.BORDER_WEIGHT != 1.0:
+            for v in variants:
+                variants[v] = np.where(border[:, None], variants[v] * cfg.BORDER_WEIGHT, variants[v])
+            ens = variants["ensemble"]
+        cell_masks = [masks[c] for c in ids]
+        for name, probs in variants.items():
+            strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
+        for c, b, pr in zip(ids, border, ens):
+            pred_rows.append([image_id, c, int(b), *np.round(pr, 6)])
+        n_cells_total += len(ids)
+        if k < cfg.N_OVERLAYS:
+            plots.plot_cell_overlay(image, labels, ids, ens, overlay_dir / f"{image_id}.png",
+                                    title=f"{image_id}: {len(ids)} cells")
+
+    sub_path = out_dir / cfg.SUBMISSION
+    encoding.write_submission(strings["ensemble"], sample, sub_path)
+    for name in names[1:]:
+        encoding.write_submission(strings[name], sample, sub_path.with_name(f"{sub_path.stem}_{name}.csv"))
+    cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
+    io.atomic_to_csv(pd.DataFrame(pred_rows, columns=cols), out_dir / "cell_predictions.csv")
+    saved = dict(cfg, RUNS_USED=[str(p.path) for p in predictors])
+    config.save(saved, out_dir / "s5_config.json")
+
+    seconds = time.time() - t_start
+    n_img = len(todo)
+    print(f"S5: {n_img} images, {n_cells_total} cells ({n_dropped} dropped: lost at the original size), "
+          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
+          f"segmented here: {source.n_segmented}", flush=True)
+    extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
+    print(f"S5: wrote {sub_path}{extra}", flush=True)
+    return sub_path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Pipeline-1 dataset: whole 4-channel images of ``input/hpa-512`` with their image-level labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from common import augment, io
+from common.constants import NUM_CLASSES, parse_labels
+
+
+def labels_to_multihot(labels: list[int]) -> np.ndarray:
+    out = np.zeros(NUM_CLASSES, np.float32)
+    out[list(labels)] = 1.0
+    return out
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``H x W x C`` to ``size x size`` (area when shrinking, linear when growing)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+class ImageDataset(Dataset):
+    """Rows of a ``train_all.csv``-like table -> ``dict(image, label, id, index)``.
+
+    ``image``: float ``(4, S, S)`` normalised with the competition or external statistics (column
+    ``is_ext``; all competition when absent); ``label``: float ``(19,)`` multi-hot (after the label
+    augmentation); ``id``: the image id; ``index``: the row position.
+    Sample ``i`` of epoch ``e`` draws its randomness from ``np.random.default_rng([seed, e, i])``,
+    so it is the same whatever the worker count, and after a resume. ``set_epoch`` is called by
+    ``train.fit`` before each epoch.
+    """
+
+    def __init__(self, df: pd.DataFrame, image_dir: str | Path, transforms=None,
+                 label_aug: augment.LabelAugment | None = None, image_size: int = 512, seed: int = 0,
+                 id_col: str = "ID", label_col: str = "Label", ext: str = ".png"):
+        missing = [c for c in (id_col, label_col) if c not in df.columns]
+        if missing:
+            raise ValueError(f"dataset table lacks column(s) {missing}; has {list(df.columns)}")
+        self.df = df.reset_index(drop=True)
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+        self.label_aug = label_aug
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.ext = ext
+        self.ids = self.df[id_col].astype(str).tolist()
+        labels = []
+        for i, lab in enumerate(self.df[label_col].tolist()):
+            try:
+                labels.append(labels_to_multihot(parse_labels(lab)))
+            except ValueError as e:
+                raise ValueError(f"row {i} (ID {self.ids[i]}): {e}") from None
+        self.labels = np.stack(labels) if labels else np.zeros((0, NUM_CLASSES), np.float32)
+        is_ext = self.df["is_ext"].fillna(0).astype(int).to_numpy() if "is_ext" in self.df else None
+        self.sources = ["external" if (is_ext is not None and is_ext[i]) else "competition"
+                        for i in range(len(self.df))]
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def path(self, i: int) -> Path:
+        return self.image_dir / f"{self.ids[i]}{self.ext}"
+
+    def load(self, i: int) -> np.ndarray:
+        return resize_square(io.read_rgby(self.path(i)), self.image_size)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        img = self.load(i)
+        label = self.labels[i].copy()
+        img = augment.apply_transforms(self.transforms, img, rng)
+        if self.label_aug is not None:
+            img, label = self.label_aug(img, label, rng)
+        return {"image": augment.normalize(img, self.sources[i]), "label": torch.from_numpy(label),
+                "id": self.ids[i], "index": int(i)}
+
+
+def make_toy_dataset(folder: str | Path, n: int = 32, size: int = 64, seed: int = 0,
+                     classes: tuple[int, ...] = (0, 1, 2, 3), n_folds: int = 2) -> pd.DataFrame:
+    """A tiny learnable S2-like set for tests and benchmarks: ``folder/train/{ID}.png`` and
+    ``folder/train_all.csv``. Class ``classes[k]`` <-> a bright green square in cell ``k`` of a
+    2 x 2 grid (1-2 labels per image); red/blue/yellow are noise with a few "nuclei"."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = []
+    half = size // 2
+    for i in range(n):
+        img = rng.integers(0, 40, (size, size, 4), dtype=np.uint8)
+        for _ in range(3):
+            y, x = rng.integers(0, size - size // 8, 2)
+            img[y:y + size // 8, x:x + size // 8, 2] = 200
+        chosen = sorted(rng.choice(len(classes), size=int(rng.integers(1, 3)), replace=False).tolist())
+        for k in chosen:
+            y0, x0 = (k // 2) * half, (k % 2) * half
+            m = size // 8
+            img[y0 + m:y0 + half - m, x0 + m:x0 + half - m, 1] = 220
+        image_id = f"toy{i:04d}"
+        io.write_rgby(folder / "train" / f"{image_id}.png", img)
+        rows.append({"ID": image_id, "Label": "|".join(str(classes[k]) for k in chosen),
+                     "is_ext": int(i % 5 == 4), "fold": i % n_folds, "ImageWidth": size,
+                     "ImageHeight": size, "n_cells": 3})
+    df = pd.DataFrame(rows)
+    io.atomic_to_csv(df, folder / "train_all.csv")
+    return df

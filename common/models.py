@@ -1,0 +1,140 @@
+"""The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
+``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
+
+Config keys read (defaults in :data:`DEFAULTS`): ``PIPELINE`` (1 image model | 2 bag model),
+``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
+``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
+loading from that file instead of the hub; 3-channel stems are adapted to 4 channels by timm's
+``adapt_input_conv``), ``DROPOUT`` (p of each dropout mask), ``MSD_SAMPLES`` (number of masks
+averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from common.constants import NUM_CLASSES
+
+DEFAULTS = {
+    "PIPELINE": 1,             # 1: whole-image classifier (S3); 2: cell-bag MIL model (S4.2)
+    "MODEL_NAME": "resnet18",  # timm model name
+    "PRETRAINED": False,       # ImageNet weights from the timm hub (needs the cache or internet)
+    "PRETRAINED_FILE": "",     # local weights file; when set, weights come from it
+    "DROPOUT": 0.5,            # dropout probability of each multi-sample-dropout mask
+    "MSD_SAMPLES": 5,          # dropout masks averaged by the head (the original used 5)
+    "LOSS": "lovasz",          # loss spec for losses.build_loss
+}
+
+
+def _get(cfg: dict, key: str):
+    return cfg.get(key, DEFAULTS[key])
+
+
+class Classifier(nn.Module):
+    """timm backbone (4 input channels, global pooling) + a 19-way multi-sample-dropout head.
+
+    In training the head averages ``n_dropout`` linear outputs, each on its own dropout mask of
+    the pooled features; in eval dropout is the identity so this equals one linear layer.
+    """
+
+    def __init__(self, model_name: str, pretrained: bool = False, pretrained_file: str = "",
+                 num_classes: int = NUM_CLASSES, dropout: float = 0.5, n_dropout: int = 5,
+                 in_chans: int = 4):
+        super().__init__()
+        kw = {}
+        if pretrained_file:
+            path = Path(pretrained_file).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: PRETRAINED_FILE does not exist")
+            kw["pretrained_cfg_overlay"] = dict(file=str(path))
+            pretrained = True
+        self.model_name = model_name
+        self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
+                                          num_classes=0, **kw)
+        self.num_features = int(self.backbone.num_features)
+        self.dropouts = nn.ModuleList([nn.Dropout(dropout) for _ in range(max(1, int(n_dropout)))])
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) -> pooled features (B, F)."""
+        return self.backbone(x)
+
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled features (..., F) -> logits (..., 19) with multi-sample dropout in training."""
+        if not self.training or len(self.dropouts) == 1:
+            return self.head(self.dropouts[0](feats))
+        return torch.stack([self.head(d(feats)) for d in self.dropouts], 0).mean(0)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, H, W) normalised images -> (B, 19) logits."""
+        return self.head_logits(self.features(x))
+
+    forward = logits
+
+
+class ImageModel(nn.Module):
+    """Pipeline 1: a :class:`Classifier` on whole images and its loss (batch dict in, dict out)."""
+
+    def __init__(self, classifier: Classifier, loss_fn=None):
+        super().__init__()
+        self.classifier = classifier
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict) -> dict:
+        logits = self.classifier.logits(batch["image"])
+        out = {"logits": logits}
+        if "label" in batch and self.loss_fn is not None:
+            out["loss"] = self.loss_fn(logits, batch["label"])
+        return out
+
+
+def build_classifier(cfg: dict) -> Classifier:
+    return Classifier(_get(cfg, "MODEL_NAME"), pretrained=bool(_get(cfg, "PRETRAINED")),
+                      pretrained_file=str(_get(cfg, "PRETRAINED_FILE") or ""),
+                      dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")))
+
+
+def build_model(cfg: dict) -> nn.Module:
+    """PIPELINE 1 -> :class:`ImageModel`; PIPELINE 2 -> ``common.mil.BagModel(Classifier, cfg)``."""
+    from common.losses import build_loss
+
+    pipeline = int(_get(cfg, "PIPELINE"))
+    if pipeline == 1:
+        return ImageModel(build_classifier(cfg), build_loss(str(_get(cfg, "LOSS"))))
+    if pipeline == 2:
+        from common.mil import BagModel
+
+        return BagModel(build_classifier(cfg), cfg)
+    raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
+    """Rebuild the model of a checkpoint written by ``train.fit`` -> ``(model, cfg)`` in eval mode.
+
+    The model is rebuilt from the checkpoint's saved ``config`` with ``PRETRAINED`` forced off
+    (no download; the weights come from the checkpoint). The EMA weights are loaded when the
+    checkpoint has them and ``use_ema``, else the raw weights; ``model.loaded_weights`` says which
+    ("ema" | "model").
+    """
+    from common.config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report the file
+        raise RuntimeError(f"{path}: cannot load checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (needs 'model' and 'config')")
+    cfg = Config(ckpt["config"])
+    cfg["PRETRAINED"] = False
+    cfg["PRETRAINED_FILE"] = ""
+    model = build_model(cfg)
+    which = "ema" if use_ema and ckpt.get("ema") else "model"
+    model.load_state_dict(ckpt[which])
+    model.loaded_weights = which
+    return model.to(device).eval(), cfg

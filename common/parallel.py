@@ -1,0 +1,155 @@
+"""Batch steps over many items: a process pool with per-item errors, ``--SHARD i/n``, skip-what-exists.
+
+Used by S2 (images) and S4.1 (cell crops)::
+
+    todo, done = split_done(items, lambda it: [out_dir / f"{it}.png"], overwrite=cfg.OVERWRITE)
+    todo = shard(todo, cfg.SHARD)            # "i/n": every n-th item starting at i (0-based)
+    for o in run_parallel(work, todo, cfg.NUM_WORKERS, desc="images"):
+        if not o.ok:
+            print(o.item, o.error)
+
+``fn`` must be a module-level function (it is pickled to the workers). ``num_workers <= 1`` runs
+in the calling process (no pickling; easiest to debug). A worker that dies (e.g. killed for
+memory) fails only the items the pool had in flight; a fresh pool goes on with the rest.
+Shard the full item list before skipping, so that shard i always owns the same items.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+@dataclass
+class Outcome:
+    """The result of one item: ``value`` when ``ok``, else ``error`` (one line) and ``trace``."""
+
+    item: Any
+    ok: bool
+    value: Any = None
+    error: str = ""
+    trace: str = ""
+
+
+# ----------------------------------------------------------------------------- shards
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``""``/``None`` -> ``(0, 1)`` (everything)."""
+    if spec is None or str(spec).strip() in ("", "none", "None"):
+        return 0, 1
+    text = str(spec).strip()
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise ValueError(f"SHARD {spec!r}: expected 'i/n' with integers, e.g. '0/4'") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"SHARD {spec!r}: need n >= 1 and 0 <= i < n (i is 0-based)")
+    return i, n
+
+
+def shard(items: Sequence, spec: str | tuple[int, int] | None) -> list:
+    """Every n-th item starting at i (``items[i::n]``); the n shards partition ``items``."""
+    i, n = spec if isinstance(spec, tuple) else parse_shard(spec)
+    return list(items)[i::n]
+
+
+# ----------------------------------------------------------------------------- skip what exists
+def split_done(items: Iterable, outputs: Callable[[Any], Iterable[str | Path]],
+               overwrite: bool = False) -> tuple[list, list]:
+    """``(todo, done)``: done: every path in ``outputs(item)`` exists, unless ``overwrite``."""
+    todo, done = [], []
+    for it in items:
+        if not overwrite and all(Path(p).exists() for p in outputs(it)):
+            done.append(it)
+        else:
+            todo.append(it)
+    return todo, done
+
+
+# ----------------------------------------------------------------------------- pool
+def _single_thread() -> None:
+    """Worker initializer: one thread per process for the numeric libraries (the pool is the parallelism)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _call(fn: Callable, item: Any) -> Outcome:
+    try:
+        return Outcome(item, True, fn(item))
+    except Exception as e:  # noqa: BLE001 - every failure is reported per item, the run goes on
+        return Outcome(item, False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc())
+
+
+def iter_parallel(fn: Callable[[Any], Any], items: Sequence, num_workers: int = 1,
+                  desc: str | None = None, max_in_flight: int | None = None,
+                  progress: bool = True) -> Iterator[tuple[int, Outcome]]:
+    """Yield ``(index, Outcome)`` as items finish (any order). Exceptions never escape per item.
+
+    At most ``max_in_flight`` items (default ``4 * num_workers``) are submitted at once, so huge item
+    lists and large results do not pile up in memory.
+    """
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress or not items, dynamic_ncols=True)
+    try:
+        if num_workers <= 1:
+            for i, it in enumerate(items):
+                out = _call(fn, it)
+                bar.update(1)
+                yield i, out
+            return
+        max_in_flight = max(num_workers, max_in_flight or 4 * num_workers)
+        pending = list(range(len(items)))[::-1]  # stack of indices still to submit
+        while pending:
+            pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_single_thread)
+            running: dict = {}
+            try:
+                while pending or running:
+                    while pending and len(running) < max_in_flight:
+                        i = pending[-1]
+                        running[pool.submit(_call, fn, items[i])] = i
+                        pending.pop()
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = running.pop(fut)
+                        try:
+                            out = fut.result()
+                        except BrokenProcessPool:
+                            out = Outcome(items[i], False, error="worker process died (out of memory?)")
+                        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
+                            out = Outcome(items[i], False, error=f"{type(e).__name__}: {e}")
+                        bar.update(1)
+                        yield i, out
+            except BrokenProcessPool:  # pragma: no cover - raised by submit() after a death
+                for i in running.values():
+                    bar.update(1)
+                    yield i, Outcome(items[i], False, error="worker process died (out of memory?)")
+                running.clear()
+            finally:
+                for fut in running:
+                    fut.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
+
+
+def run_parallel(fn: Callable[[Any], Any], items: Sequence, num_workers: int = 1,
+                 desc: str | None = None, **kw) -> list[Outcome]:
+    """``fn`` over ``items`` in a process pool; one :class:`Outcome` per item, in the order of ``items``."""
+    items = list(items)
+    results: list[Outcome | None] = [None] * len(items)
+    for i, out in iter_parallel(fn, items, num_workers, desc, **kw):
+        results[i] = out
+    return results  # type: ignore[return-value]

@@ -1,0 +1,172 @@
+"""Test-time scoring of cells by one trained run (used by S5 and benchmarks/bench_predict.py).
+
+A :class:`RunPredictor` rebuilds a run from its checkpoint (``models.load_checkpoint``: the
+constants saved at training time decide the model, the pipeline and its views) and scores all
+cells of an image in as few forward passes as ``batch_size`` allows:
+
+* pipeline 1, ``VARIANT="masked"``: :func:`cells.masked_views` (the whole image with only this
+  cell kept), resized to the run's ``IMAGE_SIZE``;
+* pipeline 1, ``VARIANT="center_cells"``: :func:`cells.centered_views` at ``IMAGE_SIZE``;
+* pipeline 2: :func:`cells.crop_cells` at the run's ``CELL_SIZE`` and ``CROP_MARGIN``, from the
+  original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and it is
+  given, else from the 512-px image.
+
+Each view is also seen under ``tta`` of the 8 flip/transpose variants (:data:`TTA_ORDER`, a fixed
+order, so results are deterministic); the sigmoid outputs are averaged. The image-level
+prediction of a run is the whole image through a pipeline-1 model, or the pooled cell logits of a
+pipeline-2 model.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import augment, cells, io, models
+from common.constants import NUM_CLASSES
+from common.segmentation import resize_labels
+
+# (transpose, flip H, flip W): identity first, so tta=1 is the plain view.
+TTA_ORDER: tuple[tuple[bool, bool, bool], ...] = (
+    (False, False, False), (False, False, True), (False, True, False), (False, True, True),
+    (True, False, False), (True, False, True), (True, True, False), (True, True, True),
+)
+
+
+def tta_variant(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th dihedral variant of a batch ``(..., H, W)``."""
+    transpose, flip_h, flip_w = TTA_ORDER[k]
+    if transpose:
+        x = x.transpose(-1, -2)
+    dims = [d for d, f in ((-2, flip_h), (-1, flip_w)) if f]
+    return x.flip(dims) if dims else x
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class RunPredictor:
+    """One trained run, ready to score cells. ``path``: a checkpoint file or a folder with ``best.pth``."""
+
+    def __init__(self, path: str | Path, device: str = "auto", tta: int = 1, batch_size: int = 32,
+                 amp: bool = True, checkpoint: str = "best.pth"):
+        path = Path(path)
+        self.path = path / checkpoint if path.is_dir() else path
+        self.device = resolve_device(device)
+        self.model, self.cfg = models.load_checkpoint(self.path, self.device)
+        self.pipeline = int(self.cfg["PIPELINE"])
+        self.tta = int(tta)
+        if not 1 <= self.tta <= len(TTA_ORDER):
+            raise ValueError(f"tta must be 1..{len(TTA_ORDER)}, got {tta}")
+        self.batch_size = max(1, int(batch_size))
+        self.cuda = self.device.type == "cuda"
+        self.amp = bool(amp) and self.cuda
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.pipeline == 1:
+            self.variant = str(self.cfg.get("VARIANT", "masked"))
+            self.size = int(self.cfg["IMAGE_SIZE"])
+        else:
+            self.variant = "crop"
+            self.size = int(self.cfg["CELL_SIZE"])
+            self.margin = float(self.cfg.get("CROP_MARGIN", cells.CROP_MARGIN))
+            self.from_original = bool(self.cfg.get("FROM_ORIGINAL", False))
+        self.name = self.path.parent.parent.name + "/" + self.path.parent.name
+
+    def __repr__(self) -> str:
+        return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg.get('MODEL_NAME')}, "
+                f"{self.variant} @ {self.size}px, tta {self.tta})")
+
+    # ------------------------------------------------------------------ forward passes
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with ctx:
+            return self.model.classifier.logits(x).float()
+
+    def _score_views(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, S, S, 4)`` uint8 views -> (sigmoid averaged over TTA (n, 19), mean logits (n, 19))."""
+        n = len(views)
+        x = augment.normalize(views, "competition")
+        probs = torch.zeros(n, NUM_CLASSES)
+        logits = torch.zeros_like(probs)
+        # all TTA variants of a chunk of views go through in one batch
+        per = max(1, self.batch_size // self.tta)
+        for s in range(0, n, per):
+            chunk = x[s:s + per]
+            batch = torch.cat([tta_variant(chunk, k) for k in range(self.tta)])
+            out = self._logits(batch).cpu().reshape(self.tta, len(chunk), -1)
+            probs[s:s + len(chunk)] = torch.sigmoid(out).mean(0)
+            logits[s:s + len(chunk)] = out.mean(0)
+        return probs.numpy(), logits.numpy()
+
+    # ------------------------------------------------------------------ views
+    def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
+              original: np.ndarray | None = None) -> np.ndarray:
+        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4)."""
+        if self.pipeline == 2:
+            if self.from_original and original is not None and original.shape[:2] != labels.shape:
+                big = resize_labels(labels, original.shape[:2])
+                return cells.crop_cells(original, big, ids, self.size, self.margin)
+            src = original if (self.from_original and original is not None) else image
+            return cells.crop_cells(src, labels, ids, self.size, self.margin)
+        if self.variant == "center_cells":
+            return cells.centered_views(image, labels, ids, self.size)
+        views = cells.masked_views(image, labels, ids)
+        return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
+            np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
+
+    def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
+                original: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score every cell of one image -> ``(cell_probs (n, 19), image_probs (19,))``.
+
+        ``image``/``labels``: the working-resolution (512 px) image and cell label map;
+        ``original``: the original-resolution image (used by pipeline-2 runs trained on such crops).
+        """
+        ids = cells.cell_ids(labels) if ids is None else list(ids)
+        cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
+        if ids:
+            cell_probs, cell_logits = self._score_views(self.views(image, labels, ids, original))
+        if self.pipeline == 1:
+            whole = io.resize_image(image, self.size)[None]
+            image_probs = self._score_views(whole)[0][0]
+        elif ids:
+            from common.mil import pool_cells
+
+            pooled = pool_cells(torch.from_numpy(cell_logits)[None], self.model.pool,
+                                self.model.topk, self.model.lse_r)[0]
+            image_probs = torch.sigmoid(pooled).numpy()
+        else:
+            image_probs = np.zeros(NUM_CLASSES, np.float32)
+        return cell_probs, image_probs
+
+    def predict_per_cell(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
+                         original: np.ndarray | None = None) -> np.ndarray:
+        """The slow reference: one forward pass per cell view (for tests and the benchmark)."""
+        ids = cells.cell_ids(labels) if ids is None else list(ids)
+        keep, self.batch_size = self.batch_size, self.tta
+        try:
+            return np.concatenate([self._score_views(self.views(image, labels, [c], original))[0]
+                                   for c in ids]) if ids else np.zeros((0, NUM_CLASSES), np.float32)
+        finally:
+            self.batch_size = keep
+
+
+def find_runs(output_dir: str | Path, checkpoint: str = "best.pth") -> list[Path]:
+    """Every run folder under ``output_dir`` holding ``checkpoint`` (sorted)."""
+    return sorted(p.parent for p in Path(output_dir).rglob(checkpoint))
+
+
+def ensemble(per_run: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted mean of per-run probability arrays of the same shape."""
+    w = np.asarray(weights, np.float64)
+    return (np.tensordot(w / w.sum(), np.stack(per_run), axes=1)).astype(np.float32)
+

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The whole pipeline, step by step: S0 (demo data, only when no real data is in input/), S2, S3,
+# S4.1, S4.2, S5, S6. Stops at the first failing step with its message.
+#
+#   bash run_all.sh            # demo: small models on the built-in synthetic data, CPU, < 10 min
+#   bash run_all.sh --real     # competition-sized defaults of each script (GPU machine, real data)
+#
+# Every step can also be run alone with the same overrides (python SX_name.py --NAME value).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODE=demo
+for arg in "$@"; do
+  case "$arg" in
+    --real) MODE=real ;;
+    --demo) MODE=demo ;;
+    *) echo "run_all.sh: unknown argument '$arg' (use --real or --demo)" >&2; exit 2 ;;
+  esac
+done
+
+DATA=input/hpa-single-cell-image-classification
+PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1
+
+step() {
+  echo
+  echo "=== $*"
+  local t0=$SECONDS
+  if ! "$PY" "$@"; then
+    echo "run_all.sh: step failed: $*" >&2
+    exit 1
+  fi
+  echo "=== done in $((SECONDS - t0)) s: $1"
+}
+
+if [ "$MODE" = demo ]; then
+  # Demo constants: tiny CNNs from scratch (no download), few epochs, CPU-sized.
+  S3_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 256 --EPOCHS 12 --BATCH_SIZE 16
+           --LR 1e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 2 --LOSS bce --RUN_NAME demo_p1)
+  S41_ARGS=(--CELL_SIZE 128 --NUM_WORKERS 2)
+  S42_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --CELL_SIZE 128 --EPOCHS 10 --BATCH_SIZE 4
+            --LR 1e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 2 --RUN_NAME demo_p2)
+  S5_ARGS=(--TTA 2)
+  if [ -f "$DATA/train.csv" ] && [ ! -f "$DATA/demo_config.json" ]; then
+    echo "run_all.sh: real data found in $DATA; the demo constants still apply (use --real for the full setup)"
+  else
+    step S0_make_demo_data.py
+  fi
+else
+  S3_ARGS=()
+  S41_ARGS=()
+  S42_ARGS=()
+  S5_ARGS=()
+  if [ ! -f "$DATA/train.csv" ]; then
+    echo "run_all.sh: --real needs the competition data in $DATA (see README: 'Using the real data')" >&2
+    exit 1
+  fi
+fi
+
+step S2_data_process.py
+step S3_train_pipeline1.py "${S3_ARGS[@]}"
+step S4.1_crop_cells.py "${S41_ARGS[@]}"
+step S4.2_train_pipeline2.py "${S42_ARGS[@]}"
+step S5_predict.py "${S5_ARGS[@]}"
+
+TRUTH=$DATA/test_cells.csv
+if [ -f "$TRUTH" ]; then
+  declare -A SCORES
+  score() {  # name, S6 arguments...
+    local name=$1; shift
+    local out
+    if ! out=$("$PY" S6_evaluate.py "$@" 2>&1); then
+      echo "$out" >&2
+      echo "run_all.sh: step failed: S6_evaluate.py $*" >&2
+      exit 1
+    fi
+    SCORES[$name]="$(echo "$out" | grep -E '^mAP_(strict|lenient)=' | tr '\n' ' ')"
+  }
+  echo
+  echo "=== S6_evaluate.py (cell-level mAP against the demo's per-cell truth)"
+  score "ensemble (submission.csv)" --SUBMISSION output/submission.csv
+  for v in pipeline1 pipeline2 image_level x_image; do
+    [ -f "output/submission_$v.csv" ] && score "$v" --SUBMISSION "output/submission_$v.csv"
+  done
+  score "broadcast of the true image labels" --MAKE broadcast
+  score "truth (sanity check, must be 1)" --MAKE truth
+  echo
+  echo "Cell-level mAP on the demo test set (strict counts wrong-class detections, lenient ignores them):"
+  for name in "ensemble (submission.csv)" pipeline1 pipeline2 image_level x_image \
+              "broadcast of the true image labels" "truth (sanity check, must be 1)"; do
+    [ -n "${SCORES[$name]:-}" ] && printf '  %-38s %s\n' "$name" "${SCORES[$name]}"
+  done
+else
+  echo "run_all.sh: no per-cell truth ($TRUTH): submission written to output/submission.csv"
+fi

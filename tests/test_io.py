@@ -1,0 +1,117 @@
+"""Image and mask reading/writing (common/io.py)."""
+from __future__ import annotations
+
+import gzip
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from common import io
+from common.constants import CHANNELS
+
+
+def _rgby(seed=0, h=40, w=56):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8)
+
+
+def test_real_16bit_hpa_channel(shared_dir):
+    path = shared_dir / "hpa_sample" / "1000_A12_2_green.png"
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.max() > 255
+    got = io.read_channel(path)
+    assert got.dtype == np.uint8 and got.shape == (2048, 2048)
+    assert np.array_equal(got, np.rint(raw / 257.0).astype(np.uint8))
+    assert not np.array_equal(got, raw.astype(np.uint8))  # not wrapped / truncated
+
+
+def test_16bit_scaling_is_proportional(tmp_path):
+    vals = np.array([[0, 128, 129, 257, 512, 1000, 32768, 65535]], np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), vals)
+    got = io.read_channel(tmp_path / "a.png")
+    assert got.tolist() == [[0, 0, 1, 1, 2, 4, 128, 255]]
+    assert io.to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist() == [0, 128, 255]
+
+
+def test_competition_layout_png_round_trip(tmp_path):
+    img = _rgby()
+    io.write_channels(tmp_path, "abc", img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"abc_{c}.png" for c in CHANNELS)
+    assert np.array_equal(io.read_image(tmp_path, "abc"), img)
+    io.write_channels(tmp_path / "b", "abc", img.astype(np.uint16) * 257)  # 16-bit layout
+    assert np.array_equal(io.read_image(tmp_path / "b", "abc"), img)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".tif", ".tif.gz"])
+def test_other_formats(tmp_path, ext):
+    img = np.zeros((32, 48, 4), np.uint8)
+    img[8:24, 10:30] = [200, 100, 50, 250]  # flat blocks survive JPEG nearly exactly
+    for i, c in enumerate(CHANNELS):
+        p = tmp_path / f"x_{c}{ext}"
+        if ext == ".jpg":
+            cv2.imwrite(str(p), img[..., i], [cv2.IMWRITE_JPEG_QUALITY, 100])
+        elif ext == ".tif":
+            tifffile.imwrite(p, img[..., i].astype(np.uint16) * 257)
+        else:
+            tmp = tmp_path / "t.tif"
+            tifffile.imwrite(tmp, img[..., i])
+            p.write_bytes(gzip.compress(tmp.read_bytes()))
+    got = io.read_image(tmp_path, "x")
+    assert got.shape == (32, 48, 4) and got.dtype == np.uint8
+    tol = 3 if ext == ".jpg" else 0
+    assert np.abs(got.astype(int) - img.astype(int)).max() <= tol
+
+
+def test_missing_or_bad_channel_names_the_file(tmp_path):
+    io.write_channels(tmp_path, "abc", _rgby())
+    (tmp_path / "abc_yellow.png").unlink()
+    with pytest.raises(io.ImageReadError, match="abc_yellow"):
+        io.read_image(tmp_path, "abc")
+    (tmp_path / "abc_yellow.png").write_bytes(b"not a png")
+    with pytest.raises(io.ImageReadError, match="abc_yellow.png"):
+        io.read_image(tmp_path, "abc")
+    cv2.imwrite(str(tmp_path / "abc_yellow.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(io.ImageReadError, match="sizes differ"):
+        io.read_image(tmp_path, "abc")
+
+
+def test_rgby_png_round_trip_keeps_channel_order(tmp_path):
+    img = np.zeros((8, 9, 4), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2], img[..., 3] = 10, 20, 30, 40
+    p = io.write_rgby(tmp_path / "a.png", img)
+    assert io.read_rgby(p)[0, 0].tolist() == [10, 20, 30, 40]
+    rnd = _rgby(3)
+    assert np.array_equal(io.read_rgby(io.write_rgby(tmp_path / "b.png", rnd)), rnd)
+    with pytest.raises(ValueError):
+        io.write_rgby(tmp_path / "c.png", rnd[..., :3])
+    with pytest.raises(io.ImageReadError):
+        io.read_rgby(tmp_path / "missing.png")
+
+
+def test_masks_round_trip_many_cells(tmp_path):
+    cell = np.arange(30 * 30, dtype=np.int32).reshape(30, 30) % 300  # ids 0..299
+    nuc = np.where(cell % 2 == 0, cell, 0)
+    p = io.save_masks(tmp_path / "m.npz", cell, nuc)
+    c2, n2 = io.load_masks(p)
+    assert c2.dtype == np.uint16 and c2.max() == 299
+    assert np.array_equal(c2, cell) and np.array_equal(n2, nuc)
+    c3, n3 = io.load_masks(io.save_masks(tmp_path / "only.npz", cell))
+    assert n3 is None and np.array_equal(c3, cell)
+    with pytest.raises(ValueError, match="65535"):
+        io.save_masks(tmp_path / "big.npz", np.full((2, 2), 70000, np.int32))
+    lab = io.read_label_png(io.write_label_png(tmp_path / "l.png", cell))
+    assert lab.dtype == np.uint16 and np.array_equal(lab, cell)
+
+
+def test_atomic_path_leaves_no_trace_on_error(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    io.atomic_write_text(target, "new")
+    assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1

@@ -1,0 +1,224 @@
+"""S2 end to end on tiny demo data; resume, shards, failures, folds; common.parallel."""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import io, parallel
+
+S2 = importlib.import_module("S2_data_process")
+SIZE = 128  # IMAGE_SIZE of these tests (the demo images are 256 px)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    demo_data = pytest.importorskip("common.demo_data")
+    d = tmp_path_factory.mktemp("demo")
+    demo_data.make_dataset(d, n_train=6, n_test=2, size=256, seed=3, min_cells=6, max_cells=12)
+    # a blank field of view: no cells
+    io.write_channels(d / "train", "blank", np.zeros((200, 240, 4), np.uint8))
+    t = pd.read_csv(d / "train.csv")
+    pd.concat([t, pd.DataFrame({"ID": ["blank"], "Label": ["18"]})]).to_csv(d / "train.csv", index=False)
+    return d
+
+
+@pytest.fixture
+def data(demo_dir, tmp_path):
+    shutil.copytree(demo_dir, tmp_path / "data")
+    return tmp_path / "data"
+
+
+def run(data, out, *extra):
+    return S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+                    "--SEGMENTER", "builtin", "--NUM_WORKERS", "1", *extra])
+
+
+def meta_mtimes(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "meta").glob("*/*.json")}
+
+
+def test_end_to_end_resume_failures(data, tmp_path):
+    out = tmp_path / "out"
+    train_ids = pd.read_csv(data / "train.csv")["ID"].tolist()
+    test_ids = pd.read_csv(data / "sample_submission.csv")["ID"].tolist()
+    bad = train_ids[1]
+    green = data / "train" / f"{bad}_green.png"
+    good_bytes = green.read_bytes()
+    green.write_bytes(b"\x89PNG not really")
+
+    res = run(data, out, "--NUM_WORKERS", "2")
+    assert (res["processed"], res["failed"], res["skipped"]) == (len(train_ids) + len(test_ids) - 1, 1, 0)
+    fails = pd.read_csv(out / "s2_failures.csv")
+    assert fails["ID"].tolist() == [bad] and f"{bad}_green.png" in fails["reason"][0]
+
+    tr = pd.read_csv(out / "train_all.csv", dtype={"ID": str})
+    assert list(tr.columns) == ["ID", "Label", "is_ext", "fold", "ImageWidth", "ImageHeight", "n_cells"]
+    assert tr["ID"].tolist() == [i for i in train_ids if i != bad]
+    te = pd.read_csv(out / "test.csv", dtype={"ID": str})
+    assert list(te.columns) == ["ID", "ImageWidth", "ImageHeight", "n_cells"]
+    assert te["ID"].tolist() == test_ids
+    for split, df in (("train", tr), ("test", te)):
+        for r in df.itertuples():
+            orig = io.read_image(data / split, r.ID)
+            assert (r.ImageHeight, r.ImageWidth) == orig.shape[:2]  # original sizes
+            small = io.read_rgby(out / split / f"{r.ID}.png")
+            assert np.array_equal(small, cv2.resize(orig, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+            cell, nuc = io.load_masks(out / f"{split}_cell_mask" / f"{r.ID}.npz")
+            assert cell.dtype == np.uint16 and cell.shape == (SIZE, SIZE) and nuc.shape == (SIZE, SIZE)
+            assert set(np.unique(cell)) == set(range(r.n_cells + 1))  # ids 1..n_cells
+            assert np.all(cell[nuc > 0] == nuc[nuc > 0])
+    blank = tr.set_index("ID").loc["blank"]
+    assert blank["n_cells"] == 0 and (blank["ImageWidth"], blank["ImageHeight"]) == (240, 200)
+    assert tr.loc[tr["ID"] != "blank", "n_cells"].min() > 0
+    assert tr["fold"].between(0, 4).all() and (tr["is_ext"] == 0).all()
+
+    # a re-run does only what is left: nothing, except the still-broken image
+    before = meta_mtimes(out)
+    res = run(data, out)
+    assert (res["processed"], res["skipped"], res["failed"]) == (0, len(before), 1)
+    assert meta_mtimes(out) == before
+    # the image is repaired: only it is processed, and it leaves the failure list
+    green.write_bytes(good_bytes)
+    res = run(data, out)
+    assert (res["processed"], res["failed"]) == (1, 0)
+    assert pd.read_csv(out / "s2_failures.csv").empty
+    assert bad in pd.read_csv(out / "train_all.csv", dtype={"ID": str})["ID"].tolist()
+    after = meta_mtimes(out)
+    assert all(after[k] == v for k, v in before.items())
+    # --OVERWRITE redoes all
+    res = run(data, out, "--OVERWRITE")
+    assert res["processed"] == len(after) and all(meta_mtimes(out)[k] > v for k, v in after.items())
+
+
+def test_shards_split_the_work(data, tmp_path):
+    out = tmp_path / "out"
+    n = len(pd.read_csv(data / "train.csv")) + len(pd.read_csv(data / "sample_submission.csv"))
+    r0 = run(data, out, "--SHARD", "0/2")
+    first = set(meta_mtimes(out))
+    assert r0["processed"] == (n + 1) // 2 == len(first)
+    assert r0["train_rows"] + r0["test_rows"] == len(first)  # CSVs hold what is done so far
+    r1 = run(data, out, "--SHARD", "1/2")
+    assert r1["processed"] == n // 2 and r1["skipped"] == 0
+    assert len(meta_mtimes(out)) == n and r1["train_rows"] + r1["test_rows"] == n
+    with pytest.raises(SystemExit, match="SHARD"):
+        run(data, out, "--SHARD", "2/2")
+
+
+def test_bad_label_names_the_file(data, tmp_path):
+    t = pd.read_csv(data / "train.csv")
+    t.loc[0, "Label"] = "3|25"
+    t.to_csv(data / "train.csv", index=False)
+    with pytest.raises(SystemExit, match=r"train\.csv.*25"):
+        run(data, tmp_path / "out")
+    assert not (tmp_path / "out" / "train_all.csv").exists()
+
+
+def _label_table(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = ["|".join(map(str, sorted(rng.choice(19, rng.integers(1, 4), replace=False)))) for _ in range(n)]
+    return pd.DataFrame({"ID": [f"img{i:04d}" for i in range(n)], "Label": labels,
+                         "is_ext": (rng.random(n) < 0.3).astype(int)})
+
+
+def test_folds_stratified_and_reproducible():
+    t = _label_table(400, 0)
+    f1 = S2.assign_folds(t, 5, seed=42)
+    assert f1.between(0, 4).all() and np.array_equal(f1, S2.assign_folds(t, 5, seed=42))
+    assert not np.array_equal(f1, S2.assign_folds(t, 5, seed=1))
+    shuffled = t.sample(frac=1.0, random_state=0)  # CSV order does not matter
+    assert S2.assign_folds(shuffled, 5, seed=42).sort_index().equals(f1)
+    assert np.bincount(f1, minlength=5).min() >= 0.9 * 400 / 5
+    y = np.zeros((len(t), 20), int)
+    for i, lab in enumerate(t["Label"]):
+        y[i, [int(x) for x in lab.split("|")]] = 1
+    y[:, 19] = t["is_ext"]
+    per_fold = np.stack([y[f1.to_numpy() == k].sum(0) for k in range(5)])
+    spread = per_fold.max(0) - per_fold.min(0)  # random folds: a median spread of ~7 images
+    assert np.median(spread) <= 1 and (spread <= 2).mean() >= 0.75, per_fold
+
+
+# ----------------------------------------------------------------------------- common.parallel
+def _square_or_fail(x):
+    if x % 3 == 0:
+        raise ValueError(f"bad {x}")
+    return x * x
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_parallel_keeps_order_and_captures_errors(workers):
+    out = parallel.run_parallel(_square_or_fail, list(range(10)), workers, progress=False)
+    assert [o.item for o in out] == list(range(10))
+    assert [o.value for o in out if o.ok] == [x * x for x in range(10) if x % 3]
+    bad = [o for o in out if not o.ok]
+    assert [o.item for o in bad] == [0, 3, 6, 9] and bad[1].error == "ValueError: bad 3" and bad[1].trace
+
+
+def test_shard_and_parse_shard():
+    items = list(range(11))
+    parts = [parallel.shard(items, f"{i}/3") for i in range(3)]
+    assert sorted(sum(parts, [])) == items and parts[1] == [1, 4, 7, 10]
+    assert parallel.parse_shard("") == (0, 1) and parallel.parse_shard(None) == (0, 1)
+    assert parallel.shard(items, (0, 1)) == items
+    for bad in ("3/3", "-1/2", "1/0", "a/b", "2"):
+        with pytest.raises(ValueError, match="SHARD"):
+            parallel.parse_shard(bad)
+
+
+def test_split_done(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    todo, done = parallel.split_done(["a", "b", "c"], lambda k: [tmp_path / f"{k}.txt", tmp_path / "a.txt"])
+    assert (todo, done) == (["c"], ["a", "b"])
+    todo, done = parallel.split_done(["a"], lambda k: [tmp_path / f"{k}.txt"], overwrite=True)
+    assert (todo, done) == (["a"], [])
+
+
+def test_records_are_json(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out, "--SHARD", "0/4")
+    rec = json.loads(next((out / "meta" / "train").glob("*.json")).read_text())
+    assert rec["ok"] and {"ID", "ImageWidth", "ImageHeight", "n_cells"} <= set(rec)
+
+
+class _FakeNetworks:
+    """Stands in for the HPA networks: batches, original-size input, optional failure."""
+
+    name = "hpa"
+    calls: list = []
+
+    def __init__(self, fail=False):
+        from common.segmentation import BuiltinSegmenter
+
+        self.inner, self.fail = BuiltinSegmenter(), fail
+
+    def segment(self, images):
+        _FakeNetworks.calls.append([im.shape for im in images])
+        if self.fail:
+            raise RuntimeError("CUDA out of memory")
+        return self.inner.segment(images)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_network_segmenter_gets_batches_of_originals(data, tmp_path, monkeypatch, fail):
+    monkeypatch.setattr(S2.segmentation, "resolve_name", lambda name, weights_dir=None: "hpa")
+    monkeypatch.setattr(S2.segmentation, "get_segmenter", lambda *a, **k: _FakeNetworks(fail))
+    monkeypatch.setattr(S2, "_SEGMENTERS", {})
+    _FakeNetworks.calls = []
+    out = tmp_path / "out"
+    n = len(pd.read_csv(data / "train.csv")) + len(pd.read_csv(data / "sample_submission.csv"))
+    res = S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+                   "--SEG_BATCH", "4", "--NUM_WORKERS", "2"])
+    assert [len(c) for c in _FakeNetworks.calls] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert all(shape[0] > SIZE for call in _FakeNetworks.calls for shape in call)  # SEG_AT auto: original
+    if fail:
+        assert res["failed"] == n and res["processed"] == 0
+        assert pd.read_csv(out / "s2_failures.csv")["reason"].str.contains("CUDA out of memory").all()
+    else:
+        assert res["processed"] == n and res["segmenter"] == "hpa"
+        assert json.loads(next((out / "meta" / "test").glob("*.json")).read_text())["seg_at"] == "original"

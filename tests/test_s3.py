@@ -1,0 +1,77 @@
+"""S3_train_pipeline1.py end to end on a tiny data set, and under torchrun with 2 gloo processes."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import models
+from common.datasets import make_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+S3 = importlib.import_module("S3_train_pipeline1")
+TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",
+        "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--WARMUP_EPOCHS", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hpa512")
+    make_toy_dataset(root, n=16, size=40, seed=1)
+    return root
+
+
+def test_s3_main_writes_a_loadable_run(data, tmp_path):
+    torch.set_num_threads(1)
+    res = S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "2", "--VARIANT",
+                   "center_cells", *TINY])
+    run = tmp_path / "p1_resnet10t_48_center_cells_lovasz" / "fold0"
+    assert Path(res["out_dir"]) == run and (run / "best.pth").is_file()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["PIPELINE"] == 1 and saved["VARIANT"] == "center_cells" and saved["FOLD"] == 0
+    model, cfg = models.load_checkpoint(run / "best.pth")
+    assert cfg["IMAGE_SIZE"] == 48 and isinstance(model, models.ImageModel)
+    out = model({"image": torch.zeros(1, 4, 48, 48)})
+    assert out["logits"].shape == (1, 19)
+
+
+def test_s3_all_folds_and_bad_input(data, tmp_path):
+    torch.set_num_threads(1)
+    res = S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "1", "--FOLD", "-1",
+                   "--RUN_NAME", "r", "--MAX_TRAIN_STEPS", "1", *TINY])
+    assert Path(res["out_dir"]) == tmp_path / "r" / "all" and res["last_epoch"] == 1
+    with pytest.raises(SystemExit, match="train_all.csv"):
+        S3.main(["--DATA_DIR", str(tmp_path / "nothing"), *TINY])
+    with pytest.raises(ValueError, match="FOLD 7"):
+        S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "7", *TINY])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           str(ROOT / "S3_train_pipeline1.py"),
+           "--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--RUN_NAME", "ddp", "--EPOCHS", "2",
+           "--EMA_DECAY", "0.5", *TINY]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "ddp" / "fold0"
+    ck = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 2 and not any(k.startswith("module.") for k in ck["model"])
+    assert "device cpu x2" in (run / "train.log").read_text()
+    model, _ = models.load_checkpoint(run / "last.pth")
+    assert model.loaded_weights == "ema"
+    assert model({"image": torch.zeros(1, 4, 48, 48)})["logits"].shape == (1, 19)

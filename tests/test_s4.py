@@ -1,0 +1,261 @@
+"""S4.1 cell crops (index, original resolution, resume, failures), the bag dataset, the MIL model and
+loss, and a 2-epoch CPU run of S4.2 on tiny data made in tmp_path."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from common import cells, encoding, io
+from common.bag_datasets import BagDataset, crop_path
+from common.constants import NEGATIVE, NUM_CLASSES
+from common.mil import BagModel, mil_loss, pool_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def _load(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_s41(args):
+    """A fresh module per run: config.parse writes the overrides into the module's globals."""
+    return _load("s41_crop_cells", "S4.1_crop_cells.py").main(args)
+
+
+def run_s42(args):
+    return _load("s42_train_pipeline2", "S4.2_train_pipeline2.py").main(args)
+
+
+# ----------------------------------------------------------------------------- tiny data
+def _label_map(rng, size: int, n: int, base: int) -> np.ndarray:
+    lab = np.zeros((size, size), np.uint16)
+    for k in range(n):
+        y, x = rng.integers(0, size - 10, 2)
+        h, w = rng.integers(6, 14, 2)
+        lab[y:y + h, x:x + w] = base + k   # later cells may overlap earlier ones; ids stay unique
+    return lab
+
+
+def make_data(root: Path, n_images: int = 8) -> dict:
+    """64-px "512" images, 128-px originals (competition only), masks, folds, per-cell truth."""
+    rng = np.random.default_rng(0)
+    hpa, comp = root / "hpa-512", root / "comp"
+    rows, truth = [], []
+    for i in range(n_images):
+        iid = f"img{i:02d}"
+        is_ext = int(i == 7)
+        cls = 0 if i % 2 else 14               # class 0: bright green cells, class 14: dim green
+        n_cells = 0 if i == 6 else int(rng.integers(2, 6))
+        lab = _label_map(rng, 64, n_cells, base=300 if i == 1 else 1)
+        img = rng.integers(0, 60, (64, 64, 4), dtype=np.uint8)
+        img[..., 1][lab > 0] = 220 if cls == 0 else 30
+        io.write_rgby(hpa / "train" / f"{iid}.png", img)
+        if i != 5:                             # image 5 has no mask
+            io.save_masks(hpa / "train_cell_mask" / f"{iid}.npz", lab, lab)
+        if not is_ext:                         # originals at 2x
+            big = cv2.resize(img, (128, 128), interpolation=cv2.INTER_NEAREST)
+            io.write_channels(comp / "train", iid, big)
+            big_lab = cv2.resize(lab, (128, 128), interpolation=cv2.INTER_NEAREST)
+            io.write_label_png(comp / "train_cell_truth" / f"{iid}.png", big_lab)
+            for c in cells.cell_ids(big_lab):
+                truth.append(dict(ID=iid, ImageWidth=128, ImageHeight=128, cell_id=c, Label=cls,
+                                  EncodedMask=encoding.encode_binary_mask(big_lab == c)))
+        rows.append(dict(ID=iid, Label=str(cls), is_ext=is_ext, fold=i % 4 // 2 if i < 4 else 1,
+                         ImageWidth=128, ImageHeight=128, n_cells=n_cells))
+    pd.DataFrame(rows).to_csv(hpa / "train_all.csv", index=False)
+    pd.DataFrame(truth).to_csv(comp / "train_cells.csv", index=False)
+    return dict(hpa=hpa, comp=comp, rows=rows)
+
+
+def _s41_args(d: dict, size: int = 32, **extra) -> list[str]:
+    args = ["--HPA512_DIR", str(d["hpa"]), "--TRAIN_CSV", str(d["hpa"] / "train_all.csv"),
+            "--COMP_TRAIN_DIR", str(d["comp"] / "train"),
+            "--EXT_TRAIN_DIR", str(d["comp"] / "train_external"),
+            "--CELL_SIZE", str(size), "--NUM_WORKERS", "1"]
+    for k, v in extra.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    d = make_data(tmp_path_factory.mktemp("s4"))
+    d["s41"] = run_s41(_s41_args(d))
+    return d
+
+
+# ----------------------------------------------------------------------------- S4.1
+def test_s41_writes_crops_and_index(data):
+    hpa = data["hpa"]
+    index = pd.read_csv(hpa / "cells_32.csv", dtype={"ID": str})
+    assert list(index.columns) == ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
+    assert "img05" not in set(index["ID"]) and "img06" not in set(index["ID"])   # no mask / no cells
+    assert data["s41"]["written"] == len(index) > 0 and data["s41"]["failed"] == 0
+    assert (index.loc[index["ID"] == "img01", "cell_id"] >= 300).all()
+    # a competition image is cropped from its 128-px original with the mask upscaled (nearest)
+    lab, _ = io.load_masks(hpa / "train_cell_mask" / "img01.npz")
+    orig = io.read_image(data["comp"] / "train", "img01")
+    big = cv2.resize(lab, (128, 128), interpolation=cv2.INTER_NEAREST)
+    c = int(index.loc[index["ID"] == "img01", "cell_id"].iloc[0])
+    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
+                                  cells.crop_cell(orig, big, c, 32))
+    row = index[(index["ID"] == "img01") & (index["cell_id"] == c)].iloc[0]
+    assert (row.x0, row.y0, row.x1, row.y1) == cells.bounding_boxes(lab)[c]       # 512-px coordinates
+    assert row.area == int((lab == c).sum())
+    # the external image (no original) is cropped from its 64-px image
+    lab7, _ = io.load_masks(hpa / "train_cell_mask" / "img07.npz")
+    c7 = cells.cell_ids(lab7)[0]
+    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img07", c7)),
+                                  cells.crop_cell(io.read_rgby(hpa / "train" / "img07.png"), lab7, c7, 32))
+    assert json.loads((hpa / "cells_32.json").read_text())["CROP_MARGIN"] == cells.CROP_MARGIN
+
+
+def test_s41_resume_writes_nothing_new_and_lists_failures(data, tmp_path):
+    hpa = data["hpa"]
+    files = sorted((hpa / "cells_32").glob("*.png"))
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
+    index_before = pd.read_csv(hpa / "cells_32.csv")
+    again = run_s41(_s41_args(data))
+    assert again["written"] == 0 and again["failed"] == 0
+    assert sorted((hpa / "cells_32").glob("*.png")) == files
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    pd.testing.assert_frame_equal(pd.read_csv(hpa / "cells_32.csv"), index_before)
+    # a broken image fails alone, named in s41_failures.csv; shards split the images
+    bad = tmp_path / "hpa"
+    bad.mkdir()
+    for sub in ("train", "train_cell_mask"):
+        (bad / sub).symlink_to(hpa / sub, target_is_directory=True)
+    df = pd.read_csv(hpa / "train_all.csv")
+    df = pd.concat([df, pd.DataFrame([dict(ID="broken", Label="0", is_ext=1, fold=0)])])
+    df.to_csv(bad / "train_all.csv", index=False)
+    io.save_masks(bad / "mask_broken.npz", np.ones((8, 8), np.uint16))
+    (hpa / "train_cell_mask" / "broken.npz").write_bytes((bad / "mask_broken.npz").read_bytes())
+    try:
+        out = run_s41(_s41_args(dict(hpa=bad, comp=data["comp"]), TRAIN_CSV=bad / "train_all.csv",
+                                 SHARD="1/2"))
+    finally:
+        (hpa / "train_cell_mask" / "broken.npz").unlink()
+    fails = pd.read_csv(bad / "s41_failures.csv")
+    assert list(fails["ID"]) == ["broken"] and "broken.png" in fails["error"].iloc[0]
+    assert out["failed"] == 1 and (bad / "cells_32.shard1of2.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- bag dataset
+def test_bag_dataset_shapes_sampling_and_label_aug(data):
+    hpa = data["hpa"]
+    df = pd.read_csv(hpa / "train_all.csv", dtype={"ID": str, "Label": str})
+    index = pd.read_csv(hpa / "cells_32.csv", dtype={"ID": str})
+    ds = BagDataset(df, hpa / "cells_32", index, cells_per_image=16, cell_size=32, augment=True, seed=1)
+    assert ds.n_without_cells == 2 and len(ds) == len(df) - 2 and "img06" not in ds.ids
+    item = ds[0]
+    assert item["image"].shape == (16, 4, 32, 32) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (NUM_CLASSES,) and item["label"][14] == 1 and item["id"] == ds.ids[0]
+    assert set(item["cell_ids"].tolist()) <= set(ds.cells[0].tolist())      # with replacement (< 16 cells)
+    ds.set_epoch(1)
+    a = ds[0]["image"]
+    ds.set_epoch(2)
+    assert not torch.equal(a, ds[0]["image"])                                 # fresh draws each epoch
+    ds.set_epoch(1)
+    assert torch.equal(a, ds[0]["image"])                                     # ... reproducible
+    few = BagDataset(df, hpa / "cells_32", index, cells_per_image=2, cell_size=16, augment=False)
+    ids = few[0]["cell_ids"].tolist()
+    assert len(set(ids)) == 2 and few[0]["image"].shape == (2, 4, 16, 16)    # no replacement; resized
+    assert torch.equal(few[0]["image"], few[0]["image"])
+    neg = BagDataset(df, hpa / "cells_32", index, cell_size=32, p_green_to_negative=1.0)
+    stack, label, _ = neg.load_bag(1, neg.rng(1))
+    plain, _, _ = BagDataset(df, hpa / "cells_32", index, cell_size=32).load_bag(1, neg.rng(1))
+    assert label.tolist() == [float(c == NEGATIVE) for c in range(NUM_CLASSES)]
+    assert stack[..., 1].max() <= 0.1 * plain[..., 1].max() + 1                # every cell's green dimmed
+    np.testing.assert_array_equal(stack[..., 0], plain[..., 0])
+
+
+# ----------------------------------------------------------------------------- MIL
+class _Echo(nn.Module):
+    """logits(x) = the first 19 values of each row: exposes which row a cell went to."""
+
+    def logits(self, x):
+        return x.flatten(1)[:, :NUM_CLASSES]
+
+
+def test_bag_model_reshape_round_trip():
+    bs, n = 3, 16
+    x = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1, 1, 1).expand(bs, n, 4, 8, 8).clone()
+    model = BagModel(_Echo(), {"MIL_CHUNK": 5})
+    out = model({"image": x})
+    assert out["cell_logits"].shape == (bs, n, NUM_CLASSES) and out["logits"].shape == (bs, NUM_CLASSES)
+    expect = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1).expand(bs, n, NUM_CLASSES)
+    torch.testing.assert_close(out["cell_logits"], expect)                   # cell i of bag b <-> row b*16+i
+    torch.testing.assert_close(out["logits"][:, 0], torch.tensor([15.0, 31.0, 47.0]))
+    with torch.no_grad():                                                     # chunked inference, same result
+        torch.testing.assert_close(model({"image": x})["cell_logits"], expect)
+    assert model({"image": x[:1, :7]})["cell_logits"].shape == (1, 7, NUM_CLASSES)  # any N
+
+
+def test_mil_loss_equals_hand_computed_value():
+    cell = torch.tensor([[[0.0, 2.0], [1.0, -1.0]]])      # 1 bag, 2 cells, 2 classes
+    target = torch.tensor([[1.0, 0.0]])
+
+    def sp(v):  # softplus: BCE-with-logits(z, 1) = sp(-z), (z, 0) = sp(z)
+        return math.log1p(math.exp(v))
+
+    bce_max = (sp(-1.0) + sp(2.0)) / 2                     # max over cells: [1, 2]
+    bce_mean = (sp(-0.5) + sp(0.5)) / 2                    # mean over cells: [0.5, 0.5]
+    expected = (4 * bce_max + 1 * bce_mean) / 5
+    assert mil_loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
+    bag = torch.randn(2, 3, 4, 8, 8)
+    label = (torch.rand(2, NUM_CLASSES) > 0.5).float()
+    out = BagModel(_Echo(), {"MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
+    torch.testing.assert_close(out["loss"], mil_loss(out["cell_logits"], label))
+    assert mil_loss(cell, target, w_max=1, w_mean=0).item() == pytest.approx(bce_max, rel=1e-6)
+
+
+def test_pools():
+    x = torch.randn(2, 5, NUM_CLASSES)
+    torch.testing.assert_close(pool_cells(x, "topk", k=1), x.amax(1))
+    torch.testing.assert_close(pool_cells(x, "topk", k=99), x.mean(1))
+    torch.testing.assert_close(pool_cells(x, "lse", r=1e4), x.amax(1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(pool_cells(x, "lse", r=1e-2), x.mean(1), atol=3e-2, rtol=0)
+    with pytest.raises(ValueError, match="MIL_POOL"):
+        BagModel(_Echo(), {"MIL_POOL": "median"})
+
+
+# ----------------------------------------------------------------------------- S4.2
+@pytest.mark.slow
+def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
+    from common.models import load_checkpoint
+
+    crops = run_s41(_s41_args(data, size=64))
+    assert crops["failed"] == 0
+    args = ["--HPA512_DIR", str(data["hpa"]), "--TRAIN_CSV", str(data["hpa"] / "train_all.csv"),
+            "--COMP_DIR", str(data["comp"]), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "0",
+            "--CELL_SIZE", "64", "--MODEL_NAME", "test_convnext", "--PRETRAINED", "false",
+            "--EPOCHS", "2", "--BATCH_SIZE", "2", "--LR", "3e-3", "--WARMUP_EPOCHS", "0",
+            "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--DROPOUT", "0.0"]
+    result = run_s42(args)
+    out = tmp_path / "p2_test_convnext_64_max" / "fold0"
+    hist = pd.read_csv(out / "summary.csv")
+    assert len(hist) == 2
+    assert hist["train_loss"].iloc[1] < hist["train_loss"].iloc[0]
+    for col in ("val_mAP", "val_loss", "cell_mAP_strict", "cell_mAP_lenient"):
+        assert col in hist.columns and hist[col].notna().all()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["PIPELINE"] == 2 and saved["CELL_SIZE"] == 64 and saved["CROP_MARGIN"] == cells.CROP_MARGIN
+    model, cfg = load_checkpoint(out / "best.pth", "cpu")
+    assert isinstance(model, BagModel) and result["best_epoch"] in (1, 2)
+    with torch.no_grad():
+        assert model({"image": torch.zeros(1, 5, 4, 64, 64)})["cell_logits"].shape == (1, 5, NUM_CLASSES)

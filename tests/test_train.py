@@ -1,0 +1,126 @@
+"""train.fit on tiny data on CPU: learning, outputs, checkpoints, exact resume after a kill."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from common import augment, models, train
+from common.datasets import ImageDataset, make_toy_dataset
+
+torch.set_num_threads(1)
+
+BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "LOSS": "lovasz",
+        "EPOCHS": 3, "BATCH_SIZE": 8, "LR": 2e-3, "WEIGHT_DECAY": 1e-4, "OPTIMIZER": "adamw",
+        "WARMUP_EPOCHS": 0.5, "MIN_LR": 1e-5, "ACCUM_STEPS": 1, "EMA_DECAY": 0.0, "AMP": True,
+        "NUM_WORKERS": 0, "SEED": 3, "DEVICE": "cpu", "RESUME": False, "MONITOR": "val_mAP",
+        "MAX_TRAIN_STEPS": 0}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    df = make_toy_dataset(root, n=24, size=48, seed=0)
+    return root, df
+
+
+def _datasets(toy, aug: bool):
+    root, df = toy
+    tr, va = df[df.fold == 1], df[df.fold == 0]
+    tfm = augment.build_transforms("masked", 48, p_affine=0.3, p_dropout=0.2) if aug else None
+    lab = augment.LabelAugment(0.1, 0.1, 0.5) if aug else None
+    return (ImageDataset(tr, root / "train", tfm, lab, image_size=48, seed=5),
+            ImageDataset(va, root / "train", image_size=48))
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return models.build_model(cfg)
+
+
+def test_fit_learns_and_writes_outputs(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 4, "LOSS": "bce", "LR": 3e-3, "WARMUP_EPOCHS": 0.0}
+    tr, va = _datasets(toy, aug=False)
+    calls = []
+
+    def extra(model, device):
+        calls.append(model.training)
+        return {"cell_mAP": 0.5}
+
+    res = train.fit(cfg, _model(cfg), tr, va, tmp_path, extra_metrics=extra)
+    hist = res["history"]
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4] and calls == [False] * 4
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    for name in ("best.pth", "last.pth", "config.json", "summary.csv", "train.log", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    df = pd.read_csv(tmp_path / "summary.csv")
+    assert {"epoch", "lr", "train_loss", "val_loss", "val_mAP", "cell_mAP", "seconds"} <= set(df.columns)
+    assert df.lr.iloc[-1] < df.lr.iloc[0]  # cosine decays
+    ck = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert {"model", "config", "epoch", "optimizer", "scheduler", "scaler", "ema", "rng", "best_metric",
+            "metrics"} <= set(ck)
+    assert ck["epoch"] == 4 and ck["config"]["MODEL_NAME"] == "resnet10t"
+    best = torch.load(tmp_path / "best.pth", map_location="cpu", weights_only=True)
+    assert best["epoch"] == res["best_epoch"]
+    assert best["metrics"]["val_mAP"] == pytest.approx(res["best_metric"])
+    model, mcfg = models.load_checkpoint(tmp_path / "last.pth")
+    assert model.loaded_weights == "model" and mcfg["LOSS"] == "bce"
+
+
+def _final_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
+    cfg = {**BASE, "EMA_DECAY": 0.9, "ACCUM_STEPS": 2, "BATCH_SIZE": 4}
+    tr, va = _datasets(toy, aug=True)
+    train.fit(cfg, _model(cfg), tr, va, tmp_path / "full")
+
+    def kill_at_2(model, device):
+        if kill_at_2.epoch == 2:
+            raise train.StopTraining
+        kill_at_2.epoch += 1
+        return {}
+
+    kill_at_2.epoch = 1
+    part = train.fit(cfg, _model(cfg), tr, va, tmp_path / "cut", extra_metrics=kill_at_2)
+    assert part["stopped"] and part["last_epoch"] == 1
+    assert _final_weights(tmp_path / "cut" / "last.pth")["epoch"] == 1
+    # a resume starts from a *different* fresh model: everything must come from last.pth
+    done = train.fit({**cfg, "RESUME": True}, _model(cfg, seed=99), tr, va, tmp_path / "cut")
+    assert done["last_epoch"] == 3 and [r["epoch"] for r in done["history"]] == [1, 2, 3]
+    a, b = _final_weights(tmp_path / "full" / "last.pth"), _final_weights(tmp_path / "cut" / "last.pth")
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a["metrics"]["val_mAP"] == pytest.approx(b["metrics"]["val_mAP"])
+    assert len(pd.read_csv(tmp_path / "cut" / "summary.csv")) == 3
+    m, _ = models.load_checkpoint(tmp_path / "cut" / "best.pth")
+    assert m.loaded_weights == "ema"
+    # resuming a finished run does nothing more
+    again = train.fit({**cfg, "RESUME": True}, _model(cfg), tr, va, tmp_path / "cut")
+    assert again["last_epoch"] == 3
+
+
+def test_fit_without_validation_and_step_cap(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 1, "MAX_TRAIN_STEPS": 1, "OPTIMIZER": "adam"}
+    tr, _ = _datasets(toy, aug=False)
+    res = train.fit(cfg, _model(cfg), tr, None, tmp_path)
+    assert res["last_epoch"] == 1 and (tmp_path / "best.pth").is_file()
+    assert _final_weights(tmp_path / "last.pth")["num_updates"] == 1
+    with pytest.raises(ValueError, match="OPTIMIZER"):
+        train.fit({**cfg, "OPTIMIZER": "sgdx"}, _model(cfg), tr, None, tmp_path / "x")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    train.seed_everything(1)
+    st = train.get_rng_state()
+    a = (torch.rand(2), np.random.rand(2), random.random())
+    train.set_rng_state(st)
+    b = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
