@@ -1,0 +1,271 @@
+"""S5_predict end to end: S0 -> S2 -> S3 + S4.1 -> S4.2 -> S5 -> S6 on a few 128-px demo images with
+tiny models trained for one step (pipeline 1 and pipeline 2, so the ensemble has 2 pipelines);
+an image with zero cells; a missing channel file; batched vs one-forward-per-cell inference."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common import cells, encoding, io, predict, segmentation
+from common.constants import NUM_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIG = 128      # side of the demo images (the "original" resolution of the submission masks)
+SHORT = 96      # the first test image is cut to ORIG wide x SHORT high (catches swapped H/W)
+WORK = 64       # S2's IMAGE_SIZE: the working resolution, so masks must be upscaled 2x
+TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1", "--MAX_TRAIN_STEPS", "1",
+        "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--FOLD", "-1"]
+torch.set_num_threads(1)  # tiny tensors: more threads only contend (and the machine may be shared)
+
+
+def _load(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+S0 = _load("s0_make_demo_data", "S0_make_demo_data.py")
+S2 = _load("s2_data_process", "S2_data_process.py")
+S3 = _load("s3_train_pipeline1", "S3_train_pipeline1.py")
+S41 = _load("s41_crop_cells", "S4.1_crop_cells.py")
+S42 = _load("s42_train_pipeline2", "S4.2_train_pipeline2.py")
+S5 = _load("s5_predict", "S5_predict.py")
+S6 = _load("s6_evaluate", "S6_evaluate.py")
+
+
+def _cut_first_test_image(comp: Path) -> None:
+    """Crop the first test image (channels, truth PNG, truth rows, sample size) to SHORT x ORIG."""
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
+    iid = sample["ID"][0]
+    io.write_channels(comp / "test", iid, io.read_image(comp / "test", iid)[:SHORT])
+    truth_png = comp / "test_cell_truth" / f"{iid}.png"
+    truth_map = io.read_label_png(truth_png)[:SHORT]
+    io.write_label_png(truth_png, truth_map)
+    sample.loc[0, "ImageHeight"] = SHORT
+    sample.to_csv(comp / "sample_submission.csv", index=False)
+    truth = pd.read_csv(comp / "test_cells.csv", dtype={"ID": str, "Label": str})
+    masks = encoding.encode_label_map(truth_map)
+    mine = truth["ID"] == iid
+    truth = truth[~mine | truth["cell_id"].isin(list(masks))].copy()
+    mine = truth["ID"] == iid
+    truth.loc[mine, "ImageHeight"] = SHORT
+    truth.loc[mine, "EncodedMask"] = truth.loc[mine, "cell_id"].map(masks)
+    truth.to_csv(comp / "test_cells.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory) -> dict:
+    """S0..S4.2 once (two 1-step runs), then S5 on the 3 test images (TTA 2, both runs)."""
+    root = tmp_path_factory.mktemp("s5")
+    comp, hpa, out = root / "comp", root / "hpa", root / "out"
+    S0.main(["--OUT_DIR", str(comp), "--N_TRAIN", "8", "--N_TEST", "3", "--IMAGE_SIZE", str(ORIG),
+             "--MIN_CELLS", "4", "--MAX_CELLS", "8", "--NUM_WORKERS", "1", "--SEED", "5"])
+    _cut_first_test_image(comp)
+    S2.main(["--DATA_DIR", str(comp), "--OUT_DIR", str(hpa), "--IMAGE_SIZE", str(WORK),
+             "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    r1 = S3.main(["--DATA_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(WORK),
+                  "--BATCH_SIZE", "4", *TINY])
+    S41.main(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"),
+              "--COMP_TRAIN_DIR", str(comp / "train"), "--EXT_TRAIN_DIR", str(comp / "train_external"),
+              "--CELL_SIZE", "32", "--NUM_WORKERS", "1"])
+    r2 = S42.main(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"),
+                   "--COMP_DIR", str(comp), "--OUTPUT_DIR", str(out), "--CELL_SIZE", "32",
+                   "--CELLS_PER_IMAGE", "4", "--BATCH_SIZE", "2", *TINY])
+    runs = {1: Path(r1["out_dir"]), 2: Path(r2["out_dir"])}
+    assert all((r / "best.pth").is_file() for r in runs.values())
+    sub = S5.main(["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out),
+                   "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "1"])
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
+    return dict(comp=comp, hpa=hpa, out=out, runs=runs, sub=Path(sub), sample=sample)
+
+
+def _labels(hpa: Path, image_id: str) -> np.ndarray:
+    return io.load_masks(hpa / "test_cell_mask" / f"{image_id}.npz")[0]
+
+
+def _by_mask(s: str, width: int, height: int) -> dict[str, dict[int, float]]:
+    """{mask string: {class: confidence}} of one PredictionString (masks in first-seen order)."""
+    out: dict[str, dict[int, float]] = {}
+    for label, conf, mask in encoding.parse_prediction_string(s, width, height):
+        assert label not in out.setdefault(mask, {}), f"class {label} twice for one cell"
+        out[mask][label] = conf
+    return out
+
+
+def _flat(s: str, width: int, height: int) -> list[tuple[str, int, float]]:
+    return [(m, c, p) for m, confs in _by_mask(s, width, height).items() for c, p in confs.items()]
+
+
+def _size(e2e: dict, image_id: str) -> tuple[int, int]:
+    """(ImageWidth, ImageHeight) of a test image in the sample submission."""
+    row = e2e["sample"].set_index("ID").loc[image_id]
+    return int(row["ImageWidth"]), int(row["ImageHeight"])
+
+
+def _upscale(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize written out: output pixel i takes source pixel floor((i + 0.5) * n / N)."""
+    rows = ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int)
+    cols = ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(int)
+    return labels[np.ix_(rows, cols)]
+
+
+def _copy_inputs(e2e: dict, dst: Path) -> tuple[Path, Path]:
+    """A private copy of what S5 reads (sample submission, originals, S2's test images and masks)."""
+    comp, hpa = dst / "comp", dst / "hpa"
+    shutil.copytree(e2e["comp"] / "test", comp / "test")
+    shutil.copy(e2e["comp"] / "sample_submission.csv", comp / "sample_submission.csv")
+    for sub in ("test", "test_cell_mask"):
+        shutil.copytree(e2e["hpa"] / sub, hpa / sub)
+    return comp, hpa
+
+
+def _s5_args(e2e: dict, comp: Path, hpa: Path, out: Path, *extra: str) -> list[str]:
+    runs = ",".join(str(e2e["runs"][k]) for k in (1, 2))
+    return ["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--RUNS", runs,
+            "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "0", *extra]
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_submission_rows_masks_at_original_size_and_19_classes_per_cell(e2e):
+    sample, hpa = e2e["sample"], e2e["hpa"]
+    sub = encoding.read_submission(e2e["sub"])
+    assert sub["ID"].tolist() == sample["ID"].tolist()                   # one row per sample row, in order
+    assert sub["ImageWidth"].tolist() == sample["ImageWidth"].tolist() == [ORIG] * len(sample)
+    heights = [SHORT] + [ORIG] * (len(sample) - 1)
+    assert sub["ImageHeight"].tolist() == sample["ImageHeight"].tolist() == heights
+    preds = pd.read_csv(e2e["out"] / "cell_predictions.csv", dtype={"ID": str})
+    n_cells = 0
+    for row in sub.itertuples(index=False):
+        labels = _labels(hpa, row.ID)
+        assert labels.shape == (WORK, WORK)
+        full = segmentation.resize_labels(labels, (row.ImageHeight, row.ImageWidth))
+        big = _upscale(labels, row.ImageHeight, row.ImageWidth)         # independent of cv2
+        ids = cells.cell_ids(labels)
+        assert ids, "the demo test images all have cells"
+        per_mask = _by_mask(row.PredictionString, row.ImageWidth, row.ImageHeight)
+        assert len(per_mask) == len(ids)                                 # every cell, once
+        mine = preds[preds["ID"] == row.ID].set_index("cell_id")
+        assert sorted(mine.index) == ids
+        for (mask, confs), c in zip(per_mask.items(), ids):             # cells in id order
+            assert sorted(confs) == list(range(NUM_CLASSES))             # all 19 classes per cell
+            m = encoding.decode_binary_mask(mask, row.ImageHeight, row.ImageWidth)
+            assert m.shape == (row.ImageHeight, row.ImageWidth)          # masks at the original size
+            np.testing.assert_array_equal(m, full == c)                  # ... the S2 cell, resized
+            iou = (m & (big == c)).sum() / (m | (big == c)).sum()
+            assert iou > 0.9                                             # ... at its place
+            np.testing.assert_allclose([confs[k] for k in range(NUM_CLASSES)],
+                                       mine.loc[c, [f"c{k}" for k in range(NUM_CLASSES)]].to_numpy(float),
+                                       atol=2e-6)
+        n_cells += len(ids)
+    assert len(preds) == n_cells
+    assert (e2e["out"] / "overlays" / f"{sample['ID'][0]}.png").stat().st_size > 0
+    assert not (e2e["out"] / "overlays" / f"{sample['ID'][1]}.png").exists()   # N_OVERLAYS 1
+
+
+def test_ensemble_is_the_mean_of_the_two_pipelines(e2e):
+    out, sample = e2e["out"], e2e["sample"]
+    subs = {name: encoding.read_submission(out / f"submission{name}.csv").set_index("ID")["PredictionString"]
+            for name in ("", "_pipeline1", "_pipeline2", "_image_level", "_x_image")}
+    n_diff = 0
+    for iid in sample["ID"]:
+        parsed = {k: _by_mask(v[iid], *_size(e2e, iid)) for k, v in subs.items()}
+        assert all(list(p) == list(parsed[""]) for p in parsed.values())     # same cells, same order
+        for mask in parsed[""]:
+            ens, p1, p2 = (np.array([parsed[k][mask][c] for c in range(NUM_CLASSES)])
+                           for k in ("", "_pipeline1", "_pipeline2"))
+            np.testing.assert_allclose(ens, (p1 + p2) / 2, atol=2e-6)
+            n_diff += np.abs(p1 - p2).max() > 1e-3
+            img = np.array([parsed["_image_level"][mask][c] for c in range(NUM_CLASSES)])
+            x_img = np.array([parsed["_x_image"][mask][c] for c in range(NUM_CLASSES)])
+            np.testing.assert_allclose(x_img, ens * img, atol=2e-6)
+        # image-level: the same probabilities for every cell of the image
+        first = next(iter(parsed["_image_level"].values()))
+        assert all(v == first for v in parsed["_image_level"].values())
+    assert n_diff > 0   # the two runs really differ, so the mean above is a real check
+
+
+def test_s6_scores_the_submission_above_zero(e2e, capsys):
+    res = S6.main(["--SUBMISSION", str(e2e["sub"]), "--TRUTH", str(e2e["comp"] / "test_cells.csv"),
+                   "--PLOTS", "false"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    strict = float(lines[-2].removeprefix("mAP_strict="))
+    assert lines[-2].startswith("mAP_strict=") and strict > 0
+    assert res["strict"]["mAP"] > 0 and res["strict"]["mAP"] == pytest.approx(strict, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_image_with_zero_cells_keeps_an_empty_row(e2e, tmp_path):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    empty_id = e2e["sample"]["ID"][0]
+    io.save_masks(hpa / "test_cell_mask" / f"{empty_id}.npz", np.zeros((WORK, WORK), np.uint16))
+    out = tmp_path / "out"
+    sub_path = S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "3"))
+    sub = encoding.read_submission(sub_path)
+    ref = encoding.read_submission(e2e["sub"])
+    assert sub["ID"].tolist() == e2e["sample"]["ID"].tolist()
+    got = sub.set_index("ID")["PredictionString"]
+    assert got[empty_id] == ""
+    for iid, s in ref.set_index("ID")["PredictionString"].items():      # the others are untouched
+        if iid != empty_id:
+            mine, theirs = _flat(got[iid], *_size(e2e, iid)), _flat(s, *_size(e2e, iid))
+            assert s and [t[:2] for t in mine] == [t[:2] for t in theirs]
+            np.testing.assert_allclose([t[2] for t in mine], [t[2] for t in theirs], atol=2e-6)
+    for name in ("pipeline1", "pipeline2", "image_level", "x_image"):
+        assert encoding.read_submission(out / f"submission_{name}.csv").set_index("ID")[
+            "PredictionString"][empty_id] == ""
+    preds = pd.read_csv(out / "cell_predictions.csv", dtype={"ID": str})
+    assert empty_id not in set(preds["ID"]) and len(preds) > 0
+    assert not (out / "overlays" / f"{empty_id}.png").exists()
+
+
+def test_missing_channel_file_is_named(e2e, tmp_path, capsys):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    iid = e2e["sample"]["ID"][1]
+    (hpa / "test" / f"{iid}.png").unlink()                             # no S2 outputs for this image:
+    (hpa / "test_cell_mask" / f"{iid}.npz").unlink()                   # S5 reads the original itself
+    out = tmp_path / "out"
+    args = _s5_args(e2e, comp, hpa, out, "--SEGMENTER", "builtin", "--IMAGE_SIZE", str(WORK),
+                    "--VARIANTS", "false")
+    sub = encoding.read_submission(S5.main(args)).set_index("ID")
+    assert "segmented here: 1" in capsys.readouterr().out
+    masks = _by_mask(sub.loc[iid, "PredictionString"], *_size(e2e, iid))  # segmented and scored here
+    assert masks and all(sorted(v) == list(range(NUM_CLASSES)) for v in masks.values())
+    shutil.rmtree(out)
+    missing = comp / "test" / f"{iid}_green.png"
+    missing.unlink()
+    with pytest.raises((OSError, SystemExit)) as err:
+        S5.main(args)
+    assert str(missing) in str(err.value)
+    assert not (out / "submission.csv").exists()
+
+
+# ----------------------------------------------------------------------------- batched inference
+@pytest.mark.parametrize("pipeline", [1, 2])
+def test_batched_and_per_cell_inference_agree(e2e, pipeline):
+    pred = predict.RunPredictor(e2e["runs"][pipeline], "cpu", tta=3, batch_size=7, amp=False)
+    plain = predict.RunPredictor(e2e["runs"][pipeline], "cpu", tta=1, batch_size=7, amp=False)
+    assert pred.pipeline == pipeline and pred.batch_size // pred.tta == 2   # several chunks per image
+    if pipeline == 2:
+        assert pred.from_original                                          # S4.1 cropped the originals
+    for iid in e2e["sample"]["ID"]:
+        image = io.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
+        labels = _labels(e2e["hpa"], iid)
+        original = io.read_image(e2e["comp"] / "test", iid)
+        ids = cells.cell_ids(labels)
+        batched, image_probs = pred.predict(image, labels, ids, original)
+        per_cell = pred.predict_per_cell(image, labels, ids, original)
+        assert pred.batch_size == 7                                        # restored
+        assert batched.shape == per_cell.shape == (len(ids), NUM_CLASSES)
+        assert image_probs.shape == (NUM_CLASSES,)
+        np.testing.assert_allclose(batched, per_cell, atol=1e-5, rtol=0)
+        assert np.ptp(batched, axis=0).max() > 1e-4                        # cells differ: order matters
+        assert np.abs(batched - plain.predict(image, labels, ids, original)[0]).max() > 1e-5  # TTA is used
