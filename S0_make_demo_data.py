@@ -1,6 +1,6 @@
 """S0: write a small synthetic HPA-like dataset with per-cell truth in the competition layout.
 
-    python S0_make_demo_data.py                       # 64 train + 16 test images, 512 px
+    python S0_make_demo_data.py                       # 160 train + 24 test images, 512 px
     python S0_make_demo_data.py --IMAGE_SIZE 2048     # real-size images
 
 Writes OUT_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv,
@@ -10,8 +10,8 @@ Skips when OUT_DIR already holds a demo made with the same config (unless OVERWR
 to write over a folder that holds a train.csv but no demo config (it may be the real data).
 """
 # ---------------------------------------------------------------------------- data
-N_TRAIN = 64              # training images
-N_TEST = 16               # test images (truth in test_cells.csv, labels hidden in sample_submission)
+N_TRAIN = 160             # training images
+N_TEST = 24               # test images (truth in test_cells.csv, labels hidden in sample_submission)
 IMAGE_SIZE = 512          # side of the square images in pixels (2048 = real HPA size)
 MIN_CELLS = 8             # fewest cells per image
 MAX_CELLS = 30            # most cells per image

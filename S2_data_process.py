@@ -262,7 +262,10 @@ def main(argv=None):
         p = out_paths(out_dir, t[0], t[2])
         return [p["meta"], p["image"], p["mask"]]
 
-    todo, done = parallel.split_done(tasks, outputs, overwrite=cfg.OVERWRITE)
+    def inputs(t):  # a channel file newer than the outputs (e.g. regenerated demo data) redoes the image
+        return [io.channel_path(t[1], t[2], c) for c in constants.CHANNELS]
+
+    todo, done = parallel.split_done(tasks, outputs, overwrite=cfg.OVERWRITE, inputs=inputs)
     print(f"S2: {len(tasks)} images in this shard: {len(done)} already done, {len(todo)} to do")
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(cfg, out_dir / "meta" / f"s2_config_shard{shard[0]}of{shard[1]}.json")

@@ -124,7 +124,7 @@ def main(argv=None):
     train.seed_everything(cfg["SEED"])  # the weight initialisation depends on SEED too
     model = models.build_model(cfg)
     result = train.fit(cfg, model, train_ds, val_ds, out_dir)
-    print(f"S3 done: {out_dir} best {cfg['MONITOR']}={result['best_metric']} (epoch {result['best_epoch']})")
+    print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result
 
 

@@ -222,7 +222,7 @@ def main(argv=None):
 
     model = models.build_model(cfg)
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
-    print(f"S4.2 done: best {cfg.MONITOR}={result['best_metric']} at epoch {result['best_epoch']}; "
+    print(f"S4.2 done: {train.describe_result(cfg, result)}; "
           f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
     return result
 

@@ -7,7 +7,9 @@ Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and o
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
         OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
         OUTPUT_DIR/overlays/{ID}.png     the first N_OVERLAYS images, cells outlined and labelled
-        OUTPUT_DIR/submission_{pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6)
+        OUTPUT_DIR/submission_{cells,pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6):
+                                         cells = the cell-level ensemble alone, image_level = every cell
+                                         scored with its image's prediction, x_image = cells x image_level
         OUTPUT_DIR/s5_config.json        the resolved constants and the runs used
 
     python S5_predict.py                                   # every run under output/
@@ -141,7 +143,8 @@ def main(argv=None):
 
     names = ["ensemble"]
     if cfg.VARIANTS:
-        names += [f"pipeline{k}" for k in pipelines if len(pipelines) > 1] + ["image_level", "x_image"]
+        names += (["cells"] + [f"pipeline{k}" for k in pipelines if len(pipelines) > 1]
+                  + ["image_level", "x_image"])
     strings: dict[str, dict[str, str]] = {n: {} for n in names}
     pred_rows, n_cells_total, n_dropped = [], 0, 0
     todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
@@ -174,6 +177,7 @@ def main(argv=None):
         img_ens = predict.ensemble(image_p, weights)
         variants = {"ensemble": ens}
         if cfg.VARIANTS:
+            variants["cells"] = ens
             for pl in pipelines:
                 if len(pipelines) > 1:
                     sel = [i for i, p in enumerate(predictors) if p.pipeline == pl]

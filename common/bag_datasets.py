@@ -26,6 +26,7 @@ from common import augment as aug_lib
 from common import io
 from common.cells import CROP_MARGIN, cell_table, crop_cells
 from common.constants import NUM_CLASSES, parse_labels
+from common.parallel import up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ def crop_image_cells(task: dict) -> dict:
     cell, _ = io.load_masks(task["mask_path"])
     rows = [dict(ID=image_id, **r) for r in cell_table(cell)]
     ids = [r["cell_id"] for r in rows]
-    todo = [c for c in ids if task.get("overwrite") or not crop_path(task["out_dir"], image_id, c).exists()]
+    # a crop is redone when missing or older than the mask (S2 re-segmented the image)
+    todo = [c for c in ids if task.get("overwrite")
+            or not up_to_date([crop_path(task["out_dir"], image_id, c)], [task["mask_path"]])]
     if not todo:
         return dict(rows=rows, written=0, from_original=False)
     image, labels, from_original = None, cell, False

@@ -54,7 +54,10 @@ class Classifier(nn.Module):
         self.model_name = model_name
         self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
                                           num_classes=0, **kw)
-        self.num_features = int(self.backbone.num_features)
+        # pooled-feature width: models with a conv head after pooling (LCNet, MobileNetV3) report
+        # it as head_hidden_size, which differs from num_features
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.num_features = int(width)
         self.dropouts = nn.ModuleList([nn.Dropout(dropout) for _ in range(max(1, int(n_dropout)))])
         self.head = nn.Linear(self.num_features, num_classes)
 

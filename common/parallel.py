@@ -62,15 +62,36 @@ def shard(items: Sequence, spec: str | tuple[int, int] | None) -> list:
 
 # ----------------------------------------------------------------------------- skip what exists
 def split_done(items: Iterable, outputs: Callable[[Any], Iterable[str | Path]],
-               overwrite: bool = False) -> tuple[list, list]:
-    """``(todo, done)``: done: every path in ``outputs(item)`` exists, unless ``overwrite``."""
+               overwrite: bool = False, inputs: Callable[[Any], Iterable[str | Path]] | None = None
+               ) -> tuple[list, list]:
+    """``(todo, done)``: done: every path in ``outputs(item)`` exists, unless ``overwrite``.
+
+    With ``inputs``, an item is done only when its outputs are also not older than any of its
+    existing inputs (as ``make`` does), so replacing an input file redoes the item.
+    """
     todo, done = [], []
     for it in items:
-        if not overwrite and all(Path(p).exists() for p in outputs(it)):
+        if not overwrite and up_to_date(outputs(it), inputs(it) if inputs else ()):
             done.append(it)
         else:
             todo.append(it)
     return todo, done
+
+
+def up_to_date(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = ()) -> bool:
+    """Every output exists and none is older than an existing input."""
+    outputs = list(outputs)
+    try:
+        oldest = min(Path(p).stat().st_mtime_ns for p in outputs) if outputs else None
+    except FileNotFoundError:
+        return False
+    for p in inputs:
+        try:
+            if oldest is not None and Path(p).stat().st_mtime_ns > oldest:
+                return False
+        except FileNotFoundError:
+            continue  # a missing input is the step's error to report, not a reason to skip
+    return True
 
 
 # ----------------------------------------------------------------------------- pool

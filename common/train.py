@@ -552,3 +552,13 @@ def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: 
     last_epoch = history[-1]["epoch"] if history else 0
     return {"best_metric": best, "best_epoch": best_epoch, "last_epoch": last_epoch, "metrics": metrics,
             "history": history, "out_dir": str(out_dir), "stopped": stopped}
+
+
+def describe_result(cfg: dict, result: dict) -> str:
+    """One line on a finished ``fit``: the best monitored value, or that there was no validation."""
+    if "val_loss" not in (result.get("metrics") or {}):
+        return f"no validation (FOLD=-1): best.pth is the last epoch ({result['last_epoch']})"
+    best = result.get("best_metric")
+    best = f"{best:.4g}" if isinstance(best, float) else best
+    return f"best {cfg['MONITOR']}={best} at epoch {result['best_epoch']}"
+

@@ -136,3 +136,12 @@ def test_load_checkpoint_round_trip_and_errors(tmp_path):
     torch.save({"weights": 1}, tmp_path / "c.pth")
     with pytest.raises(ValueError, match="c.pth"):
         models.load_checkpoint(tmp_path / "c.pth")
+
+
+@pytest.mark.parametrize("name", ["lcnet_050", "mobilenetv3_small_050"])
+def test_classifier_with_a_conv_head_after_pooling(name):
+    # these timm models pool, then apply a 1x1 conv head: the pooled width is head_hidden_size,
+    # not num_features, and the 19-way head must take that width
+    clf = models.Classifier(name, dropout=0.5, n_dropout=5).eval()
+    assert clf.backbone.head_hidden_size != clf.backbone.num_features
+    assert clf.logits(torch.randn(2, 4, 64, 64)).shape == (2, NUM_CLASSES)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 
 import cv2
@@ -177,6 +178,36 @@ def test_split_done(tmp_path):
     assert (todo, done) == (["c"], ["a", "b"])
     todo, done = parallel.split_done(["a"], lambda k: [tmp_path / f"{k}.txt"], overwrite=True)
     assert (todo, done) == (["a"], [])
+
+
+def test_split_done_redoes_items_whose_inputs_are_newer(tmp_path):
+    src, out = tmp_path / "src.png", tmp_path / "out.png"
+    src.write_text("x")
+    out.write_text("y")
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(out, ns=(2_000_000_000, 2_000_000_000))
+    inputs = lambda k: [src, tmp_path / "missing_input.png"]  # noqa: E731 - a missing input is ignored
+    assert parallel.split_done(["a"], lambda k: [out], inputs=inputs) == ([], ["a"])
+    os.utime(src, ns=(3_000_000_000, 3_000_000_000))          # the input changed after the output
+    assert parallel.split_done(["a"], lambda k: [out], inputs=inputs) == (["a"], [])
+    assert parallel.split_done(["a"], lambda k: [out]) == ([], ["a"])   # without inputs: exists = done
+
+
+def test_a_replaced_image_is_processed_again(data, tmp_path):
+    out = tmp_path / "out"
+    run(data, out)
+    ids = pd.read_csv(data / "train.csv")["ID"].tolist()
+    before = meta_mtimes(out)
+    # the same ID with new pixels (e.g. demo data regenerated): its outputs are stale
+    other = io.read_image(data / "train", ids[2])
+    io.write_channels(data / "train", ids[0], other)
+    res = run(data, out)
+    assert res["processed"] == 1 and res["skipped"] == len(before) - 1
+    after = meta_mtimes(out)
+    assert after[f"{ids[0]}.json"] != before[f"{ids[0]}.json"]
+    assert all(after[k] == v for k, v in before.items() if k != f"{ids[0]}.json")
+    np.testing.assert_array_equal(io.load_masks(out / "train_cell_mask" / f"{ids[0]}.npz")[0],
+                                  io.load_masks(out / "train_cell_mask" / f"{ids[2]}.npz")[0])
 
 
 def test_records_are_json(data, tmp_path):

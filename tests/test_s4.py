@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,23 @@ def test_s41_resume_writes_nothing_new_and_lists_failures(data, tmp_path):
     fails = pd.read_csv(bad / "s41_failures.csv")
     assert list(fails["ID"]) == ["broken"] and "broken.png" in fails["error"].iloc[0]
     assert out["failed"] == 1 and (bad / "cells_32.shard1of2.csv").is_file()
+
+
+def test_s41_recrops_an_image_whose_mask_is_newer(data, tmp_path):
+    hpa = data["hpa"]
+    index = pd.read_csv(hpa / "cells_32.csv", dtype={"ID": str})
+    image_id = index["ID"].iloc[0]
+    mask = hpa / "train_cell_mask" / f"{image_id}.npz"
+    crops = sorted((hpa / "cells_32").glob(f"{image_id}_*.png"))
+    others = {p: p.stat().st_mtime_ns for p in (hpa / "cells_32").glob("*.png") if p not in crops}
+    for p in crops:                               # crops made at t=1 s, then S2 wrote a new mask at t=2 s
+        os.utime(p, ns=(10**9, 10**9))
+    os.utime(mask, ns=(2 * 10**9, 2 * 10**9))
+    out = run_s41(_s41_args(data))
+    assert out["written"] == len(crops) and out["failed"] == 0
+    assert all(p.stat().st_mtime_ns > 2 * 10**9 for p in crops)
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())
+    assert run_s41(_s41_args(data))["written"] == 0     # and then it is up to date
 
 
 # ----------------------------------------------------------------------------- bag dataset

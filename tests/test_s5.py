@@ -174,7 +174,7 @@ def test_submission_rows_masks_at_original_size_and_19_classes_per_cell(e2e):
 def test_ensemble_is_the_mean_of_the_two_pipelines(e2e):
     out, sample = e2e["out"], e2e["sample"]
     subs = {name: encoding.read_submission(out / f"submission{name}.csv").set_index("ID")["PredictionString"]
-            for name in ("", "_pipeline1", "_pipeline2", "_image_level", "_x_image")}
+            for name in ("", "_cells", "_pipeline1", "_pipeline2", "_image_level", "_x_image")}
     n_diff = 0
     for iid in sample["ID"]:
         parsed = {k: _by_mask(v[iid], *_size(e2e, iid)) for k, v in subs.items()}
@@ -183,6 +183,7 @@ def test_ensemble_is_the_mean_of_the_two_pipelines(e2e):
             ens, p1, p2 = (np.array([parsed[k][mask][c] for c in range(NUM_CLASSES)])
                            for k in ("", "_pipeline1", "_pipeline2"))
             np.testing.assert_allclose(ens, (p1 + p2) / 2, atol=2e-6)
+            assert parsed["_cells"][mask] == parsed[""][mask]          # MULTIPLY_IMAGE_PRED off
             n_diff += np.abs(p1 - p2).max() > 1e-3
             img = np.array([parsed["_image_level"][mask][c] for c in range(NUM_CLASSES)])
             x_img = np.array([parsed["_x_image"][mask][c] for c in range(NUM_CLASSES)])
@@ -219,12 +220,30 @@ def test_image_with_zero_cells_keeps_an_empty_row(e2e, tmp_path):
             mine, theirs = _flat(got[iid], *_size(e2e, iid)), _flat(s, *_size(e2e, iid))
             assert s and [t[:2] for t in mine] == [t[:2] for t in theirs]
             np.testing.assert_allclose([t[2] for t in mine], [t[2] for t in theirs], atol=2e-6)
-    for name in ("pipeline1", "pipeline2", "image_level", "x_image"):
+    for name in ("cells", "pipeline1", "pipeline2", "image_level", "x_image"):
         assert encoding.read_submission(out / f"submission_{name}.csv").set_index("ID")[
             "PredictionString"][empty_id] == ""
     preds = pd.read_csv(out / "cell_predictions.csv", dtype={"ID": str})
     assert empty_id not in set(preds["ID"]) and len(preds) > 0
     assert not (out / "overlays" / f"{empty_id}.png").exists()
+
+
+def test_multiply_image_pred_submits_cells_times_image(e2e, tmp_path):
+    out = tmp_path / "out"
+    S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], out, "--MULTIPLY_IMAGE_PRED", "true"))
+    ref = e2e["out"]
+    for name, ref_name in (("submission.csv", "submission_x_image.csv"),
+                           ("submission_cells.csv", "submission_cells.csv")):
+        got = encoding.read_submission(out / name).set_index("ID")["PredictionString"]
+        want = encoding.read_submission(ref / ref_name).set_index("ID")["PredictionString"]
+        for iid in e2e["sample"]["ID"]:
+            mine, theirs = _flat(got[iid], *_size(e2e, iid)), _flat(want[iid], *_size(e2e, iid))
+            assert [t[:2] for t in mine] == [t[:2] for t in theirs]
+            np.testing.assert_allclose([t[2] for t in mine], [t[2] for t in theirs], atol=2e-6)
+    # the product really differs from the cell ensemble (else the check above proves nothing)
+    a = encoding.read_submission(out / "submission.csv")["PredictionString"].iloc[1]
+    b = encoding.read_submission(out / "submission_cells.csv")["PredictionString"].iloc[1]
+    assert a != b
 
 
 def test_missing_channel_file_is_named(e2e, tmp_path, capsys):
