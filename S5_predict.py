@@ -168,9 +168,11 @@ def main(argv=None):
         boxes = cells.bounding_boxes(labels)
         border = np.array([cells.touches_border(boxes[c], labels.shape) for c in ids])
 
-        cell_p, image_p = [], []
-        for p in predictors:
-            cp, ip = p.predict(image, labels, ids, original)
+        cell_p, image_p, views = [], [], {}
+        for p in predictors:  # runs with the same views (variant, size) share them, normalised once
+            if p.view_key not in views:
+                views[p.view_key] = p.prepare(image, labels, ids, original)
+            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key])
             cell_p.append(cp)
             image_p.append(ip)
         ens = predict.ensemble(cell_p, weights)

@@ -37,6 +37,7 @@ ENCODE_REPEATS = 3           # timings per image, the best kept (the machine may
 EFF_MODEL = "tf_efficientnet_b0"  # S3/S4.2's default backbone (the original's model size)
 P1_MODELS = 11               # pipeline-1 runs (512-px masked / centred views: one per cell + the image)
 P2_MODELS = 11               # pipeline-2 runs (256-px cell crops: one per cell)
+P1_VIEW_SETS = 1             # distinct (VARIANT, IMAGE_SIZE) of the P1 runs (S5 builds each once per image)
 P1_SIZE = 512                # S3's IMAGE_SIZE
 P2_SIZE = 256                # S4.2's CELL_SIZE
 KAGGLE_IMAGES = 559          # test images (public + private)
@@ -173,23 +174,27 @@ def views_per_second(model_name: str, size: int, device: torch.device, amp: bool
     return n / (time.perf_counter() - t0)
 
 
-def ensemble_hours(cfg, r1: float, r2: float, prep_s: float, encode_s: float) -> dict:
+def ensemble_hours(cfg, r1: float, r2: float, build_s: float, norm_s: float, encode_s: float) -> dict:
     """Hours for KAGGLE_IMAGES images: P1 runs see TTA x (cells + 1) views at P1_SIZE at r1 views/s,
-    P2 runs TTA x cells crops at P2_SIZE at r2 views/s; plus CPU view preparation and encoding."""
+    P2 runs TTA x cells crops at P2_SIZE at r2 views/s; plus CPU view building (once per view set,
+    built and normalised once per view set and shared by its runs) and encoding."""
     v1 = cfg.TTA * (cfg.N_CELLS + 1)
     v2 = cfg.TTA * cfg.N_CELLS
     gpu = cfg.P1_MODELS * v1 / r1 + cfg.P2_MODELS * v2 / r2
-    per_image = gpu + cfg.P1_MODELS * prep_s + encode_s
+    per_image = gpu + cfg.P1_VIEW_SETS * (build_s + norm_s) + encode_s
     return dict(v1=v1, v2=v2, gpu_s=gpu, per_image=per_image, hours=cfg.KAGGLE_IMAGES * per_image / 3600)
 
 
-def view_prep_seconds(images, size: int) -> float:
-    """CPU seconds per image to build one pipeline-1 run's masked views at ``size`` and normalise them."""
-    t0 = time.perf_counter()
+def view_prep_seconds(images, size: int) -> tuple[float, float]:
+    """CPU seconds per image to build the masked views at ``size``, and to normalise them."""
+    build = norm = 0.0
     for image, labels in images:
+        t0 = time.perf_counter()
         views = np.stack([io.resize_image(v, size) for v in cells.masked_views(image, labels)])
+        t1 = time.perf_counter()
         augment.normalize(views, "competition")
-    return (time.perf_counter() - t0) / len(images)
+        build, norm = build + t1 - t0, norm + time.perf_counter() - t1
+    return build / len(images), norm / len(images)
 
 
 # ----------------------------------------------------------------------------- main
@@ -248,15 +253,15 @@ def main(argv=None):
         for size in (cfg.P1_SIZE, cfg.P2_SIZE):
             measured.append(("cuda amp", size, views_per_second(cfg.EFF_MODEL, size, gpu, True, 64,
                                                                 cfg.THROUGHPUT_SECONDS)))
-    prep = view_prep_seconds(images, cfg.P1_SIZE)
+    build, norm = view_prep_seconds(images, cfg.P1_SIZE)
     print(f"\n3. {cfg.P1_MODELS + cfg.P2_MODELS}-model ensemble ({cfg.P1_MODELS} pipeline-1 @ {cfg.P1_SIZE} "
           f"px, {cfg.P2_MODELS} pipeline-2 @ {cfg.P2_SIZE} px crops, {cfg.EFF_MODEL}, TTA {cfg.TTA}, "
           f"{cfg.N_CELLS} cells/image) on one GPU, {cfg.KAGGLE_IMAGES} images, limit {cfg.KAGGLE_HOURS:g} h")
     print(f"{'measured':<10} {'model':<26} {'views/s':>9}")
     for dev, size, rate in measured:
         print(f"{dev:<10} {f'{cfg.EFF_MODEL}@{size}':<26} {rate:>9.1f}")
-    print(f"CPU view preparation (masked views @ {cfg.P1_SIZE} + normalise), per image and pipeline-1 run: "
-          f"{prep:.3f} s; encoding per image: {encode_s:.3f} s")
+    print(f"CPU per image: masked views @ {cfg.P1_SIZE} built {build:.3f} s (once per view set), "
+          f"normalised {norm:.3f} s (once per view set); encoding {encode_s:.3f} s")
     if cuda:
         r1 = next(r for d, s, r in measured if d == "cuda amp" and s == cfg.P1_SIZE)
         r2 = next(r for d, s, r in measured if d == "cuda amp" and s == cfg.P2_SIZE)
@@ -266,11 +271,12 @@ def main(argv=None):
         r2 = r1 * (cfg.P1_SIZE / cfg.P2_SIZE) ** 2
         basis = (f"ASSUMED (no GPU here): {r1:.0f} views/s at {cfg.P1_SIZE} px (--ASSUMED_GPU_VIEWS_PER_S), "
                  f"{r2:.0f} at {cfg.P2_SIZE} px (cost ~ pixels); CPU numbers above do not transfer to a GPU")
-    est = ensemble_hours(cfg, r1, r2, prep, encode_s)
+    est = ensemble_hours(cfg, r1, r2, build, norm, encode_s)
     print(f"ESTIMATE  hours = images x [P1 x TTA x (cells+1) / r{cfg.P1_SIZE} + P2 x TTA x cells / "
-          f"r{cfg.P2_SIZE} + P1 x prep + encode] / 3600")
+          f"r{cfg.P2_SIZE} + sets x (build + normalise) + encode] / 3600")
     print(f"          = {cfg.KAGGLE_IMAGES} x [{cfg.P1_MODELS} x {est['v1']} / {r1:.0f} + {cfg.P2_MODELS} x "
-          f"{est['v2']} / {r2:.0f} + {cfg.P1_MODELS} x {prep:.3f} + {encode_s:.3f}] / 3600")
+          f"{est['v2']} / {r2:.0f} + {cfg.P1_VIEW_SETS} x ({build:.3f} + {norm:.3f}) + "
+          f"{encode_s:.3f}] / 3600")
     verdict = "within" if est["hours"] <= cfg.KAGGLE_HOURS else "OVER"
     print(f"          = {est['hours']:.2f} h ({est['per_image']:.2f} s/image, of which GPU "
           f"{est['gpu_s']:.2f} s) {verdict} the {cfg.KAGGLE_HOURS:g} h limit; "

@@ -78,6 +78,13 @@ class RunPredictor:
             self.from_original = bool(self.cfg.get("FROM_ORIGINAL", False))
         self.name = self.path.parent.parent.name + "/" + self.path.parent.name
 
+    @property
+    def view_key(self) -> tuple:
+        """Runs with equal keys score the same views: S5 builds them once per image for all of them."""
+        if self.pipeline == 2:
+            return ("crop", self.size, self.margin, self.from_original)
+        return (self.variant, self.size)
+
     def __repr__(self) -> str:
         return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg.get('MODEL_NAME')}, "
                 f"{self.variant} @ {self.size}px, tta {self.tta})")
@@ -92,10 +99,11 @@ class RunPredictor:
         with ctx:
             return self.model.classifier.logits(x).float()
 
-    def _score_views(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, S, S, 4)`` uint8 views -> (sigmoid averaged over TTA (n, 19), mean logits (n, 19))."""
-        n = len(views)
-        x = augment.normalize(views, "competition")
+    def _score_views(self, views: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, S, S, 4)`` uint8 views, or :meth:`prepare`'s tensor -> (sigmoid averaged over TTA
+        (n, 19), mean logits (n, 19))."""
+        x = views if isinstance(views, torch.Tensor) else augment.normalize(views, "competition")
+        n = len(x)
         probs = torch.zeros(n, NUM_CLASSES)
         logits = torch.zeros_like(probs)
         # all TTA variants of a chunk of views go through in one batch
@@ -124,17 +132,27 @@ class RunPredictor:
         return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
             np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
 
+    def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
+                original: np.ndarray | None = None) -> torch.Tensor:
+        """The normalised views ``(n, 4, S, S)`` of the cells ``ids``, ready for :meth:`predict`."""
+        return augment.normalize(self.views(image, labels, ids, original), "competition")
+
     def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
-                original: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Score every cell of one image -> ``(cell_probs (n, 19), image_probs (19,))``.
 
         ``image``/``labels``: the working-resolution (512 px) image and cell label map;
-        ``original``: the original-resolution image (used by pipeline-2 runs trained on such crops).
+        ``original``: the original-resolution image (used by pipeline-2 runs trained on such crops);
+        ``views``: ``self.views(...)`` or ``self.prepare(...)`` of these cells when already built
+        (by a run of the same :attr:`view_key`: S5 builds and normalises them once per image).
         """
         ids = cells.cell_ids(labels) if ids is None else list(ids)
         cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
         if ids:
-            cell_probs, cell_logits = self._score_views(self.views(image, labels, ids, original))
+            if views is None:
+                views = self.prepare(image, labels, ids, original)
+            cell_probs, cell_logits = self._score_views(views)
         if self.pipeline == 1:
             whole = io.resize_image(image, self.size)[None]
             image_probs = self._score_views(whole)[0][0]

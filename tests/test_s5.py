@@ -288,3 +288,8 @@ def test_batched_and_per_cell_inference_agree(e2e, pipeline):
         np.testing.assert_allclose(batched, per_cell, atol=1e-5, rtol=0)
         assert np.ptp(batched, axis=0).max() > 1e-4                        # cells differ: order matters
         assert np.abs(batched - plain.predict(image, labels, ids, original)[0]).max() > 1e-5  # TTA is used
+        # S5 builds the views once per image for runs of the same view_key and passes them in
+        assert plain.view_key == pred.view_key
+        args = (image, labels, ids, original)
+        for shared in (plain.views(*args), plain.prepare(*args)):
+            np.testing.assert_array_equal(pred.predict(*args, views=shared)[0], batched)
