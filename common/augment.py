@@ -64,12 +64,11 @@ def normalize(img: np.ndarray, source: str = "competition") -> torch.Tensor:
         raise ValueError(f"expected (..., H, W, 4) RGBY, got shape {img.shape}")
     if img.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGBY, got {img.dtype}")
-    lut = _norm_lut(source)  # (1, 256, 4): one 256-entry table per channel, exact float32 values
-    h, w = img.shape[-3:-1]
-    flat = np.ascontiguousarray(img).reshape(-1, w, 4)
-    out = cv2.LUT(flat, lut) if flat.size else flat.astype(np.float32)  # ~2x np.take, ~4x float maths
-    out = out.reshape(img.shape[:-3] + (h, w, 4))
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, -3)))
+    lut = _norm_lut(source)
+    out = np.empty(img.shape[:-3] + (4,) + img.shape[-3:-1], np.float32)
+    for c in range(4):  # a 256-entry lookup per channel: exact and ~10x faster than float maths
+        np.take(lut[c], img[..., c], out=out[..., c, :, :], mode="clip")
+    return torch.from_numpy(out)
 
 
 _NORM_LUTS: dict[str, np.ndarray] = {}
@@ -81,7 +80,7 @@ def _norm_lut(source: str) -> np.ndarray:
         v = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
         mean = np.asarray(stats["mean"], np.float32)[:, None]
         std = np.asarray(stats["std"], np.float32)[:, None]
-        _NORM_LUTS[source] = np.ascontiguousarray(((v - mean) / std).astype(np.float32).T[None])
+        _NORM_LUTS[source] = ((v - mean) / std).astype(np.float32)
     return _NORM_LUTS[source]
 
 

@@ -166,10 +166,7 @@ def write_rgby(path: str | Path, img: np.ndarray) -> Path:
 def read_rgby(path: str | Path) -> np.ndarray:
     """Read a 4-channel PNG written by :func:`write_rgby` -> H x W x 4 uint8 RGBY."""
     path = Path(path)
-    try:  # imdecode of the bytes: ~1.5x faster than imread on small crops
-        arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    except OSError:
-        arr = None
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError(f"{path}: missing or not a decodable image")
     if arr.ndim != 3 or arr.shape[2] != 4:
