@@ -40,6 +40,11 @@ def test_normalize_values_and_shapes():
     ext = augment.normalize(img, "external")
     assert not torch.allclose(ext, x)
     assert augment.normalize(np.stack([img] * 3), "external").shape == (3, 4, 8, 9)
+    bags = _img((2, 3, 8, 9, 4), seed=1)        # (bags, cells, H, W, 4): each image as if alone
+    xb = augment.normalize(bags)
+    assert xb.shape == (2, 3, 4, 8, 9)
+    assert all(torch.equal(xb[i, j], augment.normalize(bags[i, j])) for i in range(2) for j in range(3))
+    assert augment.normalize(bags[:0]).shape == (0, 3, 4, 8, 9)
     with pytest.raises(ValueError, match="source"):
         augment.normalize(img, "nope")
 
