@@ -501,15 +501,11 @@ def test_more_than_255_cells_survive():
 # ----------------------------------------------------------------------------- conversion tool
 def test_convert_tool_finds_converts_and_skips(tmp_path, monkeypatch):
     """The tool's wiring (the conversion itself is tested above, on a full-size file)."""
-    import importlib.util
+    from conftest import load_script
 
     from common import segmentation
-    from common.constants import ROOT
 
-    path = ROOT / "tools" / "convert_hpa_seg_weights.py"
-    spec = importlib.util.spec_from_file_location("convert_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/convert_hpa_seg_weights.py", "convert_tool")
     calls = []
 
     def fake_convert(src, dst, kind):

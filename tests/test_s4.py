@@ -2,11 +2,9 @@
 loss, and a 2-epoch CPU run of S4.2 on tiny data made in tmp_path."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from common import cells, encoding, io
@@ -25,21 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_s41(args):
     """A fresh module per run: config.parse writes the overrides into the module's globals."""
-    return _load("s41_crop_cells", "S4.1_crop_cells.py").main(args)
+    return load_script("S4.1_crop_cells.py").main(args)
 
 
 def run_s42(args):
-    return _load("s42_train_pipeline2", "S4.2_train_pipeline2.py").main(args)
+    return load_script("S4.2_train_pipeline2.py").main(args)
 
 
 # ----------------------------------------------------------------------------- tiny data

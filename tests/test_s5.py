@@ -3,15 +3,14 @@ tiny models trained for one step (pipeline 1 and pipeline 2, so the ensemble has
 an image with zero cells; a missing channel file; batched vs one-forward-per-cell inference."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import load_script
 
 from common import cells, encoding, io, predict, segmentation
 from common.constants import NUM_CLASSES
@@ -25,21 +24,15 @@ TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1",
 torch.set_num_threads(1)  # tiny tensors: more threads only contend (and the machine may be shared)
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / file)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
-S0 = _load("s0_make_demo_data", "S0_make_demo_data.py")
-S2 = _load("s2_data_process", "S2_data_process.py")
-S3 = _load("s3_train_pipeline1", "S3_train_pipeline1.py")
-S41 = _load("s41_crop_cells", "S4.1_crop_cells.py")
-S42 = _load("s42_train_pipeline2", "S4.2_train_pipeline2.py")
-S5 = _load("s5_predict", "S5_predict.py")
-S6 = _load("s6_evaluate", "S6_evaluate.py")
+S0 = load_script("S0_make_demo_data.py")
+S2 = load_script("S2_data_process.py")
+S3 = load_script("S3_train_pipeline1.py")
+S41 = load_script("S4.1_crop_cells.py")
+S42 = load_script("S4.2_train_pipeline2.py")
+S5 = load_script("S5_predict.py")
+S6 = load_script("S6_evaluate.py")
 
 
 def _cut_first_test_image(comp: Path) -> None:

@@ -1,13 +1,12 @@
 """S6_evaluate end to end on a tiny truth CSV built here."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 
 from common import encoding
 
@@ -15,11 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_s6():
-    spec = importlib.util.spec_from_file_location("S6_evaluate", ROOT / "S6_evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["S6_evaluate"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("S6_evaluate.py", "S6_evaluate")
 
 
 @pytest.fixture()
