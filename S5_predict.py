@@ -31,6 +31,7 @@ BORDER_WEIGHT = 1.0               # multiply cells touching the image edge by th
 MIN_CONF = 0.0                    # drop (cell, class) triplets below this confidence
 # ---------------------------------------------------------------------------- segmentation
 SEGMENTER = "auto"                # used only when S2's test mask is missing: auto | builtin | hpa
+HPA_SEG_DIR = "input/hpa-seg"     # official HPA segmentation weights (for auto | hpa)
 IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
@@ -94,6 +95,8 @@ class ImageSource:
         self.test_dir = constants.resolve(cfg.DATA_DIR) / "test"
         self.size = int(cfg.IMAGE_SIZE)
         self.segmenter_name = cfg.SEGMENTER
+        self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
+        self.device = cfg.DEVICE
         self._segmenter = None
         self.n_segmented = 0
 
@@ -115,7 +118,8 @@ class ImageSource:
             labels = io.load_masks(mask_path)[0]
         else:
             if self._segmenter is None:
-                self._segmenter = segmentation.get_segmenter(self.segmenter_name)
+                self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
+                                                             device=self.device)
                 print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}'",
                       flush=True)
             labels = self._segmenter.segment([image])[0][0]

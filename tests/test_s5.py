@@ -252,6 +252,12 @@ def test_missing_channel_file_is_named(e2e, tmp_path, capsys):
     masks = _by_mask(sub.loc[iid, "PredictionString"], *_size(e2e, iid))  # segmented and scored here
     assert masks and all(sorted(v) == list(range(NUM_CLASSES)) for v in masks.values())
     shutil.rmtree(out)
+    no_weights = tmp_path / "no_hpa_weights"                            # the official networks are
+    no_weights.mkdir()                                                  # looked for where S5 is told
+    with pytest.raises((OSError, SystemExit, RuntimeError, ValueError)) as err:
+        S5.main(_s5_args(e2e, comp, hpa, out, "--SEGMENTER", "hpa", "--HPA_SEG_DIR", str(no_weights),
+                         "--IMAGE_SIZE", str(WORK), "--VARIANTS", "false"))
+    assert str(no_weights) in str(err.value)
     missing = comp / "test" / f"{iid}_green.png"
     missing.unlink()
     with pytest.raises((OSError, SystemExit)) as err:
