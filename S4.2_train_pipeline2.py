@@ -220,6 +220,7 @@ def main(argv=None):
         print(f"S4.2: cell-level validation on {extra.n_cells} true cells of {len(extra.bags)} images",
               flush=True)
 
+    train.seed_everything(cfg.SEED)  # the weight initialisation depends on SEED too
     model = models.build_model(cfg)
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
     print(f"S4.2 done: {train.describe_result(cfg, result)}; "

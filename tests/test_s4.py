@@ -270,3 +270,11 @@ def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
     assert isinstance(model, BagModel) and result["best_epoch"] in (1, 2)
     with torch.no_grad():
         assert model({"image": torch.zeros(1, 5, 4, 64, 64)})["cell_logits"].shape == (1, 5, NUM_CLASSES)
+    # the same SEED gives the same run: weight init, bags, augmentations and dropout are all seeded
+    torch.manual_seed(12345)                      # whatever the global RNG holds before the run
+    run_s42(args + ["--OUTPUT_DIR", str(tmp_path / "again"), "--EPOCHS", "1"])
+    run_s42(args + ["--OUTPUT_DIR", str(tmp_path / "again2"), "--EPOCHS", "1"])
+    a = torch.load(tmp_path / "again" / "p2_test_convnext_64_max" / "fold0" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "again2" / "p2_test_convnext_64_max" / "fold0" / "last.pth", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
