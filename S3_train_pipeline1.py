@@ -63,7 +63,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, models, train
+from common import augment, config, constants, train
 from common.datasets import ImageDataset
 
 
@@ -121,8 +121,7 @@ def main(argv=None):
 
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
-    train.seed_everything(cfg["SEED"])  # the weight initialisation depends on SEED too
-    model = models.build_model(cfg)
+    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir)
     print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result

@@ -80,7 +80,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, models, train
+from common import augment, cells, config, constants, io, metric, train
 from common.bag_datasets import BagDataset, external_flags
 
 log = logging.getLogger("hpa.s42")
@@ -220,8 +220,7 @@ def main(argv=None):
         print(f"S4.2: cell-level validation on {extra.n_cells} true cells of {len(extra.bags)} images",
               flush=True)
 
-    train.seed_everything(cfg.SEED)  # the weight initialisation depends on SEED too
-    model = models.build_model(cfg)
+    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
     print(f"S4.2 done: {train.describe_result(cfg, result)}; "
           f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)

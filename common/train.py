@@ -91,6 +91,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def new_model(cfg: dict) -> nn.Module:
+    """``models.build_model(cfg)`` with the RNGs seeded from SEED first: the weight initialisation
+    of a training run depends on SEED only (S3 and S4.2 build their models here)."""
+    from common import models
+
+    seed_everything(int(_opt(cfg, "SEED")))
+    return models.build_model(cfg)
+
+
 def get_rng_state() -> dict:
     """torch / CUDA / numpy / python RNG states in a ``weights_only``-loadable form."""
     np_state = np.random.get_state()
@@ -561,4 +570,3 @@ def describe_result(cfg: dict, result: dict) -> str:
     best = result.get("best_metric")
     best = f"{best:.4g}" if isinstance(best, float) else best
     return f"best {cfg['MONITOR']}={best} at epoch {result['best_epoch']}"
-
