@@ -17,6 +17,7 @@ FOLD = 0                                   # validation fold; -1 = train on ever
 USE_EXTERNAL = True                        # train on the external (is_ext=1) images too
 VAL_EXTERNAL = False                       # validate on external images of the fold too
 MAX_IMAGES = 0                             # keep only the first N rows (0 = all), for smoke runs
+CACHE_GB = 4.0                             # RAM cache of the resized images, if they fit (GB; 0 = off)
 # ---------------------------------------------------------------------------- model
 PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
 VARIANT = "masked"                         # masked | center_cells: augmentation set and S5 views
@@ -52,6 +53,7 @@ DEVICE = "auto"                            # auto | cpu | cuda
 RESUME = False                             # continue from <run>/fold<k>/last.pth
 MONITOR = "val_mAP"                        # metric selecting best.pth
 MAX_TRAIN_STEPS = 0                        # batches per epoch cap (0 = all)
+VAL_EVERY = 1                              # validate every N epochs and after the last
 # ---------------------------------------------------------------------------- output
 OUTPUT_DIR = "output"                      # runs go to OUTPUT_DIR/RUN_NAME/fold<k>
 RUN_NAME = ""                              # empty: p1_<model>_<size>_<variant>_<loss>
@@ -113,11 +115,21 @@ def main(argv=None):
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
     tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], train=True, p_flip=cfg["P_FLIP"],
                                    p_affine=cfg["P_AFFINE"], p_dropout=cfg["P_COARSE_DROPOUT"])
+    budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
     train_ds = ImageDataset(train_df, image_dir, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(cfg),
-                            image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
+                            image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"], cache_gb=budget,
+                            cache_threads=threads)
+    if train_ds.cache is not None:
+        budget -= train_ds.cache_bytes() / 1e9
     val_ds = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df, image_dir, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
+        val_ds = ImageDataset(val_df, image_dir, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"],
+                              cache_gb=budget, cache_threads=threads)
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        if ds is not None and cfg["CACHE_GB"] > 0:
+            state = "cached in RAM" if ds.cache is not None else "read from disk (over CACHE_GB)"
+            print(f"S3: {name}: {len(ds)} images at {cfg['IMAGE_SIZE']} px "
+                  f"({ds.cache_bytes() / 1e9:.2f} GB), {state}")
 
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")

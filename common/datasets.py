@@ -1,6 +1,7 @@
 """Pipeline-1 dataset: whole 4-channel images of ``input/hpa-512`` with their image-level labels."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -36,11 +37,16 @@ class ImageDataset(Dataset):
     Sample ``i`` of epoch ``e`` draws its randomness from ``np.random.default_rng([seed, e, i])``,
     so it is the same whatever the worker count, and after a resume. ``set_epoch`` is called by
     ``train.fit`` before each epoch.
+
+    ``cache_gb``: when the decoded, resized images (``n * S * S * 4`` bytes) fit in this many GB,
+    they are read once here (threads) and kept in one array that forked DataLoader workers share;
+    reading and resizing a 512-px PNG is most of the data cost of an epoch. 0 = read every time.
     """
 
     def __init__(self, df: pd.DataFrame, image_dir: str | Path, transforms=None,
                  label_aug: augment.LabelAugment | None = None, image_size: int = 512, seed: int = 0,
-                 id_col: str = "ID", label_col: str = "Label", ext: str = ".png"):
+                 id_col: str = "ID", label_col: str = "Label", ext: str = ".png", cache_gb: float = 0.0,
+                 cache_threads: int = 4):
         missing = [c for c in (id_col, label_col) if c not in df.columns]
         if missing:
             raise ValueError(f"dataset table lacks column(s) {missing}; has {list(df.columns)}")
@@ -63,6 +69,19 @@ class ImageDataset(Dataset):
         is_ext = self.df["is_ext"].fillna(0).astype(int).to_numpy() if "is_ext" in self.df else None
         self.sources = ["external" if (is_ext is not None and is_ext[i]) else "competition"
                         for i in range(len(self.df))]
+        self.cache: np.ndarray | None = None
+        if cache_gb > 0 and len(self) and self.cache_bytes() <= cache_gb * 1e9:
+            self.cache = np.empty((len(self), self.image_size, self.image_size, 4), np.uint8)
+
+            def fill(i: int) -> None:
+                self.cache[i] = self._read(i)
+
+            with ThreadPoolExecutor(max(1, int(cache_threads))) as pool:  # cv2 releases the GIL
+                list(pool.map(fill, range(len(self))))
+
+    def cache_bytes(self) -> int:
+        """RAM the image cache takes (or would take)."""
+        return len(self) * self.image_size * self.image_size * 4
 
     def __len__(self) -> int:
         return len(self.df)
@@ -73,8 +92,12 @@ class ImageDataset(Dataset):
     def path(self, i: int) -> Path:
         return self.image_dir / f"{self.ids[i]}{self.ext}"
 
-    def load(self, i: int) -> np.ndarray:
+    def _read(self, i: int) -> np.ndarray:
         return resize_square(io.read_rgby(self.path(i)), self.image_size)
+
+    def load(self, i: int) -> np.ndarray:
+        """Image ``i`` as ``S x S x 4`` uint8 (a copy when cached: augmentations may write to it)."""
+        return self.cache[i].copy() if self.cache is not None else self._read(i)
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])

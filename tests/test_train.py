@@ -124,3 +124,45 @@ def test_rng_state_round_trip():
     train.set_rng_state(st)
     b = (torch.rand(2), np.random.rand(2), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_image_cache_gives_the_same_samples(toy):
+    root, df = toy
+    tfm = augment.build_transforms("masked", 32, p_affine=0.5, p_dropout=0.5)
+    lab = augment.LabelAugment(0.3, 0.3, 0.5)
+    plain = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7)
+    cached = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7, cache_gb=1.0, cache_threads=2)
+    assert plain.cache is None and cached.cache is not None
+    assert cached.cache.shape == (len(df), 32, 32, 4) and cached.cache_bytes() == len(df) * 32 * 32 * 4
+    for epoch in (1, 2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(df)):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    img = cached.load(0)
+    img[:] = 0  # what an in-place augmentation would do: the cache must not change
+    assert cached.load(0).any()
+    # a budget smaller than the images: read from disk
+    assert ImageDataset(df, root / "train", image_size=32, cache_gb=1e-6).cache is None
+
+
+def test_val_every_validates_only_some_epochs(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 3, "VAL_EVERY": 2, "MAX_TRAIN_STEPS": 1, "LOSS": "bce"}
+    tr, va = _datasets(toy, aug=False)
+    calls = []
+
+    def extra(model, device):
+        calls.append(1)
+        return {"cell_mAP_strict": 0.5}
+
+    res = train.fit(cfg, _model(cfg), tr, va, tmp_path, extra_metrics=extra)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["epoch"].tolist() == [1, 2, 3]
+    # epoch 2 (every 2nd) and epoch 3 (the last) are validated; epoch 1 is not
+    assert summary["val_mAP"].isna().tolist() == [True, False, False]
+    assert summary["cell_mAP_strict"].isna().tolist() == [True, False, False] and len(calls) == 2
+    assert res["best_epoch"] in (2, 3) and (tmp_path / "best.pth").is_file()
+    assert (tmp_path / "curves.png").is_file()
+    with pytest.raises(ValueError, match="VAL_EVERY"):
+        train.fit({**cfg, "VAL_EVERY": 0}, _model(cfg), tr, va, tmp_path / "bad")
