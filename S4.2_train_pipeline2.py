@@ -62,6 +62,7 @@ DEVICE = "auto"              # auto | cpu | cuda
 RESUME = False               # continue from last.pth
 MONITOR = "val_mAP"          # best.pth metric (val_mAP | val_loss | cell_mAP_strict | cell_mAP_lenient)
 MAX_TRAIN_STEPS = 0          # batches per epoch cap (0 = all)
+VAL_EVERY = 1                # validate every N epochs and after the last
 GRAD_CLIP = 0.0              # gradient norm clip (0 = off)
 # ---------------------------------------------------------------------------- cell-level validation
 CELL_VAL = True              # score the true cells of the fold when train_cells.csv exists

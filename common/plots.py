@@ -97,14 +97,18 @@ def plot_training_curves(summary_csv: str | Path, out_png: str | Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     x = df["epoch"].to_numpy()
+    def curve(ax, col):  # epochs without validation (VAL_EVERY > 1) are NaN: skipped, not gaps
+        ok = df[col].notna().to_numpy()
+        if ok.any():
+            ax.plot(x[ok], df[col].to_numpy()[ok], marker="o", ms=3, label=col)
+
     for col in ("train_loss", "val_loss"):
-        if col in df and df[col].notna().any():
-            axes[0].plot(x, df[col], marker="o", ms=3, label=col)
+        if col in df:
+            curve(axes[0], col)
     axes[0].set_title("loss")
     metric_cols = [c for c in df.columns if "ap" in c.lower() and c not in ("epoch",)]
     for col in metric_cols:
-        if df[col].notna().any():
-            axes[1].plot(x, df[col], marker="o", ms=3, label=col)
+        curve(axes[1], col)
     axes[1].set_title("validation metrics")
     if "lr" in df:
         axes[2].plot(x, df["lr"], marker="o", ms=3, color="tab:gray", label="lr (end of epoch)")

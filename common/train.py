@@ -5,8 +5,9 @@ EMA, validation, logs, atomic checkpoints, exact resume, DDP.
 :data:`DEFAULTS`): EPOCHS, BATCH_SIZE (per process), LR, WEIGHT_DECAY, OPTIMIZER ("adamw" |
 "adam"), WARMUP_EPOCHS, MIN_LR, ACCUM_STEPS, EMA_DECAY (0 = off), AMP, NUM_WORKERS, SEED, DEVICE
 ("auto" | "cpu" | "cuda"), RESUME, MONITOR ("val_mAP", "val_loss" or any extra metric; higher is
-better unless the name contains "loss"), MAX_TRAIN_STEPS (0 = all batches per epoch).
-Optional: GRAD_CLIP (0 = off), DDP_FIND_UNUSED (False).
+better unless the name contains "loss"), MAX_TRAIN_STEPS (0 = all batches per epoch), VAL_EVERY
+(validate every N epochs and after the last; the other epochs have empty val columns in
+summary.csv and never become best.pth). Optional: GRAD_CLIP (0 = off), DDP_FIND_UNUSED (False).
 
 Schedule: linear warm-up from LR/100 over WARMUP_EPOCHS, then cosine down to MIN_LR at the end
 of EPOCHS (timm ``CosineLRScheduler``), stepped per optimizer update (not per epoch).
@@ -69,6 +70,7 @@ DEFAULTS = {
     "RESUME": False,           # continue from out_dir/last.pth when present
     "MONITOR": "val_mAP",      # metric selecting best.pth
     "MAX_TRAIN_STEPS": 0,      # cap on batches per epoch (0 = all), for smoke runs
+    "VAL_EVERY": 1,            # validate every N epochs and after the last (best.pth moves only then)
     "GRAD_CLIP": 0.0,          # max gradient norm (0 = off)
     "DDP_FIND_UNUSED": False,  # DDP find_unused_parameters
 }
@@ -356,6 +358,9 @@ def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: 
     accum = max(1, int(_opt(cfg, "ACCUM_STEPS")))
     seed = int(_opt(cfg, "SEED"))
     max_steps = int(_opt(cfg, "MAX_TRAIN_STEPS"))
+    val_every = int(_opt(cfg, "VAL_EVERY"))
+    if val_every < 1:
+        raise ValueError(f"VAL_EVERY must be >= 1, got {val_every}")
     monitor = str(_opt(cfg, "MONITOR"))
     lower_better = "loss" in monitor
     cuda = device.type == "cuda"
@@ -492,7 +497,8 @@ def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: 
         # --- validation (sharded, gathered)
         eval_model = ema.module if ema is not None else model
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
-        if val_loader is not None:
+        validate = epoch % val_every == 0 or epoch == epochs
+        if val_loader is not None and validate:
             idx, probs, labels, vloss, vn = evaluate(eval_model, val_loader, device, amp, channels_last, main)
             parts = env.gather((idx, probs, labels, vloss, vn))
             probs = np.concatenate([p[1] for p in parts])
@@ -500,7 +506,7 @@ def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: 
             row["val_loss"] = sum(p[3] for p in parts) / max(1, sum(p[4] for p in parts))
             row["val_mAP"] = image_map(labels, probs)
         extra = {}
-        if main and extra_metrics is not None:
+        if main and extra_metrics is not None and validate:
             try:
                 extra = dict(extra_metrics(eval_model, device) or {})
             except StopTraining:
@@ -518,9 +524,10 @@ def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: 
         value = row.get(monitor)
         if value is None and val_loader is None:
             value = -float(epoch) if lower_better else float(epoch)  # no validation: best = last
-        if value is None:
+        if value is None and validate:
             raise KeyError(f"MONITOR {monitor!r} is not among the metrics {sorted(row)}")
-        improved = value == value and (best is None or (value < best if lower_better else value > best))
+        improved = value is not None and value == value and (
+            best is None or (value < best if lower_better else value > best))
         if improved:
             best, best_epoch = float(value), epoch
         if main:
