@@ -13,6 +13,13 @@ true cell with its true labels at confidence 1 (must score 1.0). ``--MAKE broadc
 image's cells) at confidence 1, the best a method that cannot tell cells apart can do. All its
 confidences tie, so the metric's tie rule decides: ties keep submission order (images in truth
 order, cells in truth order, classes ascending).
+
+``--BASELINE other.csv`` compares: after the two mAP lines it prints ``delta_strict=`` and
+``delta_lenient=`` lines, mAP(SUBMISSION) - mAP(BASELINE) with a paired bootstrap interval over
+the test images (N_BOOT resamples, metric.bootstrap_difference). With a few dozen test images a
+difference of a few points can be noise: the interval says whether it is.
+
+    python S6_evaluate.py --SUBMISSION output/submission.csv --BASELINE output/submission_image_level.csv
 """
 # ---------------------------------------------------------------------------- input
 SUBMISSION = "output/submission.csv"  # the submission to score; MAKE writes submission_<MAKE>.csv beside it
@@ -20,6 +27,9 @@ TRUTH = "input/hpa-single-cell-image-classification/test_cells.csv"  # per-(cell
 # ---------------------------------------------------------------------------- scoring
 MAKE = ""  # "" = score SUBMISSION; "truth" | "broadcast" = build that reference submission and score it
 IOU = 0.6  # mask IoU at or above which a detection matches a true cell
+BASELINE = ""  # another submission: also print mAP(SUBMISSION) - mAP(BASELINE) with a bootstrap interval
+N_BOOT = 1000  # bootstrap resamples of the test images for that interval
+LEVEL = 0.95  # coverage of the interval
 # ---------------------------------------------------------------------------- output
 PLOTS = True  # write <stem>_ap.png and <stem>_pr.png beside the submission
 
@@ -80,8 +90,13 @@ def main(argv=None):
             sub_path = make_reference(truth, cfg.MAKE, sub_path.parent / f"submission_{cfg.MAKE}.csv")
             print(f"wrote {sub_path}")
         sub = encoding.read_submission(sub_path)
-        strict = metric.score_submission(sub, truth, "strict", cfg.IOU)
-        lenient = metric.score_submission(sub, truth, "lenient", cfg.IOU)
+        matched = metric.match_submission(sub, truth)  # once for both modes
+        strict = metric.score_submission(sub, truth, "strict", cfg.IOU, matched=matched)
+        lenient = metric.score_submission(sub, truth, "lenient", cfg.IOU, matched=matched)
+        base = None
+        if cfg.BASELINE:
+            base_path = constants.resolve(cfg.BASELINE)
+            base = metric.match_submission(encoding.read_submission(base_path), truth)
     except (OSError, ValueError) as e:
         raise SystemExit(f"S6: {e}") from None
 
@@ -102,7 +117,16 @@ def main(argv=None):
     print(format_table(table))
     print(f"mAP_strict={strict['mAP']:.4f}")
     print(f"mAP_lenient={lenient['mAP']:.4f}")
-    return {"strict": strict, "lenient": lenient, "submission": sub_path}
+    out = {"strict": strict, "lenient": lenient, "submission": sub_path}
+    if base is not None:
+        for mode in metric.MODES:
+            d = metric.bootstrap_difference(matched, base, mode, cfg.N_BOOT, iou_threshold=cfg.IOU,
+                                            level=cfg.LEVEL)
+            out[f"delta_{mode}"] = d
+            print(f"delta_{mode}={d['delta']:+.4f} ({cfg.LEVEL:.0%} interval "
+                  f"{d['low']:+.4f}..{d['high']:+.4f}; higher in {d['p_better']:.0%} of {d['n_boot']} "
+                  f"resamples of {d['n_images']} images) vs {base_path.name}")
+    return out
 
 
 if __name__ == "__main__":

@@ -146,21 +146,20 @@ def truth_cells(truth: pd.DataFrame):
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path, mode: str = "strict",
-                     iou_threshold: float = 0.6) -> dict:
-    """Cell-level mAP of a submission DataFrame against the truth (see the module docstring).
+def match_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path) -> dict:
+    """Match a submission's detections to the true cells, image by image (the metric's first half).
 
-    Returns ``{"mAP", "per_class": {c: AP}, "n_gt": {c: n}, "pr": {c: (precision, recall)},
-    "n_images_ignored"}``; ``per_class``/``pr`` hold only classes with GT.
+    Returns ``{"images": {ID: (cls, conf, gt, iou, has_gt)}`` (per-detection arrays, see
+    :func:`_evaluate`; ``gt`` indexes ``labels``), ``"labels"``: the (n_cells, 19) truth matrix,
+    ``"cells_of"``: ``{ID: indices of its true cells}``, ``"n_images_ignored"``}. Each detection
+    keeps its best-IoU true cell of its class whatever the IoU; the threshold applies later.
     """
-    _check_mode(mode)
     truth = read_truth(truth) if isinstance(truth, (str, Path)) else _check_truth(truth)
     missing = [c for c in encoding.SUBMISSION_COLUMNS if c not in sub.columns]
     if missing:
         raise ValueError(f"submission lacks column(s) {missing}")
     cells, labels, images = truth_cells(truth)
-    n_gt = labels.sum(0)
-    parts, ignored = [], 0
+    matched, ignored = {}, 0
     for row in sub.itertuples(index=False):
         img = str(row.ID)
         if img not in images:
@@ -190,14 +189,71 @@ def score_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path, mode: 
         best = cand.argmax(1)
         best_iou = cand[np.arange(len(cls)), best]
         gt = np.where(best_iou >= 0, g[best], -1)
-        parts.append((cls, conf, gt, best_iou, lab.any(0)[cls]))
+        part = (np.asarray(cls, np.int64), np.asarray(conf, np.float64), gt, best_iou, lab.any(0)[cls])
+        if img in matched:  # the same ID twice: its detections pool, as in the metric
+            part = tuple(np.concatenate(x) for x in zip(matched[img], part))
+        matched[img] = part
+    return {"images": matched, "labels": labels, "cells_of": images, "n_images_ignored": ignored}
+
+
+def _pool(matched: dict, images: list, mode: str, iou_threshold: float) -> dict:
+    """_evaluate the detections of ``images`` (IDs; repeats are distinct copies, as in a bootstrap)."""
+    labels, cells_of = matched["labels"], matched["cells_of"]
+    n_cells = len(labels)
+    parts, n_gt = [], np.zeros(NUM_CLASSES, np.int64)
+    for k, img in enumerate(images):
+        n_gt += labels[cells_of[img]].sum(0)
+        if img in matched["images"]:
+            cls, conf, gt, iou, has_gt = matched["images"][img]
+            parts.append((cls, conf, np.where(gt >= 0, gt + k * n_cells, -1), iou, has_gt))
     if parts:
         cls, conf, gt, iou, has_gt = (np.concatenate(x) for x in zip(*parts))
     else:
         cls = conf = gt = iou = has_gt = np.zeros(0)
-    out = _evaluate(cls, conf, gt, iou, has_gt, n_gt, mode, iou_threshold)
-    out["n_images_ignored"] = ignored
+    return _evaluate(cls, conf, gt, iou, has_gt, n_gt, mode, iou_threshold)
+
+
+def score_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path, mode: str = "strict",
+                     iou_threshold: float = 0.6, matched: dict | None = None) -> dict:
+    """Cell-level mAP of a submission DataFrame against the truth (see the module docstring).
+
+    Returns ``{"mAP", "per_class": {c: AP}, "n_gt": {c: n}, "pr": {c: (precision, recall)},
+    "n_images_ignored"}``; ``per_class``/``pr`` hold only classes with GT. ``matched``: the
+    :func:`match_submission` of this submission, when already computed (scoring both modes).
+    """
+    _check_mode(mode)
+    matched = match_submission(sub, truth) if matched is None else matched
+    out = _pool(matched, list(matched["cells_of"]), mode, iou_threshold)
+    out["n_images_ignored"] = matched["n_images_ignored"]
     return out
+
+
+def bootstrap_difference(matched_a: dict, matched_b: dict, mode: str = "strict", n_boot: int = 1000,
+                         seed: int = 0, iou_threshold: float = 0.6, level: float = 0.95) -> dict:
+    """Paired bootstrap over test images of ``mAP(a) - mAP(b)`` (both from :func:`match_submission`
+    against the same truth).
+
+    Each resample draws the truth's images with replacement (a repeated image counts as a new
+    one) and scores both submissions on it. Returns ``{"delta": mAP(a) - mAP(b) on all images,
+    "low", "high": the percentile interval at ``level``, "p_better": the fraction of resamples
+    where a scores higher, "n_boot", "n_images"}``.
+    """
+    _check_mode(mode)
+    if list(matched_a["cells_of"]) != list(matched_b["cells_of"]):
+        raise ValueError("bootstrap_difference: the two submissions were matched against different truths")
+    ids = list(matched_a["cells_of"])
+    delta = (_pool(matched_a, ids, mode, iou_threshold)["mAP"]
+             - _pool(matched_b, ids, mode, iou_threshold)["mAP"])
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(int(n_boot))
+    for i in range(int(n_boot)):
+        pick = [ids[j] for j in rng.integers(0, len(ids), len(ids))]
+        diffs[i] = (_pool(matched_a, pick, mode, iou_threshold)["mAP"]
+                    - _pool(matched_b, pick, mode, iou_threshold)["mAP"])
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return {"delta": float(delta), "low": float(low), "high": float(high),
+            "p_better": float(np.mean(diffs > 0)), "n_boot": int(n_boot), "n_images": len(ids)}
 
 
 def score_cells(image_ids, cell_ids, probs: np.ndarray, truth: dict, mode: str = "strict") -> dict:

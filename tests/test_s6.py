@@ -78,3 +78,30 @@ def test_missing_files_are_named(truth_csv, tmp_path, capsys):
         _load_s6().main(["--SUBMISSION", str(tmp_path / "s.csv"), "--TRUTH", str(tmp_path / "notruth.csv")])
     with pytest.raises(SystemExit, match="MAKE"):
         _load_s6().main(["--TRUTH", str(truth_csv), "--MAKE", "bogus"])
+
+
+def test_baseline_comparison_with_a_bootstrap_interval(truth_csv, tmp_path, capsys):
+    from common import metric
+
+    truth_sub = _run(capsys, "--SUBMISSION", str(tmp_path / "s.csv"), "--TRUTH", str(truth_csv), "--MAKE",
+                     "truth", "--PLOTS", "false")
+    assert truth_sub[-1] == "mAP_lenient=1.0000"
+    _run(capsys, "--SUBMISSION", str(tmp_path / "s.csv"), "--TRUTH", str(truth_csv), "--MAKE", "broadcast",
+         "--PLOTS", "false")
+    truth = metric.read_truth(truth_csv)
+    exact = metric.match_submission(encoding.read_submission(tmp_path / "submission_truth.csv"), truth)
+    broad = metric.match_submission(encoding.read_submission(tmp_path / "submission_broadcast.csv"), truth)
+    # a resample holding image x twice: each copy matches its own cells (the truth still scores 1)
+    assert metric._pool(exact, ["x", "x"], "strict", 0.6)["mAP"] == 1.0
+    assert metric.bootstrap_difference(exact, exact, n_boot=50) == {
+        "delta": 0.0, "low": 0.0, "high": 0.0, "p_better": 0.0, "n_boot": 50, "n_images": 2}
+    d = metric.bootstrap_difference(exact, broad, "strict", n_boot=400, seed=1)
+    assert d["delta"] == pytest.approx(1 - (4 + 1 / 3) / 5)
+    # only resamples without image x tie (both 1): a quarter of them
+    assert d["low"] == 0.0 and d["high"] > 0 and 0.65 < d["p_better"] < 0.85
+    lines = _run(capsys, "--SUBMISSION", str(tmp_path / "submission_truth.csv"), "--TRUTH", str(truth_csv),
+                 "--BASELINE", str(tmp_path / "submission_broadcast.csv"), "--N_BOOT", "100",
+                 "--PLOTS", "false")
+    assert lines[-4:-2] == ["mAP_strict=1.0000", "mAP_lenient=1.0000"]
+    assert lines[-2].startswith("delta_strict=+0.1333 (95% interval +0.0000..")
+    assert lines[-1].startswith("delta_lenient=+0.1333") and lines[-1].endswith("vs submission_broadcast.csv")
