@@ -10,8 +10,8 @@ Skips when OUT_DIR already holds a demo made with the same config (unless OVERWR
 to write over a folder that holds a train.csv but no demo config (it may be the real data).
 """
 # ---------------------------------------------------------------------------- data
-N_TRAIN = 160             # training images
-N_TEST = 24               # test images (truth in test_cells.csv, labels hidden in sample_submission)
+N_TRAIN = 320             # training images
+N_TEST = 32               # test images (truth in test_cells.csv, labels hidden in sample_submission)
 IMAGE_SIZE = 512          # side of the square images in pixels (2048 = real HPA size)
 MIN_CELLS = 8             # fewest cells per image
 MAX_CELLS = 30            # most cells per image

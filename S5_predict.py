@@ -36,7 +36,7 @@ IMAGE_SIZE = 512                  # working resolution when S2's outputs are mis
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
 AMP = True                        # mixed precision (CUDA only)
-BATCH_SIZE = 32                   # views per forward pass (TTA variants included)
+BATCH_SIZE = 32                   # views per forward pass, TTA variants included (8 suits a CPU)
 N_OVERLAYS = 4                    # overlay PNGs for the first N test images (0 = none)
 VARIANTS = True                   # also write per-pipeline / image-level submissions for comparison
 SUBMISSION = "submission.csv"     # file name of the submission inside OUTPUT_DIR

@@ -36,11 +36,12 @@ step() {
 if [ "$MODE" = demo ]; then
   # Demo constants: small CNNs from scratch (no download), CPU-sized: pipeline 1 sees the masked
   # 512-px image at 128 px, pipeline 2 sees 64-px cell crops. Submission = cell x image prediction.
-  S3_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 128 --EPOCHS 25 --BATCH_SIZE 16
-           --LR 1e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 2 --LOSS bce --RUN_NAME demo_p1)
+  S3_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 128 --EPOCHS 7 --BATCH_SIZE 16
+           --LR 1e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --LOSS bce --RUN_NAME demo_p1)
   S41_ARGS=(--CELL_SIZE 64 --NUM_WORKERS 2)
-  S42_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --CELL_SIZE 64 --EPOCHS 8 --BATCH_SIZE 4
-            --LR 2e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 2 --RUN_NAME demo_p2)
+  S42_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --CELL_SIZE 64 --CELLS_PER_IMAGE 8 --EPOCHS 14
+            --BATCH_SIZE 8 --LR 2e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --VAL_EVERY 2
+            --CELL_VAL_MAX_IMAGES 32 --RUN_NAME demo_p2)
   S5_ARGS=(--TTA 2 --RUNS output/demo_p1/fold0,output/demo_p2/fold0 --MULTIPLY_IMAGE_PRED true)
   if [ -f "$DATA/train.csv" ] && [ ! -f "$DATA/demo_config.json" ]; then
     echo "run_all.sh: real data found in $DATA; the demo constants still apply (use --real for the full setup)"
@@ -76,10 +77,18 @@ if [ -f "$TRUTH" ]; then
       exit 1
     fi
     SCORES[$name]="$(echo "$out" | grep -E '^mAP_(strict|lenient)=' | tr '\n' ' ')"
+    DELTAS="$(echo "$out" | grep -E '^delta_(strict|lenient)=' || true)"
   }
   echo
   echo "=== S6_evaluate.py (cell-level mAP against the demo's per-cell truth)"
-  score "ensemble (submission.csv)" --SUBMISSION output/submission.csv
+  DELTAS=""
+  BASE=output/submission_image_level.csv  # what the same models give when cells are not told apart
+  if [ -f "$BASE" ]; then
+    score "ensemble (submission.csv)" --SUBMISSION output/submission.csv --BASELINE "$BASE"
+  else
+    score "ensemble (submission.csv)" --SUBMISSION output/submission.csv
+  fi
+  ENSEMBLE_DELTAS=$DELTAS
   for v in cells pipeline1 pipeline2 image_level x_image; do
     [ -f "output/submission_$v.csv" ] && score "$v" --SUBMISSION "output/submission_$v.csv"
   done
@@ -91,6 +100,11 @@ if [ -f "$TRUTH" ]; then
               "broadcast of the true image labels" "truth (sanity check, must be 1)"; do
     [ -n "${SCORES[$name]:-}" ] && printf '  %-38s %s\n' "$name" "${SCORES[$name]}"
   done
+  if [ -n "$ENSEMBLE_DELTAS" ]; then
+    echo
+    echo "Ensemble minus image-level broadcast (paired bootstrap over the test images):"
+    echo "$ENSEMBLE_DELTAS" | sed 's/^/  /'
+  fi
 else
   echo "run_all.sh: no per-cell truth ($TRUTH): submission written to output/submission.csv"
 fi
