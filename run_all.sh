@@ -77,18 +77,14 @@ if [ -f "$TRUTH" ]; then
       exit 1
     fi
     SCORES[$name]="$(echo "$out" | grep -E '^mAP_(strict|lenient)=' | tr '\n' ' ')"
-    DELTAS="$(echo "$out" | grep -E '^delta_(strict|lenient)=' || true)"
+    LAST_OUT=$out
   }
   echo
   echo "=== S6_evaluate.py (cell-level mAP against the demo's per-cell truth)"
-  DELTAS=""
-  BASE=output/submission_image_level.csv  # what the same models give when cells are not told apart
-  if [ -f "$BASE" ]; then
-    score "ensemble (submission.csv)" --SUBMISSION output/submission.csv --BASELINE "$BASE"
-  else
-    score "ensemble (submission.csv)" --SUBMISSION output/submission.csv
-  fi
-  ENSEMBLE_DELTAS=$DELTAS
+  BASE=()  # the same models' image-level prediction for every cell: what weak supervision must beat
+  [ -f output/submission_image_level.csv ] && BASE=(--BASELINE output/submission_image_level.csv)
+  score "ensemble (submission.csv)" --SUBMISSION output/submission.csv "${BASE[@]}"
+  ENSEMBLE_DELTAS="$(echo "$LAST_OUT" | grep -E '^delta_(strict|lenient)=' || true)"
   for v in cells pipeline1 pipeline2 image_level x_image; do
     [ -f "output/submission_$v.csv" ] && score "$v" --SUBMISSION "output/submission_$v.csv"
   done
