@@ -22,8 +22,10 @@ CACHE_GB = 4.0                             # RAM cache of the resized images, if
 PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
 VARIANT = "masked"                         # masked | center_cells: augmentation set and S5 views
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm model name (tag optional)
-PRETRAINED = True                          # ImageNet weights from the timm hub / HF cache
-PRETRAINED_FILE = ""                       # local weights file instead of the hub
+PRETRAINED = True                          # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
+PRETRAINED_FILE = ""                       # one local weights file instead of the hub
+PRETRAINED_DIR = "input/timm-weights"      # <model>.safetensors folder, tried first (tools/fetch_weights)
+STEM_INIT = "timm"                         # 4-channel stem: timm (RGBR x 3/4) | original (common/weights)
 DROPOUT = 0.5                              # p of each multi-sample-dropout mask
 MSD_SAMPLES = 5                            # dropout masks averaged by the head
 IMAGE_SIZE = 512                           # training resolution (images resized when different)
@@ -65,7 +67,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, train
+from common import augment, config, constants, train, weights
 from common.datasets import ImageDataset
 
 
@@ -100,6 +102,10 @@ def main(argv=None):
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS}")
+    try:
+        print(f"S3: initial weights: {weights.require(cfg)}")
+    except weights.PretrainedUnavailable as e:
+        raise SystemExit(f"S3: {e}") from None
     data_dir = constants.resolve(cfg["DATA_DIR"])
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():

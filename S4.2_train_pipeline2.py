@@ -34,8 +34,10 @@ P_INTENSITY = 0.0            # per bag: per-channel intensity scaling (pipeline 
 # ---------------------------------------------------------------------------- model
 PIPELINE = 2                 # the bag model (common.mil.BagModel); do not change
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm backbone of the cell classifier
-PRETRAINED = True            # ImageNet weights (needs the timm cache or internet)
-PRETRAINED_FILE = ""         # local weights file instead of the hub
+PRETRAINED = True            # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
+PRETRAINED_FILE = ""         # one local weights file instead of the hub
+PRETRAINED_DIR = "input/timm-weights"  # <model>.safetensors folder, tried first (tools/fetch_weights)
+STEM_INIT = "timm"           # 4-channel stem: timm (RGBR x 3/4) | original (common/weights)
 DROPOUT = 0.5                # multi-sample-dropout p
 MSD_SAMPLES = 5              # multi-sample-dropout masks
 LOSS = "bce"                 # (the MIL loss is BCE; kept for the config of S5)
@@ -81,7 +83,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, train
+from common import augment, cells, config, constants, io, metric, train, weights
 from common.bag_datasets import BagDataset, external_flags
 
 log = logging.getLogger("hpa.s42")
@@ -182,6 +184,10 @@ class CellValidation:
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
+    try:
+        print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)
+    except weights.PretrainedUnavailable as e:
+        raise SystemExit(f"S4.2: {e}") from None
     hpa = constants.resolve(cfg.HPA512_DIR)
     comp = constants.resolve(cfg.COMP_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)

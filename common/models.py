@@ -4,9 +4,11 @@
 Config keys read (defaults in :data:`DEFAULTS`): ``PIPELINE`` (1 image model | 2 bag model),
 ``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
 ``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
-loading from that file instead of the hub; 3-channel stems are adapted to 4 channels by timm's
-``adapt_input_conv``), ``DROPOUT`` (p of each dropout mask), ``MSD_SAMPLES`` (number of masks
-averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
+loading from that file instead of the hub), ``PRETRAINED_DIR`` (a folder of ``<model>.safetensors``
+looked in before the hub), ``STEM_INIT`` (timm | original; see :mod:`common.weights`: local files
+and the hub both go through timm's ``load_pretrained``, so the 3-channel stem is widened to 4
+channels by ``adapt_input_conv`` either way), ``DROPOUT`` (p of each dropout mask),
+``MSD_SAMPLES`` (number of masks averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from common import weights
 from common.constants import NUM_CLASSES
 
 DEFAULTS = {
@@ -42,18 +45,28 @@ class Classifier(nn.Module):
 
     def __init__(self, model_name: str, pretrained: bool = False, pretrained_file: str = "",
                  num_classes: int = NUM_CLASSES, dropout: float = 0.5, n_dropout: int = 5,
-                 in_chans: int = 4):
+                 in_chans: int = 4, pretrained_dir: str = "", stem_init: str = "timm"):
         super().__init__()
         kw = {}
-        if pretrained_file:
-            path = Path(pretrained_file).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: PRETRAINED_FILE does not exist")
+        # a local file (PRETRAINED_FILE, else <PRETRAINED_DIR>/<model>.safetensors) goes through
+        # timm's own load_pretrained like a hub download: same filter, same stem widening
+        path = weights.local_source(model_name, pretrained, pretrained_file, pretrained_dir)
+        if path is not None:
             kw["pretrained_cfg_overlay"] = dict(file=str(path))
             pretrained = True
         self.model_name = model_name
-        self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
-                                          num_classes=0, **kw)
+        try:
+            self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
+                                              num_classes=0, **kw)
+        except OSError as e:  # hub / cache unreachable (LocalEntryNotFoundError, URLError, ...)
+            if not pretrained or path is not None:
+                raise
+            raise weights.PretrainedUnavailable(
+                weights.unavailable_message(model_name, pretrained_dir, e)) from e
+        if pretrained and stem_init == "original":
+            weights.widen_stem_original(self.backbone)
+        elif stem_init not in weights.STEM_INITS:
+            raise ValueError(f"stem_init must be one of {weights.STEM_INITS}, got {stem_init!r}")
         # pooled-feature width: models with a conv head after pooling (LCNet, MobileNetV3) report
         # it as head_hidden_size, which differs from num_features
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
@@ -97,6 +110,8 @@ class ImageModel(nn.Module):
 def build_classifier(cfg: dict) -> Classifier:
     return Classifier(_get(cfg, "MODEL_NAME"), pretrained=bool(_get(cfg, "PRETRAINED")),
                       pretrained_file=str(_get(cfg, "PRETRAINED_FILE") or ""),
+                      pretrained_dir=str(cfg.get("PRETRAINED_DIR", "") or ""),
+                      stem_init=str(cfg.get("STEM_INIT", "timm")),
                       dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")))
 
 
