@@ -245,8 +245,8 @@ def widen_stem_original(model: torch.nn.Module) -> list[str]:
     for name in names:
         conv = model.get_submodule(name)
         w = conv.weight
-        if w.ndim != 4 or w.shape[1] != 4:
-            continue
+        if w.ndim != 4 or w.shape[1] != 4 or not torch.equal(w[:, 0], w[:, 3]):
+            continue  # not a stem timm widened from RGB (e.g. a 4-channel checkpoint): leave it
         rgb = w.detach()[:, :3].double() * (4 / 3)  # undo adapt_input_conv's 3 / in_chans
         order = [_ORIGINAL_RGB_FILTER[ORIGINAL_STEM_CHANNELS.index(c)] for c in CHANNELS]
         with torch.no_grad():

@@ -98,6 +98,11 @@ def test_dir_lookup_names_and_the_original_stem(tmp_path):
     rgb = {"blue": 0, "green": 1, "red": 2, "yellow": 0}
     torch.testing.assert_close(w4, torch.stack([w3[:, rgb[c]] for c in CHANNELS], 1))
     assert not torch.equal(w4[:, 0], w4[:, 2])
+    # a 4-channel checkpoint is no timm widening: left as it is
+    four = folder / "four.safetensors"
+    save_file(clf.backbone.state_dict(), str(four))
+    again = models.Classifier("resnet18", pretrained_file=str(four), stem_init="original")
+    assert torch.equal(again.backbone.conv1.weight, clf.backbone.conv1.weight)
     with pytest.raises(ValueError, match="stem_init"):
         models.Classifier("resnet18", stem_init="rgb")
 
