@@ -88,6 +88,12 @@ ENSEMBLES = {
 }
 
 
+def run_dir(name: str) -> str:
+    """A recipe's run folder below OUTPUT_DIR: ``<RUN_NAME>/fold<k>``."""
+    c = RECIPES[name]["constants"]
+    return f"{c['RUN_NAME']}/fold{c['FOLD']}"
+
+
 def for_script(script: str) -> dict[str, dict]:
     """``name -> constants`` of the recipes of one script ("S3" or "S4.2")."""
     return {n: r["constants"] for n, r in RECIPES.items() if r["script"] == script}
