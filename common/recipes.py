@@ -29,8 +29,8 @@ SCHEDULE_A = {"OPTIMIZER": "adam", "LR": 1e-4, "SCHEDULE": "A", "WARMUP_EPOCHS":
               "MIN_LR": 0.0, "WEIGHT_DECAY": 0.0}
 SCHEDULE_B = {"OPTIMIZER": "adam", "LR": 3e-4, "SCHEDULE": "B", "ADAM_EPS": 1e-5, "WEIGHT_DECAY": 0.0,
               "LR_STEP_EPOCHS": [4, 7, 10], "LR_STEP_VALUES": [3e-4, 1.5e-4, 7.5e-5, 3e-5]}
-COMMON = {"EPOCHS": 15, "BATCH_SIZE": 32, "PRETRAINED": True, "STEM_INIT": "rgbr",
-          "P_FLIP": 0.5, "P_AFFINE": 0.75}
+COMMON = {"EPOCHS": 15, "BATCH_SIZE": 32, "PRETRAINED": True}
+P1_SPATIAL = {"P_FLIP": 0.5, "P_AFFINE": 0.75}  # flips/transpose, shift-scale-rotate (pipeline 2: fixed)
 NO_LABEL_AUG = {"P_GREEN_TO_NEGATIVE": 0.0, "P_GREEN_FROM_OTHER": 0.0, "P_INTENSITY": 0.0}
 
 # ---- test-time flip/transpose variants per input type (the original's)
@@ -57,14 +57,15 @@ def _build() -> dict[str, dict]:
     for key, fold in P1_MASKED:
         name = f"p1_{key}_masked_f{fold}"
         out[name] = {"script": "S3", "input": "masked", "constants": {
-            **COMMON, **SCHEDULE_A, **NO_LABEL_AUG, "MODEL_NAME": BACKBONES[key], "VARIANT": "masked",
-            "IMAGE_SIZE": 512, "LOSS": "focal_sum", "P_COARSE_DROPOUT": 0.7, "FOLD": fold}}
+            **COMMON, **P1_SPATIAL, **SCHEDULE_A, **NO_LABEL_AUG, "MODEL_NAME": BACKBONES[key],
+            "VARIANT": "masked", "IMAGE_SIZE": 512, "LOSS": "focal_sum", "P_COARSE_DROPOUT": 0.7,
+            "FOLD": fold}}
     for fold in P1_CENTER_FOLDS:
         name = f"p1_densenet121_center_f{fold}"
         out[name] = {"script": "S3", "input": "center_cells", "constants": {
-            **COMMON, **SCHEDULE_B, **_center_label_aug(fold), "MODEL_NAME": BACKBONES["densenet121"],
-            "VARIANT": "center_cells", "IMAGE_SIZE": 512, "LOSS": "lovasz", "P_COARSE_DROPOUT": 0.0,
-            "FOLD": fold}}
+            **COMMON, **P1_SPATIAL, **SCHEDULE_B, **_center_label_aug(fold),
+            "MODEL_NAME": BACKBONES["densenet121"], "VARIANT": "center_cells", "IMAGE_SIZE": 512,
+            "LOSS": "lovasz", "P_COARSE_DROPOUT": 0.0, "FOLD": fold}}
     for key, fold, size in P2:
         name = f"p2_{key}_c{size}_f{fold}"
         out[name] = {"script": "S4.2", "input": f"cells_{size}", "constants": {
