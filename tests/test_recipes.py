@@ -143,3 +143,15 @@ def test_every_recipe_builds_its_model_and_takes_one_training_step():
         loss.backward()
         opt.step()
     assert len(seen) == 13  # 7 backbones in pipeline 1 (center: densenet121 again), 6 in pipeline 2
+
+
+def test_gpu_check_runs_end_to_end_at_tiny_sizes(capsys):
+    """benchmarks/gpu_check.py --QUICK on the CPU: builds a family, steps, prints the table."""
+    from conftest import load_script
+
+    mod = load_script("benchmarks/gpu_check.py")
+    rows = mod.main(["--QUICK", "true", "--FAMILIES", "1", "--DDP", "false"])
+    assert len(rows) == 1 and rows[0][1]["ok"] and rows[0][1]["train_ips"] > 0
+    out = capsys.readouterr().out
+    assert "GPU-h/recipe" in out and "HPA segmentation" in out
+    assert len(mod.families()) == 17  # 7 pipeline-1 (model, size) + 10 pipeline-2
