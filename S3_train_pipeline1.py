@@ -9,6 +9,8 @@ Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
     torchrun --nproc_per_node=4 S3_train_pipeline1.py --FOLD 0     # DDP, BATCH_SIZE per GPU
     python S3_train_pipeline1.py --FOLD 0 --RESUME                 # continue from last.pth
 """
+# ---------------------------------------------------------------------------- recipe
+RECIPE = ""                                # one of the original's models (--RECIPE list); overrides win
 # ---------------------------------------------------------------------------- data
 DATA_DIR = "input/hpa-512"                 # S2 output folder (relative to the repo root)
 TRAIN_CSV = "train_all.csv"                # table inside DATA_DIR
@@ -44,8 +46,13 @@ BATCH_SIZE = 16                            # images per GPU and step
 LR = 3e-4                                  # peak learning rate
 WEIGHT_DECAY = 1e-2                        # weight decay (weights only, not biases/norms)
 OPTIMIZER = "adamw"                        # adamw | adam
-WARMUP_EPOCHS = 1.0                        # linear warm-up (epochs)
+ADAM_EPS = 1e-8                            # epsilon of adam / adamw
+SCHEDULE = "cosine"                        # cosine (warm-up + cosine) | A | B (the original's)
+WARMUP_EPOCHS = 1.0                        # warm-up epochs: linear (cosine), at LR (A)
+WARMUP_MULT = 10.0                         # A: after the warm-up the lr is LR x this, then a cosine
 MIN_LR = 1e-6                              # end of the cosine
+LR_STEP_EPOCHS = [4, 7, 10]                # B: epochs (0-based) where the lr steps ...
+LR_STEP_VALUES = [3e-4, 1.5e-4, 7.5e-5, 3e-5]  # ... to the next of these values
 ACCUM_STEPS = 1                            # gradient accumulation
 EMA_DECAY = 0.0                            # EMA of the weights (0 = off)
 AMP = True                                 # mixed precision on CUDA
@@ -67,7 +74,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, train, weights
+from common import augment, config, constants, recipes, train, weights
 from common.datasets import ImageDataset
 
 
@@ -97,7 +104,8 @@ def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | Non
 
 
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
+                       recipe_table=recipes.table("S3"))
     if cfg["PIPELINE"] != 1:
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:

@@ -17,6 +17,7 @@ images (cropped with common.cells exactly like S4.1 crops, scored with metric.sc
     torchrun --nproc_per_node 4 S4.2_train_pipeline2.py --FOLD 0       # DDP
 """
 # ---------------------------------------------------------------------------- data
+RECIPE = ""                  # one of the original's models (--RECIPE list); explicit overrides win
 HPA512_DIR = "input/hpa-512"                            # S2's output folder (crops and index from S4.1)
 TRAIN_CSV = "input/hpa-512/train_all.csv"               # image table with folds
 COMP_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
@@ -53,8 +54,13 @@ BATCH_SIZE = 8               # bags per step and process (x CELLS_PER_IMAGE cell
 LR = 3e-4                    # peak learning rate
 WEIGHT_DECAY = 1e-2          # weight decay
 OPTIMIZER = "adamw"          # adamw | adam
-WARMUP_EPOCHS = 1.0          # linear warm-up (epochs)
+ADAM_EPS = 1e-8              # epsilon of adam / adamw
+SCHEDULE = "cosine"          # cosine (warm-up + cosine) | A | B (the original's)
+WARMUP_EPOCHS = 1.0          # warm-up epochs: linear (cosine), at LR (A)
+WARMUP_MULT = 10.0           # A: after the warm-up the lr is LR x this, then a cosine
 MIN_LR = 1e-6                # end of the cosine
+LR_STEP_EPOCHS = [4, 7, 10]  # B: epochs (0-based) where the lr steps ...
+LR_STEP_VALUES = [3e-4, 1.5e-4, 7.5e-5, 3e-5]  # ... to the next of these values
 ACCUM_STEPS = 1              # gradient accumulation
 EMA_DECAY = 0.0              # weight EMA (0 = off)
 AMP = True                   # mixed precision on CUDA
@@ -83,7 +89,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, train, weights
+from common import augment, cells, config, constants, io, metric, recipes, train, weights
 from common.bag_datasets import BagDataset, external_flags
 
 log = logging.getLogger("hpa.s42")
@@ -183,7 +189,8 @@ class CellValidation:
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
+                       recipe_table=recipes.table("S4.2"))
     try:
         print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)
     except weights.PretrainedUnavailable as e:

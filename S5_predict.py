@@ -21,6 +21,8 @@ HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
 # ---------------------------------------------------------------------------- models
 OUTPUT_DIR = "output"             # runs are found here; outputs are written here
 RUNS = []                         # run folders or checkpoint files; [] = every run under OUTPUT_DIR
+ENSEMBLE = ""                     # a named ensemble of recipes (original | recommended) instead of RUNS
+ENSEMBLE_RECIPES = []             # only these recipes of ENSEMBLE ([] = all of them)
 CHECKPOINT = "best.pth"           # which checkpoint of a run folder
 RUN_WEIGHTS = []                  # one ensemble weight per run ([] = all 1)
 RUN_TTA = []                      # flip/transpose variants per run, 1..8 ([] = TTA for every run)
@@ -52,7 +54,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, encoding, io, plots, predict, segmentation
+from common import cells, config, constants, encoding, io, plots, predict, recipes, segmentation
 from common.constants import NUM_CLASSES
 
 
@@ -65,6 +67,29 @@ def _load_sample(path: Path) -> pd.DataFrame:
     if missing:
         raise SystemExit(f"S5: {path}: missing column(s) {missing}")
     return df
+
+
+def _ensemble(cfg) -> None:
+    """Fill RUNS, RUN_TTA, RUN_WEIGHTS and MULTIPLY_IMAGE_PRED from the named ENSEMBLE: each recipe's
+    run folder, its TTA count, and a weight equal to that count, so that every (model, TTA variant)
+    output counts once in the mean (the original's plain mean over 104 outputs)."""
+    outputs = recipes.ensemble_outputs(cfg.ENSEMBLE)
+    if cfg.ENSEMBLE_RECIPES:
+        unknown = sorted(set(cfg.ENSEMBLE_RECIPES) - set(outputs))
+        if unknown:
+            raise SystemExit(f"S5: --ENSEMBLE_RECIPES {unknown} are not in ENSEMBLE {cfg.ENSEMBLE!r}")
+        outputs = {r: outputs[r] for r in cfg.ENSEMBLE_RECIPES}
+    out = constants.resolve(cfg.OUTPUT_DIR)
+    runs = {r: out / recipes.run_dir(r) for r in outputs}
+    missing = [f"{r} ({p / cfg.CHECKPOINT})" for r, p in runs.items() if not (p / cfg.CHECKPOINT).is_file()]
+    if missing:
+        raise SystemExit(f"S5: ENSEMBLE {cfg.ENSEMBLE!r} lacks {len(missing)} of its {len(runs)} runs: "
+                         + ", ".join(missing) + " (train them with bash run_all.sh --real, "
+                         "or choose some with --ENSEMBLE_RECIPES)")
+    cfg.RUNS, cfg.RUN_TTA = [str(p) for p in runs.values()], list(outputs.values())
+    cfg.RUN_WEIGHTS = [float(n) for n in outputs.values()]
+    cfg.MULTIPLY_IMAGE_PRED = recipes.ENSEMBLES[cfg.ENSEMBLE]["multiply_image_pred"]
+    print(f"S5: ENSEMBLE {cfg.ENSEMBLE}: {len(runs)} runs, {sum(outputs.values())} outputs", flush=True)
 
 
 def _runs(cfg) -> list[Path]:
@@ -134,6 +159,8 @@ def main(argv=None):
     t_start = time.time()
     data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUTPUT_DIR)
     sample = _load_sample(data_dir / "sample_submission.csv")
+    if cfg.ENSEMBLE:
+        _ensemble(cfg)
     runs = _runs(cfg)
     weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
     ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]

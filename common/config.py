@@ -86,9 +86,14 @@ def _convert(name: str, text: str, default: Any) -> Any:
 
 
 def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = True,
-          quiet: bool = False) -> Config:
+          quiet: bool = False, recipes: dict[str, dict] | None = None,
+          recipe_table: str = "") -> Config:
     """Apply ``--NAME value`` overrides to the constants of ``namespace`` and return them.
 
+    ``recipes`` (``name -> constants``): when the script has a ``RECIPE`` constant and it names
+    one (``--RECIPE name``), that recipe's constants are applied first and the explicit overrides
+    after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
+    ``--RECIPE list`` prints ``recipe_table`` and exits.
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
     so module-level code sees them. Prints the resolved values unless ``quiet``.
     """
@@ -96,7 +101,50 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     # process (tests, notebooks) starts from the constants block, not from the last overrides.
     defaults = namespace.setdefault("_CONFIG_DEFAULTS", constants_of(namespace))
     argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = _read_overrides(defaults, argv)
     cfg = Config(defaults)
+    if "RECIPE" in defaults:
+        cfg.update(_recipe(overrides.get("RECIPE", defaults["RECIPE"]), recipes or {}, defaults,
+                           recipe_table))
+        cfg.update(overrides)
+        cfg["OVERRIDES"] = dict(overrides)
+    else:
+        cfg.update(overrides)
+    if update:
+        namespace.update(cfg)
+    if not quiet:
+        print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
+    return cfg
+
+
+def _recipe(name: str, recipes: dict[str, dict], defaults: dict, table: str) -> dict:
+    """The constants of recipe ``name`` (``{}`` for ""), checked against the script's constants."""
+    if not name:
+        return {}
+    if name == "list":
+        print(table or "\n".join(recipes))
+        raise SystemExit(0)
+    if name not in recipes:
+        raise SystemExit(f"unknown --RECIPE {name!r}; known: {', '.join(recipes) or 'none'} "
+                         "(--RECIPE list prints the table)")
+    out = {"RECIPE": name}
+    for key, value in recipes[name].items():
+        if key not in defaults:
+            raise SystemExit(f"recipe {name!r} sets {key}, which this script does not have")
+        default = defaults[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(default, (list, tuple)):
+            value = type(default)(value)
+        if type(value) is not type(default) and default is not None:
+            raise SystemExit(f"recipe {name!r}: {key}={value!r} is not a {type(default).__name__}")
+        out[key] = value
+    return out
+
+
+def _read_overrides(defaults: dict, argv: list[str]) -> dict:
+    """``--NAME value`` pairs of ``argv``, each typed like its default."""
+    cfg: dict = {}
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -126,10 +174,6 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
                 i += 1
         cfg[name] = _convert(name, value, default)
         i += 1
-    if update:
-        namespace.update(cfg)
-    if not quiet:
-        print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
 
 

@@ -33,28 +33,19 @@ import torch
 
 from common.constants import CHANNELS
 
+
 # ----------------------------------------------------------------------------- the original's models
-# The original's backbones (2021 timm names) -> the current timm name with the tag of the weights
-# that name loaded then (timm 0.4.x); see ../shared/ORIGINAL_RECIPES.md. Named recipes (issue 13)
-# extend RECIPE_MODELS; ``--RECIPES all`` of tools/fetch_weights.py is the union of every list.
-ORIGINAL_BACKBONES: dict[str, str] = {
-    "rexnet_150": "rexnet_150.nav_in1k",
-    "resnet50d": "resnet50d.ra2_in1k",
-    "densenet121": "densenet121.ra_in1k",
-    "tf_efficientnet_b0_ns": "tf_efficientnet_b0.ns_jft_in1k",
-    "resnet101d": "resnet101d.ra2_in1k",
-    "dpn68b": "dpn68b.mx_in1k",  # dpn68b_extra (MXNet port); today's default tag is ra_in1k
-    "densenet169": "densenet169.tv_in1k",
-    "mixnet_m": "mixnet_m.ft_in1k",
-    "tf_efficientnet_b1_ns": "tf_efficientnet_b1.ns_jft_in1k",
-}
-_B = ORIGINAL_BACKBONES
-RECIPE_MODELS: dict[str, list[str]] = {
-    "original_pipeline1": [_B[m] for m in ("rexnet_150", "resnet50d", "densenet121", "tf_efficientnet_b0_ns",
-                                           "resnet101d", "dpn68b", "densenet169")],
-    "original_pipeline2": [_B[m] for m in ("tf_efficientnet_b0_ns", "resnet50d", "mixnet_m", "densenet121",
-                                           "tf_efficientnet_b1_ns", "dpn68b")],
-}
+def recipe_model_lists() -> dict[str, list[str]]:
+    """``name -> timm model names`` that ``--RECIPES`` of tools/fetch_weights.py accepts: every named
+    recipe of :mod:`common.recipes`, plus ``original_pipeline1`` / ``original_pipeline2`` (their
+    backbones; the current timm names with the tags of the weights the original loaded)."""
+    from common import recipes
+
+    out = {n: [r["constants"]["MODEL_NAME"]] for n, r in recipes.RECIPES.items()}
+    for script, key in (("S3", "original_pipeline1"), ("S4.2", "original_pipeline2")):
+        out[key] = list(dict.fromkeys(c["MODEL_NAME"] for c in recipes.for_script(script).values()))
+    return out
+
 
 # ----------------------------------------------------------------------------- stem initialisation
 STEM_INITS = ("timm", "original")
@@ -73,13 +64,14 @@ class PretrainedUnavailable(RuntimeError):
 def recipe_models(recipes: str = "", models: str = "") -> list[str]:
     """``"all"`` | ``"a,b"`` recipe names and/or ``"m1,m2"`` timm names -> unique model names."""
     out: list[str] = []
+    lists = recipe_model_lists()
     for r in [s.strip() for s in str(recipes or "").split(",") if s.strip()]:
         if r == "all":
-            out += [m for ms in RECIPE_MODELS.values() for m in ms]
-        elif r in RECIPE_MODELS:
-            out += RECIPE_MODELS[r]
+            out += [m for ms in lists.values() for m in ms]
+        elif r in lists:
+            out += lists[r]
         else:
-            raise ValueError(f"unknown recipe {r!r}; known: all, {', '.join(RECIPE_MODELS)}")
+            raise ValueError(f"unknown recipe {r!r}; known: all, {', '.join(lists)}")
     out += [s.strip() for s in str(models or "").split(",") if s.strip()]
     return list(dict.fromkeys(out))
 

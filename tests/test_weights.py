@@ -15,7 +15,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from common import models, weights
+from common import models, recipes, weights
 from common.constants import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,10 +130,11 @@ def _load_tool():
 
 def test_recipes_all_is_the_originals_nine_backbones():
     names = weights.recipe_models("all")
-    assert len(names) == 9 and set(names) == set(weights.ORIGINAL_BACKBONES.values())
+    assert len(names) == 9 and set(names) == set(recipes.BACKBONES.values())
     for name in names:  # every one is a current timm name with pretrained weights
         assert name in timm.list_pretrained(name)
     assert weights.recipe_models("original_pipeline2", "resnet18,mixnet_m.ft_in1k")[-1] == "resnet18"
+    assert weights.recipe_models("p1_densenet121_center_f2") == ["densenet121.ra_in1k"]
     with pytest.raises(ValueError, match="unknown recipe"):
         weights.recipe_models("nine")
 

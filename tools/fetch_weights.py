@@ -12,7 +12,7 @@ again. Writes go to a temporary name and are renamed.
     python tools/fetch_weights.py --MODELS resnet18,mixnet_m /tmp/w      # any timm names (tag optional)
 """
 # ---------------------------------------------------------------------------- what to fetch
-RECIPES = ""                       # all | comma-separated names of common.weights.RECIPE_MODELS
+RECIPES = ""                       # all | recipe names | original_pipeline1 | original_pipeline2
 MODELS = ""                        # comma-separated timm names (tag optional: timm's default tag)
 # ---------------------------------------------------------------------------- output
 OUT_DIR = "input/timm-weights"     # the folder (also the last positional argument)
