@@ -18,6 +18,8 @@ QUICK = False            # tiny sizes, few steps (CPU smoke run; the numbers mea
 FAMILIES = 0             # measure only the first N families (0 = all)
 DDP = True               # also run the DDP check under torchrun (all visible GPUs)
 DDP_WORKER = False       # internal: this process is a torchrun worker of the DDP check
+ESTIMATE_ONLY = False    # no timing: the FLOP-based GPU-hour estimate of every recipe (any machine)
+ASSUMED_TFLOPS = 60.0    # effective AMP training throughput assumed by the estimate (TFLOP/s)
 # ---------------------------------------------------------------------------- sizes
 BATCH = 32               # images (pipeline 1) or bags (pipeline 2) per training step, as the original
 CELLS_PER_BAG = 16       # cells per bag (pipeline 2)
@@ -132,6 +134,36 @@ def measure(fam: dict, dev: torch.device, quick: bool, cfg_run: dict) -> dict:
     return {"ok": ok, "train_ips": train_ips, "s5_ips": s5_ips, "mem_gb": mem, "gpu_h": hours}
 
 
+def forward_gflops(fam: dict, probe: int = 128) -> float:
+    """Forward GFLOPs of one view at the family's size (counted at ``probe`` px, scaled by area)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = models.build_model(_cfg(fam, False)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.classifier.logits(torch.randn(1, 4, probe, probe))
+    return fc.get_total_flops() / 1e9 * (fam["size"] / probe) ** 2
+
+
+def estimate(cfg_run: dict) -> None:
+    """GPU-hours per recipe from FLOPs: training = 3 x forward (forward + backward) per view, a
+    pipeline-2 image = CELLS_PER_BAG views; S5 = CELLS x TTA views per test image."""
+    tflops = float(cfg_run["ASSUMED_TFLOPS"]) * 1e12
+    print(f"{'family':<34} {'px':>4} {'recipes':>7} {'GFLOP/view':>10} {'est. GPU-h/recipe':>17}")
+    total = 0.0
+    for fam in families(cfg_run["FAMILIES"]):
+        g = forward_gflops(fam)
+        views = 1 if fam["pipeline"] == 1 else int(cfg_run["CELLS_PER_BAG"])
+        train_flops = 3 * g * 1e9 * views * int(cfg_run["EPOCHS"]) * int(cfg_run["TRAIN_IMAGES"])
+        s5_flops = g * 1e9 * int(cfg_run["CELLS"]) * fam["tta"] * int(cfg_run["TEST_IMAGES"])
+        hours = (train_flops + s5_flops) / tflops / 3600
+        total += hours * len(fam["recipes"])
+        label = f"p{fam['pipeline']} {fam['model']}"
+        print(f"{label:<34} {fam['size']:>4} {len(fam['recipes']):>7} {g:>10.2f} {hours:>17.2f}")
+    print(f"all recipes: {total:.1f} GPU-hours, an ESTIMATE at an assumed {cfg_run['ASSUMED_TFLOPS']:g} "
+          f"TFLOP/s effective ({cfg_run['EPOCHS']} epochs x {cfg_run['TRAIN_IMAGES']} images + S5 on "
+          f"{cfg_run['TEST_IMAGES']} test images)")
+
+
 def hpa_networks(dev: torch.device, quick: bool) -> float:
     from common.segmentation.dpn_unet import DPNUNet
 
@@ -204,6 +236,8 @@ def main(argv=None):
     torch.manual_seed(cfg.SEED)
     if cfg.DDP_WORKER:
         return ddp_worker(cfg)
+    if cfg.ESTIMATE_ONLY:
+        return estimate(cfg)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
     if dev.type == "cuda":
