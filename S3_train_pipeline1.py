@@ -100,6 +100,7 @@ def main(argv=None):
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS}")
+    constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
     data_dir = constants.resolve(cfg["DATA_DIR"])
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():

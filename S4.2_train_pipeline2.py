@@ -182,6 +182,7 @@ class CellValidation:
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
+    constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     hpa = constants.resolve(cfg.HPA512_DIR)
     comp = constants.resolve(cfg.COMP_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)

@@ -132,7 +132,7 @@ class ImageSource:
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUTPUT_DIR)
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     sample = _load_sample(data_dir / "sample_submission.csv")
     runs = _runs(cfg)
     weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
