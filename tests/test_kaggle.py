@@ -118,8 +118,9 @@ def test_s5_notebook_on_read_only_inputs_matches_the_script(demo, tmp_path, monk
         _where_common(nb)
         t0 = time.time()
         _execute(nb, tmp_path)
-        print(f"S5 notebook: {time.time() - t0:.1f} s")
+        seconds = time.time() - t0
     text = _outputs(nb)
+    print(f"S5 notebook: {seconds:.1f} s in all;", next(x for x in text.splitlines() if " s/image" in x))
     assert "imports ok" in text and "2 runs" in text
     assert tmp_path in _common_at(nb).parents and ROOT not in _common_at(nb).parents  # carried inside
     ref = (ref_out / "submission.csv").read_bytes()
@@ -251,3 +252,29 @@ def test_generator_rejects_unknown_constants_and_keeps_comments():
     required, optional = make_notebook.needed_packages((ROOT / "S5_predict.py").read_text())
     assert {"torch", "timm", "pycocotools", "cv2", "albumentations"} <= set(required)
     assert "requests" not in required and "iterstrat" not in required   # S1's and S2's only
+
+
+def test_import_check_names_the_missing_package_and_the_offline_install_line(tmp_path):
+    wheels = str(tmp_path / "w")
+    cell = make_notebook.check_cell(["hpa_no_such_module", "numpy"], ["hpa_other_missing"], wheels)
+    with pytest.raises(ModuleNotFoundError) as e:
+        exec(cell, {})
+    msg = str(e.value)
+    assert "hpa_no_such_module" in msg and "numpy" not in msg.split("run:")[0]
+    assert f"pip install --no-index --find-links {tmp_path / 'w'} hpa-no-such-module" in msg
+    exec(make_notebook.check_cell(["numpy"], ["hpa_other_missing"], str(tmp_path / "w")), {})  # only a note
+
+
+def test_make_wheelhouse_downloads_binary_wheels_at_the_required_versions():
+    p = subprocess.run(["bash", str(ROOT / "tools" / "make_wheelhouse.sh"), "w", "albucore"],
+                       env={**os.environ, "DRY_RUN": "1", "KAGGLE_PYTHON": "3.11"}, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    cmd = p.stdout.split()
+    assert cmd[:4] == ["python", "-m", "pip", "download"] and "--only-binary=:all:" in cmd
+    assert "--no-deps" in cmd and cmd[cmd.index("--python-version") + 1] == "3.11"
+    reqs = (ROOT / "requirements.txt").read_text()
+    for spec in ("iterative-stratification>=", "timm>=", "albumentations>=", "pycocotools>="):
+        got = next(c for c in cmd if c.startswith(spec))
+        assert got in reqs.replace(" ", "")                              # the requirements.txt range
+    assert cmd[-1] == "albucore"
