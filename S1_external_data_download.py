@@ -314,8 +314,9 @@ def run_downloads(sel: pd.DataFrame, out_dir: Path, cfg) -> list[ImageResult]:
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    hpa_list, out_dir = constants.resolve(cfg.HPA_LIST), constants.resolve(cfg.OUT_DIR)
-    out_csv, fail_csv = constants.resolve(cfg.OUT_CSV), constants.resolve(cfg.FAILURES_CSV)
+    hpa_list, out_dir = constants.resolve(cfg.HPA_LIST), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    out_csv = constants.output_folder(cfg.OUT_CSV, "OUT_CSV", file=True)
+    fail_csv = constants.output_folder(cfg.FAILURES_CSV, "FAILURES_CSV", file=True)
     base = urlsplit(cfg.BASE_URL)
     if base.scheme not in ("http", "https") or not base.hostname or base.query:
         raise SystemExit(f"--BASE_URL {cfg.BASE_URL!r}: expected http(s)://host[:port][/path]")

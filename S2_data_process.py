@@ -234,7 +234,7 @@ def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUT_DIR)
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     if cfg.IMAGE_SIZE < 16:
         raise SystemExit(f"--IMAGE_SIZE {cfg.IMAGE_SIZE}: too small")

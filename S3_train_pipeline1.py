@@ -110,6 +110,7 @@ def main(argv=None):
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS}")
+    constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
     try:
         print(f"S3: initial weights: {weights.require(cfg)}")
     except weights.PretrainedUnavailable as e:

@@ -45,7 +45,7 @@ _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    hpa = constants.resolve(cfg.HPA512_DIR)
+    hpa = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR")  # the crops are written inside it
     train_csv = constants.resolve(cfg.TRAIN_CSV)
     if not train_csv.is_file():
         raise SystemExit(f"{train_csv}: not found (run S2 first)")

@@ -3,7 +3,8 @@
 Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
         HPA512_DIR/test/{ID}.png and test_cell_mask/{ID}.npz from S2 (when absent: the original
         DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read, resized and segmented here)
-        OUTPUT_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants)
+        RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
+                                         RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
         OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
         OUTPUT_DIR/overlays/{ID}.png     the first N_OVERLAYS images, cells outlined and labelled
@@ -19,8 +20,9 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
 DATA_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
 HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
 # ---------------------------------------------------------------------------- models
-OUTPUT_DIR = "output"             # runs are found here; outputs are written here
-RUNS = []                         # run folders or checkpoint files; [] = every run under OUTPUT_DIR
+OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
+RUNS_DIR = ""                     # runs are found under here ("" = OUTPUT_DIR; or a pack_runs.py folder)
+RUNS = []                         # run folders or checkpoint files; [] = every run under RUNS_DIR
 ENSEMBLE = ""                     # a named ensemble of recipes (original | recommended) instead of RUNS
 ENSEMBLE_RECIPES = []             # only these recipes of ENSEMBLE ([] = all of them)
 CHECKPOINT = "best.pth"           # which checkpoint of a run folder
@@ -79,7 +81,7 @@ def _ensemble(cfg) -> None:
         if unknown:
             raise SystemExit(f"S5: --ENSEMBLE_RECIPES {unknown} are not in ENSEMBLE {cfg.ENSEMBLE!r}")
         outputs = {r: outputs[r] for r in cfg.ENSEMBLE_RECIPES}
-    out = constants.resolve(cfg.OUTPUT_DIR)
+    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
     runs = {r: out / recipes.run_dir(r) for r in outputs}
     missing = [f"{r} ({p / cfg.CHECKPOINT})" for r, p in runs.items() if not (p / cfg.CHECKPOINT).is_file()]
     if missing:
@@ -93,7 +95,7 @@ def _ensemble(cfg) -> None:
 
 
 def _runs(cfg) -> list[Path]:
-    out = constants.resolve(cfg.OUTPUT_DIR)
+    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
     runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else predict.find_runs(out, cfg.CHECKPOINT)
     if not runs:
         raise SystemExit(f"S5: no trained run ({cfg.CHECKPOINT}) under {out}: run S3 and/or S4.2 first")
@@ -157,7 +159,7 @@ class ImageSource:
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUTPUT_DIR)
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     sample = _load_sample(data_dir / "sample_submission.csv")
     if cfg.ENSEMBLE:
         _ensemble(cfg)

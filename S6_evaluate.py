@@ -83,7 +83,7 @@ def main(argv=None):
     cfg = config.parse(globals(), argv)
     if cfg.MAKE not in _MAKE_CHOICES:
         raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
-    sub_path = constants.resolve(cfg.SUBMISSION)
+    sub_path = constants.output_folder(cfg.SUBMISSION, "SUBMISSION", file=True)  # scores go beside it
     try:
         truth = metric.read_truth(constants.resolve(cfg.TRUTH))
         if cfg.MAKE:

@@ -50,12 +50,56 @@ OUTPUT_DIR = ROOT / "output"                      # runs, submission, plots (ign
 COMP_DIR = INPUT_DIR / "hpa-single-cell-image-classification"  # competition layout / demo data
 HPA512_DIR = INPUT_DIR / "hpa-512"                # S2's processed images, folds, masks
 HPA_SEG_DIR = INPUT_DIR / "hpa-seg"               # official HPA segmentation weights (optional)
+KAGGLE_INPUT = Path("/kaggle/input")              # read-only datasets of a Kaggle notebook
+KAGGLE_WORKING = Path("/kaggle/working")          # the writable folder of a Kaggle notebook
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle notebook (``/kaggle/input`` exists)."""
+    return KAGGLE_INPUT.is_dir()
 
 
 def resolve(path: str | Path) -> Path:
-    """A path constant as given by a user: absolute stays, relative is taken from the repo root."""
+    """A path constant as given by a user: absolute stays, relative is taken from the repo root.
+
+    On Kaggle (``/kaggle/input`` exists) the repo root is read-only or absent, so a relative path
+    is taken from ``/kaggle/working`` instead, except ``input/<name>/...`` when a dataset
+    ``/kaggle/input/<name>`` is attached: it is read from there (``input/hpa-single-cell-image-
+    classification`` is the competition data; ``input/hpa-512`` is written to
+    ``/kaggle/working/input/hpa-512`` unless a dataset of that name is attached).
+    """
     p = Path(path).expanduser()
-    return p if p.is_absolute() else ROOT / p
+    if p.is_absolute():
+        return p
+    if not on_kaggle():
+        return ROOT / p
+    if len(p.parts) > 1 and p.parts[0] == "input" and (KAGGLE_INPUT / p.parts[1]).is_dir():
+        return KAGGLE_INPUT.joinpath(*p.parts[1:])
+    return KAGGLE_WORKING / p
+
+
+def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
+    """Resolve the output constant ``name`` and make sure its folder can be written, at start.
+
+    ``file=True``: ``path`` is a file and its parent folder is checked. The folder is created and a
+    small file is created and removed in it (``os.access`` says yes to root on a read-only mount).
+    Raises SystemExit naming the folder and the constant to change. Returns the resolved path.
+    """
+    import os
+    import tempfile
+
+    target = resolve(path)
+    folder = target.parent if file else target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = f" (on Kaggle: a folder under {KAGGLE_WORKING})" if on_kaggle() else ""
+        raise SystemExit(f"cannot write to {folder} ({e.strerror or e}): set {name} to a writable "
+                         f"folder{where}, with --{name} PATH or in the constants block") from None
+    return target
 
 
 def parse_labels(label: str | float | None) -> list[int]:
