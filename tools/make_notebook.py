@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import config  # noqa: E402
+from common import config, recipes  # noqa: E402
 
 WHEELS = "/kaggle/input/hpa-wheels"  # default folder of the wheels dataset (tools/make_wheelhouse.sh)
 # Kaggle locations of the repository's default path constants (value prefix -> Kaggle path).
@@ -321,8 +321,12 @@ def make_notebook(script: str | Path, overrides: list[str] | None = None, wheels
     parts = split_script(source, script.name)
     defaults = block_defaults(parts["constants"])
     values = kaggle_values(script.name, defaults)
-    given = config.parse(dict(defaults), overrides or [], update=False, quiet=True)
-    values.update({k: v for k, v in given.items() if v != defaults[k] or k in _named(overrides or [])})
+    # a --RECIPE (S3, S4.2) writes its constants into the constants cell, overrides after it
+    script_recipes = recipes.for_script({"S3_train_pipeline1.py": "S3", "S4.2_train_pipeline2.py": "S4.2"}
+                                        .get(script.name, ""))
+    given = config.parse(dict(defaults), overrides or [], update=False, quiet=True, recipes=script_recipes)
+    values.update({k: v for k, v in given.items()
+                   if k in defaults and (v != defaults[k] or k in _named(overrides or []))})
     required, optional = needed_packages(source)
     commit = _commit()
     title = script.stem
