@@ -133,6 +133,15 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     return cfg
 
 
+def require_positive(cfg: dict, *names: str, minimum: int = 1, step: str = "") -> None:
+    """Stop (SystemExit naming the constant) unless each constant of ``names`` is an int >= ``minimum``."""
+    for name in names:
+        v = cfg[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be {what}")
+
+
 def to_jsonable(cfg: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
