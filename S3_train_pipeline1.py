@@ -96,6 +96,7 @@ def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | Non
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
+    config.require_positive(cfg, "IMAGE_SIZE", step="S3")
     if cfg["PIPELINE"] != 1:
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:

@@ -182,6 +182,7 @@ class CellValidation:
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
+    config.require_positive(cfg, "CELL_SIZE", step="S4.2")
     hpa = constants.resolve(cfg.HPA512_DIR)
     comp = constants.resolve(cfg.COMP_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
