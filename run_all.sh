@@ -63,7 +63,7 @@ step S2_data_process.py
 step S3_train_pipeline1.py "${S3_ARGS[@]}"
 step S4.1_crop_cells.py "${S41_ARGS[@]}"
 step S4.2_train_pipeline2.py "${S42_ARGS[@]}"
-step S5_predict.py "${S5_ARGS[@]}"
+step S5_predict.py --FAIL_ON_ERRORS true "${S5_ARGS[@]}"
 
 TRUTH=$DATA/test_cells.csv
 if [ -f "$TRUTH" ]; then

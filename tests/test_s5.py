@@ -3,6 +3,7 @@ tiny models trained for one step (pipeline 1 and pipeline 2, so the ensemble has
 an image with zero cells; a missing channel file; batched vs one-forward-per-cell inference."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -286,6 +287,8 @@ def test_corrupt_and_missing_images_keep_empty_rows_and_are_listed(e2e, tmp_path
     assert f"{missing}_red.png" in fails[missing] and "missing" in fails[missing]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "submission.csv" in last and "2 of 3 images FAILED" in last
+    env = json.loads((out / "s5_config.json").read_text())["environment"]    # what made the result
+    assert env["device"] == "cpu" and env["packages"]["torch"] and env["cpu"]
     (out / "submission.csv").unlink()
     with pytest.raises(SystemExit) as err:                             # a pipeline can ask to notice
         S5.main([*args, "--FAIL_ON_ERRORS", "true"])
