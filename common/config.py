@@ -207,7 +207,8 @@ def environment(device: str | None = None) -> dict:
         env["torch_threads"] = torch.get_num_threads()
         if dev.startswith("cuda") and cuda:
             env["cuda"] = torch.version.cuda
-            env["cudnn"] = torch.backends.cudnn.version()
+            if torch.cuda.is_initialized():  # asking cuDNN earlier would create a CUDA context
+                env["cudnn"] = torch.backends.cudnn.version()
             env["gpu"] = _gpu_names(torch)
     return env
 

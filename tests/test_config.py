@@ -80,3 +80,16 @@ def test_save_records_the_environment(tmp_path):
     assert "gpu" not in env                                     # a CPU run names no GPU
     bare = config.save({"A": 1}, tmp_path / "b.json", record_environment=False)
     assert json.loads(bare.read_text()) == {"A": 1}
+
+
+def test_environment_names_the_gpu_on_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA Test GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    env = config.environment("auto")
+    assert env["device"] == "cuda" and env["gpu"] == ["NVIDIA Test GPU"] and "cuda" in env
+    assert "gpu" not in config.environment("cpu")                # CUDA present but not used
