@@ -237,7 +237,8 @@ def main(argv=None):
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
     train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
-    n_stale = io.remove_stale_temps(out_dir, recursive=True)  # temporaries left by a killed run
+    mine = [out_dir] + [out_dir / sub for s in _SPLITS for sub in (s, f"{s}_cell_mask")]  # S2's folders
+    n_stale = sum(io.remove_stale_temps(d) for d in mine) + io.remove_stale_temps(out_dir / "meta", True)
     if n_stale:
         print(f"S2: removed {n_stale} temporary file(s) left by an interrupted run under {out_dir}")
     tasks = [("train", r.folder, r.ID) for r in train.itertuples()] + \

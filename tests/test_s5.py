@@ -357,3 +357,23 @@ def test_batched_and_per_cell_inference_agree(e2e, pipeline):
         args = (image, labels, ids, original)
         for shared in (plain.views(*args), plain.prepare(*args)):
             np.testing.assert_array_equal(pred.predict(*args, views=shared)[0], batched)
+
+
+def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, monkeypatch):
+    class Broken:
+        name = "broken"
+
+        def segment(self, images):
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(S5.segmentation, "get_segmenter", lambda *a, **k: Broken())
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    iid = e2e["sample"]["ID"][2]
+    (hpa / "test_cell_mask" / f"{iid}.npz").unlink()                    # S5 must segment it itself
+    out = tmp_path / "out"
+    sub = encoding.read_submission(S5.main(_s5_args(e2e, comp, hpa, out, "--VARIANTS", "false")))
+    got = sub.set_index("ID")["PredictionString"]
+    assert got[iid] == "" and all(got[i] for i in e2e["sample"]["ID"] if i != iid)
+    fails = pd.read_csv(out / "s5_failures.csv", dtype={"ID": str})
+    assert fails["ID"].tolist() == [iid]
+    assert "segmentation failed: RuntimeError: out of memory" in fails["reason"][0]
