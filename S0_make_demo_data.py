@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, demo_data
+from common import config, constants, demo_data, io
 
 # constants that change the generated data (the rest only change how it is made)
 _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC_16BIT", "LABEL_TEMPER",
@@ -53,6 +53,7 @@ def main(argv=None):
         if not missing:
             print(f"demo data with the same config already in {out_dir}; skipping (--OVERWRITE true to redo)")
             return out_dir
+    io.remove_stale_temps(out_dir, recursive=True)  # temporaries of a killed run
     if own:  # only what S0 wrote (its manifest); anything else in OUT_DIR stays
         demo_data.remove_outputs(out_dir)
     if cfg.N_TRAIN < 1 or cfg.N_TEST < 0:

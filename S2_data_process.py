@@ -58,45 +58,29 @@ def out_paths(out_dir: Path, split: str, image_id: str) -> dict[str, Path]:
             "failed": out_dir / "meta" / "failed" / split / f"{image_id}.json"}
 
 
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"ID": str})
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"{path}: cannot read CSV ({e})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise SystemExit(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    if df["ID"].isna().any() or df["ID"].duplicated().any():
-        dup = df["ID"][df["ID"].duplicated()].head(3).tolist()
-        raise SystemExit(f"{path}: empty or duplicated IDs (e.g. {dup})")
-    return df
-
-
 def list_images(data_dir: Path, external: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test): train = ID, Label, is_ext, folder; test = ID, folder (sample_submission order)."""
     parts = []
-    if (data_dir / "train.csv").is_file():
-        t = _read_csv(data_dir / "train.csv", ["ID", "Label"])[["ID", "Label"]]
-        parts.append(t.assign(is_ext=0, folder=str(data_dir / "train")))
     ext_csv = data_dir / "train_external.csv"
-    if external and ext_csv.is_file():
-        e = _read_csv(ext_csv, ["ID", "Label"])[["ID", "Label"]]
-        parts.append(e.assign(is_ext=1, folder=str(data_dir / "train_external")))
+    for csv, is_ext, folder in ((data_dir / "train.csv", 0, "train"), (ext_csv, 1, "train_external")):
+        if csv.is_file() and (external or not is_ext):
+            t = io.read_id_table(csv, ["ID", "Label"])[["ID", "Label"]]  # IDs checked: plain names
+            for i, label in enumerate(t["Label"]):
+                try:
+                    if not constants.parse_labels(label):
+                        raise ValueError("empty Label (at least one class id; 18 = Negative)")
+                except ValueError as err:
+                    raise SystemExit(f"{csv}: row {i + 2}: image {t['ID'].iloc[i]}: {err}") from None
+            parts.append(t.assign(is_ext=is_ext, folder=str(data_dir / folder)))
     train = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["ID", "Label", "is_ext", "folder"])
     dup = train["ID"][train["ID"].duplicated()]
     if len(dup):
         raise SystemExit(f"{data_dir}: IDs in both train.csv and train_external.csv, "
                          f"e.g. {dup.head(3).tolist()}")
-    for row in train.itertuples():
-        try:
-            constants.parse_labels(row.Label)
-        except ValueError as err:
-            src = ext_csv if row.is_ext else data_dir / "train.csv"
-            raise SystemExit(f"{src}: image {row.ID}: {err}") from None
     test = pd.DataFrame(columns=["ID", "folder"])
     if (data_dir / "sample_submission.csv").is_file():
-        s = _read_csv(data_dir / "sample_submission.csv", ["ID"])
+        s = io.read_id_table(data_dir / "sample_submission.csv", ["ID"])
         test = pd.DataFrame({"ID": s["ID"], "folder": str(data_dir / "test")})
     if train.empty and test.empty:
         raise SystemExit(f"{data_dir}: found neither train.csv nor sample_submission.csv "
@@ -236,8 +220,7 @@ def main(argv=None):
     cfg = config.parse(globals(), argv)
     data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
-    if cfg.IMAGE_SIZE < 16:
-        raise SystemExit(f"--IMAGE_SIZE {cfg.IMAGE_SIZE}: too small")
+    config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     try:
         shard = parallel.parse_shard(cfg.SHARD)
         seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
@@ -253,7 +236,11 @@ def main(argv=None):
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
-    train, test = list_images(data_dir, cfg.EXTERNAL)
+    train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
+    mine = [out_dir] + [out_dir / sub for s in _SPLITS for sub in (s, f"{s}_cell_mask")]  # S2's folders
+    n_stale = sum(io.remove_stale_temps(d) for d in mine) + io.remove_stale_temps(out_dir / "meta", True)
+    if n_stale:
+        print(f"S2: removed {n_stale} temporary file(s) left by an interrupted run under {out_dir}")
     tasks = [("train", r.folder, r.ID) for r in train.itertuples()] + \
             [("test", r.folder, r.ID) for r in test.itertuples()]
     tasks = parallel.shard(tasks, shard)  # the full list first: shard i always owns the same images

@@ -106,6 +106,7 @@ def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | Non
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
                        recipe_table=recipes.table("S3"))
+    config.require_positive(cfg, "IMAGE_SIZE", step="S3")
     if cfg["PIPELINE"] != 1:
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     if cfg["VARIANT"] not in augment.VARIANTS:

@@ -191,6 +191,7 @@ class CellValidation:
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
                        recipe_table=recipes.table("S4.2"))
+    config.require_positive(cfg, "CELL_SIZE", step="S4.2")
     constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
         print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)

@@ -11,7 +11,9 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/submission_{cells,pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6):
                                          cells = the cell-level ensemble alone, image_level = every cell
                                          scored with its image's prediction, x_image = cells x image_level
-        OUTPUT_DIR/s5_config.json        the resolved constants and the runs used
+        OUTPUT_DIR/s5_failures.csv       ID, reason: test images that could not be read or segmented
+                                         (their rows stay, empty; the last line counts them)
+        OUTPUT_DIR/s5_config.json        the resolved constants, the runs used and the environment
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
@@ -45,6 +47,7 @@ N_OVERLAYS = 4                    # overlay PNGs for the first N test images (0 
 VARIANTS = True                   # also write per-pipeline / image-level submissions for comparison
 SUBMISSION = "submission.csv"     # file name of the submission inside OUTPUT_DIR
 LIMIT = 0                         # only the first LIMIT test images (0 = all); rows kept, strings empty
+FAIL_ON_ERRORS = False            # exit with status 3 (after writing everything) if an image failed
 
 import sys
 import time
@@ -64,11 +67,8 @@ def _load_sample(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SystemExit(f"S5: {path}: sample submission not found (run S0 for demo data, or put the "
                          f"competition data in {path.parent})")
-    df = pd.read_csv(path, dtype={"ID": str})
-    missing = [c for c in ("ID", "ImageWidth", "ImageHeight") if c not in df.columns]
-    if missing:
-        raise SystemExit(f"S5: {path}: missing column(s) {missing}")
-    return df
+    size = ("ImageWidth", "ImageHeight")  # IDs are plain names, sizes positive integers, else it stops
+    return io.read_id_table(path, ("ID", *size), int_columns=size)
 
 
 def _ensemble(cfg) -> None:
@@ -114,6 +114,10 @@ def _per_run(values: list, n: int, default, name: str) -> list:
     return list(values)
 
 
+class ImageFailed(Exception):
+    """One test image could not be read or segmented; S5 keeps its row empty and lists it."""
+
+
 class ImageSource:
     """The working-resolution image and mask of a test image, from S2 or made here."""
 
@@ -129,27 +133,35 @@ class ImageSource:
 
     def original(self, image_id: str) -> np.ndarray | None:
         if io.channel_path(self.test_dir, image_id, "red").is_file():
-            return io.read_image(self.test_dir, image_id)
+            try:
+                return io.read_image(self.test_dir, image_id)
+            except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+                raise ImageFailed(str(e)) from e
         return None
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(image, cell label map) at the working resolution, and the original image if read."""
         small, original = self.hpa / "test" / f"{image_id}.png", None
-        if small.is_file():
-            image = io.read_rgby(small)
-        else:
-            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
-            image = io.resize_image(original, self.size)
         mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
-        if mask_path.is_file():
-            labels = io.load_masks(mask_path)[0]
-        else:
+        try:
+            if small.is_file():
+                image = io.read_rgby(small)
+            else:
+                original = io.read_image(self.test_dir, image_id)  # names a missing channel file
+                image = io.resize_image(original, self.size)
+            labels = io.load_masks(mask_path)[0] if mask_path.is_file() else None
+        except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+            raise ImageFailed(str(e)) from e
+        if labels is None:
             if self._segmenter is None:
                 self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
                                                              device=self.device)
                 print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}'",
                       flush=True)
-            labels = self._segmenter.segment([image])[0][0]
+            try:  # a segmenter that cannot be built (above) stops S5; one image failing does not
+                labels = self._segmenter.segment([image])[0][0]
+            except Exception as e:  # noqa: BLE001
+                raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
             self.n_segmented += 1
         if labels.shape != image.shape[:2]:
             labels = segmentation.resize_labels(labels, image.shape[:2])
@@ -159,6 +171,7 @@ class ImageSource:
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
+    config.require_positive(cfg, "IMAGE_SIZE", step="S5")
     data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     sample = _load_sample(data_dir / "sample_submission.csv")
     if cfg.ENSEMBLE:
@@ -173,20 +186,28 @@ def main(argv=None):
     need_original = any(p.pipeline == 2 and p.from_original for p in predictors)
     pipelines = sorted({p.pipeline for p in predictors})
     source = ImageSource(cfg)
+    overlay_dir = out_dir / "overlays"
+    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(overlay_dir)
+    if n_stale:
+        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
 
     names = ["ensemble"]
     if cfg.VARIANTS:
         names += (["cells"] + [f"pipeline{k}" for k in pipelines if len(pipelines) > 1]
                   + ["image_level", "x_image"])
     strings: dict[str, dict[str, str]] = {n: {} for n in names}
-    pred_rows, n_cells_total, n_dropped = [], 0, 0
+    pred_rows, n_cells_total, n_dropped, failures = [], 0, 0, []
     todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
-    overlay_dir = out_dir / "overlays"
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
-        image, labels, original = source.load(image_id)
-        if need_original and original is None:
-            original = source.original(image_id)
+        try:
+            image, labels, original = source.load(image_id)
+            if need_original and original is None:
+                original = source.original(image_id)
+        except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
+            failures.append({"ID": image_id, "reason": str(e)})
+            tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
+            continue
         ids = cells.cell_ids(labels)
         if not ids:  # no cells: the row stays, with an empty PredictionString
             continue
@@ -244,6 +265,8 @@ def main(argv=None):
     io.atomic_to_csv(pd.DataFrame(pred_rows, columns=cols), out_dir / "cell_predictions.csv")
     saved = dict(cfg, RUNS_USED=[str(p.path) for p in predictors])
     config.save(saved, out_dir / "s5_config.json")
+    fail_path = out_dir / "s5_failures.csv"
+    io.atomic_to_csv(pd.DataFrame(failures, columns=["ID", "reason"]), fail_path)
 
     seconds = time.time() - t_start
     n_img = len(todo)
@@ -251,7 +274,11 @@ def main(argv=None):
           f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
           f"segmented here: {source.n_segmented}", flush=True)
     extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
-    print(f"S5: wrote {sub_path}{extra}", flush=True)
+    failed = (f"{len(failures)} of {n_img} images FAILED (empty rows; listed in {fail_path})" if failures
+              else "0 images failed")
+    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
+    if failures and cfg.FAIL_ON_ERRORS:
+        raise SystemExit(3)
     return sub_path
 
 

@@ -101,13 +101,13 @@ if [ "$MODE" = real ]; then
     fi
   done 3<<< "$PLAN"
   LIST=$(IFS=,; echo "${NAMES[*]}")
-  step S5_predict.py --ENSEMBLE "$ENSEMBLE" --ENSEMBLE_RECIPES "$LIST" "${S5[@]}"
+  step S5_predict.py --FAIL_ON_ERRORS true --ENSEMBLE "$ENSEMBLE" --ENSEMBLE_RECIPES "$LIST" "${S5[@]}"
 else
   step S2_data_process.py
   step S3_train_pipeline1.py "${S3_ARGS[@]}"
   step S4.1_crop_cells.py "${S41_ARGS[@]}"
   step S4.2_train_pipeline2.py "${S42_ARGS[@]}"
-  step S5_predict.py "${S5_ARGS[@]}"
+  step S5_predict.py --FAIL_ON_ERRORS true "${S5_ARGS[@]}"
 fi
 
 TRUTH=$DATA/test_cells.csv

@@ -1,6 +1,7 @@
 """The one place for the facts every step shares: classes, channel order, statistics, paths."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # ----------------------------------------------------------------------------- classes
@@ -100,6 +101,28 @@ def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
         raise SystemExit(f"cannot write to {folder} ({e.strerror or e}): set {name} to a writable "
                          f"folder{where}, with --{name} PATH or in the constants block") from None
     return target
+
+
+# ----------------------------------------------------------------------------- image IDs
+# An image ID becomes file names ({ID}_green.png, {ID}.npz, ...): plain names only.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def id_problem(image_id) -> str | None:
+    """Why ``image_id`` cannot be an image ID (a path separator, '..', an absolute path, other
+    characters than letters, digits, '_', '-', '.'), or None when it is a plain name."""
+    text = "" if image_id is None or (isinstance(image_id, float) and image_id != image_id) else str(image_id)
+    if not text.strip():
+        return "is empty"
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text):
+        return "is an absolute path"
+    if "/" in text or "\\" in text:
+        return "contains a path separator"
+    if ".." in text:
+        return "contains '..'"
+    if not _SAFE_ID.match(text):
+        return "is not a plain name (letters, digits, '_', '-', '.'; starting with a letter or digit)"
+    return None
 
 
 def parse_labels(label: str | float | None) -> list[int]:
