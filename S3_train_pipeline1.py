@@ -54,6 +54,7 @@ RESUME = False                             # continue from <run>/fold<k>/last.pt
 MONITOR = "val_mAP"                        # metric selecting best.pth
 MAX_TRAIN_STEPS = 0                        # batches per epoch cap (0 = all)
 VAL_EVERY = 1                              # validate every N epochs and after the last
+GRAD_CLIP = 0.0                            # gradient norm clip (0 = off)
 # ---------------------------------------------------------------------------- output
 OUTPUT_DIR = "output"                      # runs go to OUTPUT_DIR/RUN_NAME/fold<k>
 RUN_NAME = ""                              # empty: p1_<model>_<size>_<variant>_<loss>
@@ -65,7 +66,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, train
+from common import augment, config, constants, models, train
 from common.datasets import ImageDataset
 
 
@@ -133,9 +134,10 @@ def main(argv=None):
 
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
-    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
+    model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir)
-    print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
+    if result["rank"] == 0:  # under torchrun: one line, from rank 0
+        print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result
 
 

@@ -81,7 +81,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, train
+from common import augment, cells, config, constants, io, metric, models, train
 from common.bag_datasets import BagDataset, external_flags
 
 log = logging.getLogger("hpa.s42")
@@ -221,10 +221,11 @@ def main(argv=None):
         print(f"S4.2: cell-level validation on {extra.n_cells} true cells of {len(extra.bags)} images",
               flush=True)
 
-    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
+    model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
-    print(f"S4.2 done: {train.describe_result(cfg, result)}; "
-          f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
+    if result["rank"] == 0:  # under torchrun: one line, from rank 0
+        print(f"S4.2 done: {train.describe_result(cfg, result)}; "
+              f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
     return result
 
 

@@ -71,7 +71,8 @@ def bench_steps(cfg, device: str) -> tuple[str, float]:
     size = 512 if cuda else cfg["STEP_SIZE"]
     torch.manual_seed(0)
     model = models.build_model({"PIPELINE": 1, "MODEL_NAME": cfg["MODEL_NAME"], "PRETRAINED": False,
-                                "LOSS": "lovasz"}).to(device)
+                                "PRETRAINED_FILE": "", "LOSS": "lovasz", "DROPOUT": 0.5,
+                                "MSD_SAMPLES": 5}).to(device).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import io as _io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp(\.[A-Za-z0-9]+)*$")  # tempfile.mkstemp's, as above
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
+    """Delete the temporary files ``atomic_path`` leaves when a process is killed mid-write
+    (``.{name}.XXXXXXXX.tmp{suffix}``) in ``folder`` (and below it when ``recursive``) -> count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.rglob(".*") if recursive else folder.glob(".*"):
+        if p.is_file() and _TEMP_NAME.match(p.name):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

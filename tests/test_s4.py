@@ -22,8 +22,7 @@ from common.mil import BagModel, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
-
-
+MIL = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)  # S4.2's
 
 
 def run_s41(args):
@@ -206,7 +205,7 @@ class _Echo(nn.Module):
 def test_bag_model_reshape_round_trip():
     bs, n = 3, 16
     x = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1, 1, 1).expand(bs, n, 4, 8, 8).clone()
-    model = BagModel(_Echo(), {"MIL_CHUNK": 5})
+    model = BagModel(_Echo(), {**MIL, "MIL_CHUNK": 5})
     out = model({"image": x})
     assert out["cell_logits"].shape == (bs, n, NUM_CLASSES) and out["logits"].shape == (bs, NUM_CLASSES)
     expect = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1).expand(bs, n, NUM_CLASSES)
@@ -230,7 +229,7 @@ def test_mil_loss_equals_hand_computed_value():
     assert mil_loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
     bag = torch.randn(2, 3, 4, 8, 8)
     label = (torch.rand(2, NUM_CLASSES) > 0.5).float()
-    out = BagModel(_Echo(), {"MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
+    out = BagModel(_Echo(), {**MIL, "MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
     torch.testing.assert_close(out["loss"], mil_loss(out["cell_logits"], label))
     assert mil_loss(cell, target, w_max=1, w_mean=0).item() == pytest.approx(bce_max, rel=1e-6)
 
@@ -242,7 +241,7 @@ def test_pools():
     torch.testing.assert_close(pool_cells(x, "lse", r=1e4), x.amax(1), atol=1e-3, rtol=0)
     torch.testing.assert_close(pool_cells(x, "lse", r=1e-2), x.mean(1), atol=3e-2, rtol=0)
     with pytest.raises(ValueError, match="MIL_POOL"):
-        BagModel(_Echo(), {"MIL_POOL": "median"})
+        BagModel(_Echo(), {**MIL, "MIL_POOL": "median"})
 
 
 # ----------------------------------------------------------------------------- S4.2

@@ -10,11 +10,12 @@ from common.datasets import ImageDataset, make_toy_dataset
 
 torch.set_num_threads(1)
 
-BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "LOSS": "lovasz",
+BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "PRETRAINED_FILE": "",
+        "LOSS": "lovasz", "DROPOUT": 0.5, "MSD_SAMPLES": 5,
         "EPOCHS": 3, "BATCH_SIZE": 8, "LR": 2e-3, "WEIGHT_DECAY": 1e-4, "OPTIMIZER": "adamw",
         "WARMUP_EPOCHS": 0.5, "MIN_LR": 1e-5, "ACCUM_STEPS": 1, "EMA_DECAY": 0.0, "AMP": True,
         "NUM_WORKERS": 0, "SEED": 3, "DEVICE": "cpu", "RESUME": False, "MONITOR": "val_mAP",
-        "MAX_TRAIN_STEPS": 0}
+        "MAX_TRAIN_STEPS": 0, "VAL_EVERY": 1, "GRAD_CLIP": 0.0}
 
 
 @pytest.fixture(scope="module")
