@@ -167,3 +167,64 @@ def test_val_every_validates_only_some_epochs(toy, tmp_path):
     assert (tmp_path / "curves.png").is_file()
     with pytest.raises(ValueError, match="VAL_EVERY"):
         train.fit({**cfg, "VAL_EVERY": 0}, _model(cfg), tr, va, tmp_path / "bad")
+
+
+def test_epochs_below_one_is_refused_at_start(toy, tmp_path):
+    tr, va = _datasets(toy, aug=False)
+    with pytest.raises(ValueError, match="EPOCHS must be >= 1"):
+        train.fit({**BASE, "EPOCHS": 0}, _model(BASE), tr, va, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_other_schedule_constants_is_refused(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 2, "MAX_TRAIN_STEPS": 1}
+    tr, va = _datasets(toy, aug=False)
+
+    def kill_in_epoch_2(model, device):
+        kill_in_epoch_2.n += 1
+        if kill_in_epoch_2.n == 2:
+            raise train.StopTraining
+        return {}
+
+    kill_in_epoch_2.n = 0
+    assert train.fit(cfg, _model(cfg), tr, va, tmp_path, extra_metrics=kill_in_epoch_2)["stopped"]
+    with pytest.raises(ValueError, match=r"EPOCHS: 2 -> 4.*LR: 0.002 -> 0.01"):
+        train.fit({**cfg, "RESUME": True, "EPOCHS": 4, "LR": 1e-2}, _model(cfg), tr, va, tmp_path)
+    with pytest.raises(ValueError, match="MIN_LR"):
+        train.fit({**cfg, "RESUME": True, "MIN_LR": 0.0}, _model(cfg), tr, va, tmp_path)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1  # untouched
+    assert train.fit({**cfg, "RESUME": True}, _model(cfg), tr, va, tmp_path)["last_epoch"] == 2
+
+
+class _CtrlCAt(ImageDataset):
+    """Raises KeyboardInterrupt (what Ctrl-C does) while loading a batch of epoch ``at``."""
+
+    at = 2
+
+    def __getitem__(self, i):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt
+        return super().__getitem__(i)
+
+
+def test_ctrl_c_ends_with_one_line_on_last_pth(toy, tmp_path):
+    root, df = toy
+    tr = _CtrlCAt(df[df.fold == 1], root / "train", image_size=48)
+    cfg = {**BASE, "MAX_TRAIN_STEPS": 1}
+    with pytest.raises(SystemExit) as e:
+        train.fit(cfg, _model(cfg), tr, None, tmp_path)
+    assert e.value.code == 130 and e.value.__cause__ is None and e.value.__suppress_context__
+    last = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    assert f"interrupted: {tmp_path / 'last.pth'} holds epoch 1; continue with --RESUME" in last
+
+
+def test_temp_files_left_by_a_kill_are_removed_at_start(toy, tmp_path):
+    tr, _ = _datasets(toy, aug=False)
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / ".last.pth.k1ll3d_x.tmp.pth", tmp_path / ".summary.csv.ab12cd34.tmp.csv"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / ".keep").write_text("not ours")
+    train.fit({**BASE, "EPOCHS": 1, "MAX_TRAIN_STEPS": 1}, _model(BASE), tr, None, tmp_path)
+    assert not any(p.exists() for p in stale) and (tmp_path / ".keep").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
