@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
 from common import augment, config, constants, models, train
-from common.datasets import ImageDataset
+from common.datasets import ImageDataset, external_flags
 
 
 def run_name(cfg: dict) -> str:
@@ -80,7 +80,7 @@ def run_name(cfg: dict) -> str:
 
 def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
-    is_ext = df["is_ext"].fillna(0).astype(int) if "is_ext" in df else pd.Series(0, index=df.index)
+    is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
     if not cfg["USE_EXTERNAL"]:
         df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
     if cfg["FOLD"] < 0:
@@ -114,7 +114,7 @@ def main(argv=None):
     train_df, val_df = split(df, cfg)
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
-    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], train=True, p_flip=cfg["P_FLIP"],
+    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], True, p_flip=cfg["P_FLIP"],
                                    p_affine=cfg["P_AFFINE"], p_dropout=cfg["P_COARSE_DROPOUT"])
     budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
     train_ds = ImageDataset(train_df, image_dir, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(cfg),

@@ -28,8 +28,8 @@ def toy(tmp_path_factory):
 def _datasets(toy, aug: bool):
     root, df = toy
     tr, va = df[df.fold == 1], df[df.fold == 0]
-    tfm = augment.build_transforms("masked", 48, p_affine=0.3, p_dropout=0.2) if aug else None
-    lab = augment.LabelAugment(0.1, 0.1, 0.5) if aug else None
+    tfm = augment.build_transforms("masked", 48, True, 0.5, 0.3, 0.2) if aug else None
+    lab = augment.LabelAugment(0.1, 0.1, 0.5, (0.6, 1.1)) if aug else None
     return (ImageDataset(tr, root / "train", tfm, lab, image_size=48, seed=5),
             ImageDataset(va, root / "train", image_size=48))
 
@@ -129,8 +129,8 @@ def test_rng_state_round_trip():
 
 def test_image_cache_gives_the_same_samples(toy):
     root, df = toy
-    tfm = augment.build_transforms("masked", 32, p_affine=0.5, p_dropout=0.5)
-    lab = augment.LabelAugment(0.3, 0.3, 0.5)
+    tfm = augment.build_transforms("masked", 32, True, 0.5, 0.5, 0.5)
+    lab = augment.LabelAugment(0.3, 0.3, 0.5, (0.6, 1.1))
     plain = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7)
     cached = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7, cache_gb=1.0, cache_threads=2)
     assert plain.cache is None and cached.cache is not None
