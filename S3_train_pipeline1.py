@@ -60,9 +60,11 @@ NUM_WORKERS = 8                            # DataLoader workers per process
 SEED = 42                                  # global seed (data order, augmentations, init)
 DEVICE = "auto"                            # auto | cpu | cuda
 RESUME = False                             # continue from <run>/fold<k>/last.pth
+OVERWRITE = False                          # replace a run folder that holds other constants
 MONITOR = "val_mAP"                        # metric selecting best.pth
 MAX_TRAIN_STEPS = 0                        # batches per epoch cap (0 = all)
 VAL_EVERY = 1                              # validate every N epochs and after the last
+GRAD_CLIP = 0.0                            # gradient norm clip (0 = off)
 # ---------------------------------------------------------------------------- output
 OUTPUT_DIR = "output"                      # runs go to OUTPUT_DIR/RUN_NAME/fold<k>
 RUN_NAME = ""                              # empty: p1_<model>_<size>_<variant>_<loss>
@@ -74,8 +76,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, recipes, train, weights
-from common.datasets import ImageDataset
+from common import augment, config, constants, models, recipes, train, weights
+from common.datasets import ImageDataset, external_flags
 
 
 def run_name(cfg: dict) -> str:
@@ -88,7 +90,7 @@ def run_name(cfg: dict) -> str:
 
 def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
-    is_ext = df["is_ext"].fillna(0).astype(int) if "is_ext" in df else pd.Series(0, index=df.index)
+    is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
     if not cfg["USE_EXTERNAL"]:
         df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
     if cfg["FOLD"] < 0:
@@ -129,7 +131,7 @@ def main(argv=None):
     train_df, val_df = split(df, cfg)
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
-    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], train=True, p_flip=cfg["P_FLIP"],
+    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], True, p_flip=cfg["P_FLIP"],
                                    p_affine=cfg["P_AFFINE"], p_dropout=cfg["P_COARSE_DROPOUT"])
     budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
     train_ds = ImageDataset(train_df, image_dir, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(cfg),
@@ -149,9 +151,10 @@ def main(argv=None):
 
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
-    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
+    model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir)
-    print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
+    if result["rank"] == 0:  # under torchrun: one line, from rank 0
+        print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result
 
 

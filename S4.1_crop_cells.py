@@ -38,7 +38,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, constants, io, parallel
-from common.bag_datasets import crop_image_cells, external_flags
+from common.cells import crop_image_cells
+from common.datasets import external_flags
 
 _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 

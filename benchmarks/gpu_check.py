@@ -203,9 +203,9 @@ def ddp_worker(cfg_run: dict) -> None:
     size, n = (64, 16) if quick else (512, 64 * 32)
     cfg = dict(_cfg(families()[0], quick), MODEL_NAME="densenet121", LOSS="bce", EPOCHS=1, BATCH_SIZE=2
                if quick else 32, NUM_WORKERS=2, DEVICE="auto", AMP=True, RESUME=False, MONITOR="val_mAP",
-               VAL_EVERY=1, MAX_TRAIN_STEPS=0, SEED=0, ACCUM_STEPS=1, EMA_DECAY=0.0, GRAD_CLIP=0.0,
-               SCHEDULE="cosine", WARMUP_EPOCHS=0.0, MIN_LR=0.0, LR=1e-4, OPTIMIZER="adam", ADAM_EPS=1e-8,
-               WEIGHT_DECAY=0.0)
+               VAL_EVERY=1, MAX_TRAIN_STEPS=0, SEED=0, OVERWRITE=False, ACCUM_STEPS=1, EMA_DECAY=0.0,
+               GRAD_CLIP=0.0, SCHEDULE="cosine", WARMUP_EPOCHS=0.0, WARMUP_MULT=1.0, MIN_LR=0.0, LR=1e-4,
+               LR_STEP_EPOCHS=[], LR_STEP_VALUES=[1e-4], OPTIMIZER="adam", ADAM_EPS=1e-8, WEIGHT_DECAY=0.0)
     model = models.build_model(cfg)
     out = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
     t = time.perf_counter()

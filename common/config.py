@@ -271,3 +271,12 @@ def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:
 
 def load(path: str | Path) -> Config:
     return Config(json.loads(Path(path).read_text()))
+
+
+def resolve_device(device="auto"):
+    """A DEVICE constant ("auto" | "cpu" | "cuda" | "cuda:1" | torch.device) -> ``torch.device``."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

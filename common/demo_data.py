@@ -170,6 +170,23 @@ def _dots(shape, ys, xs, amps, sigma: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- cell labels
+def _beside_nuclei(rng, pts, r_n, amps, gap: float, size: int, jitter: float = 0.0, several: bool = False):
+    """Dot positions at ``gap`` beyond each nucleus (radius ``r_n``) in a random direction, for the
+    cells with ``amps > 0``: one dot, or 1-2 dots jittered by ``jitter`` when ``several``."""
+    ys, xs, am = [], [], []
+    for i, a in enumerate(amps):
+        if a > 0:
+            ang = rng.uniform(-np.pi, np.pi)
+            dist = r_n[i] + gap
+            for _ in range(int(rng.integers(1, 3)) if several else 1):
+                dy = rng.normal(0, jitter) if several else 0.0
+                dx = rng.normal(0, jitter) if several else 0.0
+                ys.append(int(np.clip(pts[i][0] + dist * math.sin(ang) + dy, 0, size - 1)))
+                xs.append(int(np.clip(pts[i][1] + dist * math.cos(ang) + dx, 0, size - 1)))
+                am.append(a)
+    return ys, xs, am
+
+
 def _assign_cell_labels(rng, image_classes: list[int], n: int) -> tuple[list[list[int]], list[bool]]:
     """Per-cell class lists and mitotic flags; every class of the image is shown by some cell."""
     classes = sorted(set(int(c) for c in image_classes))
@@ -483,17 +500,7 @@ def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s
         elif c == 11:
             g = A * spindle * 1.2
         elif c == 12:
-            ys, xs, am = [], [], []
-            for i in range(n):
-                if amp[12, i + 1] > 0:
-                    ang = rng.uniform(-np.pi, np.pi)
-                    dist = r_n[i] + 3 * s
-                    for _ in range(int(rng.integers(1, 3))):
-                        y = int(np.clip(pts[i][0] + dist * math.sin(ang) + rng.normal(0, s), 0, size - 1))
-                        x = int(np.clip(pts[i][1] + dist * math.cos(ang) + rng.normal(0, s), 0, size - 1))
-                        ys.append(y)
-                        xs.append(x)
-                        am.append(amp[12, i + 1])
+            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[12, 1:n + 1], 3 * s, size, jitter=s, several=True)
             g = 2 * _dots(shape, ys, xs, am, 1.5 * s) + 0.05 * A * cyto_f
         elif c == 13:
             g = A * (np.exp(-(d_edge / (1.6 * s)) ** 2) * cell + 0.06 * cyto_f)
@@ -502,14 +509,7 @@ def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s
             seg = _smoothstep(_noise(rng, shape, 2.5 * s) * 0.8 + 0.2)
             g = A * tub * seg * (1.2 - 0.7 * rho) * cyto_f
         elif c == 15:
-            ys, xs, am = [], [], []
-            for i in range(n):
-                if amp[15, i + 1] > 0:
-                    ang = rng.uniform(-np.pi, np.pi)
-                    dist = r_n[i] + 5 * s
-                    ys.append(int(np.clip(pts[i][0] + dist * math.sin(ang), 0, size - 1)))
-                    xs.append(int(np.clip(pts[i][1] + dist * math.cos(ang), 0, size - 1)))
-                    am.append(amp[15, i + 1] * 1.2)
+            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[15, 1:n + 1] * 1.2, 5 * s, size)
             g = 1.3 * _dots(shape, ys, xs, am, 4 * s) + 0.08 * A * cyto_f
         elif c == 16:
             g = A * cyto_f * (0.7 + 0.1 * mid + 0.05 * fine) * seam

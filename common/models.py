@@ -1,7 +1,7 @@
 """The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
 ``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
 
-Config keys read (defaults in :data:`DEFAULTS`): ``PIPELINE`` (1 image model | 2 bag model),
+Config keys read (all required, no defaults here): ``PIPELINE`` (1 image model | 2 bag model),
 ``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
 ``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
 loading from that file instead of the hub), ``PRETRAINED_DIR`` (a folder of ``<model>.safetensors``
@@ -21,19 +21,12 @@ from torch import nn
 from common import weights
 from common.constants import NUM_CLASSES
 
-DEFAULTS = {
-    "PIPELINE": 1,             # 1: whole-image classifier (S3); 2: cell-bag MIL model (S4.2)
-    "MODEL_NAME": "resnet18",  # timm model name
-    "PRETRAINED": False,       # ImageNet weights from the timm hub (needs the cache or internet)
-    "PRETRAINED_FILE": "",     # local weights file; when set, weights come from it
-    "DROPOUT": 0.5,            # dropout probability of each multi-sample-dropout mask
-    "MSD_SAMPLES": 5,          # dropout masks averaged by the head (the original used 5)
-    "LOSS": "lovasz",          # loss spec for losses.build_loss
-}
-
 
 def _get(cfg: dict, key: str):
-    return cfg.get(key, DEFAULTS[key])
+    """``cfg[key]``; the script's constants block is the one source of every value."""
+    if key not in cfg:
+        raise KeyError(f"model config lacks {key!r} (define it in the script's constants)")
+    return cfg[key]
 
 
 class Classifier(nn.Module):
@@ -129,6 +122,28 @@ def build_model(cfg: dict) -> nn.Module:
     raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
 
 
+def new_model(cfg: dict) -> nn.Module:
+    """:func:`build_model` with torch's RNG seeded from ``cfg["SEED"]`` first: the initial weights
+    of a training run depend on SEED only (S3 and S4.2 build their models here)."""
+    torch.manual_seed(int(_get(cfg, "SEED")))
+    return build_model(cfg)
+
+
+SLIM_KEYS = ("epoch", "best_metric", "best_epoch", "metrics", "model_name")  # small facts kept in best.pth
+
+
+def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
+    """What S5 needs of a training checkpoint: the evaluated weights (EMA when present) as ``model``,
+    the ``config``, and a few small facts (:data:`SLIM_KEYS`); no optimizer, scheduler, RNG or history.
+    A checkpoint that is slim already comes back unchanged."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
+    which = ckpt.get("weights_from") or ("ema" if ckpt.get("ema") else "model")
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    return {"model": weights, "config": ckpt["config"], "weights_from": which,
+            **{k: ckpt[k] for k in SLIM_KEYS if k in ckpt}}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
     """Rebuild the model of a checkpoint written by ``train.fit`` -> ``(model, cfg)`` in eval mode.
 
@@ -154,5 +169,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     model = build_model(cfg)
     which = "ema" if use_ema and ckpt.get("ema") else "model"
     model.load_state_dict(ckpt[which])
-    model.loaded_weights = which
+    model.loaded_weights = ckpt.get("weights_from", which)  # a slim best.pth holds the EMA as "model"
     return model.to(device).eval(), cfg

@@ -11,8 +11,8 @@ cells of an image in as few forward passes as ``batch_size`` allows:
   original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and it is
   given, else from the 512-px image.
 
-Each view is also seen under ``tta`` of the 8 flip/transpose variants (:data:`TTA_ORDER`, a fixed
-order, so results are deterministic); the sigmoid outputs are averaged. The image-level
+Each view is also seen under ``tta`` of the 8 flip/transpose variants (:func:`augment.dihedral`, a
+fixed order, so results are deterministic); the sigmoid outputs are averaged. The image-level
 prediction of a run is the whole image through a pipeline-1 model, or the pooled cell logits of a
 pipeline-2 model.
 """
@@ -24,30 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import augment, cells, io, models
+from common import augment, cells, config, io, models
 from common.constants import NUM_CLASSES
 from common.segmentation import resize_labels
-
-# (transpose, flip H, flip W): identity first, so tta=1 is the plain view.
-TTA_ORDER: tuple[tuple[bool, bool, bool], ...] = (
-    (False, False, False), (False, False, True), (False, True, False), (False, True, True),
-    (True, False, False), (True, False, True), (True, True, False), (True, True, True),
-)
-
-
-def tta_variant(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th dihedral variant of a batch ``(..., H, W)``."""
-    transpose, flip_h, flip_w = TTA_ORDER[k]
-    if transpose:
-        x = x.transpose(-1, -2)
-    dims = [d for d, f in ((-2, flip_h), (-1, flip_w)) if f]
-    return x.flip(dims) if dims else x
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class RunPredictor:
@@ -57,12 +36,12 @@ class RunPredictor:
                  amp: bool = True, checkpoint: str = "best.pth"):
         path = Path(path)
         self.path = path / checkpoint if path.is_dir() else path
-        self.device = resolve_device(device)
+        self.device = config.resolve_device(device)
         self.model, self.cfg = models.load_checkpoint(self.path, self.device)
         self.pipeline = int(self.cfg["PIPELINE"])
         self.tta = int(tta)
-        if not 1 <= self.tta <= len(TTA_ORDER):
-            raise ValueError(f"tta must be 1..{len(TTA_ORDER)}, got {tta}")
+        if not 1 <= self.tta <= augment.N_DIHEDRAL:
+            raise ValueError(f"tta must be 1..{augment.N_DIHEDRAL}, got {tta}")
         self.batch_size = max(1, int(batch_size))
         self.cuda = self.device.type == "cuda"
         self.amp = bool(amp) and self.cuda
@@ -74,7 +53,7 @@ class RunPredictor:
         else:
             self.variant = "crop"
             self.size = int(self.cfg["CELL_SIZE"])
-            self.margin = float(self.cfg.get("CROP_MARGIN", cells.CROP_MARGIN))
+            self.margin = float(self.cfg["CROP_MARGIN"])  # S4.1's, saved by S4.2
             self.from_original = bool(self.cfg.get("FROM_ORIGINAL", False))
         self.name = self.path.parent.parent.name + "/" + self.path.parent.name
 
@@ -110,7 +89,7 @@ class RunPredictor:
         per = max(1, self.batch_size // self.tta)
         for s in range(0, n, per):
             chunk = x[s:s + per]
-            batch = torch.cat([tta_variant(chunk, k) for k in range(self.tta)])
+            batch = torch.cat([augment.dihedral(chunk, k) for k in range(self.tta)])
             out = self._logits(batch).cpu().reshape(self.tta, len(chunk), -1)
             probs[s:s + len(chunk)] = torch.sigmoid(out).mean(0)
             logits[s:s + len(chunk)] = out.mean(0)

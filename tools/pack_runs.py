@@ -29,18 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from common import constants, io, predict
+from common import constants, io, models, predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (models.load_checkpoint needs these)
 COPY = ("config.json", "summary.csv")  # small files of a run copied beside the slim checkpoint
-
-
-def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
-    """The weights S5 would load (EMA if present) and the config of a training checkpoint."""
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
-    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
-    return {"model": weights, "config": ckpt["config"]}
 
 
 def find(run_args: list[str], checkpoint: str) -> list[Path]:
@@ -88,7 +80,7 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
         with io.atomic_path(dst) as tmp:
-            torch.save(slim_checkpoint(ckpt, src), tmp)
+            torch.save(models.slim_checkpoint(ckpt, src), tmp)
         for extra in COPY:
             if (src.parent / extra).is_file():
                 shutil.copyfile(src.parent / extra, dst.parent / extra)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import config
+from common.augment import dihedral, undo_dihedral
 from common.constants import BLUE, HPA_SEG_DIR, RED, YELLOW
 from common.segmentation.dpn_unet import normalize
 from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_cells
@@ -33,12 +35,6 @@ SCALE = OFFICIAL_SCALE            # input -> working resolution (the official sc
 PAD_TOP_LEFT = 32                 # official padding: 32 px at the top and left, the rest bottom/right
 MULTIPLE = 32                     # the network needs H, W multiples of this
 GAUSS_TRUNCATE = 4.0              # scipy.ndimage.gaussian_filter's default truncation (sigmas)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def working_size(h: int, w: int, scale: float) -> tuple[int, int]:
@@ -103,26 +99,6 @@ def pad_reflect(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tenso
     return x.index_select(-1, _reflect_index(w, left, right, x.device))
 
 
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    if k & 4:
-        x = x.transpose(-2, -1)
-    if k & 1:
-        x = x.flip(-1)
-    if k & 2:
-        x = x.flip(-2)
-    return x
-
-
-def _undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    if k & 2:
-        x = x.flip(-2)
-    if k & 1:
-        x = x.flip(-1)
-    if k & 4:
-        x = x.transpose(-2, -1)
-    return x
-
-
 def resize_nearest(labels: np.ndarray, h: int, w: int) -> np.ndarray:
     """Nearest-neighbour (pixel-centre) resize of a label map; ids unchanged."""
     sh, sw = labels.shape
@@ -151,7 +127,7 @@ class HPASegmenter:
                  input_scale: float = 1.0, models: tuple[torch.nn.Module, torch.nn.Module] | None = None):
         if scale <= 0 or input_scale <= 0 or batch_size < 1:
             raise ValueError("scale and input_scale must be > 0 and batch_size >= 1")
-        self.device = resolve_device(device)
+        self.device = config.resolve_device(device)
         self.tta, self.batch_size, self.scale, self.input_scale = bool(tta), int(batch_size), float(scale), \
             float(input_scale)
         self.amp = bool(amp) and self.device.type == "cuda"
@@ -177,8 +153,8 @@ class HPASegmenter:
         out = None
         for k in views:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = model(_dihedral(x, k))
-            p = _undo_dihedral(logits.float().softmax(dim=1), k)
+                logits = model(dihedral(x, k))
+            p = undo_dihedral(logits.float().softmax(dim=1), k)
             out = p if out is None else out + p
         return out / len(views)
 
