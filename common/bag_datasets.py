@@ -23,10 +23,11 @@ import torch
 from torch.utils.data import Dataset
 
 from common import augment as aug_lib
-from common import io
+from common import fov, io
 from common.cells import CROP_MARGIN, cell_table, crop_cells
 from common.constants import NUM_CLASSES, parse_labels
 from common.parallel import up_to_date
+from common.resize import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def crop_image_cells(task: dict) -> dict:
     ``task``: image_id, mask_path (.npz, 512 px), image_path (512-px RGBY PNG), original_dir
     ("" = never use the original), out_dir, size, margin, overwrite. Crops come from the
     original-resolution image when its channel files are there and it is not smaller than the
-    mask (the mask is upscaled with nearest neighbour), else from the 512-px image. Returns
+    mask (with S2's original-size mask when there is one, else the mask resized with the one label
+    kernel: :func:`common.fov.labels_at`, as S5 does), else from the 512-px image. Returns
     ``dict(rows=[index rows], written=int, from_original=bool)``; ``written == 0`` when every
     crop already existed.
     """
@@ -73,8 +75,9 @@ def crop_image_cells(task: dict) -> dict:
         image = io.read_image(task["original_dir"], image_id)
         if image.shape[0] >= cell.shape[0] and image.shape[1] >= cell.shape[1]:
             from_original = True
-            if image.shape[:2] != cell.shape:
-                labels = cv2.resize(cell, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+            full = fov.full_mask_path(task["mask_path"])
+            cell_full = io.load_masks(full)[0] if full.is_file() else None
+            labels = fov.labels_at(image.shape[:2], cell, cell_full)
         else:
             image = None
     if image is None:
@@ -185,10 +188,7 @@ class BagDataset(Dataset):
 
     def read_cell(self, image_id: str, cell_id: int) -> np.ndarray:
         img = io.read_rgby(crop_path(self.cells_dir, image_id, cell_id))
-        if img.shape[0] != self.cell_size or img.shape[1] != self.cell_size:
-            interp = cv2.INTER_AREA if img.shape[0] > self.cell_size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (self.cell_size, self.cell_size), interpolation=interp)
-        return img
+        return resize_image(img, self.cell_size)
 
     def load_bag(self, idx: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(stack (N, S, S, 4) uint8, label (19,) float32, cell_ids (N,))`` before normalisation."""

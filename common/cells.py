@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from common.resize import resize_image
+
 CROP_MARGIN = 0.05   # default margin on each side of a crop, as a fraction of the box's longer side
 
 Box = tuple[int, int, int, int]
@@ -103,11 +105,7 @@ def _window_slices(wx0: int, wy0: int, side: int, shape: Sequence[int]):
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(img, (size, size), interpolation=interp)
-    return out.reshape(size, size, *img.shape[2:])
+    return resize_image(img, int(size))
 
 
 def _cut(image: np.ndarray, labels: np.ndarray | None, cell_id: int | None,

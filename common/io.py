@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from common.constants import CHANNELS
+from common.resize import resize_image  # noqa: F401 - the one image resize, re-exported
 
 cv2.setNumThreads(0)
 
@@ -140,16 +141,6 @@ def write_channels(folder: str | Path, image_id: str, img: np.ndarray) -> None:
         with atomic_path(p) as tmp:
             if not cv2.imwrite(str(tmp), np.ascontiguousarray(img[..., i])):
                 raise OSError(f"{p}: cannot write")
-
-
-def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize an H x W x C image to ``size`` (side, or (height, width)); area averaging when shrinking."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = h * w < img.shape[0] * img.shape[1]
-    out = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return out.reshape(int(h), int(w), *img.shape[2:])
 
 
 # ----------------------------------------------------------------------------- 4-channel PNG
