@@ -12,7 +12,7 @@ everything here reproduces it, quirks included:
   quirks, kept because they made the truth: the two uint8 border maps are added in uint8 (wrapping past
   255); the ``np.invert`` of an int8 0/1 border test gives -1/-2, both true, so cell borders are NOT
   excluded from the first cell region; ``np.clip(x, t, x)`` leaves the distance map unchanged; cell ids
-  are cast to uint8 (wrapping past 255) before the closing.
+  are cast to uint8 (wrapping past 255) before the closing, so cells 256, 512, ... become background.
 * ``corrected=True`` (module constant :data:`CORRECTED`, off by default) gives what the code meant
   instead: border maps added without wrapping, borders excluded from the first region, the distance map
   clipped at the threshold, ids never cast to uint8. It departs from the truth (mean IoU ~0.985 at
