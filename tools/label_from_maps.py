@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from common import config, io
-from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_from_maps
+from common.segmentation.hpa import postprocess
 
-USAGE = "usage: python tools/label_from_maps.py MAPS.npz OUT_DIR [--LABEL_AT original|working]"
+_USAGE = "usage: python tools/label_from_maps.py MAPS.npz OUT_DIR [--LABEL_AT original|working]"
 
 
 def read_maps(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -52,7 +52,8 @@ def read_maps(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         s = np.atleast_1d(data["original_size"]).astype(int).tolist()
         hw = (s[0], s[0]) if len(s) == 1 else (s[0], s[1])
     else:
-        hw = (int(round(nuc.shape[0] / OFFICIAL_SCALE)), int(round(nuc.shape[1] / OFFICIAL_SCALE)))
+        k = 1.0 / postprocess.OFFICIAL_SCALE
+        hw = (int(round(nuc.shape[0] * k)), int(round(nuc.shape[1] * k)))
     if min(hw) < 1:
         raise SystemExit(f"{path}: original_size {hw} is not a size")
     return nuc, cell, hw
@@ -64,14 +65,14 @@ def main(argv=None) -> tuple[Path, Path]:
     while argv and not argv[0].startswith("--"):
         pos.append(argv.pop(0))
     if len(pos) != 2:
-        raise SystemExit(USAGE)
+        raise SystemExit(_USAGE)
     cfg = config.parse(globals(), argv)
     if cfg.LABEL_AT not in ("original", "working"):
         raise SystemExit(f"--LABEL_AT {cfg.LABEL_AT!r}: choose original or working")
     maps, out_dir = Path(pos[0]), Path(pos[1])
     nuc, cell, hw = read_maps(maps)
     label_hw = None if cfg.LABEL_AT == "original" else nuc.shape[:2]
-    c, n = label_from_maps(nuc, cell, hw, label_hw=label_hw, corrected=cfg.CORRECTED)
+    c, n = postprocess.label_from_maps(nuc, cell, hw, label_hw=label_hw, corrected=cfg.CORRECTED)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = io.write_label_png(out_dir / "cell.png", c), io.write_label_png(out_dir / "nucleus.png", n)
     print(f"{maps.name}: {int(c.max())} cells at {hw[0]} x {hw[1]} -> {paths[0]}, {paths[1]}")
