@@ -140,7 +140,9 @@ _SEGMENTERS: dict = {}
 def _segmenter(opts: dict):
     key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"], opts["label_at"])
     if key not in _SEGMENTERS:
-        kw = {"label_at": opts["label_at"]} if opts["segmenter"] == "hpa" else {}
+        kw = {}
+        if opts["segmenter"] == "hpa":
+            kw = {"label_at": opts["label_at"], "post_workers": opts["io_threads"]}
         _SEGMENTERS[key] = segmentation.get_segmenter(opts["segmenter"], weights_dir=opts["hpa_seg_dir"],
                                                       device=opts["device"], **kw)
     return _SEGMENTERS[key]
@@ -289,7 +291,8 @@ def main(argv=None):
     opts = {"out_dir": str(out_dir), "image_size": cfg.IMAGE_SIZE, "seg_at": seg_at, "segmenter": seg_name,
             "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1),
             "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS}
-    if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch
+    if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch and
+        # NUM_WORKERS processes post-process it
         step, workers = max(cfg.SEG_BATCH, 1), 1
     else:
         step, workers = 1, cfg.NUM_WORKERS

@@ -457,6 +457,13 @@ def test_segmenter_end_to_end_two_cells():
     assert inter > 0.95
     [(cell_w, _)] = HPASegmenter(models=(net, net), device="cpu", label_at="working").segment([img])
     assert cell_w.shape == (480, 400) and sorted(np.unique(cell_w)) == [0, 1, 2]
+    # post-processing in worker processes: the same label maps
+    par = HPASegmenter(models=(net, net), device="cpu", post_workers=2)
+    try:
+        both = par.segment([img, small], sizes=[(480, 400), (480, 400)])
+    finally:
+        par.close()
+    assert np.array_equal(both[0][0], cell) and np.array_equal(both[1][0], cell_s)
 
 
 def test_segmenter_with_the_network(loaded):

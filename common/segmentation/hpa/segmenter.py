@@ -21,6 +21,8 @@ Returns ``(cell, nucleus)`` uint16 label maps at the original size: 0 = backgrou
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +138,8 @@ class HPASegmenter:
     handed image has. ``label_at``: ``original`` (the official ``label_cell`` at the original size) or
     ``working`` (at the network's size, sizes scaled: faster, cells ~15 % smaller). ``tta``: 8-way
     flip/transpose averaging of the cell network. ``amp``: float16 autocast, on CUDA only. ``models``: a
-    ``(nuclei, cell)`` pair of networks to use instead of files.
+    ``(nuclei, cell)`` pair of networks to use instead of files. ``post_workers``: processes that run the
+    post-processing of a batch in parallel (it holds the GIL; 1 = in this process).
     """
 
     name = "hpa"
@@ -144,7 +147,8 @@ class HPASegmenter:
 
     def __init__(self, weights_dir: str | Path = HPA_SEG_DIR, device: str | torch.device = "auto",
                  tta: bool = False, batch_size: int = 4, scale: float = SCALE, amp: bool = True,
-                 label_at: str = LABEL_AT, models: tuple[torch.nn.Module, torch.nn.Module] | None = None):
+                 label_at: str = LABEL_AT, models: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+                 post_workers: int = 1):
         if scale <= 0 or batch_size < 1:
             raise ValueError("scale must be > 0 and batch_size >= 1")
         if label_at not in ("original", "working"):
@@ -152,6 +156,7 @@ class HPASegmenter:
         self.device = resolve_device(device)
         self.tta, self.batch_size, self.scale = bool(tta), int(batch_size), float(scale)
         self.label_at = label_at
+        self.post_workers, self._pool = max(1, int(post_workers)), None
         self.amp = bool(amp) and self.device.type == "cuda"
         if models is None:
             if not available(weights_dir):
@@ -217,13 +222,22 @@ class HPASegmenter:
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ labels
-    def postprocess(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(cell, nucleus)`` uint16 at ``out_hw`` (the original size) from one :meth:`predict` output."""
+    def _post_args(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple:
         zero = np.zeros_like(probs[0])
         nuclei = np.stack([zero, probs[0], probs[1]], axis=-1)
         cell = np.stack([zero, probs[2], probs[3]], axis=-1)
-        label_hw = None if self.label_at == "original" else probs.shape[1:]
-        return label_from_maps(nuclei, cell, out_hw, label_hw=label_hw)
+        label_hw = None if self.label_at == "original" else tuple(probs.shape[1:])
+        return nuclei, cell, tuple(out_hw), label_hw
+
+    def postprocess(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(cell, nucleus)`` uint16 at ``out_hw`` (the original size) from one :meth:`predict` output."""
+        return label_from_maps(*self._post_args(probs, out_hw))
+
+    def close(self) -> None:
+        """Stop the post-processing processes (started on the first batch when ``post_workers > 1``)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def segment(self, images: list[np.ndarray], sizes: list[tuple[int, int]] | None = None
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -232,4 +246,13 @@ class HPASegmenter:
         images = list(images)
         sizes = [img.shape[:2] for img in images] if sizes is None else [tuple(s) for s in sizes]
         probs = self.predict(images, sizes)
+        if self.post_workers > 1 and len(images) > 1:
+            if self._pool is None:  # spawn: the children never touch CUDA state of this process
+                self._pool = ProcessPoolExecutor(self.post_workers, mp_context=get_context("spawn"))
+            args = [self._post_args(p, hw) for p, hw in zip(probs, sizes)]
+            return list(self._pool.map(_label_from_args, args))
         return [self.postprocess(p, hw) for p, hw in zip(probs, sizes)]
+
+
+def _label_from_args(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return label_from_maps(*args)
