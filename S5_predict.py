@@ -100,6 +100,10 @@ class ImageSource:
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
         self.device = cfg.DEVICE
         self.seg_at = cfg.SEG_AT
+        try:
+            fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
+        except ValueError as e:
+            raise SystemExit(f"S5: --{e}") from None
         self._segmenter = None
         self.n_segmented = 0
 
