@@ -97,15 +97,12 @@ def prepare(originals: list[np.ndarray], size: int, segmenter, seg_at: str = "au
         if nuc is None:
             nuc = np.zeros_like(cell)
         cell, nuc = relabel(cell, nuc)          # ids 1..n where they were labelled
-        if cell.shape == hw:
-            cell_full, nuc_full = cell, nuc
-            cell_w, nuc_w = resize_labels(cell, wimg.shape[:2]), resize_labels(nuc, wimg.shape[:2])
-        else:
-            cell_w, nuc_w = resize_labels(cell, wimg.shape[:2]), resize_labels(nuc, wimg.shape[:2])
-            cell_full = resize_labels(cell_w, hw) if full else None
-            nuc_full = resize_labels(nuc_w, hw) if full else None
-        out.append(FieldOfView(wimg, cell_w, nuc_w, hw, cell_full if full else None,
-                               nuc_full if full else None, o if keep_original else None))
+        cell_w, nuc_w = resize_labels(cell, wimg.shape[:2]), resize_labels(nuc, wimg.shape[:2])
+        cell_full = nuc_full = None
+        if full:  # as labelled when that was at the original size, else the working maps resized
+            cell_full, nuc_full = (cell, nuc) if cell.shape == hw else \
+                (resize_labels(cell_w, hw), resize_labels(nuc_w, hw))
+        out.append(FieldOfView(wimg, cell_w, nuc_w, hw, cell_full, nuc_full, o if keep_original else None))
     return out
 
 
