@@ -89,3 +89,18 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
     for c, crop in zip(ids, test_crops):
         train_crop = io.read_rgby(bag_datasets.crop_path(tmp_path / "cells", "img", c))
         assert np.array_equal(train_crop, crop), f"cell {c} at {side} px"
+
+
+def test_seg_at_and_s2_choices_are_checked(demo, tmp_path):
+    assert fov.resolve_seg_at("auto", "hpa") == "original"
+    assert fov.resolve_seg_at("auto", "builtin") == "resized"
+    assert fov.resolve_seg_at("Resized", "hpa") == "resized"
+    with pytest.raises(ValueError, match="SEG_AT 'half'"):
+        fov.resolve_seg_at("half", "hpa")
+    S2 = load_script("S2_data_process.py")
+    for name, bad in (("SEG_AT", "half"), ("LABEL_AT", "sometimes"), ("FULL_MASKS", "train")):
+        with pytest.raises(SystemExit, match=name):
+            S2.main(["--DATA_DIR", str(demo), "--OUT_DIR", str(tmp_path / "o"), "--SEGMENTER", "builtin",
+                     f"--{name}", bad])
+    full = fov.full_mask_path(tmp_path / "test_cell_mask" / "a.npz")
+    assert full == tmp_path / "test_cell_mask_full" / "a.npz"
