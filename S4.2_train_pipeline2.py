@@ -92,6 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import augment, cells, config, constants, io, metric, models, recipes, train, weights
 from common.bag_datasets import BagDataset
 from common.datasets import external_flags
+from common.resize import resize_labels
 
 log = logging.getLogger("hpa.s42")
 
@@ -117,8 +118,6 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
 # ----------------------------------------------------------------------------- cell-level validation
 def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
     """The true cell label map of an image at ``shape`` (truth PNG, else decoded EncodedMasks)."""
-    import cv2
-
     png = comp / "train_cell_truth" / f"{image_id}.png"
     if png.is_file():
         lab = io.read_label_png(png)
@@ -129,9 +128,7 @@ def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, 
         lab = np.zeros((h, w), np.uint16)
         for cid, mask in rows.groupby("cell_id", sort=False)["EncodedMask"].first().items():
             lab[encoding.decode_binary_mask(mask, h, w)] = int(cid)
-    if lab.shape != tuple(shape):
-        lab = cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return lab
+    return resize_labels(lab, shape) if lab.shape != tuple(shape) else lab
 
 
 class CellValidation:

@@ -1,8 +1,9 @@
 """S5: score every cell of every test image with every trained run and write submission.csv.
 
 Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
-        HPA512_DIR/test/{ID}.png and test_cell_mask/{ID}.npz from S2 (when absent: the original
-        DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read, resized and segmented here)
+        HPA512_DIR/test/{ID}.png, test_cell_mask/{ID}.npz and test_cell_mask_full/{ID}.npz from S2
+        (when the mask is absent: the original DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read
+        and prepared here by common.fov, exactly as S2 does it)
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
                                          RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
@@ -39,6 +40,7 @@ MIN_CONF = 0.0                    # drop (cell, class) triplets below this confi
 SEGMENTER = "auto"                # used only when S2's test mask is missing: auto | builtin | hpa
 HPA_SEG_DIR = "input/hpa-seg"     # official HPA segmentation weights (for auto | hpa)
 IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
+SEG_AT = "auto"                   # image the segmenter gets when S2's mask is missing (S2's SEG_AT)
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
 AMP = True                        # mixed precision (CUDA only)
@@ -59,7 +61,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, encoding, io, plots, predict, recipes, segmentation
+from common import cells, config, constants, encoding, fov, io, plots, predict, recipes, segmentation
 from common.constants import NUM_CLASSES
 
 
@@ -128,6 +130,11 @@ class ImageSource:
         self.segmenter_name = cfg.SEGMENTER
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
         self.device = cfg.DEVICE
+        self.seg_at = cfg.SEG_AT
+        try:
+            fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
+        except ValueError as e:
+            raise SystemExit(f"S5: --{e}") from None
         self._segmenter = None
         self.n_segmented = 0
 
@@ -139,33 +146,34 @@ class ImageSource:
                 raise ImageFailed(str(e)) from e
         return None
 
-    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(image, cell label map) at the working resolution, and the original image if read."""
-        small, original = self.hpa / "test" / f"{image_id}.png", None
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
+        made here; None when S2 kept none), and the original image if read. An unreadable or
+        unsegmentable image raises :class:`ImageFailed`."""
+        small = self.hpa / "test" / f"{image_id}.png"
         mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
         try:
-            if small.is_file():
-                image = io.read_rgby(small)
-            else:
-                original = io.read_image(self.test_dir, image_id)  # names a missing channel file
-                image = io.resize_image(original, self.size)
-            labels = io.load_masks(mask_path)[0] if mask_path.is_file() else None
+            if small.is_file() and mask_path.is_file():
+                image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
+                full_path = fov.full_mask_path(mask_path)
+                full = io.load_masks(full_path)[0] if full_path.is_file() else None
+                if labels.shape != image.shape[:2]:
+                    labels = segmentation.resize_labels(labels, image.shape[:2])
+                return image, labels, full, None
+            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
         except Exception as e:  # noqa: BLE001 - any reader failure is this image's
             raise ImageFailed(str(e)) from e
-        if labels is None:
-            if self._segmenter is None:
-                self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
-                                                             device=self.device)
-                print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}'",
-                      flush=True)
-            try:  # a segmenter that cannot be built (above) stops S5; one image failing does not
-                labels = self._segmenter.segment([image])[0][0]
-            except Exception as e:  # noqa: BLE001
-                raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
-            self.n_segmented += 1
-        if labels.shape != image.shape[:2]:
-            labels = segmentation.resize_labels(labels, image.shape[:2])
-        return image, labels, original
+        if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
+            self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
+                                                         device=self.device)
+            print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
+                  f"(common.fov, as S2)", flush=True)
+        try:
+            f = fov.prepare([original], self.size, self._segmenter, self.seg_at, full=True)[0]
+        except Exception as e:  # noqa: BLE001
+            raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
+        self.n_segmented += 1
+        return f.image, f.cell, f.cell_full, original
 
 
 def main(argv=None):
@@ -201,7 +209,7 @@ def main(argv=None):
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
         try:
-            image, labels, original = source.load(image_id)
+            image, labels, labels_full, original = source.load(image_id)
             if need_original and original is None:
                 original = source.original(image_id)
         except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
@@ -211,8 +219,9 @@ def main(argv=None):
         ids = cells.cell_ids(labels)
         if not ids:  # no cells: the row stays, with an empty PredictionString
             continue
-        # masks at the original resolution; a cell lost when shrinking is dropped (counted)
-        full = segmentation.resize_labels(labels, (height, width))
+        # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
+        # else the working map resized (a cell lost that way is dropped, counted)
+        full = fov.labels_at((height, width), labels, labels_full)
         masks = encoding.encode_label_map(full)
         kept = [c for c in ids if c in masks]
         n_dropped += len(ids) - len(kept)
@@ -225,8 +234,8 @@ def main(argv=None):
         cell_p, image_p, views = [], [], {}
         for p in predictors:  # runs with the same views (variant, size) share them, normalised once
             if p.view_key not in views:
-                views[p.view_key] = p.prepare(image, labels, ids, original)
-            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key])
+                views[p.view_key] = p.prepare(image, labels, ids, original, labels_full)
+            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key], labels_full=labels_full)
             cell_p.append(cp)
             image_p.append(ip)
         ens = predict.ensemble(cell_p, weights)

@@ -27,6 +27,7 @@ from common import io
 from common.cells import crop_path
 from common.constants import NUM_CLASSES
 from common.datasets import external_flags, labels_to_multihot
+from common.resize import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ class BagDataset(Dataset):
 
     def read_cell(self, image_id: str, cell_id: int) -> np.ndarray:
         img = io.read_rgby(crop_path(self.cells_dir, image_id, cell_id))
-        if img.shape[0] != self.cell_size or img.shape[1] != self.cell_size:
-            interp = cv2.INTER_AREA if img.shape[0] > self.cell_size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (self.cell_size, self.cell_size), interpolation=interp)
-        return img
+        return resize_image(img, self.cell_size)
 
     def load_bag(self, idx: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(stack (N, S, S, 4) uint8, label (19,) float32, cell_ids (N,))`` before normalisation."""

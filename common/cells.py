@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from common import io
+from common import fov, io
 from common.parallel import up_to_date
+from common.resize import resize_image
 
 Box = tuple[int, int, int, int]
 
@@ -106,11 +107,7 @@ def _window_slices(wx0: int, wy0: int, side: int, shape: Sequence[int]):
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(img, (size, size), interpolation=interp)
-    return out.reshape(size, size, *img.shape[2:])
+    return resize_image(img, int(size))
 
 
 def _cut(image: np.ndarray, labels: np.ndarray | None, cell_id: int | None,
@@ -276,7 +273,8 @@ def crop_image_cells(task: dict) -> dict:
     ``task``: image_id, mask_path (.npz, 512 px), image_path (512-px RGBY PNG), original_dir
     ("" = never use the original), out_dir, size, margin, overwrite. Crops come from the
     original-resolution image when its channel files are there and it is not smaller than the
-    mask (the mask is upscaled with nearest neighbour), else from the 512-px image. Returns
+    mask (with S2's original-size mask when there is one, else the mask resized with the one label
+    kernel: :func:`common.fov.labels_at`, as S5 does), else from the 512-px image. Returns
     ``dict(rows=[index rows], written=int, from_original=bool)``; ``written == 0`` when every
     crop already existed.
     """
@@ -295,8 +293,9 @@ def crop_image_cells(task: dict) -> dict:
         image = io.read_image(task["original_dir"], image_id)
         if image.shape[0] >= cell.shape[0] and image.shape[1] >= cell.shape[1]:
             from_original = True
-            if image.shape[:2] != cell.shape:
-                labels = cv2.resize(cell, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+            full = fov.full_mask_path(task["mask_path"])
+            cell_full = io.load_masks(full)[0] if full.is_file() else None
+            labels = fov.labels_at(image.shape[:2], cell, cell_full)
         else:
             image = None
     if image is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -12,6 +11,7 @@ from torch.utils.data import Dataset
 
 from common import augment, io
 from common.constants import NUM_CLASSES, parse_labels
+from common.resize import resize_image
 
 
 def labels_to_multihot(label) -> np.ndarray:
@@ -30,11 +30,8 @@ def external_flags(df: pd.DataFrame) -> np.ndarray:
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``H x W x C`` to ``size x size`` (area when shrinking, linear when growing)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    """``img`` at ``size x size`` (:func:`common.resize.resize_image`)."""
+    return resize_image(img, int(size))
 
 
 class ImageDataset(Dataset):

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from common.constants import CHANNELS
+from common.resize import resize_image  # noqa: F401 - the one image resize, re-exported
 
 cv2.setNumThreads(0)
 
@@ -280,16 +281,6 @@ def write_channels(folder: str | Path, image_id: str, img: np.ndarray) -> None:
         p = Path(folder) / f"{image_id}_{c}.png"
         with atomic_path(p) as tmp:
             imwrite(tmp, img[..., i])
-
-
-def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize an H x W x C image to ``size`` (side, or (height, width)); area averaging when shrinking."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = h * w < img.shape[0] * img.shape[1]
-    out = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return out.reshape(int(h), int(w), *img.shape[2:])
 
 
 # ----------------------------------------------------------------------------- 4-channel PNG

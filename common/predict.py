@@ -26,7 +26,7 @@ import torch
 
 from common import augment, cells, config, io, models
 from common.constants import NUM_CLASSES
-from common.segmentation import resize_labels
+from common.fov import labels_at
 
 
 class RunPredictor:
@@ -97,11 +97,12 @@ class RunPredictor:
 
     # ------------------------------------------------------------------ views
     def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-              original: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4)."""
+              original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
+        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4). ``labels_full``: the
+        original-size label map when there is one (else ``labels`` resized, as S4.1 does)."""
         if self.pipeline == 2:
             if self.from_original and original is not None and original.shape[:2] != labels.shape:
-                big = resize_labels(labels, original.shape[:2])
+                big = labels_at(original.shape[:2], labels, labels_full)
                 return cells.crop_cells(original, big, ids, self.size, self.margin)
             src = original if (self.from_original and original is not None) else image
             return cells.crop_cells(src, labels, ids, self.size, self.margin)
@@ -112,13 +113,13 @@ class RunPredictor:
             np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
 
     def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-                original: np.ndarray | None = None) -> torch.Tensor:
+                original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
         """The normalised views ``(n, 4, S, S)`` of the cells ``ids``, ready for :meth:`predict`."""
-        return augment.normalize(self.views(image, labels, ids, original), "competition")
+        return augment.normalize(self.views(image, labels, ids, original, labels_full), "competition")
 
     def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
-                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None,
+                labels_full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score every cell of one image -> ``(cell_probs (n, 19), image_probs (19,))``.
 
         ``image``/``labels``: the working-resolution (512 px) image and cell label map;
@@ -130,7 +131,7 @@ class RunPredictor:
         cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
         if ids:
             if views is None:
-                views = self.prepare(image, labels, ids, original)
+                views = self.prepare(image, labels, ids, original, labels_full)
             cell_probs, cell_logits = self._score_views(views)
         if self.pipeline == 1:
             whole = io.resize_image(image, self.size)[None]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, nothing_in
 
 from common import cells, encoding, io, predict, segmentation
 from common.constants import NUM_CLASSES
@@ -311,7 +311,7 @@ def test_hostile_sample_ids_are_rejected_before_anything_is_written(e2e, tmp_pat
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"sample_submission\.csv: row 3: ID .*evil"):
         S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "3"))
-    assert not out.exists() and not (tmp_path / "evil.png").exists()
+    assert nothing_in(out) and not (tmp_path / "evil.png").exists()
 
 
 @pytest.mark.parametrize("column,value", [("ImageWidth", "wide"), ("ImageHeight", ""), ("ImageWidth", "-4")])
@@ -322,13 +322,13 @@ def test_bad_sizes_in_the_sample_submission_are_named(e2e, tmp_path, column, val
     sample.to_csv(comp / "sample_submission.csv", index=False)
     with pytest.raises(SystemExit, match=rf"sample_submission\.csv: row 4: {column} .*positive whole number"):
         S5.main(_s5_args(e2e, comp, hpa, tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
+    assert nothing_in(tmp_path / "out")
 
 
 def test_image_size_zero_stops_s5_at_start(e2e, tmp_path):
     with pytest.raises(SystemExit, match="IMAGE_SIZE 0: must be a positive integer"):
         S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], tmp_path / "out", "--IMAGE_SIZE", "0"))
-    assert not (tmp_path / "out").exists()
+    assert nothing_in(tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------- batched inference
