@@ -258,6 +258,11 @@ def test_best_is_slim_last_resumes_and_oof_is_written(toy, tmp_path):
     oof = pd.read_csv(tmp_path / "oof.csv")
     assert len(oof) == len(va) and sorted(oof["ID"].astype(str)) == sorted(va.ids)
     assert {"y0", "p18"} <= set(oof.columns) and oof.filter(like="p").stack().between(0, 1).all()
+    from conftest import load_script  # the OOF comparison tool reads it back
+
+    table = load_script("tools/compare_oof.py").main([str(tmp_path.parent), "--CSV", str(tmp_path / "t.csv")])
+    row = table[table["fold"] == tmp_path.name].iloc[0]
+    assert row["images"] == len(va) and 0 <= row["image_mAP"] <= 1 and (tmp_path / "t.csv").is_file()
 
 
 def test_schedule_b_runs_the_fact_sheets_lr_per_epoch(toy, tmp_path):
