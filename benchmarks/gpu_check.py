@@ -66,6 +66,7 @@ def _cfg(fam: dict, quick: bool) -> dict:
     cfg = dict(fam["constants"], PIPELINE=fam["pipeline"], PRETRAINED=False, PRETRAINED_FILE="",
                DROPOUT=0.5, MSD_SAMPLES=5, MIL_POOL="max", MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)
     cfg.setdefault("LOSS", "bce")
+    cfg.setdefault("ADAM_EPS", 1e-8)
     return cfg
 
 
