@@ -155,3 +155,22 @@ def test_gpu_check_runs_end_to_end_at_tiny_sizes(capsys):
     out = capsys.readouterr().out
     assert "GPU-h/recipe" in out and "HPA segmentation" in out
     assert len(mod.families()) == 17  # 7 pipeline-1 (model, size) + 10 pipeline-2
+
+
+def test_the_real_plan_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    """tools/recipes.py plan (run_all.sh --real): done / resume / new from each run folder."""
+    from conftest import load_script
+
+    tool = load_script("tools/recipes.py")
+    names = ["p2_effb0_c256_f0", "p1_effb0_masked_f3", "p2_effb0_c128_f2"]
+    done, cut = tmp_path / recipes.run_dir(names[0]), tmp_path / recipes.run_dir(names[1])
+    for folder, epochs in ((done, 15), (cut, 4)):
+        folder.mkdir(parents=True)
+        (folder / "last.pth").write_bytes(b"x")
+        (folder / "summary.csv").write_text("epoch,lr\n" + "".join(f"{e},0.1\n" for e in range(1, epochs + 1)))
+    plan = tool.plan(names, tmp_path)
+    assert plan == [("S3", names[1], "resume", 0), ("S4.2", names[2], "new", 128),
+                    ("S4.2", names[0], "done", 256)]  # pipeline 1 first, then by cell size
+    assert tool.plan(names[1:2], tmp_path, epochs=4)[0][2] == "done"  # --epochs overrides EPOCHS
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        tool.select("p9_nope_f0")
