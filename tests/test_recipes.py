@@ -167,7 +167,8 @@ def test_the_real_plan_skips_finished_runs_and_resumes_interrupted_ones(tmp_path
     for folder, epochs in ((done, 15), (cut, 4)):
         folder.mkdir(parents=True)
         (folder / "last.pth").write_bytes(b"x")
-        (folder / "summary.csv").write_text("epoch,lr\n" + "".join(f"{e},0.1\n" for e in range(1, epochs + 1)))
+        rows = "".join(f"{e},0.1\n" for e in range(1, epochs + 1))
+        (folder / "summary.csv").write_text("epoch,lr\n" + rows)
     plan = tool.plan(names, tmp_path)
     assert plan == [("S3", names[1], "resume", 0), ("S4.2", names[2], "new", 128),
                     ("S4.2", names[0], "done", 256)]  # pipeline 1 first, then by cell size
