@@ -37,7 +37,7 @@ TOLERANCE = 1e-5             # the largest allowed |batched - per cell| (fp32)
 CELLPOOL_CELLS = [5, 25, 50]  # cells per image of the cellpool-vs-masked table
 CELLPOOL_STRIDES = [0, 16, 8]  # output strides of the cellpool rows (0 = the backbone's own, 32)
 CELLPOOL_IMAGES = 2          # images per cell count
-CELLPOOL_REPEATS = 3         # timings per image, the best kept (the machine may be shared)
+CELLPOOL_REPEATS = 3         # rounds of timings per image, the best kept (the machine may be shared)
 # ---------------------------------------------------------------------------- encoding
 ORIG_SIZE = 2048             # side of the original test images
 ENCODE_REPEATS = 3           # timings per image, the best kept (the machine may be shared)
@@ -216,33 +216,38 @@ def multiply_adds(fn, *args) -> float:
 
 
 def bench_cellpool(folder: Path, device: str, amp: bool, size: int, cfg) -> list[dict]:
-    """Seconds per image and multiply-adds per image: masked vs cellpool (each stride), per cell count."""
+    """Seconds per image and multiply-adds per image: masked vs cellpool (each stride), per cell count.
+
+    The variants are timed in turn on each image, CELLPOOL_REPEATS rounds, the best of each kept:
+    a shared machine's load then hits them alike."""
     rows = []
     for n_cells in cfg.CELLPOOL_CELLS:
         images = make_images(cfg.CELLPOOL_IMAGES, n_cells, cfg.SEED + n_cells)
         ck = make_checkpoint(folder, cfg.MODEL_NAME, size, images, cfg.SEED)
         kinds = [("masked", 0)] + [("cellpool", s) for s in cfg.CELLPOOL_STRIDES]
-        for variant, stride in kinds:
-            p = predict.RunPredictor(ck, device, tta=cfg.TTA, batch_size=cfg.BATCH_SIZE, amp=amp,
-                                     variant=variant, cellpool_stride=stride)
-            image, labels = images[0]
+        preds = [predict.RunPredictor(ck, device, tta=cfg.TTA, batch_size=cfg.BATCH_SIZE, amp=amp,
+                                      variant=v, cellpool_stride=s) for v, s in kinds]
+        image, labels = images[0]
+        macs = []
+        for p in preds:
             p.predict(image, labels)  # warm-up
-            macs = multiply_adds(p.predict, image, labels)
-            n = sum(len(cells.cell_ids(lab)) for _, lab in images) / len(images)
-            sec = 0.0
-            for image, labels in images:
-                best = float("inf")
-                for _ in range(max(1, cfg.CELLPOOL_REPEATS)):
+            macs.append(multiply_adds(p.predict, image, labels))
+        best = np.full((len(preds), len(images)), np.inf)
+        for _ in range(max(1, cfg.CELLPOOL_REPEATS)):
+            for j, (image, labels) in enumerate(images):
+                for i, p in enumerate(preds):
                     _sync(p.device)
                     t0 = time.perf_counter()
                     p.predict(image, labels)
                     _sync(p.device)
-                    best = min(best, time.perf_counter() - t0)
-                sec += best / len(images)
+                    best[i, j] = min(best[i, j], time.perf_counter() - t0)
+        n = sum(len(cells.cell_ids(lab)) for _, lab in images) / len(images)
+        for (variant, stride), p, m, sec in zip(kinds, preds, macs, best.mean(1)):
             grid = size // (stride or 32)
             rows.append(dict(device=p.device.type + (" amp" if p.amp else " fp32"), cells=n, n_req=n_cells,
                              variant=variant if variant == "masked" else f"cellpool/{stride or 32}",
-                             grid=f"{grid}x{grid}" if variant == "cellpool" else "-", seconds=sec, macs=macs))
+                             grid=f"{grid}x{grid}" if variant == "cellpool" else "-", seconds=float(sec),
+                             macs=m))
     return rows
 
 

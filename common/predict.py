@@ -102,7 +102,8 @@ class RunPredictor:
 
     def __repr__(self) -> str:
         return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg.get('MODEL_NAME')}, "
-                f"{self.variant} @ {self.size}px, tta {self.tta})")
+                f"{self.variant}{f'/{self.stride}' if getattr(self, 'stride', 0) else ''} @ {self.size}px, "
+                f"tta {self.tta})")
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
