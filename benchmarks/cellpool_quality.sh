@@ -10,7 +10,7 @@
 # Rows (each S6 line: strict / lenient mAP, and the paired-bootstrap delta against today's ensemble):
 #   today          demo_p1 (masked) + demo_p2, cell x image          (run_all.sh's recipe, smaller data)
 #   cellpool/S     the same checkpoints, pipeline 1 scored with P1_VARIANT=cellpool at stride S
-#   cp-trained     demo_p1 trained with VARIANT=cellpool (+ demo_p2), scored by cellpool
+#   cp-trained     demo_p1 trained with VARIANT=cellpool at CP_STRIDE (+ demo_p2), scored by cellpool
 #   self-train     pipeline 2 on FOLD 1 with / without the pseudo-labels of the fold-0 runs (fold-0
 #                  images are the only ones they may label), each with demo_p1, cell x image
 set -euo pipefail
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 W=${WORK:-/tmp/cellpool_quality}
 SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES:-"32 16 8"}
-SELF_TRAIN=${SELF_TRAIN:-1}
+SELF_TRAIN=${SELF_TRAIN:-1}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
 COMP=$W/comp; HPA=$W/hpa512; OUT=$W/out
 export PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -34,7 +34,8 @@ S5=(--TTA 2 --MULTIPLY_IMAGE_PRED true --DATA_DIR "$COMP" --HPA512_DIR "$HPA" --
 log S0; $PY S0_make_demo_data.py --SEED "$SEED" --N_TRAIN "$N_TRAIN" --N_TEST "$N_TEST" --OUT_DIR "$COMP" >/dev/null
 log S2; $PY S2_data_process.py --DATA_DIR "$COMP" --OUT_DIR "$HPA" --NUM_WORKERS 2 >/dev/null
 log "S3 masked"; $PY S3_train_pipeline1.py "${P1[@]}" --RUN_NAME demo_p1 | tail -1
-log "S3 cellpool"; $PY S3_train_pipeline1.py "${P1[@]}" --VARIANT cellpool --RUN_NAME demo_p1cp | tail -1
+log "S3 cellpool"; $PY S3_train_pipeline1.py "${P1[@]}" --VARIANT cellpool --CELLPOOL_STRIDE "$CP_STRIDE" \
+  --RUN_NAME demo_p1cp | tail -1
 log S4.1; $PY S4.1_crop_cells.py --CELL_SIZE 64 --NUM_WORKERS 2 --HPA512_DIR "$HPA" \
   --TRAIN_CSV "$HPA/train_all.csv" --COMP_TRAIN_DIR "$COMP/train" --EXT_TRAIN_DIR "$COMP/train_external" | tail -1
 log S4.2; $PY S4.2_train_pipeline2.py "${P2[@]}" --RUN_NAME demo_p2 | tail -1
