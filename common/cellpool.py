@@ -121,7 +121,10 @@ def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[in
     ``views``: its :meth:`prepare` output (the normalised whole image ``(1, 4, S, S)``) when already
     built. One batch of the ``tta`` variants of the image goes through the backbone; each variant's
     weights are the same dihedral transform of the cell weights. The image prediction is the
-    whole-grid average of the same pass (the plain image prediction at the trained stride and size).
+    whole-grid average of the same pass (the plain image prediction at the trained stride and size);
+    with a stride override it is one more pass of the run at its trained stride
+    (``predictor.image_classifier``): the dilated model's whole-image average is a worse image
+    prediction than the model's own.
     """
     from common.predict import tta_variant
 
@@ -143,7 +146,10 @@ def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[in
         w[-1] = 1.0 / (grid[0] * grid[1])
         ws = torch.stack([tta_variant(w, k) for k in range(predictor.tta)])       # (T, n+1, h, w)
         logits = pooled_logits(clf, fmap, ws).float()                              # (T, n+1, 19)
-    probs = torch.sigmoid(logits).mean(0).cpu().numpy()
+        probs = torch.sigmoid(logits).mean(0).cpu().numpy()
+        image_clf = getattr(predictor, "image_classifier", None)
+        if image_clf is not None:  # a stride override: the image prediction of the run as trained
+            probs[-1] = torch.sigmoid(image_clf.logits(batch).float()).mean(0).cpu().numpy()
     return probs[:-1].astype(np.float32), probs[-1].astype(np.float32)
 
 

@@ -81,8 +81,12 @@ class RunPredictor:
                 raise ValueError(f"pipeline-1 variant {self.variant!r}: expected one of {P1_VARIANTS}")
             self.size = int(self.cfg["IMAGE_SIZE"])
             if self.variant == "cellpool":  # one pass per image, cells pooled (common/cellpool.py)
+                import copy
+
                 from common.cellpool import set_output_stride
 
+                # the image prediction stays the run's own (at its trained stride): one more pass
+                self.image_classifier = copy.deepcopy(self.model.classifier) if int(cellpool_stride) else None
                 set_output_stride(self.model.classifier, cellpool_stride)
                 self.size = int(cellpool_size) or self.size
                 self.stride = int(cellpool_stride)
