@@ -6,8 +6,9 @@
 Writes OUT_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv,
 {train,test}_cell_truth/{ID}.png, {train,test}_nucleus_truth/{ID}.png (uint16 label maps, same
 ids), {train,test}_cells.csv (one row per cell and label) and demo_config.json (written last).
-Skips when OUT_DIR already holds a demo made with the same config (unless OVERWRITE); refuses
-to write over a folder that holds a train.csv but no demo config (it may be the real data).
+Skips when OUT_DIR already holds a demo made with the same config (unless OVERWRITE). Every file
+it writes is listed first in demo_manifest.json; OVERWRITE deletes only those, and S0 refuses to
+write over any file it did not make (a train.csv of the real data, say), OVERWRITE or not.
 """
 # ---------------------------------------------------------------------------- data
 N_TRAIN = 320             # training images
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, demo_data
+from common import config, constants, demo_data, io
 
 # constants that change the generated data (the rest only change how it is made)
 _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC_16BIT", "LABEL_TEMPER",
@@ -38,26 +39,33 @@ _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    out_dir = constants.resolve(cfg.OUT_DIR)
+    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
     wanted = {k: cfg[k] for k in _DATA_KEYS} | {"GENERATOR_VERSION": demo_data.VERSION}
     old = demo_data.read_config(out_dir)
-    if old is None and (out_dir / "train.csv").exists() and not cfg.OVERWRITE:
-        raise SystemExit(f"{out_dir} holds a train.csv but no {demo_data.CONFIG_NAME}: it may be real "
-                         "competition data; not writing over it (use --OVERWRITE true to force)")
+    own = demo_data.read_manifest(out_dir) or []
+    if (out_dir / "train.csv").exists() and "train.csv" not in own:
+        raise SystemExit(f"{out_dir} holds a train.csv that S0 did not make (not in "
+                         f"{demo_data.MANIFEST_NAME}): it may be real competition data; S0 never writes over "
+                         "or deletes files it did not "
+                         "make, even with --OVERWRITE: choose another OUT_DIR")
     if old is not None and {k: old.get(k) for k in wanted} == wanted and not cfg.OVERWRITE:
         missing = [p for p in demo_data.demo_outputs(out_dir) if not p.exists()]
         if not missing:
             print(f"demo data with the same config already in {out_dir}; skipping (--OVERWRITE true to redo)")
             return out_dir
-    if old is not None or cfg.OVERWRITE:
+    io.remove_stale_temps(out_dir, recursive=True)  # temporaries of a killed run
+    if own:  # only what S0 wrote (its manifest); anything else in OUT_DIR stays
         demo_data.remove_outputs(out_dir)
     if cfg.N_TRAIN < 1 or cfg.N_TEST < 0:
         raise SystemExit(f"need N_TRAIN >= 1 and N_TEST >= 0, got {cfg.N_TRAIN}, {cfg.N_TEST}")
     t0 = time.time()
-    summary = demo_data.make_dataset(
-        out_dir, cfg.N_TRAIN, cfg.N_TEST, cfg.IMAGE_SIZE, cfg.SEED, min_cells=cfg.MIN_CELLS,
-        max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
-        rare_boost=cfg.RARE_BOOST, num_workers=cfg.NUM_WORKERS, progress=True)
+    try:
+        summary = demo_data.make_dataset(
+            out_dir, cfg.N_TRAIN, cfg.N_TEST, cfg.IMAGE_SIZE, cfg.SEED, min_cells=cfg.MIN_CELLS,
+            max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
+            rare_boost=cfg.RARE_BOOST, num_workers=cfg.NUM_WORKERS, progress=True)
+    except FileExistsError as e:
+        raise SystemExit(f"S0: {e}: choose another OUT_DIR") from None
     config.save(dict(cfg) | wanted, out_dir / demo_data.CONFIG_NAME)  # last: marks the dataset complete
     counts = ", ".join(f"{c}:{n}" for c, n in enumerate(summary["class_images"]))
     print(f"wrote {summary['n_train']} train + {summary['n_test']} test images ({summary['n_cells']} cells) "

@@ -42,7 +42,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cv2
 import pandas as pd
 from tqdm import tqdm
 
@@ -57,7 +56,6 @@ EXTRA_NAMES = {
 }
 NAME_TO_CLASS = {**{n.lower(): i for i, n in enumerate(constants.CLASS_NAMES)}, **EXTRA_NAMES}
 _REQUIRED = ("Image", "Cellline", "in_trainset")
-_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -143,7 +141,7 @@ def image_id(image: str, base_url: str, source_host: str) -> tuple[str, str]:
     if parts.query or parts.fragment:
         raise ValueError("URL has a query or fragment")
     segs = parts.path.strip("/").split("/")
-    if len(segs) != 2 or not all(_SAFE_PART.match(s) and ".." not in s for s in segs):
+    if len(segs) != 2 or any(constants.id_problem(s) for s in segs):
         raise ValueError(f"path {parts.path!r} is not /<antibody>/<plate>_<well>_<field> of plain names")
     return f"{segs[0]}_{segs[1]}", f"{base_url.rstrip('/')}/{segs[0]}/{segs[1]}"
 
@@ -198,9 +196,7 @@ def select_rows(df: pd.DataFrame, cfg, path: Path) -> tuple[pd.DataFrame, pd.Dat
 # ---------------------------------------------------------------------------- downloads
 def tif_to_png(src: Path, dst: Path) -> None:
     """A downloaded (gzipped) TIFF channel -> 8-bit PNG (16-bit scaled by ``io.to_uint8``)."""
-    arr = hio.read_channel(src)
-    if not cv2.imwrite(str(dst), arr):
-        raise OSError(f"{dst}: cannot write PNG")
+    hio.imwrite(dst, hio.read_channel(src))  # dst may be a temporary name: the format is its target's
 
 
 @dataclass
@@ -314,8 +310,9 @@ def run_downloads(sel: pd.DataFrame, out_dir: Path, cfg) -> list[ImageResult]:
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    hpa_list, out_dir = constants.resolve(cfg.HPA_LIST), constants.resolve(cfg.OUT_DIR)
-    out_csv, fail_csv = constants.resolve(cfg.OUT_CSV), constants.resolve(cfg.FAILURES_CSV)
+    hpa_list, out_dir = constants.resolve(cfg.HPA_LIST), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    out_csv = constants.output_folder(cfg.OUT_CSV, "OUT_CSV", file=True)
+    fail_csv = constants.output_folder(cfg.FAILURES_CSV, "FAILURES_CSV", file=True)
     base = urlsplit(cfg.BASE_URL)
     if base.scheme not in ("http", "https") or not base.hostname or base.query:
         raise SystemExit(f"--BASE_URL {cfg.BASE_URL!r}: expected http(s)://host[:port][/path]")

@@ -4,6 +4,8 @@ Reads   DATA_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sampl
         (+ DATA_DIR/train_external/ and train_external.csv from S1, when present)
 Writes  OUT_DIR/{train,test}/{ID}.png                 4-channel RGBY PNG, IMAGE_SIZE x IMAGE_SIZE
         OUT_DIR/{train,test}_cell_mask/{ID}.npz       keys cell, nucleus (uint16, same ids, 0 = background)
+        OUT_DIR/{split}_cell_mask_full/{ID}.npz       the same at the original size (FULL_MASKS splits): the
+                                                      cells exactly as labelled, for S5's submission masks
         OUT_DIR/meta/{train,test}/{ID}.json           one record per finished image (sizes, n_cells)
         OUT_DIR/train_all.csv, OUT_DIR/test.csv       rebuilt from all records at the end of every run
         OUT_DIR/s2_failures.csv                       images that could not be processed, with the reason
@@ -24,7 +26,9 @@ SEED = 42                                                 # fold shuffling seed
 # ---------------------------------------------------------------------------- segmentation
 SEGMENTER = "auto"                                        # auto | builtin | hpa (alias hpacellseg)
 HPA_SEG_DIR = "input/hpa-seg"                             # official HPA segmentation weights
-SEG_AT = "auto"                                           # where to segment: resized | original | auto
+SEG_AT = "auto"                                           # image the segmenter gets: resized|original|auto
+LABEL_AT = "original"                                     # HPA label_cell at: original (official) | working
+FULL_MASKS = "test"                                       # splits with original-size masks: test | all | none
 SEG_BATCH = 8                                             # images per segment() call (HPA networks)
 DEVICE = "auto"                                           # device of the HPA networks (auto | cpu | cuda)
 # ---------------------------------------------------------------------------- run
@@ -40,11 +44,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from common import config, constants, io, parallel, segmentation
+from common import config, constants, fov, io, parallel, segmentation
 
 _SPLITS = ("train", "test")
 
@@ -52,51 +55,36 @@ _SPLITS = ("train", "test")
 # ----------------------------------------------------------------------------- layout
 def out_paths(out_dir: Path, split: str, image_id: str) -> dict[str, Path]:
     """Where S2 writes the outputs of one image."""
+    mask = out_dir / f"{split}_cell_mask" / f"{image_id}.npz"
     return {"image": out_dir / split / f"{image_id}.png",
-            "mask": out_dir / f"{split}_cell_mask" / f"{image_id}.npz",
+            "mask": mask, "mask_full": fov.full_mask_path(mask),
             "meta": out_dir / "meta" / split / f"{image_id}.json",
             "failed": out_dir / "meta" / "failed" / split / f"{image_id}.json"}
-
-
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, dtype={"ID": str})
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"{path}: cannot read CSV ({e})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise SystemExit(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    if df["ID"].isna().any() or df["ID"].duplicated().any():
-        dup = df["ID"][df["ID"].duplicated()].head(3).tolist()
-        raise SystemExit(f"{path}: empty or duplicated IDs (e.g. {dup})")
-    return df
 
 
 def list_images(data_dir: Path, external: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test): train = ID, Label, is_ext, folder; test = ID, folder (sample_submission order)."""
     parts = []
-    if (data_dir / "train.csv").is_file():
-        t = _read_csv(data_dir / "train.csv", ["ID", "Label"])[["ID", "Label"]]
-        parts.append(t.assign(is_ext=0, folder=str(data_dir / "train")))
     ext_csv = data_dir / "train_external.csv"
-    if external and ext_csv.is_file():
-        e = _read_csv(ext_csv, ["ID", "Label"])[["ID", "Label"]]
-        parts.append(e.assign(is_ext=1, folder=str(data_dir / "train_external")))
+    for csv, is_ext, folder in ((data_dir / "train.csv", 0, "train"), (ext_csv, 1, "train_external")):
+        if csv.is_file() and (external or not is_ext):
+            t = io.read_id_table(csv, ["ID", "Label"])[["ID", "Label"]]  # IDs checked: plain names
+            for i, label in enumerate(t["Label"]):
+                try:
+                    if not constants.parse_labels(label):
+                        raise ValueError("empty Label (at least one class id; 18 = Negative)")
+                except ValueError as err:
+                    raise SystemExit(f"{csv}: row {i + 2}: image {t['ID'].iloc[i]}: {err}") from None
+            parts.append(t.assign(is_ext=is_ext, folder=str(data_dir / folder)))
     train = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["ID", "Label", "is_ext", "folder"])
     dup = train["ID"][train["ID"].duplicated()]
     if len(dup):
         raise SystemExit(f"{data_dir}: IDs in both train.csv and train_external.csv, "
                          f"e.g. {dup.head(3).tolist()}")
-    for row in train.itertuples():
-        try:
-            constants.parse_labels(row.Label)
-        except ValueError as err:
-            src = ext_csv if row.is_ext else data_dir / "train.csv"
-            raise SystemExit(f"{src}: image {row.ID}: {err}") from None
     test = pd.DataFrame(columns=["ID", "folder"])
     if (data_dir / "sample_submission.csv").is_file():
-        s = _read_csv(data_dir / "sample_submission.csv", ["ID"])
+        s = io.read_id_table(data_dir / "sample_submission.csv", ["ID"])
         test = pd.DataFrame({"ID": s["ID"], "folder": str(data_dir / "test")})
     if train.empty and test.empty:
         raise SystemExit(f"{data_dir}: found neither train.csv nor sample_submission.csv "
@@ -134,11 +122,19 @@ _SEGMENTERS: dict = {}
 
 
 def _segmenter(opts: dict):
-    key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"])
+    key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"], opts["label_at"])
     if key not in _SEGMENTERS:
+        kw = {}
+        if opts["segmenter"] == "hpa":
+            kw = {"label_at": opts["label_at"], "post_workers": opts["io_threads"]}
         _SEGMENTERS[key] = segmentation.get_segmenter(opts["segmenter"], weights_dir=opts["hpa_seg_dir"],
-                                                      device=opts["device"])
+                                                      device=opts["device"], **kw)
     return _SEGMENTERS[key]
+
+
+def keeps_full(full_masks: str, split: str) -> bool:
+    """Whether S2 keeps the original-size masks of ``split`` (FULL_MASKS: test | all | none)."""
+    return full_masks == "all" or (full_masks == "test" and split == "test")
 
 
 def _fail(paths: dict, split: str, image_id: str, reason: str) -> dict:
@@ -153,16 +149,16 @@ def _prepare(task: tuple, opts: dict, out_dir: Path):
     paths = out_paths(out_dir, split, image_id)
     try:
         img = io.read_image(folder, image_id)
-        small = cv2.resize(img, (opts["image_size"],) * 2, interpolation=cv2.INTER_AREA)
+        small = fov.working_image(img, opts["image_size"])
         io.write_rgby(paths["image"], small)
-        return split, image_id, paths, img.shape[:2], small if opts["seg_at"] == "resized" else img
+        return split, image_id, paths, img, small
     except Exception as e:  # noqa: BLE001 - a bad image is reported, the others go on
         return _fail(paths, split, image_id, f"{type(e).__name__}: {e}")
 
 
 def process_batch(batch: dict) -> list[dict]:
     """Read, resize, write, segment and save a few images; one record per image (``ok`` or ``reason``)."""
-    opts, out_dir, size = batch["opts"], Path(batch["opts"]["out_dir"]), batch["opts"]["image_size"]
+    opts, out_dir = batch["opts"], Path(batch["opts"]["out_dir"])
     tasks = batch["tasks"]
     if len(tasks) > 1 and opts.get("io_threads", 1) > 1:  # decoding PNGs releases the GIL
         with ThreadPoolExecutor(min(opts["io_threads"], len(tasks))) as ex:
@@ -173,20 +169,22 @@ def process_batch(batch: dict) -> list[dict]:
     ready = [r for r in prepared if not isinstance(r, dict)]
     if not ready:
         return records
-    try:
-        results = _segmenter(opts).segment([r[4] for r in ready])
+    full = any(keeps_full(opts["full_masks"], r[0]) for r in ready)
+    try:  # common.fov decides what the segmenter sees and at which scale (as in S5)
+        fovs = fov.prepare([r[3] for r in ready], opts["image_size"], _segmenter(opts), opts["seg_at"],
+                           full=full, workings=[r[4] for r in ready])
     except Exception as e:  # noqa: BLE001
         return records + [_fail(r[2], r[0], r[1], f"segmentation failed: {type(e).__name__}: {e}")
                           for r in ready]
-    for (split, image_id, paths, (h, w), _), (cell, nuc) in zip(ready, results):
+    for (split, image_id, paths, _, _), f in zip(ready, fovs):
+        h, w = f.original_hw
         try:
-            cell = segmentation.resize_labels(cell, size)
-            nuc = segmentation.resize_labels(nuc, size) if nuc is not None else np.zeros_like(cell)
-            cell, nuc = segmentation.relabel(cell, nuc)
-            io.save_masks(paths["mask"], cell, nuc)
+            io.save_masks(paths["mask"], f.cell, f.nucleus)
+            if keeps_full(opts["full_masks"], split):
+                io.save_masks(paths["mask_full"], f.cell_full, f.nucleus_full)
             rec = {"ID": image_id, "split": split, "ok": True, "ImageWidth": int(w), "ImageHeight": int(h),
-                   "n_cells": int(cell.max()) if cell.size else 0, "segmenter": opts["segmenter"],
-                   "seg_at": opts["seg_at"]}
+                   "n_cells": len(np.unique(f.cell[f.cell > 0])), "segmenter": opts["segmenter"],
+                   "seg_at": opts["seg_at"], "label_at": opts["label_at"]}
             io.atomic_write_text(paths["meta"], json.dumps(rec) + "\n")  # written last: marks the image done
             paths["failed"].unlink(missing_ok=True)
             records.append(rec)
@@ -234,33 +232,40 @@ def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUT_DIR)
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
-    if cfg.IMAGE_SIZE < 16:
-        raise SystemExit(f"--IMAGE_SIZE {cfg.IMAGE_SIZE}: too small")
+    config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     try:
         shard = parallel.parse_shard(cfg.SHARD)
         seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    seg_at = cfg.SEG_AT.strip().lower()
-    if seg_at == "auto":
-        seg_at = "original" if seg_name == "hpa" else "resized"
-    if seg_at not in ("resized", "original"):
-        raise SystemExit(f"--SEG_AT {cfg.SEG_AT!r}: choose resized, original or auto")
+    try:
+        seg_at = fov.resolve_seg_at(cfg.SEG_AT, seg_name)
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
+    if cfg.LABEL_AT not in ("original", "working"):
+        raise SystemExit(f"--LABEL_AT {cfg.LABEL_AT!r}: choose original or working")
+    if cfg.FULL_MASKS not in ("test", "all", "none"):
+        raise SystemExit(f"--FULL_MASKS {cfg.FULL_MASKS!r}: choose test, all or none")
     why = ""
     if cfg.SEGMENTER.strip().lower() == "auto":
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
-    train, test = list_images(data_dir, cfg.EXTERNAL)
+    train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
+    mine = [out_dir] + [out_dir / sub for s in _SPLITS for sub in (s, f"{s}_cell_mask")]  # S2's folders
+    n_stale = sum(io.remove_stale_temps(d) for d in mine) + io.remove_stale_temps(out_dir / "meta", True)
+    if n_stale:
+        print(f"S2: removed {n_stale} temporary file(s) left by an interrupted run under {out_dir}")
     tasks = [("train", r.folder, r.ID) for r in train.itertuples()] + \
             [("test", r.folder, r.ID) for r in test.itertuples()]
     tasks = parallel.shard(tasks, shard)  # the full list first: shard i always owns the same images
 
     def outputs(t):
         p = out_paths(out_dir, t[0], t[2])
-        return [p["meta"], p["image"], p["mask"]]
+        full = [p["mask_full"]] if keeps_full(cfg.FULL_MASKS, t[0]) else []
+        return [p["meta"], p["image"], p["mask"], *full]
 
     def inputs(t):  # a channel file newer than the outputs (e.g. regenerated demo data) redoes the image
         return [io.channel_path(t[1], t[2], c) for c in constants.CHANNELS]
@@ -271,8 +276,10 @@ def main(argv=None):
     config.save(cfg, out_dir / "meta" / f"s2_config_shard{shard[0]}of{shard[1]}.json")
 
     opts = {"out_dir": str(out_dir), "image_size": cfg.IMAGE_SIZE, "seg_at": seg_at, "segmenter": seg_name,
-            "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1)}
-    if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch
+            "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1),
+            "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS}
+    if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch and
+        # NUM_WORKERS processes post-process it
         step, workers = max(cfg.SEG_BATCH, 1), 1
     else:
         step, workers = 1, cfg.NUM_WORKERS

@@ -9,6 +9,8 @@ Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
     torchrun --nproc_per_node=4 S3_train_pipeline1.py --FOLD 0     # DDP, BATCH_SIZE per GPU
     python S3_train_pipeline1.py --FOLD 0 --RESUME                 # continue from last.pth
 """
+# ---------------------------------------------------------------------------- recipe
+RECIPE = ""                                # one of the original's models (--RECIPE list); overrides win
 # ---------------------------------------------------------------------------- data
 DATA_DIR = "input/hpa-512"                 # S2 output folder (relative to the repo root)
 TRAIN_CSV = "train_all.csv"                # table inside DATA_DIR
@@ -22,8 +24,10 @@ CACHE_GB = 4.0                             # RAM cache of the resized images, if
 PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
 VARIANT = "masked"                         # masked | center_cells | cellpool: augmentations, S5 views
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm model name (tag optional)
-PRETRAINED = True                          # ImageNet weights from the timm hub / HF cache
-PRETRAINED_FILE = ""                       # local weights file instead of the hub
+PRETRAINED = True                          # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
+PRETRAINED_FILE = ""                       # one local weights file instead of the hub
+PRETRAINED_DIR = "input/timm-weights"      # <model>.safetensors folder, tried first (tools/fetch_weights)
+STEM_INIT = "timm"                         # 4-channel stem: timm (RGBR x 3/4) | original (common/weights)
 DROPOUT = 0.5                              # p of each multi-sample-dropout mask
 MSD_SAMPLES = 5                            # dropout masks averaged by the head
 IMAGE_SIZE = 512                           # training resolution (images resized when different)
@@ -35,6 +39,8 @@ CELLPOOL_STRIDE = 0                        # backbone output_stride (0 = native 
 MIL_POOL = "max"                           # image logit from the cell logits: max | topk | lse | mean
 MIL_W_MAX = 4.0                            # MIL loss weight of BCE(pooled logit)
 MIL_W_MEAN = 1.0                           # MIL loss weight of BCE(mean cell logit)
+MIL_TOPK = 4                               # k of MIL_POOL=topk
+MIL_LSE_R = 5.0                            # sharpness r of MIL_POOL=lse
 # ---------------------------------------------------------------------------- augmentation
 P_FLIP = 0.5                               # each of transpose / h-flip / v-flip
 P_AFFINE = 0.75                            # shift 0.2 / scale 0.2 / rotate 45
@@ -49,8 +55,13 @@ BATCH_SIZE = 16                            # images per GPU and step
 LR = 3e-4                                  # peak learning rate
 WEIGHT_DECAY = 1e-2                        # weight decay (weights only, not biases/norms)
 OPTIMIZER = "adamw"                        # adamw | adam
-WARMUP_EPOCHS = 1.0                        # linear warm-up (epochs)
+ADAM_EPS = 1e-8                            # epsilon of adam / adamw
+SCHEDULE = "cosine"                        # cosine (warm-up + cosine) | A | B (the original's)
+WARMUP_EPOCHS = 1.0                        # warm-up epochs: linear (cosine), at LR (A)
+WARMUP_MULT = 10.0                         # A: after the warm-up the lr is LR x this, then a cosine
 MIN_LR = 1e-6                              # end of the cosine
+LR_STEP_EPOCHS = [4, 7, 10]                # B: epochs (0-based) where the lr steps ...
+LR_STEP_VALUES = [3e-4, 1.5e-4, 7.5e-5, 3e-5]  # ... to the next of these values
 ACCUM_STEPS = 1                            # gradient accumulation
 EMA_DECAY = 0.0                            # EMA of the weights (0 = off)
 AMP = True                                 # mixed precision on CUDA
@@ -58,9 +69,11 @@ NUM_WORKERS = 8                            # DataLoader workers per process
 SEED = 42                                  # global seed (data order, augmentations, init)
 DEVICE = "auto"                            # auto | cpu | cuda
 RESUME = False                             # continue from <run>/fold<k>/last.pth
+OVERWRITE = False                          # replace a run folder that holds other constants
 MONITOR = "val_mAP"                        # metric selecting best.pth
 MAX_TRAIN_STEPS = 0                        # batches per epoch cap (0 = all)
 VAL_EVERY = 1                              # validate every N epochs and after the last
+GRAD_CLIP = 0.0                            # gradient norm clip (0 = off)
 # ---------------------------------------------------------------------------- output
 OUTPUT_DIR = "output"                      # runs go to OUTPUT_DIR/RUN_NAME/fold<k>
 RUN_NAME = ""                              # empty: p1_<model>_<size>_<variant>_<loss>
@@ -72,8 +85,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, train
-from common.datasets import ImageDataset
+from common import augment, config, constants, models, recipes, train, weights
+from common.datasets import ImageDataset, external_flags
 
 
 def run_name(cfg: dict) -> str:
@@ -86,7 +99,7 @@ def run_name(cfg: dict) -> str:
 
 def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
-    is_ext = df["is_ext"].fillna(0).astype(int) if "is_ext" in df else pd.Series(0, index=df.index)
+    is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
     if not cfg["USE_EXTERNAL"]:
         df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
     if cfg["FOLD"] < 0:
@@ -102,12 +115,19 @@ def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | Non
 
 
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
+                       recipe_table=recipes.table("S3"))
+    config.require_positive(cfg, "IMAGE_SIZE", step="S3")
     if cfg["PIPELINE"] != 1:
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
     if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")
+    constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
+    try:
+        print(f"S3: initial weights: {weights.require(cfg)}")
+    except weights.PretrainedUnavailable as e:
+        raise SystemExit(f"S3: {e}") from None
     data_dir = constants.resolve(cfg["DATA_DIR"])
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():
@@ -121,7 +141,7 @@ def main(argv=None):
     train_df, val_df = split(df, cfg)
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
-    tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], train=True,
+    tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], True,
                                    p_flip=cfg["P_FLIP"], p_affine=cfg["P_AFFINE"],
                                    p_dropout=cfg["P_COARSE_DROPOUT"])
     budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
@@ -148,9 +168,10 @@ def main(argv=None):
 
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
-    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
+    model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir)
-    print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
+    if result["rank"] == 0:  # under torchrun: one line, from rank 0
+        print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result
 
 

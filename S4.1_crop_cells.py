@@ -38,21 +38,24 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, constants, io, parallel
-from common.bag_datasets import crop_image_cells, external_flags
+from common.cells import crop_image_cells
+from common.datasets import external_flags
 
 _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    hpa = constants.resolve(cfg.HPA512_DIR)
+    config.require_positive(cfg, "CELL_SIZE", step="S4.1")
+    hpa = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR")  # the crops are written inside it
     train_csv = constants.resolve(cfg.TRAIN_CSV)
     if not train_csv.is_file():
         raise SystemExit(f"{train_csv}: not found (run S2 first)")
-    df = pd.read_csv(train_csv, dtype={"ID": str})
-    if "ID" not in df.columns:
-        raise SystemExit(f"{train_csv}: has no ID column")
+    df = io.read_id_table(train_csv, ["ID"])  # IDs name the crop files: plain names only
     out_dir = hpa / f"cells_{cfg.CELL_SIZE}"
+    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(hpa)
+    if n_stale:
+        print(f"S4.1: removed {n_stale} temporary file(s) left by an interrupted run", flush=True)
     mask_dir = hpa / "train_cell_mask"
     is_ext = external_flags(df)
     tasks = []

@@ -17,25 +17,27 @@ images (cropped with common.cells exactly like S4.1 crops, scored with metric.sc
     torchrun --nproc_per_node 4 S4.2_train_pipeline2.py --FOLD 0       # DDP
 """
 # ---------------------------------------------------------------------------- data
+RECIPE = ""                  # one of the original's models (--RECIPE list); explicit overrides win
 HPA512_DIR = "input/hpa-512"                            # S2's output folder (crops and index from S4.1)
 TRAIN_CSV = "input/hpa-512/train_all.csv"               # image table with folds
 COMP_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
 FOLD = 0                     # validation fold (the others train); -1: train on all, no validation
 CELL_SIZE = 256              # crop side: reads cells_{CELL_SIZE}/ (saved in the config for S5)
 CELLS_PER_IMAGE = 16         # cells per bag (with replacement when an image has fewer)
-CROP_MARGIN = 0.05           # crop margin of S4.1 (replaced by cells_{CELL_SIZE}.json's when present)
-FROM_ORIGINAL = True         # S4.1 cropped from the original resolution (ditto)
 USE_EXTERNAL = True          # train on the external images too (validation is always competition only)
 MAX_IMAGES = 0               # use only this many training images (0 = all); for smoke runs
 # ---------------------------------------------------------------------------- augmentation
 P_GREEN_TO_NEGATIVE = 0.05   # per bag: green dimmed, label -> Negative
 P_GREEN_FROM_OTHER = 0.05    # per bag: green <- red (Microtubules) or yellow (ER)
 P_INTENSITY = 0.0            # per bag: per-channel intensity scaling (pipeline 1 uses 0.5)
+INTENSITY_RANGE = [0.6, 1.1] # range of the per-channel factor
 # ---------------------------------------------------------------------------- model
 PIPELINE = 2                 # the bag model (common.mil.BagModel); do not change
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm backbone of the cell classifier
-PRETRAINED = True            # ImageNet weights (needs the timm cache or internet)
-PRETRAINED_FILE = ""         # local weights file instead of the hub
+PRETRAINED = True            # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
+PRETRAINED_FILE = ""         # one local weights file instead of the hub
+PRETRAINED_DIR = "input/timm-weights"  # <model>.safetensors folder, tried first (tools/fetch_weights)
+STEM_INIT = "timm"           # 4-channel stem: timm (RGBR x 3/4) | original (common/weights)
 DROPOUT = 0.5                # multi-sample-dropout p
 MSD_SAMPLES = 5              # multi-sample-dropout masks
 LOSS = "bce"                 # (the MIL loss is BCE; kept for the config of S5)
@@ -54,8 +56,13 @@ BATCH_SIZE = 8               # bags per step and process (x CELLS_PER_IMAGE cell
 LR = 3e-4                    # peak learning rate
 WEIGHT_DECAY = 1e-2          # weight decay
 OPTIMIZER = "adamw"          # adamw | adam
-WARMUP_EPOCHS = 1.0          # linear warm-up (epochs)
+ADAM_EPS = 1e-8              # epsilon of adam / adamw
+SCHEDULE = "cosine"          # cosine (warm-up + cosine) | A | B (the original's)
+WARMUP_EPOCHS = 1.0          # warm-up epochs: linear (cosine), at LR (A)
+WARMUP_MULT = 10.0           # A: after the warm-up the lr is LR x this, then a cosine
 MIN_LR = 1e-6                # end of the cosine
+LR_STEP_EPOCHS = [4, 7, 10]  # B: epochs (0-based) where the lr steps ...
+LR_STEP_VALUES = [3e-4, 1.5e-4, 7.5e-5, 3e-5]  # ... to the next of these values
 ACCUM_STEPS = 1              # gradient accumulation
 EMA_DECAY = 0.0              # weight EMA (0 = off)
 AMP = True                   # mixed precision on CUDA
@@ -63,6 +70,7 @@ NUM_WORKERS = 4              # DataLoader workers per process
 SEED = 42                    # seed
 DEVICE = "auto"              # auto | cpu | cuda
 RESUME = False               # continue from last.pth
+OVERWRITE = False            # replace a run folder that holds other constants
 MONITOR = "val_mAP"          # best.pth metric (val_mAP | val_loss | cell_mAP_strict | cell_mAP_lenient)
 MAX_TRAIN_STEPS = 0          # batches per epoch cap (0 = all)
 VAL_EVERY = 1                # validate every N epochs and after the last
@@ -84,8 +92,10 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, train
-from common.bag_datasets import BagDataset, external_flags
+from common import augment, cells, config, constants, io, metric, models, recipes, train, weights
+from common.bag_datasets import BagDataset
+from common.datasets import external_flags
+from common.resize import resize_labels
 
 log = logging.getLogger("hpa.s42")
 
@@ -98,22 +108,19 @@ def run_name(cfg: dict) -> str:
 
 
 def _read_crop_settings(cfg: dict, hpa: Path) -> None:
-    """Take CROP_MARGIN / FROM_ORIGINAL from S4.1's cells_{S}.json: they describe the crops trained on."""
+    """CROP_MARGIN / FROM_ORIGINAL come from S4.1's cells_{S}.json (the crops trained on; one source);
+    they are saved in this run's config for S5."""
     path = hpa / f"cells_{cfg['CELL_SIZE']}.json"
-    if not path.is_file():
-        return
-    s41 = json.loads(path.read_text())
-    for key in ("CROP_MARGIN", "FROM_ORIGINAL"):
-        if key in s41 and s41[key] != cfg[key]:
-            print(f"S4.2: {key}={s41[key]!r} from {path} (crops were made so), not {cfg[key]!r}")
-            cfg[key] = s41[key]
+    s41 = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [k for k in ("CROP_MARGIN", "FROM_ORIGINAL") if k not in s41]
+    if missing:
+        raise SystemExit(f"{path}: no {missing} (run S4.1 --CELL_SIZE {cfg['CELL_SIZE']} again)")
+    cfg["CROP_MARGIN"], cfg["FROM_ORIGINAL"] = float(s41["CROP_MARGIN"]), bool(s41["FROM_ORIGINAL"])
 
 
 # ----------------------------------------------------------------------------- cell-level validation
 def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
     """The true cell label map of an image at ``shape`` (truth PNG, else decoded EncodedMasks)."""
-    import cv2
-
     png = comp / "train_cell_truth" / f"{image_id}.png"
     if png.is_file():
         lab = io.read_label_png(png)
@@ -124,9 +131,7 @@ def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, 
         lab = np.zeros((h, w), np.uint16)
         for cid, mask in rows.groupby("cell_id", sort=False)["EncodedMask"].first().items():
             lab[encoding.decode_binary_mask(mask, h, w)] = int(cid)
-    if lab.shape != tuple(shape):
-        lab = cv2.resize(lab, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return lab
+    return resize_labels(lab, shape) if lab.shape != tuple(shape) else lab
 
 
 class CellValidation:
@@ -163,6 +168,17 @@ class CellValidation:
                 self.bags.append((iid, ids, crops, sources.get(iid, "competition")))
         self.n_cells = sum(len(b[1]) for b in self.bags)
 
+    def write_oof(self, out_dir: Path) -> None:
+        """The cell-level out-of-fold predictions of the last call: ``oof_cells.csv`` (ID, cell_id, the
+        cell's true labels, p0..p18); train.fit calls it when an epoch becomes best."""
+        if getattr(self, "last", None) is None:
+            return
+        image_ids, cell_ids, probs = self.last
+        labels = ["|".join(map(str, self.truth[(i, c)])) for i, c in zip(image_ids, cell_ids)]
+        df = pd.DataFrame({"ID": image_ids, "cell_id": cell_ids, "Label": labels})
+        df = df.join(pd.DataFrame(np.round(probs, 6), columns=[f"p{c}" for c in range(probs.shape[1])]))
+        io.atomic_to_csv(df, out_dir / "oof_cells.csv")
+
     @torch.no_grad()
     def __call__(self, model, device) -> dict:
         was_training = model.training
@@ -178,13 +194,21 @@ class CellValidation:
         if not probs:
             return {}
         probs = np.concatenate(probs)
+        self.last = (image_ids, cell_ids, probs)
         return {f"cell_mAP_{mode}": metric.score_cells(image_ids, cell_ids, probs, self.truth, mode)["mAP"]
                 for mode in ("strict", "lenient")}
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
+                       recipe_table=recipes.table("S4.2"))
+    config.require_positive(cfg, "CELL_SIZE", step="S4.2")
+    constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    try:
+        print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)
+    except weights.PretrainedUnavailable as e:
+        raise SystemExit(f"S4.2: {e}") from None
     hpa = constants.resolve(cfg.HPA512_DIR)
     comp = constants.resolve(cfg.COMP_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
@@ -218,8 +242,7 @@ def main(argv=None):
         pseudo = read_pseudo_labels(constants.resolve(cfg.PSEUDO_LABELS))
         Bags = partial(PseudoBagDataset, pseudo=pseudo)
         print(f"S4.2: {len(pseudo)} cells with pseudo-labels from {cfg.PSEUDO_LABELS}", flush=True)
-    train_ds = Bags(tr, cells_dir, index_df, augment=True, p_green_to_negative=cfg.P_GREEN_TO_NEGATIVE,
-                    p_green_from_other=cfg.P_GREEN_FROM_OTHER, p_intensity=cfg.P_INTENSITY, **kw)
+    train_ds = Bags(tr, cells_dir, index_df, augment=True, label_aug=augment.LabelAugment.from_cfg(cfg), **kw)
     val_ds = BagDataset(va, cells_dir, index_df, augment=False, **kw) if len(va) else None
     print(f"S4.2: {len(train_ds)} training bags ({train_ds.n_without_cells} images without cells left out), "
           f"{len(val_ds) if val_ds else 0} validation bags"
@@ -233,10 +256,11 @@ def main(argv=None):
         print(f"S4.2: cell-level validation on {extra.n_cells} true cells of {len(extra.bags)} images",
               flush=True)
 
-    model = train.new_model(cfg)  # seeded: the initial weights depend on SEED only
+    model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
-    print(f"S4.2 done: {train.describe_result(cfg, result)}; "
-          f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
+    if result["rank"] == 0:  # under torchrun: one line, from rank 0
+        print(f"S4.2 done: {train.describe_result(cfg, result)}; "
+              f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)
     return result
 
 

@@ -1,16 +1,20 @@
 """S5: score every cell of every test image with every trained run and write submission.csv.
 
 Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
-        HPA512_DIR/test/{ID}.png and test_cell_mask/{ID}.npz from S2 (when absent: the original
-        DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read, resized and segmented here)
-        OUTPUT_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants)
+        HPA512_DIR/test/{ID}.png, test_cell_mask/{ID}.npz and test_cell_mask_full/{ID}.npz from S2
+        (when the mask is absent: the original DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read
+        and prepared here by common.fov, exactly as S2 does it)
+        RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
+                                         RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
         OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
         OUTPUT_DIR/overlays/{ID}.png     the first N_OVERLAYS images, cells outlined and labelled
         OUTPUT_DIR/submission_{cells,pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6):
                                          cells = the cell-level ensemble alone, image_level = every cell
                                          scored with its image's prediction, x_image = cells x image_level
-        OUTPUT_DIR/s5_config.json        the resolved constants and the runs used
+        OUTPUT_DIR/s5_failures.csv       ID, reason: test images that could not be read or segmented
+                                         (their rows stay, empty; the last line counts them)
+        OUTPUT_DIR/s5_config.json        the resolved constants, the runs used and the environment
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
@@ -19,8 +23,11 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
 DATA_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
 HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
 # ---------------------------------------------------------------------------- models
-OUTPUT_DIR = "output"             # runs are found here; outputs are written here
-RUNS = []                         # run folders or checkpoint files; [] = every run under OUTPUT_DIR
+OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
+RUNS_DIR = ""                     # runs are found under here ("" = OUTPUT_DIR; or a pack_runs.py folder)
+RUNS = []                         # run folders or checkpoint files; [] = every run under RUNS_DIR
+ENSEMBLE = ""                     # a named ensemble of recipes (original | recommended) instead of RUNS
+ENSEMBLE_RECIPES = []             # only these recipes of ENSEMBLE ([] = all of them)
 CHECKPOINT = "best.pth"           # which checkpoint of a run folder
 RUN_WEIGHTS = []                  # one ensemble weight per run ([] = all 1)
 RUN_TTA = []                      # flip/transpose variants per run, 1..8 ([] = TTA for every run)
@@ -36,6 +43,7 @@ MIN_CONF = 0.0                    # drop (cell, class) triplets below this confi
 SEGMENTER = "auto"                # used only when S2's test mask is missing: auto | builtin | hpa
 HPA_SEG_DIR = "input/hpa-seg"     # official HPA segmentation weights (for auto | hpa)
 IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
+SEG_AT = "auto"                   # image the segmenter gets when S2's mask is missing (S2's SEG_AT)
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
 AMP = True                        # mixed precision (CUDA only)
@@ -44,6 +52,7 @@ N_OVERLAYS = 4                    # overlay PNGs for the first N test images (0 
 VARIANTS = True                   # also write per-pipeline / image-level submissions for comparison
 SUBMISSION = "submission.csv"     # file name of the submission inside OUTPUT_DIR
 LIMIT = 0                         # only the first LIMIT test images (0 = all); rows kept, strings empty
+FAIL_ON_ERRORS = False            # exit with status 3 (after writing everything) if an image failed
 
 import sys
 import time
@@ -55,7 +64,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, encoding, io, plots, predict, segmentation
+from common import cells, config, constants, encoding, fov, io, plots, predict, recipes, segmentation
 from common.constants import NUM_CLASSES
 
 
@@ -63,15 +72,35 @@ def _load_sample(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SystemExit(f"S5: {path}: sample submission not found (run S0 for demo data, or put the "
                          f"competition data in {path.parent})")
-    df = pd.read_csv(path, dtype={"ID": str})
-    missing = [c for c in ("ID", "ImageWidth", "ImageHeight") if c not in df.columns]
+    size = ("ImageWidth", "ImageHeight")  # IDs are plain names, sizes positive integers, else it stops
+    return io.read_id_table(path, ("ID", *size), int_columns=size)
+
+
+def _ensemble(cfg) -> None:
+    """Fill RUNS, RUN_TTA, RUN_WEIGHTS and MULTIPLY_IMAGE_PRED from the named ENSEMBLE: each recipe's
+    run folder, its TTA count, and a weight equal to that count, so that every (model, TTA variant)
+    output counts once in the mean (the original's plain mean over 104 outputs)."""
+    outputs = recipes.ensemble_outputs(cfg.ENSEMBLE)
+    if cfg.ENSEMBLE_RECIPES:
+        unknown = sorted(set(cfg.ENSEMBLE_RECIPES) - set(outputs))
+        if unknown:
+            raise SystemExit(f"S5: --ENSEMBLE_RECIPES {unknown} are not in ENSEMBLE {cfg.ENSEMBLE!r}")
+        outputs = {r: outputs[r] for r in cfg.ENSEMBLE_RECIPES}
+    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
+    runs = {r: out / recipes.run_dir(r) for r in outputs}
+    missing = [f"{r} ({p / cfg.CHECKPOINT})" for r, p in runs.items() if not (p / cfg.CHECKPOINT).is_file()]
     if missing:
-        raise SystemExit(f"S5: {path}: missing column(s) {missing}")
-    return df
+        raise SystemExit(f"S5: ENSEMBLE {cfg.ENSEMBLE!r} lacks {len(missing)} of its {len(runs)} runs: "
+                         + ", ".join(missing) + " (train them with bash run_all.sh --real, "
+                         "or choose some with --ENSEMBLE_RECIPES)")
+    cfg.RUNS, cfg.RUN_TTA = [str(p) for p in runs.values()], list(outputs.values())
+    cfg.RUN_WEIGHTS = [float(n) for n in outputs.values()]
+    cfg.MULTIPLY_IMAGE_PRED = recipes.ENSEMBLES[cfg.ENSEMBLE]["multiply_image_pred"]
+    print(f"S5: ENSEMBLE {cfg.ENSEMBLE}: {len(runs)} runs, {sum(outputs.values())} outputs", flush=True)
 
 
 def _runs(cfg) -> list[Path]:
-    out = constants.resolve(cfg.OUTPUT_DIR)
+    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
     runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else predict.find_runs(out, cfg.CHECKPOINT)
     if not runs:
         raise SystemExit(f"S5: no trained run ({cfg.CHECKPOINT}) under {out}: run S3 and/or S4.2 first")
@@ -90,6 +119,10 @@ def _per_run(values: list, n: int, default, name: str) -> list:
     return list(values)
 
 
+class ImageFailed(Exception):
+    """One test image could not be read or segmented; S5 keeps its row empty and lists it."""
+
+
 class ImageSource:
     """The working-resolution image and mask of a test image, from S2 or made here."""
 
@@ -100,43 +133,60 @@ class ImageSource:
         self.segmenter_name = cfg.SEGMENTER
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
         self.device = cfg.DEVICE
+        self.seg_at = cfg.SEG_AT
+        try:
+            fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
+        except ValueError as e:
+            raise SystemExit(f"S5: --{e}") from None
         self._segmenter = None
         self.n_segmented = 0
 
     def original(self, image_id: str) -> np.ndarray | None:
         if io.channel_path(self.test_dir, image_id, "red").is_file():
-            return io.read_image(self.test_dir, image_id)
+            try:
+                return io.read_image(self.test_dir, image_id)
+            except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+                raise ImageFailed(str(e)) from e
         return None
 
-    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(image, cell label map) at the working resolution, and the original image if read."""
-        small, original = self.hpa / "test" / f"{image_id}.png", None
-        if small.is_file():
-            image = io.read_rgby(small)
-        else:
-            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
-            image = io.resize_image(original, self.size)
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
+        made here; None when S2 kept none), and the original image if read. An unreadable or
+        unsegmentable image raises :class:`ImageFailed`."""
+        small = self.hpa / "test" / f"{image_id}.png"
         mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
-        if mask_path.is_file():
-            labels = io.load_masks(mask_path)[0]
-        else:
-            if self._segmenter is None:
-                self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
-                                                             device=self.device)
-                print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}'",
-                      flush=True)
-            labels = self._segmenter.segment([image])[0][0]
-            self.n_segmented += 1
-        if labels.shape != image.shape[:2]:
-            labels = segmentation.resize_labels(labels, image.shape[:2])
-        return image, labels, original
+        try:
+            if small.is_file() and mask_path.is_file():
+                image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
+                full_path = fov.full_mask_path(mask_path)
+                full = io.load_masks(full_path)[0] if full_path.is_file() else None
+                if labels.shape != image.shape[:2]:
+                    labels = segmentation.resize_labels(labels, image.shape[:2])
+                return image, labels, full, None
+            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
+        except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+            raise ImageFailed(str(e)) from e
+        if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
+            self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
+                                                         device=self.device)
+            print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
+                  f"(common.fov, as S2)", flush=True)
+        try:
+            f = fov.prepare([original], self.size, self._segmenter, self.seg_at, full=True)[0]
+        except Exception as e:  # noqa: BLE001
+            raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
+        self.n_segmented += 1
+        return f.image, f.cell, f.cell_full, original
 
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.resolve(cfg.OUTPUT_DIR)
+    config.require_positive(cfg, "IMAGE_SIZE", step="S5")
+    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     sample = _load_sample(data_dir / "sample_submission.csv")
+    if cfg.ENSEMBLE:
+        _ensemble(cfg)
     runs = _runs(cfg)
     weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
     ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]
@@ -148,25 +198,34 @@ def main(argv=None):
     need_original = any(p.pipeline == 2 and p.from_original for p in predictors)
     pipelines = sorted({p.pipeline for p in predictors})
     source = ImageSource(cfg)
+    overlay_dir = out_dir / "overlays"
+    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(overlay_dir)
+    if n_stale:
+        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
 
     names = ["ensemble"]
     if cfg.VARIANTS:
         names += (["cells"] + [f"pipeline{k}" for k in pipelines if len(pipelines) > 1]
                   + ["image_level", "x_image"])
     strings: dict[str, dict[str, str]] = {n: {} for n in names}
-    pred_rows, n_cells_total, n_dropped = [], 0, 0
+    pred_rows, n_cells_total, n_dropped, failures = [], 0, 0, []
     todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
-    overlay_dir = out_dir / "overlays"
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
-        image, labels, original = source.load(image_id)
-        if need_original and original is None:
-            original = source.original(image_id)
+        try:
+            image, labels, labels_full, original = source.load(image_id)
+            if need_original and original is None:
+                original = source.original(image_id)
+        except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
+            failures.append({"ID": image_id, "reason": str(e)})
+            tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
+            continue
         ids = cells.cell_ids(labels)
         if not ids:  # no cells: the row stays, with an empty PredictionString
             continue
-        # masks at the original resolution; a cell lost when shrinking is dropped (counted)
-        full = segmentation.resize_labels(labels, (height, width))
+        # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
+        # else the working map resized (a cell lost that way is dropped, counted)
+        full = fov.labels_at((height, width), labels, labels_full)
         masks = encoding.encode_label_map(full)
         kept = [c for c in ids if c in masks]
         n_dropped += len(ids) - len(kept)
@@ -179,8 +238,8 @@ def main(argv=None):
         cell_p, image_p, views = [], [], {}
         for p in predictors:  # runs with the same views (variant, size) share them, normalised once
             if p.view_key not in views:
-                views[p.view_key] = p.prepare(image, labels, ids, original)
-            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key])
+                views[p.view_key] = p.prepare(image, labels, ids, original, labels_full)
+            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key], labels_full=labels_full)
             cell_p.append(cp)
             image_p.append(ip)
         ens = predict.ensemble(cell_p, weights)
@@ -219,6 +278,8 @@ def main(argv=None):
     io.atomic_to_csv(pd.DataFrame(pred_rows, columns=cols), out_dir / "cell_predictions.csv")
     saved = dict(cfg, RUNS_USED=[str(p.path) for p in predictors])
     config.save(saved, out_dir / "s5_config.json")
+    fail_path = out_dir / "s5_failures.csv"
+    io.atomic_to_csv(pd.DataFrame(failures, columns=["ID", "reason"]), fail_path)
 
     seconds = time.time() - t_start
     n_img = len(todo)
@@ -226,7 +287,11 @@ def main(argv=None):
           f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
           f"segmented here: {source.n_segmented}", flush=True)
     extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
-    print(f"S5: wrote {sub_path}{extra}", flush=True)
+    failed = (f"{len(failures)} of {n_img} images FAILED (empty rows; listed in {fail_path})" if failures
+              else "0 images failed")
+    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
+    if failures and cfg.FAIL_ON_ERRORS:
+        raise SystemExit(3)
     return sub_path
 
 

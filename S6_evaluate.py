@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, metric
+from common import config, constants, encoding, io, metric
 from common.io import atomic_to_csv
 
 _MAKE_CHOICES = ("", "truth", "broadcast")
@@ -83,7 +83,7 @@ def main(argv=None):
     cfg = config.parse(globals(), argv)
     if cfg.MAKE not in _MAKE_CHOICES:
         raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
-    sub_path = constants.resolve(cfg.SUBMISSION)
+    sub_path = constants.output_folder(cfg.SUBMISSION, "SUBMISSION", file=True)  # scores go beside it
     try:
         truth = metric.read_truth(constants.resolve(cfg.TRUTH))
         if cfg.MAKE:
@@ -101,6 +101,7 @@ def main(argv=None):
         raise SystemExit(f"S6: {e}") from None
 
     stem = sub_path.parent / sub_path.stem
+    io.remove_stale_temps(sub_path.parent)  # temporaries of a killed run of this step
     table = score_table(strict, lenient)
     atomic_to_csv(table, f"{stem}_scores.csv")
     config.save(cfg, f"{stem}_eval_config.json")

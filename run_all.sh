@@ -3,19 +3,37 @@
 # S4.1, S4.2, S5, S6. Stops at the first failing step with its message.
 #
 #   bash run_all.sh            # demo: small models on the built-in synthetic data, CPU, < 10 min
-#   bash run_all.sh --real     # competition-sized defaults of each script (GPU machine, real data)
+#   bash run_all.sh --real     # the original's 22 models by recipe, then S5 --ENSEMBLE original (GPU)
+#   bash run_all.sh --real --recipes p1_effb0_masked_f3,p2_effb0_c256_f0   # some of them
+#
+# --real options: --recipes a,b,c (default all; tools/recipes.py list), --ensemble original|recommended,
+# --epochs N, and extra overrides per step: --p1-args "...", --p2-args "...", --s41-args "...",
+# --s5-args "..." (e.g. --p1-args "--NUM_WORKERS 16"). Finished runs are skipped, interrupted ones
+# resume from last.pth (RESUME), new ones start; S4.1 makes the crops of every cell size needed.
 #
 # Every step can also be run alone with the same overrides (python SX_name.py --NAME value).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 MODE=demo
-for arg in "$@"; do
-  case "$arg" in
+RECIPES=all
+ENSEMBLE=original
+EPOCHS=""
+P1_EXTRA="" P2_EXTRA="" S41_EXTRA="" S5_EXTRA=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --real) MODE=real ;;
     --demo) MODE=demo ;;
-    *) echo "run_all.sh: unknown argument '$arg' (use --real or --demo)" >&2; exit 2 ;;
+    --recipes) RECIPES=$2; shift ;;
+    --ensemble) ENSEMBLE=$2; shift ;;
+    --epochs) EPOCHS=$2; shift ;;
+    --p1-args) P1_EXTRA=$2; shift ;;
+    --p2-args) P2_EXTRA=$2; shift ;;
+    --s41-args) S41_EXTRA=$2; shift ;;
+    --s5-args) S5_EXTRA=$2; shift ;;
+    *) echo "run_all.sh: unknown argument '$1' (see the head of run_all.sh)" >&2; exit 2 ;;
   esac
+  shift
 done
 
 DATA=input/hpa-single-cell-image-classification
@@ -49,21 +67,48 @@ if [ "$MODE" = demo ]; then
     step S0_make_demo_data.py
   fi
 else
-  S3_ARGS=()
-  S41_ARGS=()
-  S42_ARGS=()
-  S5_ARGS=()
   if [ ! -f "$DATA/train.csv" ]; then
     echo "run_all.sh: --real needs the competition data in $DATA (see README: 'Using the real data')" >&2
     exit 1
   fi
 fi
 
-step S2_data_process.py
-step S3_train_pipeline1.py "${S3_ARGS[@]}"
-step S4.1_crop_cells.py "${S41_ARGS[@]}"
-step S4.2_train_pipeline2.py "${S42_ARGS[@]}"
-step S5_predict.py "${S5_ARGS[@]}"
+if [ "$MODE" = real ]; then
+  # shellcheck disable=SC2206  # the *_EXTRA strings are word-split into overrides on purpose
+  P1=($P1_EXTRA) P2=($P2_EXTRA) S41=($S41_EXTRA) S5=($S5_EXTRA)
+  EP=()
+  [ -n "$EPOCHS" ] && EP=(--EPOCHS "$EPOCHS")
+  PLAN=$("$PY" tools/recipes.py plan --recipes "$RECIPES" --epochs "${EPOCHS:-0}") || exit 2
+  echo "=== plan (script recipe state cell_size):"
+  echo "$PLAN" | sed 's/^/  /'
+  step S2_data_process.py
+  NAMES=()
+  declare -A CROPPED
+  while read -r script name state size <&3; do
+    NAMES+=("$name")
+    RES=()
+    [ "$state" = resume ] && RES=(--RESUME true)
+    if [ "$state" = done ]; then
+      echo "=== skip $name: finished"
+    elif [ "$script" = S3 ]; then
+      step S3_train_pipeline1.py --RECIPE "$name" "${EP[@]}" "${RES[@]}" "${P1[@]}"
+    else
+      if [ -z "${CROPPED[$size]:-}" ]; then
+        step S4.1_crop_cells.py --CELL_SIZE "$size" "${S41[@]}"
+        CROPPED[$size]=1
+      fi
+      step S4.2_train_pipeline2.py --RECIPE "$name" "${EP[@]}" "${RES[@]}" "${P2[@]}"
+    fi
+  done 3<<< "$PLAN"
+  LIST=$(IFS=,; echo "${NAMES[*]}")
+  step S5_predict.py --FAIL_ON_ERRORS true --ENSEMBLE "$ENSEMBLE" --ENSEMBLE_RECIPES "$LIST" "${S5[@]}"
+else
+  step S2_data_process.py
+  step S3_train_pipeline1.py "${S3_ARGS[@]}"
+  step S4.1_crop_cells.py "${S41_ARGS[@]}"
+  step S4.2_train_pipeline2.py "${S42_ARGS[@]}"
+  step S5_predict.py --FAIL_ON_ERRORS true "${S5_ARGS[@]}"
+fi
 
 TRUTH=$DATA/test_cells.csv
 if [ -f "$TRUTH" ]; then

@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import config, io
+from common.augment import LabelAugment
 from common.bag_datasets import BagDataset
 
 
@@ -88,7 +89,7 @@ def main(argv=None):
             index = pd.read_csv(hpa / f"cells_{size}.csv", dtype={"ID": str})
             df = pd.read_csv(hpa / "train_all.csv", dtype={"ID": str, "Label": str})
             ds = BagDataset(df, hpa / f"cells_{size}", index, cells_per_image=16, cell_size=size,
-                            augment=True, p_green_to_negative=0.05, p_green_from_other=0.05)
+                            augment=True, label_aug=LabelAugment(0.05, 0.05, 0.0, (0.6, 1.1)))
             ds[0]
             times = []
             for _ in range(cfg.REPEATS):

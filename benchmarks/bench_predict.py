@@ -80,8 +80,8 @@ def make_images(n: int, n_cells: int, seed: int) -> list[tuple[np.ndarray, np.nd
 
 def make_checkpoint(folder: Path, model_name: str, size: int, images, seed: int) -> Path:
     """A pipeline-1 checkpoint of a random model whose BatchNorm statistics come from real views."""
-    cfg = {"PIPELINE": 1, "MODEL_NAME": model_name, "PRETRAINED": False, "IMAGE_SIZE": size,
-           "VARIANT": "masked", "LOSS": "bce", "DROPOUT": 0.5, "MSD_SAMPLES": 5}
+    cfg = {"PIPELINE": 1, "MODEL_NAME": model_name, "PRETRAINED": False, "PRETRAINED_FILE": "",
+           "IMAGE_SIZE": size, "VARIANT": "masked", "LOSS": "bce", "DROPOUT": 0.5, "MSD_SAMPLES": 5}
     torch.manual_seed(seed)
     model = models.build_model(cfg)
     image, labels = images[0]

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+import S3_train_pipeline1 as S3  # its constants: the augmentation and model settings benchmarked
 from common import augment, config, io, models
 from common.datasets import ImageDataset
 
@@ -53,8 +54,10 @@ def bench_loading(cfg) -> list[tuple[str, float]]:
             read_only.load(i)
         rows.append(("read PNG only", len(df) / (time.perf_counter() - t0)))
         for variant in augment.VARIANTS:
-            ds = ImageDataset(df, d, transforms=augment.build_transforms(variant, cfg["IMAGE_SIZE"]),
-                              label_aug=augment.LabelAugment(), image_size=cfg["IMAGE_SIZE"])
+            tfm = augment.build_transforms(variant, cfg["IMAGE_SIZE"], True, S3.P_FLIP, S3.P_AFFINE,
+                                           S3.P_COARSE_DROPOUT)
+            ds = ImageDataset(df, d, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(vars(S3)),
+                              image_size=cfg["IMAGE_SIZE"])
             t0 = time.perf_counter()
             n = 0
             for r in range(cfg["LOAD_ROUNDS"]):
@@ -70,8 +73,9 @@ def bench_steps(cfg, device: str) -> tuple[str, float]:
     cuda = device == "cuda"
     size = 512 if cuda else cfg["STEP_SIZE"]
     torch.manual_seed(0)
-    model = models.build_model({"PIPELINE": 1, "MODEL_NAME": cfg["MODEL_NAME"], "PRETRAINED": False,
-                                "LOSS": "lovasz"}).to(device)
+    keys = ("PIPELINE", "PRETRAINED_FILE", "LOSS", "DROPOUT", "MSD_SAMPLES")
+    model = models.build_model({**{k: getattr(S3, k) for k in keys}, "MODEL_NAME": cfg["MODEL_NAME"],
+                                "PRETRAINED": False}).to(device).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -39,16 +39,10 @@ from common.constants import (
     YELLOW,
 )
 
-# ----------------------------------------------------------------------------- defaults
-P_GREEN_TO_NEGATIVE = 0.05          # probability of the green -> Negative rewrite
-P_GREEN_FROM_OTHER = 0.05           # probability of the green <- red / yellow rewrite
-P_INTENSITY = 0.5                   # probability of the per-channel intensity scaling
+# ----------------------------------------------------------------------------- fixed factors
+# (the probabilities and INTENSITY_RANGE are the scripts' constants: P_*, INTENSITY_RANGE)
 NEGATIVE_FACTOR = (0.0, 0.1)        # green * U(a, b) for green_to_negative
 OTHER_FACTOR = (0.6, 1.0)           # red/yellow * U(a, b) for green_from_other
-INTENSITY_RANGE = (0.6, 1.1)        # per-channel factor range of scale_intensity
-P_FLIP = 0.5                        # each of transpose / horizontal / vertical flip
-P_AFFINE = 0.75                     # shift 0.2, scale 0.2, rotate 45 degrees
-P_COARSE_DROPOUT = 0.7              # one hole of 70% of the side ("masked" variant)
 
 VARIANTS = ("masked", "center_cells")
 _ = BLUE  # the nucleus channel is never copied into green (the original's bug)
@@ -124,7 +118,7 @@ def green_from_other(img: np.ndarray, label: np.ndarray, rng: np.random.Generato
     return out, _one_hot(cls, np.asarray(label))
 
 
-def scale_intensity(img: np.ndarray, rng: np.random.Generator, factor_range=INTENSITY_RANGE) -> np.ndarray:
+def scale_intensity(img: np.ndarray, rng: np.random.Generator, factor_range) -> np.ndarray:
     """Each channel times its own ``U(factor_range)`` (same factors for all cells of a stack)."""
     f = rng.uniform(*factor_range, size=img.shape[-1]).astype(np.float32)
     levels = np.arange(256, dtype=np.float32)
@@ -141,8 +135,7 @@ class LabelAugment:
     (mutually exclusive), then with ``p_intensity`` scale_intensity. Labels are float (19,).
     """
 
-    def __init__(self, p_negative: float = P_GREEN_TO_NEGATIVE, p_other: float = P_GREEN_FROM_OTHER,
-                 p_intensity: float = P_INTENSITY, intensity_range=INTENSITY_RANGE,
+    def __init__(self, p_negative: float, p_other: float, p_intensity: float, intensity_range,
                  negative_factor=NEGATIVE_FACTOR, other_factor=OTHER_FACTOR):
         if p_negative + p_other > 1:
             raise ValueError("p_negative + p_other must be <= 1")
@@ -162,10 +155,30 @@ class LabelAugment:
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> LabelAugment:
-        return cls(p_negative=float(cfg.get("P_GREEN_TO_NEGATIVE", P_GREEN_TO_NEGATIVE)),
-                   p_other=float(cfg.get("P_GREEN_FROM_OTHER", P_GREEN_FROM_OTHER)),
-                   p_intensity=float(cfg.get("P_INTENSITY", P_INTENSITY)),
-                   intensity_range=tuple(cfg.get("INTENSITY_RANGE", INTENSITY_RANGE)))
+        """From the script's P_GREEN_TO_NEGATIVE, P_GREEN_FROM_OTHER, P_INTENSITY, INTENSITY_RANGE."""
+        return cls(p_negative=float(cfg["P_GREEN_TO_NEGATIVE"]), p_other=float(cfg["P_GREEN_FROM_OTHER"]),
+                   p_intensity=float(cfg["P_INTENSITY"]), intensity_range=tuple(cfg["INTENSITY_RANGE"]))
+
+
+# ----------------------------------------------------------------------------- test-time flips
+N_DIHEDRAL = 8  # the flip/transpose variants of a square: k = 0 (identity) .. 7
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th flip/transpose variant of ``(..., H, W)``: bit 4 transposes (first), bit 2 flips H,
+    bit 1 flips W; k = 0 is the identity (TTA of S5 and of the HPA segmenter)."""
+    if k & 4:
+        x = x.transpose(-2, -1)
+    dims = [d for d, bit in ((-2, 2), (-1, 1)) if k & bit]
+    return x.flip(dims) if dims else x
+
+
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`dihedral` (the flips first, then the transpose)."""
+    dims = [d for d, bit in ((-2, 2), (-1, 1)) if k & bit]
+    if dims:
+        x = x.flip(dims)
+    return x.transpose(-2, -1) if k & 4 else x
 
 
 # ----------------------------------------------------------------------------- spatial pipelines
@@ -175,12 +188,12 @@ def _affine(p: float) -> A.Affine:
                     interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=p)
 
 
-def build_transforms(variant: str, image_size: int, train: bool = True, p_flip: float = P_FLIP,
-                     p_affine: float = P_AFFINE, p_dropout: float = P_COARSE_DROPOUT) -> A.Compose | None:
+def build_transforms(variant: str, image_size: int, train: bool, p_flip: float, p_affine: float,
+                     p_dropout: float) -> A.Compose | None:
     """The albumentations pipeline of a pipeline-1 variant on uint8 ``(S, S, 4)`` images.
 
-    "masked": transpose, h/v flips, shift-scale-rotate (0.2, 0.2, 45 deg, p 0.75), coarse dropout
-    (one hole of 70% x 70% of the side, p 0.7).
+    "masked": transpose, h/v flips (each ``p_flip``), shift-scale-rotate (0.2, 0.2, 45 deg,
+    ``p_affine``), coarse dropout (one hole of 70% x 70% of the side, ``p_dropout``).
     "center_cells": random square crop of side ``U(2/3 S, S)`` resized to ``S`` (identical to the
     original "upsample to 768, crop U(512, 768), resize to 512" at S = 512, with one resize
     instead of two), h/v flips, shift-scale-rotate. Returns None when not ``train`` (no TTA here).

@@ -1,7 +1,7 @@
 """Pipeline-2 data: the cell-crop files of S4.1 and the bag-of-cells dataset of S4.2.
 
-Crops live at ``{cells_dir}/{ID}_{cell:04d}.png`` (:func:`crop_path`, 4-channel RGBY PNG written by
-:func:`crop_image_cells` with :func:`common.cells.crop_cells`), indexed by a CSV with columns
+Crops live at ``{cells_dir}/{ID}_{cell:04d}.png`` (:func:`common.cells.crop_path`, 4-channel RGBY PNG
+written by S4.1's worker :func:`common.cells.crop_image_cells`), indexed by a CSV with columns
 ``ID, cell_id, x0, y0, x1, y1, area, border`` (512-px coordinates).
 
 :class:`BagDataset` returns, per image, a bag of ``cells_per_image`` crops (sampled without
@@ -24,69 +24,15 @@ from torch.utils.data import Dataset
 
 from common import augment as aug_lib
 from common import io
-from common.cells import CROP_MARGIN, cell_table, crop_cells
-from common.constants import NUM_CLASSES, parse_labels
-from common.parallel import up_to_date
+from common.cells import crop_path
+from common.constants import NUM_CLASSES
+from common.datasets import external_flags, labels_to_multihot
+from common.resize import resize_image
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- crop files (S4.1)
-def external_flags(df: pd.DataFrame) -> np.ndarray:
-    """Boolean ``is_ext`` per row (0/1, true/false, missing column or NaN -> False)."""
-    if "is_ext" not in df.columns:
-        return np.zeros(len(df), bool)
-    return df["is_ext"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes"]).to_numpy()
-
-
-def crop_path(cells_dir: str | Path, image_id: str, cell_id: int) -> Path:
-    """``{cells_dir}/{ID}_{cell:04d}.png``."""
-    return Path(cells_dir) / f"{image_id}_{int(cell_id):04d}.png"
-
-
-def _original_available(folder: str | Path, image_id: str) -> bool:
-    return bool(folder) and io.channel_path(folder, image_id, "red").is_file()
-
-
-def crop_image_cells(task: dict) -> dict:
-    """Crop every cell of one image (the S4.1 worker; a module-level function for the process pool).
-
-    ``task``: image_id, mask_path (.npz, 512 px), image_path (512-px RGBY PNG), original_dir
-    ("" = never use the original), out_dir, size, margin, overwrite. Crops come from the
-    original-resolution image when its channel files are there and it is not smaller than the
-    mask (the mask is upscaled with nearest neighbour), else from the 512-px image. Returns
-    ``dict(rows=[index rows], written=int, from_original=bool)``; ``written == 0`` when every
-    crop already existed.
-    """
-    image_id = str(task["image_id"])
-    size, margin = int(task["size"]), float(task.get("margin", CROP_MARGIN))
-    cell, _ = io.load_masks(task["mask_path"])
-    rows = [dict(ID=image_id, **r) for r in cell_table(cell)]
-    ids = [r["cell_id"] for r in rows]
-    # a crop is redone when missing or older than the mask (S2 re-segmented the image)
-    todo = [c for c in ids if task.get("overwrite")
-            or not up_to_date([crop_path(task["out_dir"], image_id, c)], [task["mask_path"]])]
-    if not todo:
-        return dict(rows=rows, written=0, from_original=False)
-    image, labels, from_original = None, cell, False
-    if task.get("original_dir") and _original_available(task["original_dir"], image_id):
-        image = io.read_image(task["original_dir"], image_id)
-        if image.shape[0] >= cell.shape[0] and image.shape[1] >= cell.shape[1]:
-            from_original = True
-            if image.shape[:2] != cell.shape:
-                labels = cv2.resize(cell, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-        else:
-            image = None
-    if image is None:
-        image = io.read_rgby(task["image_path"])
-        if image.shape[:2] != cell.shape:
-            raise ValueError(f"{task['image_path']}: image {image.shape[:2]} and mask {task['mask_path']} "
-                             f"{cell.shape} differ in size")
-    for c, crop in zip(todo, crop_cells(image, labels, todo, size, margin)):
-        io.write_rgby(crop_path(task["out_dir"], image_id, c), crop)
-    return dict(rows=rows, written=len(todo), from_original=from_original)
-
-
+# ----------------------------------------------------------------------------- image table
 # ----------------------------------------------------------------------------- augmentation
 def cell_augmentation(p_flip: float = 0.5, p_ssr: float = 0.5, shift: float = 0.0625, scale: float = 0.1,
                       rotate: float = 45.0):
@@ -106,14 +52,6 @@ def cell_augmentation(p_flip: float = 0.5, p_ssr: float = 0.5, shift: float = 0.
     ])
 
 
-def labels_to_vector(label) -> np.ndarray:
-    """``'8|5|0'`` or a list of ids -> (19,) float32 multi-hot."""
-    ids = parse_labels(label) if isinstance(label, (str, float)) or label is None else list(label)
-    v = np.zeros(NUM_CLASSES, np.float32)
-    v[ids] = 1.0
-    return v
-
-
 # ----------------------------------------------------------------------------- the bag dataset
 class BagDataset(Dataset):
     """Bags of cell crops of the images of ``df`` (columns ID, Label, optional is_ext).
@@ -123,14 +61,13 @@ class BagDataset(Dataset):
     ``cell_size`` are resized. Randomness of bag ``i`` in epoch ``e`` comes from
     ``np.random.default_rng([seed, e, i])`` (``set_epoch`` is called by ``train.fit``), so it does
     not depend on the worker count and survives a resume; ``augment=False`` (validation) gives
-    the same bag every epoch and no augmentation. ``p_green_to_negative`` / ``p_green_from_other``
-    / ``p_intensity``: probabilities of :class:`common.augment.LabelAugment`, drawn once per bag.
+    the same bag every epoch and no augmentation. ``label_aug``: a
+    :class:`common.augment.LabelAugment` (S4.2's P_* constants), drawn once per bag.
     """
 
     def __init__(self, df: pd.DataFrame, cells_dir: str | Path, index_df: pd.DataFrame,
-                 cells_per_image: int = 16, cell_size: int = 256, augment: bool = True,
-                 p_green_to_negative: float = 0.0, p_green_from_other: float = 0.0,
-                 p_intensity: float = 0.0, seed: int = 0):
+                 cells_per_image: int, cell_size: int, augment: bool,
+                 label_aug: aug_lib.LabelAugment | None = None, seed: int = 0):
         for col in ("ID", "Label"):
             if col not in df.columns:
                 raise ValueError(f"BagDataset: the image table has no {col!r} column; has {list(df.columns)}")
@@ -156,7 +93,7 @@ class BagDataset(Dataset):
         labels = []
         for i, lab in enumerate(kept["Label"].tolist()):
             try:
-                labels.append(labels_to_vector(lab))
+                labels.append(labels_to_multihot(lab))
             except ValueError as e:
                 raise ValueError(f"image {self.ids[i]}: {e}") from None
         self.labels = np.stack(labels) if labels else np.zeros((0, NUM_CLASSES), np.float32)
@@ -165,8 +102,7 @@ class BagDataset(Dataset):
             log.warning("BagDataset: %d of %d images have no cell crops and are left out",
                         self.n_without_cells, len(df))
         self.transforms = cell_augmentation() if self.augment else None
-        self.label_aug = aug_lib.LabelAugment(p_green_to_negative, p_green_from_other, p_intensity) \
-            if self.augment and (p_green_to_negative or p_green_from_other or p_intensity) else None
+        self.label_aug = label_aug if self.augment else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -185,10 +121,7 @@ class BagDataset(Dataset):
 
     def read_cell(self, image_id: str, cell_id: int) -> np.ndarray:
         img = io.read_rgby(crop_path(self.cells_dir, image_id, cell_id))
-        if img.shape[0] != self.cell_size or img.shape[1] != self.cell_size:
-            interp = cv2.INTER_AREA if img.shape[0] > self.cell_size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (self.cell_size, self.cell_size), interpolation=interp)
-        return img
+        return resize_image(img, self.cell_size)
 
     def load_bag(self, idx: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(stack (N, S, S, 4) uint8, label (19,) float32, cell_ids (N,))`` before normalisation."""

@@ -32,9 +32,9 @@ from torch import nn
 
 from common import augment, io
 from common.datasets import ImageDataset
-from common.mil import DEFAULTS as MIL_DEFAULTS
 from common.mil import POOLS, mil_loss, pool_cells
 
+MIL_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")  # S3 constants (VARIANT cellpool)
 DEFAULTS = dict(
     CELLPOOL_CELLS=16,      # cells sampled per training image (with replacement when it has fewer)
     CELLPOOL_STRIDE=0,      # timm output_stride of the backbone (0 = native, usually 32; 8 | 16 dilated)
@@ -126,13 +126,11 @@ def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[in
     (``predictor.image_classifier``): the dilated model's whole-image average is a worse image
     prediction than the model's own.
     """
-    from common.predict import tta_variant
-
     if views is None:
         views = predictor.prepare(image, labels, ids)
     x = views if isinstance(views, torch.Tensor) else augment.normalize(views, "competition")
     dev = predictor.device
-    batch = torch.cat([tta_variant(x, k) for k in range(predictor.tta)]).to(dev)
+    batch = torch.cat([augment.dihedral(x, k) for k in range(predictor.tta)]).to(dev)
     if predictor.cuda:
         batch = batch.contiguous(memory_format=torch.channels_last)
     clf = predictor.model.classifier
@@ -144,7 +142,7 @@ def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[in
         cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=dev)[None]  # -1: whole image
         w = cell_weights(lab, cid, grid)[0]
         w[-1] = 1.0 / (grid[0] * grid[1])
-        ws = torch.stack([tta_variant(w, k) for k in range(predictor.tta)])       # (T, n+1, h, w)
+        ws = torch.stack([augment.dihedral(w, k) for k in range(predictor.tta)])       # (T, n+1, h, w)
         logits = pooled_logits(clf, fmap, ws).float()                              # (T, n+1, 19)
         probs = torch.sigmoid(logits).mean(0).cpu().numpy()
         image_clf = getattr(predictor, "image_classifier", None)
@@ -226,9 +224,12 @@ class CellPoolModel(nn.Module):
     def __init__(self, classifier: nn.Module, cfg: dict | None = None):
         super().__init__()
         cfg = dict(cfg or {})
+        missing = [k for k in MIL_KEYS if k not in cfg]
+        if missing:
+            raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
 
         def get(k):
-            return cfg.get(k, MIL_DEFAULTS.get(k, DEFAULTS.get(k)))
+            return cfg.get(k, DEFAULTS.get(k))
 
         self.classifier = set_output_stride(classifier, int(get("CELLPOOL_STRIDE")))
         self.pool = str(get("MIL_POOL")).lower()

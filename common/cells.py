@@ -6,7 +6,8 @@ are never cast to uint8). An image is ``H x W x C`` uint8 (C = 4, RGBY). Boxes a
 
 Crop (S4.1, S4.2, S5): :func:`square_window` is the one window computation, used by
 :func:`crop_cell` and by its inverse :func:`paste_back`. The window is a square of side
-``max(w, h) * (1 + 2 * margin)`` (``margin`` is a fraction of the box's longer side, so a crop is
+``max(w, h) * (1 + 2 * margin)`` (``margin`` is a fraction of the box's longer side, S4.1's
+CROP_MARGIN, saved in each pipeline-2 checkpoint's config, so a crop is
 the same at 512 px and at the original resolution), centred on the box centre, zero-padded
 where it leaves the image (never shifted back inside), every pixel not of this cell zeroed
 (neighbours included), then resized to ``size x size``.
@@ -21,12 +22,15 @@ Pipeline-1 views (S3 training, S5 test time):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-CROP_MARGIN = 0.05   # default margin on each side of a crop, as a fraction of the box's longer side
+from common import fov, io
+from common.parallel import up_to_date
+from common.resize import resize_image
 
 Box = tuple[int, int, int, int]
 
@@ -77,7 +81,7 @@ def cell_table(labels: np.ndarray) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- the window
-def square_window(box: Box, margin: float = CROP_MARGIN, side: int | None = None) -> tuple[int, int, int]:
+def square_window(box: Box, margin: float, side: int | None = None) -> tuple[int, int, int]:
     """The square window ``(wx0, wy0, side)`` around a box, centred on the box centre.
 
     ``side`` defaults to ``ceil(max(w, h) * (1 + 2 * margin))``; pass it to get a window of a
@@ -103,11 +107,7 @@ def _window_slices(wx0: int, wy0: int, side: int, shape: Sequence[int]):
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(img, (size, size), interpolation=interp)
-    return out.reshape(size, size, *img.shape[2:])
+    return resize_image(img, int(size))
 
 
 def _cut(image: np.ndarray, labels: np.ndarray | None, cell_id: int | None,
@@ -136,7 +136,7 @@ def _check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 
 # ----------------------------------------------------------------------------- crops
 def crop_cell(image: np.ndarray, labels: np.ndarray, cell_id: int, size: int,
-              margin: float = CROP_MARGIN, box: Box | None = None) -> np.ndarray:
+              margin: float, box: Box | None = None) -> np.ndarray:
     """One cell as a ``size x size x C`` crop (see the module docstring for the geometry)."""
     image, labels = _check_pair(image, labels)
     if box is None:
@@ -148,7 +148,7 @@ def crop_cell(image: np.ndarray, labels: np.ndarray, cell_id: int, size: int,
 
 
 def iter_crop_cells(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | None, size: int,
-                    margin: float = CROP_MARGIN) -> Iterator[tuple[int, np.ndarray]]:
+                    margin: float) -> Iterator[tuple[int, np.ndarray]]:
     """``(cell_id, crop)`` for each id (all cells when ``ids`` is None), boxes computed once."""
     image, labels = _check_pair(image, labels)
     boxes = bounding_boxes(labels)
@@ -160,7 +160,7 @@ def iter_crop_cells(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | 
 
 
 def crop_cells(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | None, size: int,
-               margin: float = CROP_MARGIN) -> np.ndarray:
+               margin: float) -> np.ndarray:
     """``(n, size, size, C)`` crops of the cells ``ids`` (all cells, sorted, when None)."""
     crops = [c for _, c in iter_crop_cells(image, labels, ids, size, margin)]
     if not crops:
@@ -168,7 +168,7 @@ def crop_cells(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | None,
     return np.stack(crops)
 
 
-def paste_back(crop: np.ndarray, labels: np.ndarray, cell_id: int, margin: float = CROP_MARGIN,
+def paste_back(crop: np.ndarray, labels: np.ndarray, cell_id: int, margin: float,
                out: np.ndarray | None = None, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """The inverse of :func:`crop_cell`: put a crop back where its cell is.
 
@@ -238,7 +238,7 @@ def iter_centered_views(image: np.ndarray, labels: np.ndarray, ids: Iterable[int
         for k, c in enumerate(part):
             if c not in boxes:
                 raise KeyError(f"cell id {c} is not in the label map")
-            wx0, wy0, _ = square_window(boxes[c], side=side)
+            wx0, wy0, _ = square_window(boxes[c], margin=0.0, side=side)  # a fixed side: no margin
             win = _cut(image, None if keep_neighbours else labels, c, wx0, wy0, side)
             views[k] = _resize(win, size)
         yield part, views
@@ -255,3 +255,54 @@ def centered_views(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | N
     if not chunks:
         return np.zeros((0, size, size, *image.shape[2:]), dtype=image.dtype)
     return np.concatenate(chunks)
+
+
+# ----------------------------------------------------------------------------- crop files (S4.1)
+def crop_path(cells_dir: str | Path, image_id: str, cell_id: int) -> Path:
+    """``{cells_dir}/{ID}_{cell:04d}.png``."""
+    return Path(cells_dir) / f"{image_id}_{int(cell_id):04d}.png"
+
+
+def _original_available(folder: str | Path, image_id: str) -> bool:
+    return bool(folder) and io.channel_path(folder, image_id, "red").is_file()
+
+
+def crop_image_cells(task: dict) -> dict:
+    """Crop every cell of one image (the S4.1 worker; a module-level function for the process pool).
+
+    ``task``: image_id, mask_path (.npz, 512 px), image_path (512-px RGBY PNG), original_dir
+    ("" = never use the original), out_dir, size, margin, overwrite. Crops come from the
+    original-resolution image when its channel files are there and it is not smaller than the
+    mask (with S2's original-size mask when there is one, else the mask resized with the one label
+    kernel: :func:`common.fov.labels_at`, as S5 does), else from the 512-px image. Returns
+    ``dict(rows=[index rows], written=int, from_original=bool)``; ``written == 0`` when every
+    crop already existed.
+    """
+    image_id = str(task["image_id"])
+    size, margin = int(task["size"]), float(task["margin"])
+    cell, _ = io.load_masks(task["mask_path"])
+    rows = [dict(ID=image_id, **r) for r in cell_table(cell)]
+    ids = [r["cell_id"] for r in rows]
+    # a crop is redone when missing or older than the mask (S2 re-segmented the image)
+    todo = [c for c in ids if task.get("overwrite")
+            or not up_to_date([crop_path(task["out_dir"], image_id, c)], [task["mask_path"]])]
+    if not todo:
+        return dict(rows=rows, written=0, from_original=False)
+    image, labels, from_original = None, cell, False
+    if task.get("original_dir") and _original_available(task["original_dir"], image_id):
+        image = io.read_image(task["original_dir"], image_id)
+        if image.shape[0] >= cell.shape[0] and image.shape[1] >= cell.shape[1]:
+            from_original = True
+            full = fov.full_mask_path(task["mask_path"])
+            cell_full = io.load_masks(full)[0] if full.is_file() else None
+            labels = fov.labels_at(image.shape[:2], cell, cell_full)
+        else:
+            image = None
+    if image is None:
+        image = io.read_rgby(task["image_path"])
+        if image.shape[:2] != cell.shape:
+            raise ValueError(f"{task['image_path']}: image {image.shape[:2]} and mask {task['mask_path']} "
+                             f"{cell.shape} differ in size")
+    for c, crop in zip(todo, crop_cells(image, labels, todo, size, margin)):
+        io.write_rgby(crop_path(task["out_dir"], image_id, c), crop)
+    return dict(rows=rows, written=len(todo), from_original=from_original)

@@ -86,9 +86,14 @@ def _convert(name: str, text: str, default: Any) -> Any:
 
 
 def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = True,
-          quiet: bool = False) -> Config:
+          quiet: bool = False, recipes: dict[str, dict] | None = None,
+          recipe_table: str = "") -> Config:
     """Apply ``--NAME value`` overrides to the constants of ``namespace`` and return them.
 
+    ``recipes`` (``name -> constants``): when the script has a ``RECIPE`` constant and it names
+    one (``--RECIPE name``), that recipe's constants are applied first and the explicit overrides
+    after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
+    ``--RECIPE list`` prints ``recipe_table`` and exits.
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
     so module-level code sees them. Prints the resolved values unless ``quiet``.
     """
@@ -96,7 +101,50 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     # process (tests, notebooks) starts from the constants block, not from the last overrides.
     defaults = namespace.setdefault("_CONFIG_DEFAULTS", constants_of(namespace))
     argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = _read_overrides(defaults, argv)
     cfg = Config(defaults)
+    if "RECIPE" in defaults:
+        cfg.update(_recipe(overrides.get("RECIPE", defaults["RECIPE"]), recipes or {}, defaults,
+                           recipe_table))
+        cfg.update(overrides)
+        cfg["OVERRIDES"] = dict(overrides)
+    else:
+        cfg.update(overrides)
+    if update:
+        namespace.update(cfg)
+    if not quiet:
+        print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
+    return cfg
+
+
+def _recipe(name: str, recipes: dict[str, dict], defaults: dict, table: str) -> dict:
+    """The constants of recipe ``name`` (``{}`` for ""), checked against the script's constants."""
+    if not name:
+        return {}
+    if name == "list":
+        print(table or "\n".join(recipes))
+        raise SystemExit(0)
+    if name not in recipes:
+        raise SystemExit(f"unknown --RECIPE {name!r}; known: {', '.join(recipes) or 'none'} "
+                         "(--RECIPE list prints the table)")
+    out = {"RECIPE": name}
+    for key, value in recipes[name].items():
+        if key not in defaults:
+            raise SystemExit(f"recipe {name!r} sets {key}, which this script does not have")
+        default = defaults[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(default, (list, tuple)):
+            value = type(default)(value)
+        if type(value) is not type(default) and default is not None:
+            raise SystemExit(f"recipe {name!r}: {key}={value!r} is not a {type(default).__name__}")
+        out[key] = value
+    return out
+
+
+def _read_overrides(defaults: dict, argv: list[str]) -> dict:
+    """``--NAME value`` pairs of ``argv``, each typed like its default."""
+    cfg: dict = {}
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -126,25 +174,109 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
                 i += 1
         cfg[name] = _convert(name, value, default)
         i += 1
-    if update:
-        namespace.update(cfg)
-    if not quiet:
-        print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
+
+
+def require_positive(cfg: dict, *names: str, minimum: int = 1, step: str = "") -> None:
+    """Stop (SystemExit naming the constant) unless each constant of ``names`` is an int >= ``minimum``."""
+    for name in names:
+        v = cfg[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be {what}")
 
 
 def to_jsonable(cfg: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def save(cfg: dict, path: str | Path) -> Path:
-    """Write the resolved constants as JSON (atomically)."""
+# the packages whose versions change results (recorded with every saved config)
+RECORDED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "opencv-python",
+                     "albumentations", "albucore", "pandas", "scikit-image", "scipy", "scikit-learn",
+                     "tifffile", "pycocotools", "safetensors", "iterative-stratification", "matplotlib",
+                     "pillow")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _gpu_names(torch) -> list[str]:
+    """GPU names without creating a CUDA context when there is none yet (forked workers stay safe)."""
+    import shutil
+    import subprocess
+
+    if torch is not None and torch.cuda.is_initialized():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            return [n.strip() for n in out.splitlines() if n.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return []
+
+
+def environment(device: str | None = None) -> dict:
+    """What made a result besides the constants: package versions, Python, OS, CPU model, the device
+    (``auto`` resolved) and the GPU names when CUDA is used. Seeded runs repeat exactly only with the
+    same versions (requirements-lock.txt) on the same kind of machine."""
+    import os
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    torch = sys.modules.get("torch")  # not imported here: a step without torch records no CUDA
+    cuda = bool(torch is not None and torch.cuda.is_available())
+    dev = str(device or "auto").lower()
+    if dev == "auto":
+        dev = "cuda" if cuda else "cpu"
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
+           "cpu_count": os.cpu_count(), "device": dev, "packages": versions}
+    if torch is not None:
+        env["torch_threads"] = torch.get_num_threads()
+        if dev.startswith("cuda") and cuda:
+            env["cuda"] = torch.version.cuda
+            if torch.cuda.is_initialized():  # asking cuDNN earlier would create a CUDA context
+                env["cudnn"] = torch.backends.cudnn.version()
+            env["gpu"] = _gpu_names(torch)
+    return env
+
+
+def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:
+    """Write the resolved constants as JSON (atomically), with ``environment`` (see :func:`environment`)."""
     from common.io import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(to_jsonable(cfg), indent=2, sort_keys=True) + "\n")
+    data = to_jsonable(cfg)
+    if record_environment:
+        data["environment"] = environment(cfg.get("DEVICE"))
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
 def load(path: str | Path) -> Config:
     return Config(json.loads(Path(path).read_text()))
+
+
+def resolve_device(device="auto"):
+    """A DEVICE constant ("auto" | "cpu" | "cuda" | "cuda:1" | torch.device) -> ``torch.device``."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,6 +1,7 @@
 """The one place for the facts every step shares: classes, channel order, statistics, paths."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # ----------------------------------------------------------------------------- classes
@@ -50,12 +51,78 @@ OUTPUT_DIR = ROOT / "output"                      # runs, submission, plots (ign
 COMP_DIR = INPUT_DIR / "hpa-single-cell-image-classification"  # competition layout / demo data
 HPA512_DIR = INPUT_DIR / "hpa-512"                # S2's processed images, folds, masks
 HPA_SEG_DIR = INPUT_DIR / "hpa-seg"               # official HPA segmentation weights (optional)
+KAGGLE_INPUT = Path("/kaggle/input")              # read-only datasets of a Kaggle notebook
+KAGGLE_WORKING = Path("/kaggle/working")          # the writable folder of a Kaggle notebook
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle notebook (``/kaggle/input`` exists)."""
+    return KAGGLE_INPUT.is_dir()
 
 
 def resolve(path: str | Path) -> Path:
-    """A path constant as given by a user: absolute stays, relative is taken from the repo root."""
+    """A path constant as given by a user: absolute stays, relative is taken from the repo root.
+
+    On Kaggle (``/kaggle/input`` exists) the repo root is read-only or absent, so a relative path
+    is taken from ``/kaggle/working`` instead, except ``input/<name>/...`` when a dataset
+    ``/kaggle/input/<name>`` is attached: it is read from there (``input/hpa-single-cell-image-
+    classification`` is the competition data; ``input/hpa-512`` is written to
+    ``/kaggle/working/input/hpa-512`` unless a dataset of that name is attached).
+    """
     p = Path(path).expanduser()
-    return p if p.is_absolute() else ROOT / p
+    if p.is_absolute():
+        return p
+    if not on_kaggle():
+        return ROOT / p
+    if len(p.parts) > 1 and p.parts[0] == "input" and (KAGGLE_INPUT / p.parts[1]).is_dir():
+        return KAGGLE_INPUT.joinpath(*p.parts[1:])
+    return KAGGLE_WORKING / p
+
+
+def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
+    """Resolve the output constant ``name`` and make sure its folder can be written, at start.
+
+    ``file=True``: ``path`` is a file and its parent folder is checked. The folder is created and a
+    small file is created and removed in it (``os.access`` says yes to root on a read-only mount).
+    Raises SystemExit naming the folder and the constant to change. Returns the resolved path.
+    """
+    import os
+    import tempfile
+
+    target = resolve(path)
+    folder = target.parent if file else target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = f" (on Kaggle: a folder under {KAGGLE_WORKING})" if on_kaggle() else ""
+        raise SystemExit(f"cannot write to {folder} ({e.strerror or e}): set {name} to a writable "
+                         f"folder{where}, with --{name} PATH or in the constants block") from None
+    return target
+
+
+# ----------------------------------------------------------------------------- image IDs
+# An image ID becomes file names ({ID}_green.png, {ID}.npz, ...): plain names only.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def id_problem(image_id) -> str | None:
+    """Why ``image_id`` cannot be an image ID (a path separator, '..', an absolute path, other
+    characters than letters, digits, '_', '-', '.'), or None when it is a plain name."""
+    text = "" if image_id is None or (isinstance(image_id, float) and image_id != image_id) else str(image_id)
+    if not text.strip():
+        return "is empty"
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text):
+        return "is an absolute path"
+    if "/" in text or "\\" in text:
+        return "contains a path separator"
+    if ".." in text:
+        return "contains '..'"
+    if not _SAFE_ID.match(text):
+        return "is not a plain name (letters, digits, '_', '-', '.'; starting with a letter or digit)"
+    return None
 
 
 def parse_labels(label: str | float | None) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -12,20 +11,27 @@ from torch.utils.data import Dataset
 
 from common import augment, io
 from common.constants import NUM_CLASSES, parse_labels
+from common.resize import resize_image
 
 
-def labels_to_multihot(labels: list[int]) -> np.ndarray:
+def labels_to_multihot(label) -> np.ndarray:
+    """``'8|5|0'`` (a number, NaN or empty too) or a list of class ids -> (19,) float32 multi-hot."""
+    ids = list(label) if isinstance(label, (list, tuple, np.ndarray)) else parse_labels(label)
     out = np.zeros(NUM_CLASSES, np.float32)
-    out[list(labels)] = 1.0
+    out[ids] = 1.0
     return out
 
 
+def external_flags(df: pd.DataFrame) -> np.ndarray:
+    """Boolean ``is_ext`` per row (0/1, true/false, missing column or NaN -> False): the one parser."""
+    if "is_ext" not in df.columns:
+        return np.zeros(len(df), bool)
+    return df["is_ext"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes"]).to_numpy()
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``H x W x C`` to ``size x size`` (area when shrinking, linear when growing)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    """``img`` at ``size x size`` (:func:`common.resize.resize_image`)."""
+    return resize_image(img, int(size))
 
 
 class ImageDataset(Dataset):
@@ -62,13 +68,11 @@ class ImageDataset(Dataset):
         labels = []
         for i, lab in enumerate(self.df[label_col].tolist()):
             try:
-                labels.append(labels_to_multihot(parse_labels(lab)))
+                labels.append(labels_to_multihot(lab))
             except ValueError as e:
                 raise ValueError(f"row {i} (ID {self.ids[i]}): {e}") from None
         self.labels = np.stack(labels) if labels else np.zeros((0, NUM_CLASSES), np.float32)
-        is_ext = self.df["is_ext"].fillna(0).astype(int).to_numpy() if "is_ext" in self.df else None
-        self.sources = ["external" if (is_ext is not None and is_ext[i]) else "competition"
-                        for i in range(len(self.df))]
+        self.sources = ["external" if e else "competition" for e in external_flags(self.df)]
         self.cache: np.ndarray | None = None
         if cache_gb > 0 and len(self) and self.cache_bytes() <= cache_gb * 1e9:
             self.cache = np.empty((len(self), self.image_size, self.image_size, 4), np.uint8)

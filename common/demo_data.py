@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries, watershed
 
 from common import io
-from common.constants import CLASS_NAMES, NEGATIVE, NUM_CLASSES, format_labels
+from common.constants import CHANNELS, CLASS_NAMES, NEGATIVE, NUM_CLASSES, format_labels
 from common.encoding import encode_binary_mask
 
 VERSION = 2                    # bump when the generator's output changes (invalidates S0's skip)
@@ -45,6 +44,7 @@ NEG_IMAGE_PROB = 0.35          # chance an image (not all-Negative) has some Neg
 NEG_CELL_FRAC = (0.1, 0.4)     # fraction of Negative cells in such an image
 DISTRACTOR_MITOSIS_PROB = 0.3  # chance of one mitotic cell that does not show class 11
 CONFIG_NAME = "demo_config.json"  # written last in OUT_DIR: the config that made the dataset
+MANIFEST_NAME = "demo_manifest.json"  # written first: every file the generator writes (all it may delete)
 
 GREEN_PATTERNS = {
     0: "nucleoplasm fill (dim in nucleoli)", 1: "thin rim on the nuclear border",
@@ -170,6 +170,23 @@ def _dots(shape, ys, xs, amps, sigma: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- cell labels
+def _beside_nuclei(rng, pts, r_n, amps, gap: float, size: int, jitter: float = 0.0, several: bool = False):
+    """Dot positions at ``gap`` beyond each nucleus (radius ``r_n``) in a random direction, for the
+    cells with ``amps > 0``: one dot, or 1-2 dots jittered by ``jitter`` when ``several``."""
+    ys, xs, am = [], [], []
+    for i, a in enumerate(amps):
+        if a > 0:
+            ang = rng.uniform(-np.pi, np.pi)
+            dist = r_n[i] + gap
+            for _ in range(int(rng.integers(1, 3)) if several else 1):
+                dy = rng.normal(0, jitter) if several else 0.0
+                dx = rng.normal(0, jitter) if several else 0.0
+                ys.append(int(np.clip(pts[i][0] + dist * math.sin(ang) + dy, 0, size - 1)))
+                xs.append(int(np.clip(pts[i][1] + dist * math.cos(ang) + dx, 0, size - 1)))
+                am.append(a)
+    return ys, xs, am
+
+
 def _assign_cell_labels(rng, image_classes: list[int], n: int) -> tuple[list[list[int]], list[bool]]:
     """Per-cell class lists and mitotic flags; every class of the image is shown by some cell."""
     classes = sorted(set(int(c) for c in image_classes))
@@ -483,17 +500,7 @@ def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s
         elif c == 11:
             g = A * spindle * 1.2
         elif c == 12:
-            ys, xs, am = [], [], []
-            for i in range(n):
-                if amp[12, i + 1] > 0:
-                    ang = rng.uniform(-np.pi, np.pi)
-                    dist = r_n[i] + 3 * s
-                    for _ in range(int(rng.integers(1, 3))):
-                        y = int(np.clip(pts[i][0] + dist * math.sin(ang) + rng.normal(0, s), 0, size - 1))
-                        x = int(np.clip(pts[i][1] + dist * math.cos(ang) + rng.normal(0, s), 0, size - 1))
-                        ys.append(y)
-                        xs.append(x)
-                        am.append(amp[12, i + 1])
+            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[12, 1:n + 1], 3 * s, size, jitter=s, several=True)
             g = 2 * _dots(shape, ys, xs, am, 1.5 * s) + 0.05 * A * cyto_f
         elif c == 13:
             g = A * (np.exp(-(d_edge / (1.6 * s)) ** 2) * cell + 0.06 * cyto_f)
@@ -502,14 +509,7 @@ def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s
             seg = _smoothstep(_noise(rng, shape, 2.5 * s) * 0.8 + 0.2)
             g = A * tub * seg * (1.2 - 0.7 * rho) * cyto_f
         elif c == 15:
-            ys, xs, am = [], [], []
-            for i in range(n):
-                if amp[15, i + 1] > 0:
-                    ang = rng.uniform(-np.pi, np.pi)
-                    dist = r_n[i] + 5 * s
-                    ys.append(int(np.clip(pts[i][0] + dist * math.sin(ang), 0, size - 1)))
-                    xs.append(int(np.clip(pts[i][1] + dist * math.cos(ang), 0, size - 1)))
-                    am.append(amp[15, i + 1] * 1.2)
+            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[15, 1:n + 1] * 1.2, 5 * s, size)
             g = 1.3 * _dots(shape, ys, xs, am, 4 * s) + 0.08 * A * cyto_f
         elif c == 16:
             g = A * cyto_f * (0.7 + 0.1 * mid + 0.05 * fine) * seam
@@ -636,10 +636,17 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
     if not 1 <= min_cells <= max_cells:
         raise ValueError(f"need 1 <= min_cells <= max_cells, got {min_cells}, {max_cells}")
     out_dir = Path(out_dir)
+    jobs = plan_dataset(n_train, n_test, seed, temper=temper, rare_boost=rare_boost, frac_16bit=frac_16bit)
+    files = planned_files(jobs)
+    own = set(read_manifest(out_dir) or [])
+    foreign = [f for f in files if f not in own and (out_dir / f).exists()]
+    if foreign:
+        raise FileExistsError(f"{out_dir / foreign[0]} (and {len(foreign) - 1} more) exist but were not made "
+                              f"by the demo generator ({MANIFEST_NAME}); not writing over them")
     for split in SPLITS:
         for sub in (split, f"{split}_cell_truth", f"{split}_nucleus_truth"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    jobs = plan_dataset(n_train, n_test, seed, temper=temper, rare_boost=rare_boost, frac_16bit=frac_16bit)
+    io.atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(sorted(own | set(files)), indent=0) + "\n")
     for j in jobs:
         j.update(out_dir=str(out_dir), seed=int(seed), size=int(size), min_cells=int(min_cells),
                  max_cells=int(max_cells))
@@ -680,8 +687,20 @@ def _progress(it, total, on):
     return tqdm(it, total=total, desc="demo images")
 
 
+def planned_files(jobs: list[dict]) -> list[str]:
+    """The files (relative posix paths) :func:`make_dataset` writes for ``jobs``, the manifest included."""
+    names = ["train.csv", "sample_submission.csv", "train_cells.csv", "test_cells.csv", CONFIG_NAME,
+             MANIFEST_NAME]
+    return names + [f for j in jobs for f in _image_files(j["split"], j["id"])]
+
+
+def _image_files(split: str, image_id: str) -> list[str]:
+    return ([f"{split}/{image_id}_{c}.png" for c in CHANNELS]
+            + [f"{split}_cell_truth/{image_id}.png", f"{split}_nucleus_truth/{image_id}.png"])
+
+
 def demo_outputs(out_dir: str | Path) -> list[Path]:
-    """The files and folders :func:`make_dataset` owns in ``out_dir`` (removed before regenerating)."""
+    """The top-level files and folders a demo dataset has in ``out_dir`` (all must exist to skip)."""
     out_dir = Path(out_dir)
     names = ["train.csv", "sample_submission.csv", "train_cells.csv", "test_cells.csv", CONFIG_NAME]
     for split in SPLITS:
@@ -689,12 +708,47 @@ def demo_outputs(out_dir: str | Path) -> list[Path]:
     return [out_dir / n for n in names]
 
 
-def remove_outputs(out_dir: str | Path) -> None:
-    for p in demo_outputs(out_dir):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+def read_manifest(out_dir: str | Path) -> list[str] | None:
+    """The files the generator wrote in ``out_dir`` (relative paths), or None when it wrote none.
+
+    A demo written before manifests existed (a config but no manifest) gets one rebuilt from its
+    own tables: the CSVs and config, and the image and truth files of the ids they list.
+    """
+    out_dir = Path(out_dir)
+    p = out_dir / MANIFEST_NAME
+    if p.is_file():
+        try:
+            return [str(x) for x in json.loads(p.read_text())]
+        except (json.JSONDecodeError, TypeError):
+            return None
+    if read_config(out_dir) is None:
+        return None
+    names = ["train.csv", "sample_submission.csv", "train_cells.csv", "test_cells.csv", CONFIG_NAME]
+    for split, table in (("train", "train.csv"), ("test", "sample_submission.csv")):
+        if (out_dir / table).is_file():
+            ids = pd.read_csv(out_dir / table, dtype={"ID": str})["ID"]
+            names += [f for iid in ids for f in _image_files(split, iid)]
+    return names
+
+
+def remove_outputs(out_dir: str | Path) -> int:
+    """Delete the files the generator wrote (its manifest) and the demo folders left empty.
+
+    Never deletes anything else: real data or a user's files in the same folders stay. Returns
+    the number of files deleted.
+    """
+    out_dir = Path(out_dir)
+    names = read_manifest(out_dir) or []
+    n = 0
+    for name in sorted(names, key=lambda x: x == MANIFEST_NAME):  # the manifest last
+        p = out_dir / name
+        if p.is_file() or p.is_symlink():
             p.unlink()
+            n += 1
+    for p in demo_outputs(out_dir):
+        if p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    return n
 
 
 def read_config(out_dir: str | Path) -> dict | None:

@@ -130,7 +130,8 @@ def download_file(session: requests.Session, url: str, path: str | Path,
     - ``validate(tmp_path)`` must raise on a bad file; its return value lands in ``result.info``.
       With ``skip_existing`` an existing ``path`` that validates is kept (status ``exists``).
     - ``transform(raw, out)`` converts the raw download (a temporary file whose suffix is the
-      URL's, e.g. ``.tif.gz``) into ``out`` (a temporary file with ``path``'s suffix).
+      URL's, e.g. ``.tif.gz``) into ``out``, a temporary of ``io.atomic_path``:
+      ``io.target_name(out)`` is ``path``'s name and ``io.imwrite`` writes the format it says.
     - ``timeout`` is per connect/read (requests semantics); ``max_seconds`` bounds one attempt.
     - A body cut off mid-stream is fetched again up to ``attempts`` times in all (sleeping
       ``backoff * 2**k``); 5xx/connection errors are retried inside the session itself.

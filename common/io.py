@@ -10,7 +10,10 @@ import contextlib
 import gzip
 import io as _io
 import os
-import tempfile
+import re
+import secrets
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import cv2
 import numpy as np
 
 from common.constants import CHANNELS
+from common.resize import resize_image  # noqa: F401 - the one image resize, re-exported
 
 cv2.setNumThreads(0)
 
@@ -29,24 +33,126 @@ class ImageReadError(OSError):
 
 
 # ----------------------------------------------------------------------------- atomic writes
+# A temporary file of atomic_path is ``.{name}.{host}-{pid}-{token}.tmp`` beside its target: hidden,
+# and ending in ".tmp", so no step's glob ("*.json", "*.png", "*.pth") ever matches it. Writers
+# that choose a format by the extension use :func:`target_name` (see :func:`imwrite`).
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[A-Za-z0-9_-]+)\.tmp$")
+# the names of earlier versions: ``.{name}.{8 random chars}.tmp{suffix}`` (suffix = name's)
+_LEGACY_TMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(?P<suffix>(\.[A-Za-z0-9]+){1,2})$")
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_STARTED = time.time()            # temporaries of this process older than this are a former process's
+OTHER_HOST_TEMP_AGE_S = 3600.0    # a temporary of another machine (shared disk) is stale after this
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def target_name(path: str | Path) -> str:
+    """The file name a temporary of :func:`atomic_path` stands for (the name itself otherwise)."""
+    m = _TMP_RE.match(Path(path).name)
+    return m["name"] if m else Path(path).name
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` on success.
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    The temporary name never ends in ``path``'s suffix (see :func:`target_name`); it is created
+    empty with the umask's permissions, which the final file keeps. On an exception the
+    temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    while True:
+        tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # writers that replace the file (os.replace, mkstemp) make 0600
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_stale_temp(path: str | Path) -> bool:
+    """Whether ``path`` is a temporary of :func:`atomic_path` (or a checkpoint's ``.{name}.{pid}.tmp``)
+    whose writer is gone: its process has ended (this machine), it predates this process (same pid),
+    it is older than ``OTHER_HOST_TEMP_AGE_S`` (another machine), or it has an earlier version's name."""
+    path = Path(path)
+    name = path.name
+    legacy = _LEGACY_TMP_RE.match(name)
+    if legacy and legacy["name"].endswith(legacy["suffix"]):
+        return True
+    m = _TMP_RE.match(name)
+    if not m:
+        return False
+    parts = m["tag"].split("-")
+    host, pid = (_HOST, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return False
+    if host != _HOST:
+        return time.time() - mtime > OTHER_HOST_TEMP_AGE_S
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return mtime < _STARTED
+    return not _pid_alive(int(pid))
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:
+    """Delete the orphaned temporaries (see :func:`is_stale_temp`) in ``folder`` (and below it with
+    ``recursive``); the number removed. A missing folder removes nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in (folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")):
+        if p.is_file() and is_stale_temp(p):
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
+def imwrite(path: str | Path, img: np.ndarray, params: tuple = ()) -> Path:
+    """``cv2.imwrite`` whose format is chosen by the extension of :func:`target_name` (so it also
+    works on a temporary of :func:`atomic_path`); raises OSError when encoding fails."""
+    path = Path(path)
+    ext = Path(target_name(path)).suffix or ".png"
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img), list(params))
+    if not ok:
+        raise OSError(f"{target_name(path)}: cannot encode as {ext}")
+    path.write_bytes(buf.tobytes())
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -67,6 +173,42 @@ def atomic_to_csv(df, path: str | Path, **kw) -> Path:
     return Path(path)
 
 
+# ----------------------------------------------------------------------------- tables of images
+def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID",),
+                  int_columns: tuple[str, ...] | list[str] = ()):
+    """A CSV of images (``train.csv``, ``train_external.csv``, ``sample_submission.csv``) checked before
+    any image is touched: the ``columns`` exist; every ID is present, unique and a plain name
+    (:func:`common.constants.id_problem`); ``int_columns`` hold positive integers. Anything else is
+    a SystemExit naming the file and the row (line numbers of the file: the header is line 1)."""
+    import pandas as pd
+
+    from common.constants import id_problem
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False, na_values=[""])
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"{path}: cannot read CSV ({e})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    for i, image_id in enumerate(df["ID"] if "ID" in df.columns else []):
+        why = id_problem(image_id)
+        if why:
+            raise SystemExit(f"{path}: row {i + 2}: ID {image_id!r} {why}")
+    dup = df["ID"][df["ID"].duplicated()] if "ID" in df.columns else []
+    if len(dup):
+        raise SystemExit(f"{path}: row {int(dup.index[0]) + 2}: duplicated ID {dup.iloc[0]!r}")
+    for c in int_columns:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = ~((values > 0) & (values == values.round()))
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise SystemExit(f"{path}: row {i + 2}: {c} {df[c].iloc[i]!r} is not a positive whole number")
+        df[c] = values.astype(int)
+    return df
+
+
 # ----------------------------------------------------------------------------- channels
 def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale an 8/16-bit (or float in [0,1]) single channel to uint8 proportionally."""
@@ -82,7 +224,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _decode(data: bytes, path: Path) -> np.ndarray:
-    name = path.name.lower()
+    name = target_name(path).lower()
     if name.endswith((".tif", ".tiff", ".tif.gz", ".tiff.gz")):
         import tifffile
 
@@ -138,18 +280,7 @@ def write_channels(folder: str | Path, image_id: str, img: np.ndarray) -> None:
     for i, c in enumerate(CHANNELS):
         p = Path(folder) / f"{image_id}_{c}.png"
         with atomic_path(p) as tmp:
-            if not cv2.imwrite(str(tmp), np.ascontiguousarray(img[..., i])):
-                raise OSError(f"{p}: cannot write")
-
-
-def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize an H x W x C image to ``size`` (side, or (height, width)); area averaging when shrinking."""
-    h, w = (size, size) if isinstance(size, int) else size
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = h * w < img.shape[0] * img.shape[1]
-    out = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return out.reshape(int(h), int(w), *img.shape[2:])
+            imwrite(tmp, img[..., i])
 
 
 # ----------------------------------------------------------------------------- 4-channel PNG
@@ -158,8 +289,7 @@ def write_rgby(path: str | Path, img: np.ndarray) -> Path:
     if img.ndim != 3 or img.shape[2] != 4 or img.dtype != np.uint8:
         raise ValueError(f"{path}: expected H x W x 4 uint8, got {img.shape} {img.dtype}")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.ascontiguousarray(img[..., [2, 1, 0, 3]])):  # cv2 wants BGRA
-            raise OSError(f"{path}: cannot write")
+        imwrite(tmp, img[..., [2, 1, 0, 3]])  # cv2 wants BGRA
     return Path(path)
 
 
@@ -207,8 +337,7 @@ def load_masks(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 def write_label_png(path: str | Path, labels: np.ndarray) -> Path:
     """A uint16 label map as a 16-bit PNG (the format of the HPA official masks)."""
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
-            raise OSError(f"{path}: cannot write")
+        imwrite(tmp, labels.astype(np.uint16))
     return Path(path)
 
 

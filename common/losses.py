@@ -3,6 +3,7 @@
 * ``bce``    binary cross-entropy with logits, mean over all elements.
 * ``focal``  sigmoid focal loss (``torchvision.ops.sigmoid_focal_loss``), gamma
   :data:`FOCAL_GAMMA`, no alpha weighting, mean over all elements.
+* ``focal_sum`` the original's focal of its "masked" models: alpha 0.25, gamma 2, summed.
 * ``lovasz`` symmetric Lovász hinge, per class over the batch:
   ``(L(z_c, y_c) + L(-z_c, 1 - y_c)) / 2`` averaged over the classes, where ``L`` is the Lovász
   hinge of Berman et al. 2018 (a convex surrogate of 1 - IoU of the batch's positives).
@@ -23,6 +24,8 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 FOCAL_GAMMA = 2.5          # focusing parameter of the focal term (the original used 2.5)
+FOCAL_SUM_ALPHA = 0.25     # focal_sum (the original's masked models): alpha ...
+FOCAL_SUM_GAMMA = 2.0      # ... and gamma
 HARD_NEG_MORE = 2          # hard log loss: at least this many negatives per positive
 HARD_NEG_LEAST = 0.5       # ... and at least this fraction of the negatives
 HARD_NEG_MAX = 0.7         # ... but at most this fraction of the negatives
@@ -30,6 +33,7 @@ HARD_NEG_MAX = 0.7         # ... but at most this fraction of the negatives
 PRESETS: dict[str, dict[str, float]] = {
     "bce": {"bce": 1.0},
     "focal": {"focal": 1.0},
+    "focal_sum": {"focal_sum": 1.0},
     "lovasz": {"focal": 0.5, "lovasz": 0.5, "hard": 0.5},
 }
 
@@ -40,6 +44,12 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
     return sigmoid_focal_loss(logits.float(), target.float(), alpha=-1, gamma=gamma, reduction="mean")
+
+
+def focal_sum_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The original's pipeline-1 "focal": alpha 0.25, gamma 2, summed over the batch and classes."""
+    return sigmoid_focal_loss(logits.float(), target.float(), alpha=FOCAL_SUM_ALPHA, gamma=FOCAL_SUM_GAMMA,
+                              reduction="sum")
 
 
 def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
@@ -92,8 +102,8 @@ def hard_log_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-TERMS = {"bce": bce_loss, "focal": focal_loss, "lovasz": lovasz_loss, "hard": hard_log_loss,
-         "hardlog": hard_log_loss}
+TERMS = {"bce": bce_loss, "focal": focal_loss, "focal_sum": focal_sum_loss, "lovasz": lovasz_loss,
+         "hard": hard_log_loss, "hardlog": hard_log_loss}
 
 
 def parse_spec(name: str) -> dict[str, float]:

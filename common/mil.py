@@ -20,14 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 POOLS = ("max", "topk", "lse", "mean")
-DEFAULTS = dict(
-    MIL_POOL="max",     # image logit from cell logits: max | topk (mean of the k largest) | lse | mean
-    MIL_W_MAX=4.0,      # loss weight of BCE(pooled logits) (the original's max term)
-    MIL_W_MEAN=1.0,     # loss weight of BCE(mean of cell logits)
-    MIL_TOPK=4,         # k of the topk pool (clipped to N)
-    MIL_LSE_R=5.0,      # sharpness r of the log-mean-exp pool (r -> inf: max, r -> 0: mean)
-    MIL_CHUNK=256,      # cells per classifier call when not training (bounded memory in S5)
-)
+MIL_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R", "MIL_CHUNK")  # S4.2 constants
 
 
 def pool_cells(cell_logits: torch.Tensor, mode: str = "max", k: int = 4, r: float = 5.0) -> torch.Tensor:
@@ -62,18 +55,18 @@ def mil_loss(cell_logits: torch.Tensor, target: torch.Tensor, mode: str = "max",
 class BagModel(nn.Module):
     """A cell classifier applied to every cell of a bag, pooled to the image label (see the module doc)."""
 
-    def __init__(self, classifier: nn.Module, cfg: dict | None = None):
+    def __init__(self, classifier: nn.Module, cfg: dict):
         super().__init__()
-        cfg = dict(cfg or {})
+        missing = [k for k in MIL_KEYS if k not in cfg]
+        if missing:
+            raise KeyError(f"BagModel: the config lacks {missing} (S4.2's constants)")
         self.classifier = classifier
-        self.pool = str(cfg.get("MIL_POOL", DEFAULTS["MIL_POOL"])).lower()
+        self.pool = str(cfg["MIL_POOL"]).lower()
         if self.pool not in POOLS:
             raise ValueError(f"MIL_POOL {self.pool!r}: expected one of {POOLS}")
-        self.w_max = float(cfg.get("MIL_W_MAX", DEFAULTS["MIL_W_MAX"]))
-        self.w_mean = float(cfg.get("MIL_W_MEAN", DEFAULTS["MIL_W_MEAN"]))
-        self.topk = int(cfg.get("MIL_TOPK", DEFAULTS["MIL_TOPK"]))
-        self.lse_r = float(cfg.get("MIL_LSE_R", DEFAULTS["MIL_LSE_R"]))
-        self.chunk = int(cfg.get("MIL_CHUNK", DEFAULTS["MIL_CHUNK"]))
+        self.w_max, self.w_mean = float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"])
+        self.topk, self.lse_r = int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"])
+        self.chunk = int(cfg["MIL_CHUNK"])
         self.pseudo_w = float(cfg.get("PSEUDO_W", 1.0))  # weight of the per-cell pseudo-label BCE
 
     def cell_logits(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
 ``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
 
-Config keys read (defaults in :data:`DEFAULTS`): ``PIPELINE`` (1 image model | 2 bag model),
+Config keys read (all required, no defaults here): ``PIPELINE`` (1 image model | 2 bag model),
 ``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
 ``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
-loading from that file instead of the hub; 3-channel stems are adapted to 4 channels by timm's
-``adapt_input_conv``), ``DROPOUT`` (p of each dropout mask), ``MSD_SAMPLES`` (number of masks
-averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
+loading from that file instead of the hub), ``PRETRAINED_DIR`` (a folder of ``<model>.safetensors``
+looked in before the hub), ``STEM_INIT`` (timm | original; see :mod:`common.weights`: local files
+and the hub both go through timm's ``load_pretrained``, so the 3-channel stem is widened to 4
+channels by ``adapt_input_conv`` either way), ``DROPOUT`` (p of each dropout mask),
+``MSD_SAMPLES`` (number of masks averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
 """
 from __future__ import annotations
 
@@ -16,21 +18,15 @@ import timm
 import torch
 from torch import nn
 
+from common import weights
 from common.constants import NUM_CLASSES
-
-DEFAULTS = {
-    "PIPELINE": 1,             # 1: whole-image classifier (S3); 2: cell-bag MIL model (S4.2)
-    "MODEL_NAME": "resnet18",  # timm model name
-    "PRETRAINED": False,       # ImageNet weights from the timm hub (needs the cache or internet)
-    "PRETRAINED_FILE": "",     # local weights file; when set, weights come from it
-    "DROPOUT": 0.5,            # dropout probability of each multi-sample-dropout mask
-    "MSD_SAMPLES": 5,          # dropout masks averaged by the head (the original used 5)
-    "LOSS": "lovasz",          # loss spec for losses.build_loss
-}
 
 
 def _get(cfg: dict, key: str):
-    return cfg.get(key, DEFAULTS[key])
+    """``cfg[key]``; the script's constants block is the one source of every value."""
+    if key not in cfg:
+        raise KeyError(f"model config lacks {key!r} (define it in the script's constants)")
+    return cfg[key]
 
 
 class Classifier(nn.Module):
@@ -42,18 +38,28 @@ class Classifier(nn.Module):
 
     def __init__(self, model_name: str, pretrained: bool = False, pretrained_file: str = "",
                  num_classes: int = NUM_CLASSES, dropout: float = 0.5, n_dropout: int = 5,
-                 in_chans: int = 4):
+                 in_chans: int = 4, pretrained_dir: str = "", stem_init: str = "timm"):
         super().__init__()
         kw = {}
-        if pretrained_file:
-            path = Path(pretrained_file).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: PRETRAINED_FILE does not exist")
+        # a local file (PRETRAINED_FILE, else <PRETRAINED_DIR>/<model>.safetensors) goes through
+        # timm's own load_pretrained like a hub download: same filter, same stem widening
+        path = weights.local_source(model_name, pretrained, pretrained_file, pretrained_dir)
+        if path is not None:
             kw["pretrained_cfg_overlay"] = dict(file=str(path))
             pretrained = True
         self.model_name = model_name
-        self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
-                                          num_classes=0, **kw)
+        try:
+            self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
+                                              num_classes=0, **kw)
+        except OSError as e:  # hub / cache unreachable (LocalEntryNotFoundError, URLError, ...)
+            if not pretrained or path is not None:
+                raise
+            raise weights.PretrainedUnavailable(
+                weights.unavailable_message(model_name, pretrained_dir, e)) from e
+        if pretrained and stem_init == "original":
+            weights.widen_stem_original(self.backbone)
+        elif stem_init not in weights.STEM_INITS:
+            raise ValueError(f"stem_init must be one of {weights.STEM_INITS}, got {stem_init!r}")
         # pooled-feature width: models with a conv head after pooling (LCNet, MobileNetV3) report
         # it as head_hidden_size, which differs from num_features
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
@@ -97,6 +103,8 @@ class ImageModel(nn.Module):
 def build_classifier(cfg: dict) -> Classifier:
     return Classifier(_get(cfg, "MODEL_NAME"), pretrained=bool(_get(cfg, "PRETRAINED")),
                       pretrained_file=str(_get(cfg, "PRETRAINED_FILE") or ""),
+                      pretrained_dir=str(cfg.get("PRETRAINED_DIR", "") or ""),
+                      stem_init=str(cfg.get("STEM_INIT", "timm")),
                       dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")))
 
 
@@ -116,6 +124,28 @@ def build_model(cfg: dict) -> nn.Module:
 
         return BagModel(build_classifier(cfg), cfg)
     raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
+
+
+def new_model(cfg: dict) -> nn.Module:
+    """:func:`build_model` with torch's RNG seeded from ``cfg["SEED"]`` first: the initial weights
+    of a training run depend on SEED only (S3 and S4.2 build their models here)."""
+    torch.manual_seed(int(_get(cfg, "SEED")))
+    return build_model(cfg)
+
+
+SLIM_KEYS = ("epoch", "best_metric", "best_epoch", "metrics", "model_name")  # small facts kept in best.pth
+
+
+def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
+    """What S5 needs of a training checkpoint: the evaluated weights (EMA when present) as ``model``,
+    the ``config``, and a few small facts (:data:`SLIM_KEYS`); no optimizer, scheduler, RNG or history.
+    A checkpoint that is slim already comes back unchanged."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
+    which = ckpt.get("weights_from") or ("ema" if ckpt.get("ema") else "model")
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    return {"model": weights, "config": ckpt["config"], "weights_from": which,
+            **{k: ckpt[k] for k in SLIM_KEYS if k in ckpt}}
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
@@ -143,5 +173,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     model = build_model(cfg)
     which = "ema" if use_ema and ckpt.get("ema") else "model"
     model.load_state_dict(ckpt[which])
-    model.loaded_weights = which
+    model.loaded_weights = ckpt.get("weights_from", which)  # a slim best.pth holds the EMA as "model"
     return model.to(device).eval(), cfg

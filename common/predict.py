@@ -14,8 +14,8 @@ cells of an image in as few forward passes as ``batch_size`` allows:
   original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and it is
   given, else from the 512-px image.
 
-Each view is also seen under ``tta`` of the 8 flip/transpose variants (:data:`TTA_ORDER`, a fixed
-order, so results are deterministic); the sigmoid outputs are averaged. The image-level
+Each view is also seen under ``tta`` of the 8 flip/transpose variants (:func:`augment.dihedral`, a
+fixed order, so results are deterministic); the sigmoid outputs are averaged. The image-level
 prediction of a run is the whole image through a pipeline-1 model, or the pooled cell logits of a
 pipeline-2 model.
 """
@@ -27,33 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import augment, cells, io, models
+from common import augment, cells, config, io, models
 from common.constants import NUM_CLASSES
-from common.segmentation import resize_labels
-
-# (transpose, flip H, flip W): identity first, so tta=1 is the plain view.
-TTA_ORDER: tuple[tuple[bool, bool, bool], ...] = (
-    (False, False, False), (False, False, True), (False, True, False), (False, True, True),
-    (True, False, False), (True, False, True), (True, True, False), (True, True, True),
-)
-
+from common.fov import labels_at
 
 P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
-
-
-def tta_variant(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th dihedral variant of a batch ``(..., H, W)``."""
-    transpose, flip_h, flip_w = TTA_ORDER[k]
-    if transpose:
-        x = x.transpose(-1, -2)
-    dims = [d for d, f in ((-2, flip_h), (-1, flip_w)) if f]
-    return x.flip(dims) if dims else x
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class RunPredictor:
@@ -64,12 +42,12 @@ class RunPredictor:
                  cellpool_stride: int = 0, cellpool_size: int = 0):
         path = Path(path)
         self.path = path / checkpoint if path.is_dir() else path
-        self.device = resolve_device(device)
+        self.device = config.resolve_device(device)
         self.model, self.cfg = models.load_checkpoint(self.path, self.device)
         self.pipeline = int(self.cfg["PIPELINE"])
         self.tta = int(tta)
-        if not 1 <= self.tta <= len(TTA_ORDER):
-            raise ValueError(f"tta must be 1..{len(TTA_ORDER)}, got {tta}")
+        if not 1 <= self.tta <= augment.N_DIHEDRAL:
+            raise ValueError(f"tta must be 1..{augment.N_DIHEDRAL}, got {tta}")
         self.batch_size = max(1, int(batch_size))
         self.cuda = self.device.type == "cuda"
         self.amp = bool(amp) and self.cuda
@@ -93,7 +71,7 @@ class RunPredictor:
         else:
             self.variant = "crop"
             self.size = int(self.cfg["CELL_SIZE"])
-            self.margin = float(self.cfg.get("CROP_MARGIN", cells.CROP_MARGIN))
+            self.margin = float(self.cfg["CROP_MARGIN"])  # S4.1's, saved by S4.2
             self.from_original = bool(self.cfg.get("FROM_ORIGINAL", False))
         self.name = self.path.parent.parent.name + "/" + self.path.parent.name
 
@@ -130,7 +108,7 @@ class RunPredictor:
         per = max(1, self.batch_size // self.tta)
         for s in range(0, n, per):
             chunk = x[s:s + per]
-            batch = torch.cat([tta_variant(chunk, k) for k in range(self.tta)])
+            batch = torch.cat([augment.dihedral(chunk, k) for k in range(self.tta)])
             out = self._logits(batch).cpu().reshape(self.tta, len(chunk), -1)
             probs[s:s + len(chunk)] = torch.sigmoid(out).mean(0)
             logits[s:s + len(chunk)] = out.mean(0)
@@ -138,11 +116,12 @@ class RunPredictor:
 
     # ------------------------------------------------------------------ views
     def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-              original: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4)."""
+              original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
+        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4). ``labels_full``: the
+        original-size label map when there is one (else ``labels`` resized, as S4.1 does)."""
         if self.pipeline == 2:
             if self.from_original and original is not None and original.shape[:2] != labels.shape:
-                big = resize_labels(labels, original.shape[:2])
+                big = labels_at(original.shape[:2], labels, labels_full)
                 return cells.crop_cells(original, big, ids, self.size, self.margin)
             src = original if (self.from_original and original is not None) else image
             return cells.crop_cells(src, labels, ids, self.size, self.margin)
@@ -155,13 +134,13 @@ class RunPredictor:
             np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
 
     def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-                original: np.ndarray | None = None) -> torch.Tensor:
+                original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
         """The normalised views ``(n, 4, S, S)`` of the cells ``ids``, ready for :meth:`predict`."""
-        return augment.normalize(self.views(image, labels, ids, original), "competition")
+        return augment.normalize(self.views(image, labels, ids, original, labels_full), "competition")
 
     def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
-                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None,
+                labels_full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score every cell of one image -> ``(cell_probs (n, 19), image_probs (19,))``.
 
         ``image``/``labels``: the working-resolution (512 px) image and cell label map;
@@ -177,7 +156,7 @@ class RunPredictor:
         cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
         if ids:
             if views is None:
-                views = self.prepare(image, labels, ids, original)
+                views = self.prepare(image, labels, ids, original, labels_full)
             cell_probs, cell_logits = self._score_views(views)
         if self.pipeline == 1:
             whole = io.resize_image(image, self.size)[None]

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from common import cells, io
-from common.bag_datasets import BagDataset, labels_to_vector
+from common.bag_datasets import BagDataset
 from common.constants import NUM_CLASSES
+from common.datasets import labels_to_multihot
 
 TARGET_COLS = [f"t{c}" for c in range(NUM_CLASSES)]
 NORMALIZE = ("none", "max")
@@ -75,7 +76,7 @@ def make_pseudo_labels(train_df: pd.DataFrame, predictors: list, image_dir: str 
                 and io.channel_path(original_dir, iid, "red").is_file():
             original = io.read_image(original_dir, iid)
         probs = np.mean([predictors[i].predict(image, labels, ids, original)[0] for i in use], axis=0)
-        t = soft_targets(probs, labels_to_vector(r.Label), normalize)
+        t = soft_targets(probs, labels_to_multihot(r.Label), normalize)
         for c, tc in zip(ids, t):
             rows.append([iid, int(c), fold, len(use), *np.round(tc, 6)])
     return pd.DataFrame(rows, columns=["ID", "cell_id", "fold", "n_runs", *TARGET_COLS])

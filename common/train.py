@@ -1,33 +1,40 @@
-"""The one training loop (S3 pipeline 1, S4.2 pipeline 2): schedule, AMP, gradient accumulation,
-EMA, validation, logs, atomic checkpoints, exact resume, DDP.
+"""The one training loop (S3 pipeline 1, S4.2 pipeline 2), in small parts like timm's ``train.py``:
 
-``fit(cfg, model, train_ds, val_ds, out_dir)`` reads these config keys (defaults in
-:data:`DEFAULTS`): EPOCHS, BATCH_SIZE (per process), LR, WEIGHT_DECAY, OPTIMIZER ("adamw" |
-"adam"), WARMUP_EPOCHS, MIN_LR, ACCUM_STEPS, EMA_DECAY (0 = off), AMP, NUM_WORKERS, SEED, DEVICE
-("auto" | "cpu" | "cuda"), RESUME, MONITOR ("val_mAP", "val_loss" or any extra metric; higher is
-better unless the name contains "loss"), MAX_TRAIN_STEPS (0 = all batches per epoch), VAL_EVERY
-(validate every N epochs and after the last; the other epochs have empty val columns in
-summary.csv and never become best.pth). Optional: GRAD_CLIP (0 = off), DDP_FIND_UNUSED (False).
+    fit(cfg, model, train_ds, val_ds, out_dir)      setup, resume, the epoch loop, the summary
+      make_loaders / build_parts / resume           what the loop needs, restored from last.pth
+      train_one_epoch -> optimizer_step             one pass over the training loader
+      sync_buffers + validate (+ extra_metrics)     the same weights and buffers on every rank
+      CheckpointSaver                               best.pth / last.pth, atomic, stale temps removed
+
+The caller builds the model (``models.new_model(cfg)``) and the datasets. ``cfg`` is the script's
+constants block; every key of :data:`REQUIRED` must be there (no defaults live here): EPOCHS,
+BATCH_SIZE (per process), LR, WEIGHT_DECAY, OPTIMIZER ("adamw" | "adam"), WARMUP_EPOCHS, MIN_LR,
+ACCUM_STEPS, EMA_DECAY (0 = off), AMP, NUM_WORKERS, SEED, DEVICE ("auto" | "cpu" | "cuda"),
+RESUME, MONITOR ("val_mAP", "val_loss" or an extra metric; higher is better unless the name
+contains "loss"), MAX_TRAIN_STEPS (0 = all batches per epoch), VAL_EVERY (validate every N epochs
+and after the last; other epochs have empty val columns and never become best.pth), GRAD_CLIP.
 
 Schedule: linear warm-up from LR/100 over WARMUP_EPOCHS, then cosine down to MIN_LR at the end
-of EPOCHS (timm ``CosineLRScheduler``), stepped per optimizer update (not per epoch).
-Weight decay applies to weights of rank >= 2 only (not to biases and norm parameters).
-With EMA on, validation, MONITOR and ``best.pth`` use the EMA weights (``load_checkpoint``
-loads them too). AMP (float16 + GradScaler) and channels_last only on CUDA.
+of EPOCHS (timm ``CosineLRScheduler``), stepped per optimizer update. Weight decay applies to
+weights of rank >= 2 only. With EMA on, validation, MONITOR and ``best.pth`` use the EMA weights.
+AMP (float16 + GradScaler) and channels_last only on CUDA.
 
-Outputs in ``out_dir`` (rank 0): ``config.json``, ``summary.csv`` (epoch, lr, train_loss,
-val_loss, val_mAP, extra metrics…, seconds), ``train.log``, ``curves.png``, ``last.pth`` (every
-epoch), ``best.pth`` (best MONITOR). Checkpoints load with ``weights_only=True``.
+Outputs in ``out_dir`` (rank 0): ``config.json``, ``summary.csv``, ``train.log``, ``curves.png``,
+``last.pth`` (every epoch), ``best.pth`` (best MONITOR); checkpoints load with ``weights_only=True``.
 
-Resume: with RESUME and an ``out_dir/last.pth``, training restarts after its epoch with the
-model, optimizer, scheduler, scaler, EMA and RNG states restored; sample order and augmentations
-depend only on (SEED, epoch, index), so on CPU with the same settings the final weights equal
-those of an uninterrupted run.
+Resume: with RESUME and ``out_dir/last.pth``, training restarts after its epoch with model,
+optimizer, scheduler, scaler, EMA and the random state of EVERY rank restored; a resume whose
+schedule constants (:data:`SCHEDULE_KEYS`, world size) differ from the checkpoint's is refused.
+Sample order and augmentations depend only on (SEED, epoch, index), so the final weights equal
+those of an uninterrupted run (single process and DDP). Ctrl-C ends with one line saying which
+epoch ``last.pth`` holds. ``HPA_STOP_AFTER_EPOCH=k`` (environment) stops cleanly after epoch k's
+checkpoint, as a kill would (tests).
 
-DDP: under ``torchrun`` (env RANK / WORLD_SIZE / LOCAL_RANK) the process group is initialised
-(nccl on CUDA, gloo on CPU), training uses a DistributedSampler and a DDP wrapper, validation
-is sharded and gathered, rank 0 logs and saves. This is the only module touching
-``torch.distributed``.
+DDP: under ``torchrun`` the process group is initialised (nccl on CUDA, gloo on CPU), training
+uses a DistributedSampler and a DDP wrapper. At each epoch end rank 0's buffers (BatchNorm
+statistics, of the model and its EMA) are broadcast, so every rank validates, and saves, the same
+model; validation is sharded and gathered, extra metrics run on rank 0 and are broadcast, rank 0
+logs and saves. This is the only module touching ``torch.distributed``.
 """
 from __future__ import annotations
 
@@ -38,8 +45,8 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,29 +58,21 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 from common import config as config_mod
-from common import io
+from common import io, metric, models, schedules
 
-DEFAULTS = {
-    "EPOCHS": 10,              # training epochs
-    "BATCH_SIZE": 16,          # images (or bags) per process and step
-    "LR": 3e-4,                # peak learning rate
-    "WEIGHT_DECAY": 1e-2,      # decoupled (adamw) / L2 (adam) weight decay
-    "OPTIMIZER": "adamw",      # adamw | adam
-    "WARMUP_EPOCHS": 1.0,      # linear warm-up length (epochs, may be fractional)
-    "MIN_LR": 1e-6,            # final learning rate of the cosine
-    "ACCUM_STEPS": 1,          # gradient accumulation steps per optimizer update
-    "EMA_DECAY": 0.0,          # EMA of the weights (0 = off), e.g. 0.999
-    "AMP": True,               # mixed precision (CUDA only)
-    "NUM_WORKERS": 4,          # DataLoader workers per process
-    "SEED": 42,                # global seed
-    "DEVICE": "auto",          # auto | cpu | cuda
-    "RESUME": False,           # continue from out_dir/last.pth when present
-    "MONITOR": "val_mAP",      # metric selecting best.pth
-    "MAX_TRAIN_STEPS": 0,      # cap on batches per epoch (0 = all), for smoke runs
-    "VAL_EVERY": 1,            # validate every N epochs and after the last (best.pth moves only then)
-    "GRAD_CLIP": 0.0,          # max gradient norm (0 = off)
-    "DDP_FIND_UNUSED": False,  # DDP find_unused_parameters
-}
+REQUIRED = ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
+            "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS", "LR_STEP_VALUES", "ACCUM_STEPS",
+            "EMA_DECAY", "AMP", "NUM_WORKERS", "SEED", "DEVICE", "RESUME", "OVERWRITE", "MONITOR",
+            "MAX_TRAIN_STEPS", "VAL_EVERY", "GRAD_CLIP")
+# a resume must see these as the checkpoint saw them: they fix the schedule and the data order
+SCHEDULE_KEYS = ("EPOCHS", "LR", "SCHEDULE", "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS",
+                 "LR_STEP_VALUES", "OPTIMIZER", "ADAM_EPS", "WEIGHT_DECAY", "BATCH_SIZE", "ACCUM_STEPS",
+                 "MAX_TRAIN_STEPS", "EMA_DECAY", "SEED")
+# constants that change how a run is executed, not what it trains: a run folder may differ in these
+RUN_MECHANICS = ("RESUME", "OVERWRITE", "NUM_WORKERS", "DEVICE", "CACHE_GB", "RECIPE", "OVERRIDES",
+                 "environment")
+RUN_FILES = ("best.pth", "last.pth", "summary.csv", "curves.png", "oof.csv", "oof_cells.csv")
+STOP_ENV = "HPA_STOP_AFTER_EPOCH"
 
 log = logging.getLogger("hpa.train")
 
@@ -83,23 +82,39 @@ class StopTraining(Exception):
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _opt(cfg: dict, key: str):
-    return cfg.get(key, DEFAULTS[key])
+def check_config(cfg: dict) -> None:
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise KeyError(f"train.fit: the config lacks {missing} (define them in the script's constants)")
+    for key in ("EPOCHS", "VAL_EVERY"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}: nothing would be trained")
+
+
+def check_run_folder(cfg: dict, out_dir: Path, main: bool) -> None:
+    """Never overwrite another run silently: a folder whose config.json holds other constants is
+    refused (the differences shown) unless RESUME (checked against the checkpoint) or OVERWRITE
+    (its old outputs are removed first)."""
+    saved_path = out_dir / "config.json"
+    if not saved_path.is_file() or bool(cfg["RESUME"]):
+        return
+    if bool(cfg["OVERWRITE"]):
+        if main:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        return
+    saved, new = config_mod.load(saved_path), _jsonable(cfg)
+    diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+            for k in sorted(set(saved) | set(new)) if k not in RUN_MECHANICS and saved.get(k) != new.get(k)]
+    if diff:
+        raise SystemExit(f"{out_dir} holds a run with other constants ({'; '.join(diff)}): give another "
+                         "RUN_NAME, --RESUME true to continue it, or --OVERWRITE true to replace it")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def new_model(cfg: dict) -> nn.Module:
-    """``models.build_model(cfg)`` with the RNGs seeded from SEED first: the weight initialisation
-    of a training run depends on SEED only (S3 and S4.2 build their models here)."""
-    from common import models
-
-    seed_everything(int(_opt(cfg, "SEED")))
-    return models.build_model(cfg)
 
 
 def get_rng_state() -> dict:
@@ -127,16 +142,6 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def image_map(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Macro average precision over the classes that have at least one positive (NaN if none)."""
-    from sklearn.metrics import average_precision_score
-
-    labels = np.asarray(labels) > 0.5
-    aps = [average_precision_score(labels[:, c], probs[:, c]) for c in range(labels.shape[1])
-           if labels[:, c].any()]
-    return float(np.mean(aps)) if aps else float("nan")
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -161,18 +166,6 @@ def _jsonable(cfg: dict) -> dict:
             v = str(v)
         out[k] = v
     return out
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name in the same folder, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _EpochShuffleSampler(Sampler):
@@ -210,7 +203,7 @@ class _Dist:
             self.device = torch.device("cpu")
         self.owns_group = False
         if self.enabled and not dist.is_initialized():
-            # a long timeout: ranks > 0 wait at a barrier while rank 0 runs extra_metrics
+            # a long timeout: ranks > 0 wait in a broadcast while rank 0 runs extra_metrics
             dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                     timeout=datetime.timedelta(hours=2))
             self.owns_group = True
@@ -227,7 +220,7 @@ class _Dist:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
-    def gather(self, obj):
+    def gather(self, obj) -> list:
         if not self.enabled:
             return [obj]
         out = [None] * self.world
@@ -241,10 +234,24 @@ class _Dist:
         dist.broadcast_object_list(lst, src=0)
         return lst[0]
 
-    def close(self) -> None:
+    def broadcast_tensor(self, t: torch.Tensor) -> None:
+        if self.enabled:
+            dist.broadcast(t, src=0)
+
+    def close(self, barrier: bool = True) -> None:
         if self.owns_group and dist.is_initialized():
-            dist.barrier()
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
+
+
+def sync_buffers(module: nn.Module | None, env: _Dist) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics drift apart per rank)."""
+    if module is None or not env.enabled:
+        return
+    with torch.no_grad():
+        for buf in module.buffers():
+            env.broadcast_tensor(buf.data)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -253,59 +260,260 @@ def build_optimizer(cfg: dict, model: nn.Module) -> torch.optim.Optimizer:
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(_opt(cfg, "WEIGHT_DECAY"))},
+    groups = [{"params": decay, "weight_decay": float(cfg["WEIGHT_DECAY"])},
               {"params": no_decay, "weight_decay": 0.0}]
-    name = str(_opt(cfg, "OPTIMIZER")).lower()
-    lr = float(_opt(cfg, "LR"))
+    name, eps = str(cfg["OPTIMIZER"]).lower(), float(cfg["ADAM_EPS"])
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=float(cfg["LR"]), eps=eps)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=float(cfg["LR"]), eps=eps)
     raise ValueError(f"OPTIMIZER must be 'adamw' or 'adam', got {name!r}")
 
 
 def build_scheduler(cfg: dict, optimizer, updates_per_epoch: int):
-    from timm.scheduler import CosineLRScheduler
-
-    epochs = int(_opt(cfg, "EPOCHS"))
-    warm = int(round(float(_opt(cfg, "WARMUP_EPOCHS")) * updates_per_epoch))
-    total = max(1, epochs * updates_per_epoch)
-    warm = min(warm, total - 1) if total > 1 else 0
-    return CosineLRScheduler(optimizer, t_initial=max(1, total - warm), lr_min=float(_opt(cfg, "MIN_LR")),
-                             warmup_t=warm, warmup_lr_init=float(_opt(cfg, "LR")) / 100,
-                             warmup_prefix=True, t_in_epochs=False)
+    """The SCHEDULE of ``cfg`` (cosine | A | B, see :mod:`common.schedules`)."""
+    return schedules.build_scheduler(cfg, optimizer, updates_per_epoch)
 
 
-def _loader(ds: Dataset, batch_size: int, sampler, cfg: dict, device, collate_fn, drop_last: bool):
-    workers = int(_opt(cfg, "NUM_WORKERS"))
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, collate_fn=collate_fn,
-                      persistent_workers=False)
+@dataclass
+class Loaders:
+    train: DataLoader
+    sampler: Sampler
+    val: DataLoader | None
+    steps: int      # batches per epoch (MAX_TRAIN_STEPS applied)
+    updates: int    # optimizer updates per epoch
 
 
-def _setup_logging(out_dir: Path, main: bool) -> logging.Handler | None:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
-        sh = logging.StreamHandler()
-        sh.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(sh)
-    if not main:
-        log.setLevel(logging.WARNING)
-        return None
-    fh = logging.FileHandler(out_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(fh)
-    return fh
+def make_loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset | None, env: _Dist, collate_fn) -> Loaders:
+    """Training loader (seeded shuffling, DistributedSampler under DDP), validation shard of this rank."""
+    if len(train_ds) == 0:
+        raise ValueError("training dataset is empty")
+    bs, seed = int(cfg["BATCH_SIZE"]), int(cfg["SEED"])
+    if env.enabled:
+        sampler = DistributedSampler(train_ds, num_replicas=env.world, rank=env.rank, shuffle=True,
+                                     seed=seed, drop_last=False)
+    else:
+        sampler = _EpochShuffleSampler(len(train_ds), seed)
+    kw = dict(num_workers=int(cfg["NUM_WORKERS"]), pin_memory=env.device.type == "cuda",
+              collate_fn=collate_fn, persistent_workers=False)
+    drop_last = math.ceil(len(train_ds) / env.world) >= bs
+    train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=drop_last, **kw)
+    steps = len(train)
+    if int(cfg["MAX_TRAIN_STEPS"]) > 0:
+        steps = min(steps, int(cfg["MAX_TRAIN_STEPS"]))
+    val = None
+    if val_ds is not None and len(val_ds) > 0:
+        shard = Subset(val_ds, list(range(env.rank, len(val_ds), env.world))) if env.enabled else val_ds
+        val = DataLoader(shard, batch_size=bs, sampler=None, drop_last=False, **kw)
+    return Loaders(train, sampler, val, steps, math.ceil(steps / max(1, int(cfg["ACCUM_STEPS"]))))
 
 
+@dataclass
+class Parts:
+    """The model and everything an optimizer update changes (all restored by a resume)."""
+    model: nn.Module                  # unwrapped, on the device
+    net: nn.Module                    # what trains: the DDP wrapper under torchrun, else ``model``
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None             # timm ModelEmaV3 or None
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    oof: tuple | None = None          # (ids, probs, labels) of the last validation
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_parts(cfg: dict, model: nn.Module, env: _Dist, updates_per_epoch: int) -> Parts:
+    cuda = env.device.type == "cuda"
+    amp = bool(cfg["AMP"]) and cuda
+    model = model.to(env.device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if float(cfg["EMA_DECAY"]) > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=float(cfg["EMA_DECAY"]))
+    optimizer = build_optimizer(cfg, model)
+    return Parts(model, model, optimizer, build_scheduler(cfg, optimizer, updates_per_epoch),
+                 torch.amp.GradScaler("cuda", enabled=amp), ema, env.device, amp, cuda)
+
+
+def wrap_ddp(parts: Parts, env: _Dist) -> None:
+    if env.enabled:
+        ids = [parts.device.index] if parts.device.type == "cuda" else None
+        parts.net = nn.parallel.DistributedDataParallel(parts.model, device_ids=ids)
+
+
+@dataclass
+class Progress:
+    """What the epoch loop carries from one epoch to the next (and what last.pth saves of it)."""
+    epoch: int = 0                    # last finished epoch
+    num_updates: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+    stopped: bool = False
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class CheckpointSaver:
+    """``best.pth`` and ``last.pth`` of ``out_dir``, written by rank 0 through ``io.atomic_path``;
+    temporary files a kill left behind are removed when the saver starts."""
+
+    def __init__(self, out_dir: Path, main: bool):
+        self.dir, self.main = Path(out_dir), main
+        self.last, self.best = self.dir / "last.pth", self.dir / "best.pth"
+        self.last_epoch: int | None = None  # the epoch last.pth holds (None: none of this run)
+        if main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            n = io.remove_stale_temps(self.dir)
+            if n:
+                log.info(f"removed {n} temporary file(s) left by an interrupted run in {self.dir}")
+
+    def _write(self, state: dict, path: Path) -> None:
+        with io.atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def save(self, state: dict, improved: bool) -> None:
+        """``best.pth`` (slim: the evaluated weights and the constants, for S5 and Kaggle) when
+        ``improved``, then ``last.pth`` (everything a resume needs)."""
+        if self.main:
+            if improved:  # best first: a crash between the two writes never loses the best epoch
+                self._write(models.slim_checkpoint(state, self.best), self.best)
+            self._write(state, self.last)
+        self.last_epoch = int(state["epoch"])
+
+    def finish(self) -> None:
+        """No epoch ever improved (e.g. every MONITOR value was NaN): best.pth is the slim last.pth."""
+        if self.main and not self.best.is_file() and self.last.is_file():
+            state = torch.load(self.last, map_location="cpu", weights_only=True)
+            self._write(models.slim_checkpoint(state, self.last), self.best)
+
+
+def checkpoint_state(cfg: dict, parts: Parts, prog: Progress, loaders: Loaders, env: _Dist) -> dict:
+    """The state of ``last.pth``; ``rng_ranks`` holds every rank's random state (collective call)."""
+    rng = env.gather(get_rng_state())
+    model = unwrap(parts.model)
+    return {
+        "model": model.state_dict(), "config": _jsonable(cfg),
+        "model_name": str(cfg.get("MODEL_NAME", type(model).__name__)),
+        "epoch": prog.epoch, "num_updates": prog.num_updates,
+        "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.amp else None,
+        "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
+        "rng": rng[0], "rng_ranks": rng, "world_size": env.world, "updates_per_epoch": loaders.updates,
+        "best_metric": prog.best, "best_epoch": prog.best_epoch,
+        "metrics": prog.history[-1], "history": prog.history,
+    }
+
+
+def _check_resumable(cfg: dict, ckpt: dict, loaders: Loaders, env: _Dist, path: Path) -> None:
+    saved = ckpt.get("config", {})
+    diff = [f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in SCHEDULE_KEYS
+            if k in saved and saved[k] != cfg[k]]
+    world = int(ckpt.get("world_size", 1))
+    if world != env.world:
+        diff.append(f"processes: {world} -> {env.world}")
+    if not diff and ckpt.get("updates_per_epoch", loaders.updates) != loaders.updates:
+        diff.append(f"updates per epoch: {ckpt['updates_per_epoch']} -> {loaders.updates}")
+    if diff:
+        raise ValueError(f"RESUME: {path} was trained with other schedule constants ({'; '.join(diff)}); "
+                         "restore them, or start a new run (another RUN_NAME or without --RESUME)")
+
+
+def resume(cfg: dict, parts: Parts, saver: CheckpointSaver, loaders: Loaders, env: _Dist) -> Progress:
+    """Restore everything from ``last.pth`` when RESUME (each rank its own random state)."""
+    if not bool(cfg["RESUME"]) or not saver.last.is_file():
+        if bool(cfg["RESUME"]):
+            log.info(f"RESUME: no {saver.last}, starting from scratch")
+        return Progress()
+    ckpt = torch.load(saver.last, map_location="cpu", weights_only=True)
+    _check_resumable(cfg, ckpt, loaders, env, saver.last)
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        parts.scaler.load_state_dict(ckpt["scaler"])
+    if parts.ema is not None and ckpt.get("ema"):
+        parts.ema.module.load_state_dict(ckpt["ema"])
+    set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[env.rank])
+    prog = Progress(int(ckpt["epoch"]), int(ckpt["num_updates"]), ckpt.get("best_metric"),
+                    int(ckpt.get("best_epoch", 0)), [dict(r) for r in ckpt.get("history", [])])
+    saver.last_epoch = prog.epoch
+    log.info(f"resumed from {saver.last} after epoch {prog.epoch} (best {cfg['MONITOR']}={prog.best})")
+    return prog
+
+
+# ----------------------------------------------------------------------------- one epoch
+def optimizer_step(parts: Parts, prog: Progress, grad_clip: float) -> None:
+    """One optimizer update (after the accumulated backward passes), then schedule and EMA."""
+    if grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        nn.utils.clip_grad_norm_(parts.model.parameters(), grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    prog.num_updates += 1
+    parts.scheduler.step_update(prog.num_updates)
+    if parts.ema is not None:
+        parts.ema.update(parts.model, step=prog.num_updates)
+
+
+def train_one_epoch(cfg: dict, parts: Parts, loaders: Loaders, prog: Progress, epoch: int,
+                    env: _Dist) -> float:
+    """One pass over the training loader -> mean training loss over every rank's samples."""
+    accum, steps = max(1, int(cfg["ACCUM_STEPS"])), loaders.steps
+    parts.net.train()
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=parts.device)  # on device: no per-step sync
+    n_bad = torch.zeros((), dtype=torch.int64, device=parts.device)
+    n_seen = 0
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg['EPOCHS']}", disable=not env.main, leave=False,
+               dynamic_ncols=True)
+    for step, batch in enumerate(loaders.train):
+        if step >= steps:
+            break
+        batch = _to_device(batch, parts.device, parts.channels_last)
+        update_now = (step + 1) % accum == 0 or step + 1 == steps
+        sync = contextlib.nullcontext() if (update_now or not env.enabled) else parts.net.no_sync()
+        with sync:
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=parts.amp):
+                out = parts.net(batch)
+            loss = out["loss"]
+            parts.scaler.scale(loss / accum).backward()
+        if update_now:
+            optimizer_step(parts, prog, float(cfg["GRAD_CLIP"]))
+        b, ld = out["logits"].shape[0], loss.detach().double()
+        finite = torch.isfinite(ld)
+        loss_sum += torch.where(finite, ld * b, torch.zeros_like(ld))
+        n_bad += (~finite).long()
+        n_seen += b
+        bar.update(1)
+        if step % 20 == 0 or step + 1 == steps:  # one host sync every 20 steps
+            if int(n_bad) and not parts.amp:  # under AMP the GradScaler skips non-finite steps
+                raise FloatingPointError(f"epoch {epoch} step {step}: non-finite loss")
+            bar.set_postfix(loss=f"{float(loss_sum) / max(n_seen, 1):.4f}",
+                            lr=f"{parts.optimizer.param_groups[0]['lr']:.2e}")
+    bar.close()
+    if int(n_bad):
+        log.warning(f"epoch {epoch}: {int(n_bad)} step(s) with a non-finite loss (skipped by AMP)")
+    return env.mean(float(loss_sum) / max(n_seen, 1))
+
+
+# ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device, amp: bool, channels_last: bool, show: bool = False):
-    """-> (indices, probs (N,19), labels (N,19), loss sum, sample count) of one (sharded) loader."""
+    """-> (probs (N,19), labels (N,19), loss sum, sample count, ids) of one (sharded) loader; ``ids``
+    are the batches' ``id`` values (empty when the dataset gives none)."""
     model.eval()
-    idx, probs, labels, loss_sum, n = [], [], [], 0.0, 0
+    probs, labels, loss_sum, n, ids = [], [], 0.0, 0, []
     for batch in tqdm(loader, desc="val", leave=False, disable=not show, dynamic_ncols=True):
+        ids += [str(i) for i in batch.get("id", [])]
         batch = _to_device(batch, device, channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
             out = model(batch)
@@ -315,259 +523,191 @@ def evaluate(model: nn.Module, loader, device, amp: bool, channels_last: bool, s
         n += b
         probs.append(torch.sigmoid(out["logits"].float()).cpu().numpy())
         labels.append(batch["label"].float().cpu().numpy())
-        if "index" in batch and isinstance(batch["index"], torch.Tensor):
-            idx.append(batch["index"].cpu().numpy())
-        else:
-            idx.append(np.full(b, -1))
     if not probs:
-        return np.zeros(0, int), np.zeros((0, 19)), np.zeros((0, 19)), 0.0, 0
-    return np.concatenate(idx), np.concatenate(probs), np.concatenate(labels), loss_sum, n
+        return np.zeros((0, 19)), np.zeros((0, 19)), 0.0, 0, ids
+    return np.concatenate(probs), np.concatenate(labels), loss_sum, n, ids
+
+
+def validate(parts: Parts, loader, env: _Dist) -> dict:
+    """``val_loss`` and image-level ``val_mAP`` of the evaluated model over every rank's shard; the
+    gathered predictions stay in ``parts.oof`` (written as oof.csv when the epoch becomes best)."""
+    probs, labels, vloss, vn, ids = evaluate(parts.eval_model, loader, parts.device, parts.amp,
+                                             parts.channels_last, env.main)
+    parts_ = env.gather((probs, labels, vloss, vn, ids))
+    probs = np.concatenate([p[0] for p in parts_])
+    labels = np.concatenate([p[1] for p in parts_])
+    parts.oof = ([i for p in parts_ for i in p[4]], probs, labels)
+    return {"val_loss": sum(p[2] for p in parts_) / max(1, sum(p[3] for p in parts_)),
+            "val_mAP": metric.image_level_map(labels > 0.5, probs)[0]}
+
+
+def run_extra_metrics(extra_metrics, parts: Parts, env: _Dist) -> tuple[dict, bool]:
+    """``extra_metrics(model, device)`` on rank 0, its dict (and a StopTraining) sent to every rank."""
+    extra, stopped = {}, False
+    if env.main:
+        try:
+            values = extra_metrics(parts.eval_model, parts.device) or {}
+            extra = {k: float(v) for k, v in dict(values).items()}
+        except StopTraining:
+            stopped = True
+    return env.broadcast((extra, stopped))
 
 
 # ----------------------------------------------------------------------------- the loop
+def _improved(cfg: dict, row: dict, prog: Progress, validated: bool, has_val: bool) -> bool:
+    monitor = str(cfg["MONITOR"])
+    lower_better = "loss" in monitor
+    value = row.get(monitor)
+    if value is None and not has_val:
+        value = -float(row["epoch"]) if lower_better else float(row["epoch"])  # no validation: best = last
+    if value is None and validated:
+        raise KeyError(f"MONITOR {monitor!r} is not among the metrics {sorted(row)}")
+    better = value is not None and value == value and (
+        prog.best is None or (value < prog.best if lower_better else value > prog.best))
+    if better:
+        prog.best, prog.best_epoch = float(value), int(row["epoch"])
+    return better
+
+
+def run_epoch(cfg, parts, loaders, prog, epoch, env, extra_metrics, train_ds, val_ds) -> dict | None:
+    """Train, validate (when due), score the extra metrics -> the summary row (None: stopped)."""
+    t0 = time.time()
+    for obj in (train_ds, loaders.sampler, val_ds):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+    row = {"epoch": epoch, "lr": parts.optimizer.param_groups[0]["lr"]}  # at the epoch's first update
+    row["train_loss"] = train_one_epoch(cfg, parts, loaders, prog, epoch, env)
+    sync_buffers(parts.model, env)
+    sync_buffers(parts.ema.module if parts.ema is not None else None, env)
+    due = epoch % int(cfg["VAL_EVERY"]) == 0 or epoch == int(cfg["EPOCHS"])
+    if loaders.val is not None and due:
+        row.update(validate(parts, loaders.val, env))
+    if extra_metrics is not None and due:
+        extra, stopped = run_extra_metrics(extra_metrics, parts, env)
+        if stopped:
+            log.info(f"stopped during epoch {epoch} (before its checkpoint)")
+            return None
+        row.update(extra)
+    row["seconds"] = round(time.time() - t0, 2)
+    return row
+
+
+def write_oof(out_dir: Path, parts: Parts, extra_metrics) -> None:
+    """The best epoch's out-of-fold predictions (rank 0): ``oof.csv`` (ID, true labels ``y0..y18``,
+    probabilities ``p0..p18``), and whatever ``extra_metrics.write_oof(out_dir)`` writes (S4.2's
+    cell-level ``oof_cells.csv``)."""
+    if parts.oof is not None:
+        ids, probs, labels = parts.oof
+        df = pd.DataFrame({"ID": ids if len(ids) == len(probs) else range(len(probs))})
+        for name, arr in (("y", labels), ("p", probs)):
+            df = df.join(pd.DataFrame(np.round(arr, 6), columns=[f"{name}{c}" for c in range(arr.shape[1])]))
+        io.atomic_to_csv(df, out_dir / "oof.csv")
+    if hasattr(extra_metrics, "write_oof"):
+        extra_metrics.write_oof(out_dir)
+
+
+def write_logs(out_dir: Path, row: dict, history: list, improved: bool) -> None:
+    """summary.csv, curves.png and the epoch's line of train.log (rank 0)."""
+    io.atomic_to_csv(pd.DataFrame(history), out_dir / "summary.csv")
+    try:
+        from common.plots import plot_training_curves
+
+        plot_training_curves(out_dir / "summary.csv", out_dir / "curves.png")
+    except Exception as e:  # noqa: BLE001 - a plot never stops training
+        log.warning(f"curves.png not written: {e}")
+    msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    log.info(msg + (" *" if improved else ""))
+
+
+def _setup_logging(out_dir: Path, main: bool) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in log.handlers):
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    if not main:
+        log.setLevel(logging.WARNING)
+        return
+    fh = logging.FileHandler(out_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(fh)
+
+
 def fit(cfg: dict, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, out_dir: str | Path,
         extra_metrics=None, collate_fn=None) -> dict:
     """Train ``model`` (``forward(batch) -> {"logits", "loss"}``) and return a summary dict:
     ``best_metric``, ``best_epoch``, ``last_epoch``, ``metrics`` (of the last epoch), ``history``
-    (rows of summary.csv), ``out_dir``, ``stopped`` (True when StopTraining was raised).
+    (rows of summary.csv), ``out_dir``, ``stopped`` (True when stopped early), ``rank``.
 
     ``extra_metrics(model, device) -> dict`` runs on rank 0 after each validation, with the
-    evaluated model (EMA or raw, unwrapped, eval mode); its values go to summary.csv and may be
-    the MONITOR. Datasets may define ``set_epoch(epoch)``; it is called before each epoch.
+    evaluated model (EMA or raw, unwrapped, eval mode); its values reach every rank, go to
+    summary.csv and may be the MONITOR. Datasets may define ``set_epoch(epoch)``.
     """
-    out_dir = Path(out_dir)
-    env = _Dist(str(_opt(cfg, "DEVICE")))
+    check_config(cfg)
+    check_run_folder(cfg, Path(out_dir), main=int(os.environ.get("RANK", "0")) == 0)
+    env = _Dist(str(cfg["DEVICE"]))
+    saver, interrupted = None, False
     try:
-        return _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env)
+        saver = CheckpointSaver(Path(out_dir), env.main)
+        env.barrier()
+        _setup_logging(saver.dir, env.main)
+        return _fit(cfg, model, train_ds, val_ds, saver, extra_metrics, collate_fn, env)
+    except KeyboardInterrupt:
+        interrupted = True
+        where = "no last.pth written yet" if saver is None or saver.last_epoch is None else \
+            f"{saver.last} holds epoch {saver.last_epoch}; continue with --RESUME"
+        if env.main:
+            log.warning(f"interrupted: {where}")
+        raise SystemExit(130) from None
     finally:
         for h in list(log.handlers):
             if isinstance(h, logging.FileHandler):
                 log.removeHandler(h)
                 h.close()
-        env.close()
+        env.close(barrier=not interrupted)
 
 
-def _fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics, collate_fn, env: _Dist) -> dict:
-    device, main = env.device, env.main
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    env.barrier()
-    _setup_logging(out_dir, main)
-    epochs = int(_opt(cfg, "EPOCHS"))
-    bs = int(_opt(cfg, "BATCH_SIZE"))
-    accum = max(1, int(_opt(cfg, "ACCUM_STEPS")))
-    seed = int(_opt(cfg, "SEED"))
-    max_steps = int(_opt(cfg, "MAX_TRAIN_STEPS"))
-    val_every = int(_opt(cfg, "VAL_EVERY"))
-    if val_every < 1:
-        raise ValueError(f"VAL_EVERY must be >= 1, got {val_every}")
-    monitor = str(_opt(cfg, "MONITOR"))
-    lower_better = "loss" in monitor
-    cuda = device.type == "cuda"
-    amp = bool(_opt(cfg, "AMP")) and cuda
-    channels_last = cuda
-    ema_decay = float(_opt(cfg, "EMA_DECAY"))
-    grad_clip = float(_opt(cfg, "GRAD_CLIP"))
-    if len(train_ds) == 0:
-        raise ValueError("training dataset is empty")
-
-    seed_everything(seed + env.rank)
-    if main:
-        config_mod.save(_jsonable(cfg), out_dir / "config.json")
-
-    # --- model, optimizer, schedule
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if ema_decay > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=ema_decay)
-    optimizer = build_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    if env.enabled:
-        sampler = DistributedSampler(train_ds, num_replicas=env.world, rank=env.rank, shuffle=True,
-                                     seed=seed, drop_last=False)
-    else:
-        sampler = _EpochShuffleSampler(len(train_ds), seed)
-    per_rank = math.ceil(len(train_ds) / env.world)
-    drop_last = per_rank >= bs
-    train_loader = _loader(train_ds, bs, sampler, cfg, device, collate_fn, drop_last)
-    steps_per_epoch = len(train_loader)
-    if max_steps > 0:
-        steps_per_epoch = min(steps_per_epoch, max_steps)
-    updates_per_epoch = math.ceil(steps_per_epoch / accum)
-    scheduler = build_scheduler(cfg, optimizer, updates_per_epoch)
-
-    val_loader = None
-    if val_ds is not None and len(val_ds) > 0:
-        shard = Subset(val_ds, list(range(env.rank, len(val_ds), env.world))) if env.enabled else val_ds
-        val_loader = _loader(shard, bs, None, cfg, device, collate_fn, False)
-
-    # --- resume
-    start_epoch, num_updates = 1, 0
-    best, best_epoch, history = None, 0, []
-    last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
-    if bool(_opt(cfg, "RESUME")) and last_path.is_file():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.module.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
-        if env.rank > 0:
-            torch.manual_seed(seed + 1000 * env.rank + int(ckpt["epoch"]))
-        start_epoch = int(ckpt["epoch"]) + 1
-        num_updates = int(ckpt.get("num_updates", (start_epoch - 1) * updates_per_epoch))
-        best, best_epoch = ckpt.get("best_metric"), int(ckpt.get("best_epoch", 0))
-        history = [dict(r) for r in ckpt.get("history", [])]
-        log.info(f"resumed from {last_path} after epoch {start_epoch - 1} (best {monitor}={best})")
-    elif bool(_opt(cfg, "RESUME")):
-        log.info(f"RESUME: no {last_path}, starting from scratch")
-
-    ddp_model = model
-    if env.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if cuda else None,
-            find_unused_parameters=bool(_opt(cfg, "DDP_FIND_UNUSED")))
-
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"device {device} x{env.world}, amp={amp}, params={n_params / 1e6:.2f}M, "
+def _fit(cfg, model, train_ds, val_ds, saver: CheckpointSaver, extra_metrics, collate_fn, env: _Dist) -> dict:
+    seed_everything(int(cfg["SEED"]) + env.rank)
+    if env.main:
+        config_mod.save(_jsonable(cfg), saver.dir / "config.json")
+    loaders = make_loaders(cfg, train_ds, val_ds, env, collate_fn)
+    parts = build_parts(cfg, model, env, loaders.updates)
+    prog = resume(cfg, parts, saver, loaders, env)
+    wrap_ddp(parts, env)
+    stop_after = int(os.environ.get(STOP_ENV, "0") or 0)
+    log.info(f"device {env.device} x{env.world}, amp={parts.amp}, "
+             f"params={sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f}M, "
              f"train={len(train_ds)} val={len(val_ds) if val_ds is not None else 0}, "
-             f"steps/epoch={steps_per_epoch}, accum={accum}, epochs {start_epoch}..{epochs}")
-
-    stopped = False
-    metrics: dict = history[-1] if history else {}
-    for epoch in range(start_epoch, epochs + 1):
-        t0 = time.time()
-        for obj in (train_ds, sampler, val_ds):
-            if obj is not None and hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)
-        ddp_model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no per-step sync
-        n_bad = torch.zeros((), dtype=torch.int64, device=device)
-        n_seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not main,
-                   leave=False, dynamic_ncols=True)
-        for step, batch in enumerate(train_loader):
-            if step >= steps_per_epoch:
-                break
-            batch = _to_device(batch, device, channels_last)
-            update_now = (step + 1) % accum == 0 or step + 1 == steps_per_epoch
-            sync = contextlib.nullcontext() if (update_now or not env.enabled) else ddp_model.no_sync()
-            with sync:
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    out = ddp_model(batch)
-                loss = out["loss"]
-                scaler.scale(loss / accum).backward()
-            if update_now:
-                if grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                num_updates += 1
-                scheduler.step_update(num_updates)
-                if ema is not None:
-                    ema.update(model, step=num_updates)
-            b = out["logits"].shape[0]
-            ld = loss.detach().double()
-            finite = torch.isfinite(ld)
-            loss_sum += torch.where(finite, ld * b, torch.zeros_like(ld))
-            n_bad += (~finite).long()
-            n_seen += b
-            bar.update(1)
-            if step % 20 == 0 or step + 1 == steps_per_epoch:  # one host sync every 20 steps
-                if int(n_bad) and not amp:  # under AMP the GradScaler skips non-finite steps
-                    raise FloatingPointError(f"epoch {epoch} step {step}: non-finite loss")
-                lr_now = optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{float(loss_sum) / max(n_seen, 1):.4f}", lr=f"{lr_now:.2e}")
-        bar.close()
-        if int(n_bad):
-            log.warning(f"epoch {epoch}: {int(n_bad)} step(s) with a non-finite loss (skipped by AMP)")
-        train_loss = env.mean(float(loss_sum) / max(n_seen, 1))
-
-        # --- validation (sharded, gathered)
-        eval_model = ema.module if ema is not None else model
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
-        validate = epoch % val_every == 0 or epoch == epochs
-        if val_loader is not None and validate:
-            idx, probs, labels, vloss, vn = evaluate(eval_model, val_loader, device, amp, channels_last, main)
-            parts = env.gather((idx, probs, labels, vloss, vn))
-            probs = np.concatenate([p[1] for p in parts])
-            labels = np.concatenate([p[2] for p in parts])
-            row["val_loss"] = sum(p[3] for p in parts) / max(1, sum(p[4] for p in parts))
-            row["val_mAP"] = image_map(labels, probs)
-        extra = {}
-        if main and extra_metrics is not None and validate:
-            try:
-                extra = dict(extra_metrics(eval_model, device) or {})
-            except StopTraining:
-                stopped = True
-        stopped = bool(env.broadcast(stopped))
-        if stopped:
-            log.info(f"stopped during epoch {epoch} (before its checkpoint)")
+             f"steps/epoch={loaders.steps}, accum={cfg['ACCUM_STEPS']}, "
+             f"epochs {prog.epoch + 1}..{cfg['EPOCHS']}")
+    for epoch in range(prog.epoch + 1, int(cfg["EPOCHS"]) + 1):
+        row = run_epoch(cfg, parts, loaders, prog, epoch, env, extra_metrics, train_ds, val_ds)
+        if row is None:
+            prog.stopped = True
             break
-        row.update({k: float(v) for k, v in extra.items()})
-        row["seconds"] = round(time.time() - t0, 2)
-        metrics = row
-        history.append(row)
-
-        # --- best / last checkpoints, logs (rank 0)
-        value = row.get(monitor)
-        if value is None and val_loader is None:
-            value = -float(epoch) if lower_better else float(epoch)  # no validation: best = last
-        if value is None and validate:
-            raise KeyError(f"MONITOR {monitor!r} is not among the metrics {sorted(row)}")
-        improved = value is not None and value == value and (
-            best is None or (value < best if lower_better else value > best))
-        if improved:
-            best, best_epoch = float(value), epoch
-        if main:
-            state = {
-                "model": unwrap(model).state_dict(),
-                "config": _jsonable(cfg),
-                "model_name": str(cfg.get("MODEL_NAME", type(unwrap(model)).__name__)),
-                "epoch": epoch,
-                "num_updates": num_updates,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if amp else None,
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "rng": get_rng_state(),
-                "best_metric": best,
-                "best_epoch": best_epoch,
-                "metrics": row,
-                "history": history,
-            }
-            if improved:  # best first: a crash between the two writes never loses the best epoch
-                save_checkpoint(state, best_path)
-            save_checkpoint(state, last_path)
-            io.atomic_to_csv(pd.DataFrame(history), out_dir / "summary.csv")
-            try:
-                from common.plots import plot_training_curves
-
-                plot_training_curves(out_dir / "summary.csv", out_dir / "curves.png")
-            except Exception as e:  # noqa: BLE001 - a plot never stops training
-                log.warning(f"curves.png not written: {e}")
-            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            log.info(msg + (" *" if improved else ""))
+        prog.epoch = epoch
+        prog.history.append(row)
+        due = epoch % int(cfg["VAL_EVERY"]) == 0 or epoch == int(cfg["EPOCHS"])
+        improved = _improved(cfg, row, prog, due, loaders.val is not None)
+        saver.save(checkpoint_state(cfg, parts, prog, loaders, env), improved)
+        if env.main:
+            write_logs(saver.dir, row, prog.history, improved)
+            if improved:
+                write_oof(saver.dir, parts, extra_metrics)
         env.barrier()
-
-    if main and not best_path.is_file() and last_path.is_file():  # e.g. every MONITOR value was NaN
-        with io.atomic_path(best_path) as tmp:
-            shutil.copyfile(last_path, tmp)
+        if epoch == stop_after and epoch < int(cfg["EPOCHS"]):
+            log.info(f"{STOP_ENV}={stop_after}: stopping after epoch {epoch}")
+            prog.stopped = True
+            break
+    saver.finish()
     env.barrier()
-    last_epoch = history[-1]["epoch"] if history else 0
-    return {"best_metric": best, "best_epoch": best_epoch, "last_epoch": last_epoch, "metrics": metrics,
-            "history": history, "out_dir": str(out_dir), "stopped": stopped}
+    return {"best_metric": prog.best, "best_epoch": prog.best_epoch,
+            "last_epoch": prog.history[-1]["epoch"] if prog.history else 0,
+            "metrics": prog.history[-1] if prog.history else {}, "history": prog.history,
+            "out_dir": str(saver.dir), "stopped": prog.stopped, "rank": env.rank}
 
 
 def describe_result(cfg: dict, result: dict) -> str:

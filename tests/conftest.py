@@ -37,3 +37,8 @@ def load_script(file: str, name: str | None = None):
     spec.loader.exec_module(mod)
     return mod
 
+
+
+def nothing_in(folder: Path) -> bool:
+    """True when ``folder`` does not exist or holds no file (a step's start check may create it)."""
+    return not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))

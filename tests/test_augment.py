@@ -18,6 +18,8 @@ from common.constants import (
     YELLOW,
 )
 
+P1 = (0.5, 0.75, 0.7)  # p_flip, p_affine, p_dropout (S3's values)
+
 
 def _img(shape=(32, 32, 4), seed=0):
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -97,7 +99,7 @@ def test_green_from_other_random_factor_and_source():
 
 def test_scale_intensity_per_channel_range():
     img = np.full((2, 4, 4, 4), 100, np.uint8)  # a stack: same factors for every cell
-    out = augment.scale_intensity(img, np.random.default_rng(0))
+    out = augment.scale_intensity(img, np.random.default_rng(0), (0.6, 1.1))
     f = out[0, 0, 0].astype(float) / 100
     assert np.all(f >= 0.6 - 0.01) and np.all(f <= 1.1 + 0.01) and len(set(f.tolist())) > 1
     np.testing.assert_array_equal(out[0], out[1])
@@ -105,16 +107,16 @@ def test_scale_intensity_per_channel_range():
 
 def test_label_augment_probabilities_and_reproducibility():
     img, lab = _img((8, 8, 4)), _label(0)
-    never = augment.LabelAugment(p_negative=0, p_other=0, p_intensity=0)
+    never = augment.LabelAugment(p_negative=0, p_other=0, p_intensity=0, intensity_range=(0.6, 1.1))
     o, l2 = never(img, lab, np.random.default_rng(0))
     np.testing.assert_array_equal(o, img)
     np.testing.assert_array_equal(l2, lab)
-    always_neg = augment.LabelAugment(p_negative=1, p_other=0, p_intensity=0)
+    always_neg = augment.LabelAugment(p_negative=1, p_other=0, p_intensity=0, intensity_range=(0.6, 1.1))
     assert set(np.flatnonzero(always_neg(img, lab, np.random.default_rng(0))[1])) == {NEGATIVE}
-    always_other = augment.LabelAugment(p_negative=0, p_other=1, p_intensity=0)
+    always_other = augment.LabelAugment(p_negative=0, p_other=1, p_intensity=0, intensity_range=(0.6, 1.1))
     assert set(np.flatnonzero(always_other(img, lab, np.random.default_rng(0))[1])) <= {
         MICROTUBULES, ENDOPLASMIC_RETICULUM}
-    mixed = augment.LabelAugment(p_negative=0.3, p_other=0.3, p_intensity=0.5)
+    mixed = augment.LabelAugment(p_negative=0.3, p_other=0.3, p_intensity=0.5, intensity_range=(0.6, 1.1))
     a = mixed(img, lab, np.random.default_rng(7))
     b = mixed(img, lab, np.random.default_rng(7))
     np.testing.assert_array_equal(a[0], b[0])
@@ -127,28 +129,28 @@ def test_label_augment_probabilities_and_reproducibility():
         counts["neg" if k == NEGATIVE else "other" if other else "same"] += 1
     assert 80 < counts["neg"] < 160 and 80 < counts["other"] < 160
     with pytest.raises(ValueError):
-        augment.LabelAugment(p_negative=0.7, p_other=0.5)
+        augment.LabelAugment(p_negative=0.7, p_other=0.5, p_intensity=0, intensity_range=(0.6, 1.1))
 
 
 @pytest.mark.parametrize("variant", augment.VARIANTS)
 @pytest.mark.parametrize("size", [64, 96])
 def test_spatial_pipelines(variant, size):
     img = _img((size, size, 4))
-    t = augment.build_transforms(variant, size)
+    t = augment.build_transforms(variant, size, True, *P1)
     a = augment.apply_transforms(t, img, np.random.default_rng(3))
     b = augment.apply_transforms(t, img, np.random.default_rng(3))
     c = augment.apply_transforms(t, img, np.random.default_rng(4))
     assert a.shape == (size, size, 4) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert augment.build_transforms(variant, size, train=False) is None
+    assert augment.build_transforms(variant, size, False, *P1) is None
     with pytest.raises(ValueError, match="VARIANT"):
-        augment.build_transforms("bogus", size)
+        augment.build_transforms("bogus", size, True, *P1)
 
 
 def test_masked_coarse_dropout_hole_is_70_percent():
     img = np.full((100, 100, 4), 255, np.uint8)
-    t = augment.build_transforms("masked", 100, p_flip=0, p_affine=0, p_dropout=1.0)
+    t = augment.build_transforms("masked", 100, True, p_flip=0, p_affine=0, p_dropout=1.0)
     out = augment.apply_transforms(t, img, np.random.default_rng(0))
     assert (out[..., 0] == 0).sum() == 70 * 70
 
@@ -157,8 +159,8 @@ def test_image_dataset(tmp_path):
     from common.datasets import ImageDataset, make_toy_dataset
 
     df = make_toy_dataset(tmp_path, n=6, size=32)
-    ds = ImageDataset(df, tmp_path / "train", transforms=augment.build_transforms("masked", 48),
-                      label_aug=augment.LabelAugment(), image_size=48, seed=1)
+    ds = ImageDataset(df, tmp_path / "train", transforms=augment.build_transforms("masked", 48, True, *P1),
+                      label_aug=augment.LabelAugment(0.05, 0.05, 0.5, (0.6, 1.1)), image_size=48, seed=1)
     item = ds[0]
     assert item["image"].shape == (4, 48, 48) and item["image"].dtype == torch.float32
     assert item["label"].shape == (NUM_CLASSES,) and item["id"] == df.ID[0]

@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from conftest import load_script
 
-from common import augment, cellpool, io, models, predict, pseudo, train
+from common import augment, cellpool, io, models, predict, pseudo
 from common.bag_datasets import BagDataset, crop_path
 from common.constants import NUM_CLASSES
 from common.datasets import make_toy_dataset
 from common.mil import BagModel
 
 torch.set_num_threads(1)
-P1 = dict(PIPELINE=1, MODEL_NAME="test_resnet", PRETRAINED=False, IMAGE_SIZE=128, VARIANT="masked",
-          LOSS="bce", DROPOUT=0.5, MSD_SAMPLES=5, SEED=0)
+P1 = dict(PIPELINE=1, MODEL_NAME="test_resnet", PRETRAINED=False, PRETRAINED_FILE="", IMAGE_SIZE=128,
+          VARIANT="masked", LOSS="bce", DROPOUT=0.5, MSD_SAMPLES=5, SEED=0)
 
 
 def _checkpoint(path, cfg=P1):
@@ -60,10 +60,10 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
     want = np.zeros((len(ids), NUM_CLASSES))
     with torch.no_grad():
         for k in range(4):
-            fmap = clf.backbone.forward_features(predict.tta_variant(x, k))[0]          # (F, 4, 4)
+            fmap = clf.backbone.forward_features(augment.dihedral(x, k))[0]          # (F, 4, 4)
             assert fmap.shape[-2:] == (4, 4)
             for i, c in enumerate(ids):
-                mask = predict.tta_variant(torch.from_numpy((labels == c).astype(np.float32)), k).numpy()
+                mask = augment.dihedral(torch.from_numpy((labels == c).astype(np.float32)), k).numpy()
                 w = torch.from_numpy(cv2.resize(mask, (4, 4), interpolation=cv2.INTER_AREA))
                 gap = (fmap * w).sum((-1, -2)) / w.sum()
                 want[i] += torch.sigmoid(clf.head(gap)).numpy() / 4
@@ -86,7 +86,7 @@ def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
     np.testing.assert_allclose(image_p, plain.predict(image, whole)[1], atol=1e-5)  # the run's own
     x = augment.normalize(io.resize_image(image, 128)[None], "competition")
     with torch.no_grad():
-        ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(predict.tta_variant(x, k)))[0]
+        ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(augment.dihedral(x, k)))[0]
                            for k in range(2)]).mean(0).numpy()
         grid = pred.model.classifier.backbone.forward_features(x).shape[-1]
     assert grid == (8 if stride == 16 else 4)
@@ -147,7 +147,7 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     assert (run / "best.pth").is_file() and "val_mAP" in res["metrics"]
     model, cfg = models.load_checkpoint(run / "best.pth")
     assert isinstance(model, cellpool.CellPoolModel) and cfg["CELLPOOL_STRIDE"] == 16
-    init = train.new_model(dict(cfg, PRETRAINED=False))
+    init = models.new_model(dict(cfg, PRETRAINED=False))
     moved = [not torch.equal(a, b) for a, b in zip(init.state_dict().values(), model.state_dict().values())
              if a.is_floating_point()]
     assert any(moved)  # the optimizer took steps
@@ -245,8 +245,9 @@ def test_pseudo_bags_and_loss(tmp_path):
     assert torch.equal(plain["image"], item["image"])
     # the model adds PSEUDO_W x per-cell BCE on the cells with a target
     torch.manual_seed(0)
-    model = BagModel(models.build_classifier(dict(MODEL_NAME="test_resnet", MSD_SAMPLES=1)),
-                     {"PSEUDO_W": 2.0})
+    mil_cfg = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)
+    model = BagModel(models.build_classifier(dict(P1, MSD_SAMPLES=1)),
+                     {**mil_cfg, "PSEUDO_W": 2.0})
     model.eval()
     batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():

@@ -6,6 +6,8 @@ import pytest
 
 from common import cells
 
+M = 0.05  # the crop margin of S4.1
+
 
 def _scene(dtype=np.uint16):
     """A 40x50 label map: cell 300 on the top border, cell 7 inside, cell 9 touching cell 7."""
@@ -59,27 +61,27 @@ def test_crop_zeroes_neighbours_and_margin():
 def test_crop_paste_back_recovers_cell_pixels():
     img, lab = _scene(np.int32)
     for c in cells.cell_ids(lab):
-        side = cells.square_window(cells.bounding_boxes(lab)[c])[2]
-        crop = cells.crop_cell(img, lab, c, size=side)
-        back = cells.paste_back(crop, lab, c)
+        side = cells.square_window(cells.bounding_boxes(lab)[c], M)[2]
+        crop = cells.crop_cell(img, lab, c, size=side, margin=M)
+        back = cells.paste_back(crop, lab, c, M)
         np.testing.assert_array_equal(back[lab == c], img[lab == c])
         assert (back[lab != c] == 0).all()
     # resized crops come back approximately (a smooth image survives the resize round-trip)
     yy, xx = np.mgrid[0:40, 0:50]
     smooth = np.stack([(xx * 4 + yy * 2) % 256] * 4, -1).astype(np.uint8)
-    back = cells.paste_back(cells.crop_cell(smooth, lab, 7, size=64), lab, 7)
+    back = cells.paste_back(cells.crop_cell(smooth, lab, 7, size=64, margin=M), lab, 7, M)
     assert np.abs(back[lab == 7].astype(int) - smooth[lab == 7]).mean() < 3
 
 
 def test_crop_cells_batched_equals_single():
     img, lab = _scene()
-    batch = cells.crop_cells(img, lab, [300, 7], size=32)
+    batch = cells.crop_cells(img, lab, [300, 7], size=32, margin=M)
     assert batch.shape == (2, 32, 32, 4)
-    np.testing.assert_array_equal(batch[1], cells.crop_cell(img, lab, 7, 32))
-    assert cells.crop_cells(img, lab, None, 32).shape == (3, 32, 32, 4)
-    assert cells.crop_cells(img, np.zeros_like(lab), None, 32).shape == (0, 32, 32, 4)
+    np.testing.assert_array_equal(batch[1], cells.crop_cell(img, lab, 7, 32, M))
+    assert cells.crop_cells(img, lab, None, 32, M).shape == (3, 32, 32, 4)
+    assert cells.crop_cells(img, np.zeros_like(lab), None, 32, M).shape == (0, 32, 32, 4)
     with pytest.raises(KeyError):
-        cells.crop_cell(img, lab, 5, 32)
+        cells.crop_cell(img, lab, 5, 32, M)
 
 
 def test_masked_views_keep_only_the_cell():
@@ -98,7 +100,7 @@ def test_centered_views_centre_the_cell_and_keep_context():
     views = cells.centered_views(img, lab, [7, 300], size=50)   # side = max(H, W) = 50: no resize
     assert views.shape == (2, 50, 50, 4)
     # cell 7's box centre (20, 22.5) -> window origin (-5, -3): image pixel (y, x) lands at (y+3, x+5)
-    wx0, wy0, side = cells.square_window((15, 15, 25, 30), side=50)
+    wx0, wy0, side = cells.square_window((15, 15, 25, 30), 0.0, side=50)
     assert (wx0, wy0, side) == (-5, -3, 50)
     np.testing.assert_array_equal(views[0][3:43, 5:50], img[:, :45])   # neighbours kept
     assert (views[0][:3] == 0).all() and (views[0][43:] == 0).all()

@@ -65,3 +65,31 @@ def test_second_parse_starts_from_the_constants_block():
     assert ns["EPOCHS"] == 9
     cfg = config.parse(ns, [], quiet=True)
     assert cfg.EPOCHS == 3 and ns["EPOCHS"] == 3
+
+
+def test_save_records_the_environment(tmp_path):
+    import torch  # noqa: F401 - a step that uses torch records its threads (and CUDA when used)
+
+    path = config.save({"EPOCHS": 1, "DEVICE": "cpu"}, tmp_path / "config.json")
+    env = json.loads(path.read_text())["environment"]
+    assert env["device"] == "cpu" and env["cpu"] and env["python"] and env["cpu_count"] >= 1
+    for name in ("torch", "timm", "numpy", "albumentations", "pandas", "scikit-image", "scipy"):
+        assert env["packages"][name], name
+    assert any(k.startswith("opencv") for k in env["packages"])
+    assert env["packages"]["torch"].startswith("2.14.1") and "torch_threads" in env
+    assert "gpu" not in env                                     # a CPU run names no GPU
+    bare = config.save({"A": 1}, tmp_path / "b.json", record_environment=False)
+    assert json.loads(bare.read_text()) == {"A": 1}
+
+
+def test_environment_names_the_gpu_on_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA Test GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    env = config.environment("auto")
+    assert env["device"] == "cuda" and env["gpu"] == ["NVIDIA Test GPU"] and "cuda" in env
+    assert "gpu" not in config.environment("cpu")                # CUDA present but not used

@@ -231,3 +231,36 @@ def test_s0_skips_same_config_and_refuses_real_data(tmp_path, capsys):
     (real / "train.csv").write_text("ID,Label\nx,0\n")
     with pytest.raises(SystemExit, match="real"):
         s0.main(["--OUT_DIR", str(real), "--N_TRAIN", "1", "--N_TEST", "0", "--IMAGE_SIZE", "128"])
+
+
+def test_s0_overwrite_never_deletes_files_it_did_not_make(tmp_path):
+    import S0_make_demo_data as s0
+
+    small = ["--N_TRAIN", "2", "--N_TEST", "1", "--IMAGE_SIZE", "64", "--NUM_WORKERS", "1"]
+    real = tmp_path / "real"                      # real data: a train.csv and its images, no manifest
+    (real / "train").mkdir(parents=True)
+    (real / "train.csv").write_text("ID,Label\nabc,0\n")
+    (real / "train" / "abc_red.png").write_bytes(b"not really a png")
+    before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match="did not make"):
+        s0.main(["--OUT_DIR", str(real), "--OVERWRITE", "true", *small])
+    assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
+
+    demo = tmp_path / "demo"                      # a demo beside which the user put a file of their own
+    s0.main(["--OUT_DIR", str(demo), *small])
+    own = set(dd.read_manifest(demo))
+    assert "train.csv" in own and len([f for f in own if f.startswith("train/")]) == 8
+    mine = demo / "train" / "mine_red.png"
+    mine.write_bytes(b"mine")
+    s0.main(["--OUT_DIR", str(demo), "--OVERWRITE", "true", "--SEED", "3", *small])
+    assert mine.read_bytes() == b"mine"           # kept; the old demo images are gone, new ones there
+    assert not any((demo / f).exists() for f in own - set(dd.read_manifest(demo)))
+    assert len(list((demo / "train").glob("*.png"))) == 9
+    # a demo made before manifests existed: its own files are rebuilt from its tables
+    legacy = set(dd.read_manifest(demo))
+    (demo / dd.MANIFEST_NAME).unlink()
+    assert set(dd.read_manifest(demo)) == legacy - {dd.MANIFEST_NAME}
+    # a planned file that exists without being in the manifest is never written over
+    (demo / dd.MANIFEST_NAME).write_text("[]")
+    with pytest.raises(FileExistsError, match="not made"):
+        dd.make_dataset(demo, 2, 1, 64, seed=3)

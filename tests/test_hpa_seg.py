@@ -435,19 +435,35 @@ def test_segmenter_geometry_channels_padding_tta():
 
 
 def test_segmenter_end_to_end_two_cells():
-    img = np.zeros((120, 100, 4), np.uint8)  # not a multiple of 32: the padding path
-    for cy, cx in ((40, 30), (80, 72)):
-        _disk(img[..., BLUE], cy, cx, 10, 220)
-        _disk(img[..., RED], cy, cx, 18, 200)
-        _disk(img[..., YELLOW], cy, cx, 18, 200)
+    img = np.zeros((480, 400, 4), np.uint8)  # network size 120 x 100, not a multiple of 32: padding
+    for cy, cx in ((160, 120), (320, 288)):
+        _disk(img[..., BLUE], cy, cx, 40, 220)
+        _disk(img[..., RED], cy, cx, 72, 200)
+        _disk(img[..., YELLOW], cy, cx, 72, 200)
     net = _PointwiseNet()
-    seg = HPASegmenter(models=(net, net), device="cpu", scale=1.0, input_scale=0.25)
-    assert seg.name == "hpa"
+    seg = HPASegmenter(models=(net, net), device="cpu")
+    assert seg.name == "hpa" and seg.uses_original_size
     [(cell, nucleus)] = seg.segment([img])
-    assert cell.shape == nucleus.shape == (120, 100) and cell.dtype == np.int32
+    assert cell.shape == nucleus.shape == (480, 400) and cell.dtype == np.uint16
     assert sorted(np.unique(cell)) == [0, 1, 2] and sorted(np.unique(nucleus)) == [0, 1, 2]
     assert np.all(cell[nucleus > 0] == nucleus[nucleus > 0])
-    assert cell[40, 30] != cell[80, 72] and nucleus[40, 30] == cell[40, 30]
+    assert cell[160, 120] != cell[320, 288] and nucleus[160, 120] == cell[160, 120]
+    # handed the quarter-size copy with the original size, the networks see the same scale: same cells
+    # (the S5 fallback of before handed a 512 copy as if it were the original, and got no cells)
+    small = img[::4, ::4].copy()
+    [(cell_s, _)] = seg.segment([small], sizes=[(480, 400)])
+    assert cell_s.shape == (480, 400) and sorted(np.unique(cell_s)) == [0, 1, 2]
+    inter = ((cell_s > 0) & (cell > 0)).sum() / ((cell_s > 0) | (cell > 0)).sum()
+    assert inter > 0.95
+    [(cell_w, _)] = HPASegmenter(models=(net, net), device="cpu", label_at="working").segment([img])
+    assert cell_w.shape == (480, 400) and sorted(np.unique(cell_w)) == [0, 1, 2]
+    # post-processing in worker processes: the same label maps
+    par = HPASegmenter(models=(net, net), device="cpu", post_workers=2)
+    try:
+        both = par.segment([img, small], sizes=[(480, 400), (480, 400)])
+    finally:
+        par.close()
+    assert np.array_equal(both[0][0], cell) and np.array_equal(both[1][0], cell_s)
 
 
 def test_segmenter_with_the_network(loaded):
@@ -456,7 +472,7 @@ def test_segmenter_with_the_network(loaded):
     imgs = [rng.integers(0, 256, (200, 180, 4), dtype=np.uint8)]
     seg = HPASegmenter(models=(loaded, loaded), device="cpu", scale=0.25)
     [(cell, nucleus)] = seg.segment(imgs)
-    assert cell.shape == nucleus.shape == (200, 180) and cell.dtype == nucleus.dtype == np.int32
+    assert cell.shape == nucleus.shape == (200, 180) and cell.dtype == nucleus.dtype == np.uint16
     assert np.all((nucleus == 0) | (nucleus == cell))
 
 
@@ -483,8 +499,11 @@ def test_two_touching_blobs_give_two_cells():
     assert cell[32, 16] == cell[32, 33]  # the left cell extends beyond its nucleus
 
 
-def test_more_than_255_cells_survive():
-    n, step = 17, 16                    # 289 cells: ids past 255 must not wrap
+@pytest.mark.parametrize("corrected", [False, True])
+def test_more_than_255_cells_survive(corrected):
+    n, step = 17, 16                    # 289 separate cells. The official uint8 cast before the closing
+    # turns cell 256 into background (lost, as in the truth); the others survive (ids made anew after
+    # it) and the final ids never wrap. Corrected: all 289.
     h = w = n * step
     nb, ni, cb, ci = (np.zeros((h, w), np.float32) for _ in range(4))
     for i in range(n):
@@ -492,9 +511,10 @@ def test_more_than_255_cells_survive():
             cy, cx = i * step + step // 2, j * step + step // 2
             _disk(ni, cy, cx, 4, 0.95)
             ci[i * step + 1:(i + 1) * step - 1, j * step + 1:(j + 1) * step - 1] = 0.9
-    cell, nucleus = label_cells(nb, ni, cb, ci, pixel_scale=0.1)
-    assert cell.dtype == np.int32 and cell.max() == n * n
-    assert len(np.unique(cell)) == n * n + 1 and len(np.unique(nucleus)) == n * n + 1
+    cell, nucleus = label_cells(nb, ni, cb, ci, pixel_scale=0.1, corrected=corrected)
+    expect = n * n if corrected else n * n - 1
+    assert cell.dtype == np.uint16 and cell.max() == expect
+    assert len(np.unique(cell)) == expect + 1 and len(np.unique(nucleus)) == expect + 1
     assert np.all(cell[nucleus > 0] == nucleus[nucleus > 0])
 
 

@@ -115,3 +115,76 @@ def test_atomic_path_leaves_no_trace_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
     io.atomic_write_text(target, "new")
     assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+
+
+# ----------------------------------------------------------------------------- temporaries (issue 15)
+def test_temp_names_match_no_glob_of_the_steps_and_writers_still_pick_the_format(tmp_path):
+    seen = {}
+    for name in ("rec.json", "img.png", "masks.npz", "table.csv", "best.pth", "x.tif.gz"):
+        with io.atomic_path(tmp_path / name) as tmp:
+            seen[name] = tmp.name
+            assert io.target_name(tmp) == name
+            globs = ["*.json", "*.png", "*.npz", "*.csv", "*.pth", "*.gz", "*" + name]
+            assert not any(p == tmp for g in globs for p in tmp_path.glob(g)), tmp.name
+            assert io.is_stale_temp(tmp) is False                     # this process is writing it
+            tmp.write_bytes(b"x")
+    assert all(n.startswith(".") and n.endswith(".tmp") for n in seen.values())
+    img = _rgby(3)
+    assert np.array_equal(io.read_rgby(io.write_rgby(tmp_path / "a.png", img)), img)  # PNG via imencode
+    with io.atomic_path(tmp_path / "b.jpg") as tmp:
+        io.imwrite(tmp, img[..., 0])
+    assert (tmp_path / "b.jpg").read_bytes()[:2] == b"\xff\xd8"           # a JPEG, as the name says
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_remove_stale_temps_keeps_live_writers(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = io._HOST
+    (tmp_path / "sub").mkdir()
+    stale = [tmp_path / f".a.json.{host}-{dead}-00ff00ff.tmp",       # its process has ended
+             tmp_path / f".last.pth.{dead}.tmp",                     # a checkpoint's temporary
+             tmp_path / ".b.json.ab12cd34.tmp.json",                 # an earlier version's name
+             tmp_path / "sub" / f".c.png.{host}-{dead}-12345678.tmp"]
+    live = [tmp_path / f".d.json.{host}-{os.getpid()}-abcdef01.tmp",  # this process, written now
+            tmp_path / f".e.json.otherhost-{dead}-abcdef01.tmp",     # another machine, recent
+            tmp_path / "keep.json", tmp_path / ".hidden.tmp"]
+    for p in stale + live:
+        p.write_text("{}")
+    old = tmp_path / f".f.json.otherhost-{dead}-abcdef01.tmp"      # another machine, an hour old
+    old.write_text("{}")
+    os.utime(old, (time.time() - 2 * io.OTHER_HOST_TEMP_AGE_S,) * 2)
+    stale.append(old)
+    assert io.remove_stale_temps(tmp_path) == 4                       # not below tmp_path
+    assert stale[3].exists()
+    assert io.remove_stale_temps(tmp_path, recursive=True) == 1
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+    assert io.remove_stale_temps(tmp_path / "absent") == 0
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_atomic_outputs_follow_the_umask(tmp_path, umask, mode):
+    import os
+
+    import pandas as pd
+
+    old = os.umask(umask)
+    try:
+        paths = [io.atomic_write_text(tmp_path / "a.txt", "x"),
+                 io.atomic_to_csv(pd.DataFrame({"a": [1]}), tmp_path / "b.csv"),
+                 io.write_rgby(tmp_path / "c.png", _rgby()),
+                 io.save_masks(tmp_path / "d.npz", np.zeros((4, 4), np.uint16))]
+        with io.atomic_path(tmp_path / "e.bin") as tmp:                 # a writer that replaces the file
+            src = tmp_path / "src"
+            src.write_bytes(b"y")
+            os.chmod(src, 0o600)
+            os.replace(src, tmp)
+        paths.append(tmp_path / "e.bin")
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in paths} == {oct(mode)}

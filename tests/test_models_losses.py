@@ -88,7 +88,8 @@ def test_classifier_msd_and_image_model():
     masks = [torch.nn.functional.dropout(f, 0.5, True) for _ in range(5)]
     torch.testing.assert_close(a, torch.stack([clf.head(m) for m in masks]).mean(0))
 
-    cfg = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "LOSS": "bce"}
+    cfg = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "PRETRAINED_FILE": "",
+           "LOSS": "bce", "DROPOUT": 0.5, "MSD_SAMPLES": 5}
     m = models.build_model(cfg)
     assert isinstance(m, models.ImageModel)
     o = m({"image": x, "label": torch.zeros(2, NUM_CLASSES)})

@@ -5,11 +5,13 @@ import importlib
 import json
 import os
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import nothing_in
 
 from common import io, parallel
 
@@ -253,3 +255,87 @@ def test_network_segmenter_gets_batches_of_originals(data, tmp_path, monkeypatch
     else:
         assert res["processed"] == n and res["segmenter"] == "hpa"
         assert json.loads(next((out / "meta" / "test").glob("*.json")).read_text())["seg_at"] == "original"
+
+
+# ----------------------------------------------------------------------------- hostile input (issue 15)
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("csv", ["train.csv", "train_external.csv", "sample_submission.csv"])
+@pytest.mark.parametrize("kind", ["parent", "subfolder", "absolute", "backslash"])
+def test_hostile_ids_are_rejected_before_anything_is_read_or_written(data, tmp_path, csv, kind):
+    bad = {"parent": "../../evil", "subfolder": "train/evil", "absolute": str(tmp_path / "evil"),
+           "backslash": "..\\evil"}[kind]
+    io.write_channels(tmp_path, "evil", np.full((64, 64, 4), 50, np.uint8))  # what the ID points at
+    if csv == "train_external.csv":
+        pd.DataFrame({"ID": ["ext_ok", bad], "Label": ["0", "1"]}).to_csv(data / csv, index=False)
+    else:
+        t = pd.read_csv(data / csv, dtype=str)
+        t.loc[1, "ID"] = bad
+        t.to_csv(data / csv, index=False)
+    before = _files(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"{csv.replace('.', r'[.]')}: row 3: ID .*evil"):
+        run(data, out)
+    assert _files(tmp_path) == before and nothing_in(out)
+
+
+def test_empty_label_stops_s2_with_the_row(data, tmp_path):
+    t = pd.read_csv(data / "train.csv", dtype=str)
+    t.loc[2, "Label"] = ""
+    t.to_csv(data / "train.csv", index=False)
+    with pytest.raises(SystemExit, match=r"train\.csv: row 4: image .*: empty Label"):
+        run(data, tmp_path / "out")
+    assert nothing_in(tmp_path / "out")
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_image_size_not_positive_stops_s2(data, tmp_path, size):
+    with pytest.raises(SystemExit, match=rf"IMAGE_SIZE {size}: must be an integer >= 16"):
+        run(data, tmp_path / "out", "--IMAGE_SIZE", size)
+    assert nothing_in(tmp_path / "out")
+
+
+_KILLED_WRITER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from common import io
+with io.atomic_path(sys.argv[2]) as tmp:
+    tmp.write_text(open(sys.argv[2]).read())
+    os._exit(9)   # killed mid-write: the temporary file stays
+"""
+
+
+def test_a_leftover_temp_file_neither_duplicates_a_row_nor_survives_the_next_run(data, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run(data, out)
+    first = pd.read_csv(out / "train_all.csv", dtype={"ID": str})
+    rec = out / "meta" / "train" / f"{first['ID'][0]}.json"
+    root = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, root, str(rec)], check=False)
+    legacy = rec.with_name(f".{rec.name}.ab12cd34.tmp.json")            # the name earlier versions used
+    legacy.write_text(rec.read_text())
+    left = [p for p in rec.parent.iterdir() if p.name != rec.name and first["ID"][0] in p.name]
+    assert len(left) == 2
+    res = run(data, out)
+    again = pd.read_csv(out / "train_all.csv", dtype={"ID": str})
+    assert not again["ID"].duplicated().any() and again["ID"].tolist() == first["ID"].tolist()
+    assert res["processed"] == 0 and not any(p.exists() for p in left)
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_s2_outputs_follow_the_umask(data, tmp_path):
+    old = os.umask(0o027)
+    try:
+        run(data, tmp_path / "out")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    files = [out / "train_all.csv", out / "s2_failures.csv", *(out / "train").glob("*.png"),
+             *(out / "train_cell_mask").glob("*.npz"), *(out / "meta" / "train").glob("*.json")]
+    assert len(files) > 5
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}

@@ -16,14 +16,16 @@ from conftest import load_script
 from torch import nn
 
 from common import cells, encoding, io
-from common.bag_datasets import BagDataset, crop_path
+from common.augment import LabelAugment
+from common.bag_datasets import BagDataset
+from common.cells import crop_path
 from common.constants import NEGATIVE, NUM_CLASSES
 from common.mil import BagModel, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
-
-
+S41_MARGIN = load_script("S4.1_crop_cells.py").CROP_MARGIN
+MIL = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)  # S4.2's
 
 
 def run_s41(args):
@@ -107,7 +109,7 @@ def test_s41_writes_crops_and_index(data):
     big = cv2.resize(lab, (128, 128), interpolation=cv2.INTER_NEAREST)
     c = int(index.loc[index["ID"] == "img01", "cell_id"].iloc[0])
     np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
-                                  cells.crop_cell(orig, big, c, 32))
+                                  cells.crop_cell(orig, big, c, 32, S41_MARGIN))
     row = index[(index["ID"] == "img01") & (index["cell_id"] == c)].iloc[0]
     assert (row.x0, row.y0, row.x1, row.y1) == cells.bounding_boxes(lab)[c]       # 512-px coordinates
     assert row.area == int((lab == c).sum())
@@ -115,8 +117,9 @@ def test_s41_writes_crops_and_index(data):
     lab7, _ = io.load_masks(hpa / "train_cell_mask" / "img07.npz")
     c7 = cells.cell_ids(lab7)[0]
     np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img07", c7)),
-                                  cells.crop_cell(io.read_rgby(hpa / "train" / "img07.png"), lab7, c7, 32))
-    assert json.loads((hpa / "cells_32.json").read_text())["CROP_MARGIN"] == cells.CROP_MARGIN
+                                  cells.crop_cell(io.read_rgby(hpa / "train" / "img07.png"), lab7, c7, 32,
+                                                  S41_MARGIN))
+    assert json.loads((hpa / "cells_32.json").read_text())["CROP_MARGIN"] == S41_MARGIN
 
 
 def test_s41_resume_writes_nothing_new_and_lists_failures(data, tmp_path):
@@ -187,9 +190,10 @@ def test_bag_dataset_shapes_sampling_and_label_aug(data):
     ids = few[0]["cell_ids"].tolist()
     assert len(set(ids)) == 2 and few[0]["image"].shape == (2, 4, 16, 16)    # no replacement; resized
     assert torch.equal(few[0]["image"], few[0]["image"])
-    neg = BagDataset(df, hpa / "cells_32", index, cell_size=32, p_green_to_negative=1.0)
+    neg = BagDataset(df, hpa / "cells_32", index, 16, 32, True,
+                     label_aug=LabelAugment(1.0, 0.0, 0.0, (0.6, 1.1)))
     stack, label, _ = neg.load_bag(1, neg.rng(1))
-    plain, _, _ = BagDataset(df, hpa / "cells_32", index, cell_size=32).load_bag(1, neg.rng(1))
+    plain, _, _ = BagDataset(df, hpa / "cells_32", index, 16, 32, True).load_bag(1, neg.rng(1))
     assert label.tolist() == [float(c == NEGATIVE) for c in range(NUM_CLASSES)]
     assert stack[..., 1].max() <= 0.1 * plain[..., 1].max() + 1                # every cell's green dimmed
     np.testing.assert_array_equal(stack[..., 0], plain[..., 0])
@@ -206,7 +210,7 @@ class _Echo(nn.Module):
 def test_bag_model_reshape_round_trip():
     bs, n = 3, 16
     x = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1, 1, 1).expand(bs, n, 4, 8, 8).clone()
-    model = BagModel(_Echo(), {"MIL_CHUNK": 5})
+    model = BagModel(_Echo(), {**MIL, "MIL_CHUNK": 5})
     out = model({"image": x})
     assert out["cell_logits"].shape == (bs, n, NUM_CLASSES) and out["logits"].shape == (bs, NUM_CLASSES)
     expect = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1).expand(bs, n, NUM_CLASSES)
@@ -230,7 +234,7 @@ def test_mil_loss_equals_hand_computed_value():
     assert mil_loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
     bag = torch.randn(2, 3, 4, 8, 8)
     label = (torch.rand(2, NUM_CLASSES) > 0.5).float()
-    out = BagModel(_Echo(), {"MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
+    out = BagModel(_Echo(), {**MIL, "MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
     torch.testing.assert_close(out["loss"], mil_loss(out["cell_logits"], label))
     assert mil_loss(cell, target, w_max=1, w_mean=0).item() == pytest.approx(bce_max, rel=1e-6)
 
@@ -242,7 +246,7 @@ def test_pools():
     torch.testing.assert_close(pool_cells(x, "lse", r=1e4), x.amax(1), atol=1e-3, rtol=0)
     torch.testing.assert_close(pool_cells(x, "lse", r=1e-2), x.mean(1), atol=3e-2, rtol=0)
     with pytest.raises(ValueError, match="MIL_POOL"):
-        BagModel(_Echo(), {"MIL_POOL": "median"})
+        BagModel(_Echo(), {**MIL, "MIL_POOL": "median"})
 
 
 # ----------------------------------------------------------------------------- S4.2
@@ -265,7 +269,7 @@ def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
     for col in ("val_mAP", "val_loss", "cell_mAP_strict", "cell_mAP_lenient"):
         assert col in hist.columns and hist[col].notna().all()
     saved = json.loads((out / "config.json").read_text())
-    assert saved["PIPELINE"] == 2 and saved["CELL_SIZE"] == 64 and saved["CROP_MARGIN"] == cells.CROP_MARGIN
+    assert saved["PIPELINE"] == 2 and saved["CELL_SIZE"] == 64 and saved["CROP_MARGIN"] == S41_MARGIN
     model, cfg = load_checkpoint(out / "best.pth", "cpu")
     assert isinstance(model, BagModel) and result["best_epoch"] in (1, 2)
     with torch.no_grad():

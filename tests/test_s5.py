@@ -3,6 +3,7 @@ tiny models trained for one step (pipeline 1 and pipeline 2, so the ensemble has
 an image with zero cells; a missing channel file; batched vs one-forward-per-cell inference."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, nothing_in
 
 from common import cells, encoding, io, predict, segmentation
 from common.constants import NUM_CLASSES
@@ -258,12 +259,76 @@ def test_missing_channel_file_is_named(e2e, tmp_path, capsys):
         S5.main(_s5_args(e2e, comp, hpa, out, "--SEGMENTER", "hpa", "--HPA_SEG_DIR", str(no_weights),
                          "--IMAGE_SIZE", str(WORK), "--VARIANTS", "false"))
     assert str(no_weights) in str(err.value)
-    missing = comp / "test" / f"{iid}_green.png"
-    missing.unlink()
-    with pytest.raises((OSError, SystemExit)) as err:
-        S5.main(args)
-    assert str(missing) in str(err.value)
-    assert not (out / "submission.csv").exists()
+
+
+def test_corrupt_and_missing_images_keep_empty_rows_and_are_listed(e2e, tmp_path, capsys):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    ids = e2e["sample"]["ID"].tolist()
+    corrupt, missing, good = ids[0], ids[1], ids[2]
+    for iid in (corrupt, missing):                                     # no S2 outputs for either
+        (hpa / "test" / f"{iid}.png").unlink()
+        (hpa / "test_cell_mask" / f"{iid}.npz").unlink()
+    (comp / "test" / f"{corrupt}_green.png").write_bytes(b"\x89PNG not really")
+    for p in (comp / "test").glob(f"{missing}_*"):
+        p.unlink()
+    out = tmp_path / "out"
+    (out / "s5_failures.csv").parent.mkdir()
+    (out / "s5_failures.csv").write_text("ID,reason\nstale,from an earlier run\n")
+    args = _s5_args(e2e, comp, hpa, out, "--SEGMENTER", "builtin", "--IMAGE_SIZE", str(WORK))
+    sub = encoding.read_submission(S5.main(args))
+    assert sub["ID"].tolist() == ids                                   # every row, in order
+    got = sub.set_index("ID")["PredictionString"]
+    assert got[corrupt] == "" and got[missing] == "" and got[good] != ""
+    for name in ("cells", "image_level"):
+        assert len(encoding.read_submission(out / f"submission_{name}.csv")) == len(ids)
+    fails = pd.read_csv(out / "s5_failures.csv", dtype={"ID": str}).set_index("ID")["reason"]
+    assert sorted(fails.index) == sorted([corrupt, missing])
+    assert f"{corrupt}_green.png" in fails[corrupt] and "decode" in fails[corrupt]
+    assert f"{missing}_red.png" in fails[missing] and "missing" in fails[missing]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "submission.csv" in last and "2 of 3 images FAILED" in last
+    env = json.loads((out / "s5_config.json").read_text())["environment"]    # what made the result
+    assert env["device"] == "cpu" and env["packages"]["torch"] and env["cpu"]
+    (out / "submission.csv").unlink()
+    with pytest.raises(SystemExit) as err:                             # a pipeline can ask to notice
+        S5.main([*args, "--FAIL_ON_ERRORS", "true"])
+    assert err.value.code == 3 and (out / "submission.csv").is_file()
+    for src, dst in ((e2e["comp"], comp), (e2e["hpa"], hpa)):           # all readable again:
+        for sub in ("test", "test_cell_mask"):
+            if (src / sub).is_dir():
+                shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
+    S5.main(args)                                                      # the list is emptied
+    assert len(pd.read_csv(out / "s5_failures.csv")) == 0
+    assert "0 images failed" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("bad_id", ["../evil", "sub/evil", "/tmp/evil", "..\\evil"])
+def test_hostile_sample_ids_are_rejected_before_anything_is_written(e2e, tmp_path, bad_id):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
+    sample.loc[1, "ID"] = bad_id
+    sample.to_csv(comp / "sample_submission.csv", index=False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"sample_submission\.csv: row 3: ID .*evil"):
+        S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "3"))
+    assert nothing_in(out) and not (tmp_path / "evil.png").exists()
+
+
+@pytest.mark.parametrize("column,value", [("ImageWidth", "wide"), ("ImageHeight", ""), ("ImageWidth", "-4")])
+def test_bad_sizes_in_the_sample_submission_are_named(e2e, tmp_path, column, value):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
+    sample.loc[2, column] = value
+    sample.to_csv(comp / "sample_submission.csv", index=False)
+    with pytest.raises(SystemExit, match=rf"sample_submission\.csv: row 4: {column} .*positive whole number"):
+        S5.main(_s5_args(e2e, comp, hpa, tmp_path / "out"))
+    assert nothing_in(tmp_path / "out")
+
+
+def test_image_size_zero_stops_s5_at_start(e2e, tmp_path):
+    with pytest.raises(SystemExit, match="IMAGE_SIZE 0: must be a positive integer"):
+        S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], tmp_path / "out", "--IMAGE_SIZE", "0"))
+    assert nothing_in(tmp_path / "out")
 
 
 # ----------------------------------------------------------------------------- batched inference
@@ -292,6 +357,26 @@ def test_batched_and_per_cell_inference_agree(e2e, pipeline):
         args = (image, labels, ids, original)
         for shared in (plain.views(*args), plain.prepare(*args)):
             np.testing.assert_array_equal(pred.predict(*args, views=shared)[0], batched)
+
+
+def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, monkeypatch):
+    class Broken:
+        name = "broken"
+
+        def segment(self, images):
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(S5.segmentation, "get_segmenter", lambda *a, **k: Broken())
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    iid = e2e["sample"]["ID"][2]
+    (hpa / "test_cell_mask" / f"{iid}.npz").unlink()                    # S5 must segment it itself
+    out = tmp_path / "out"
+    sub = encoding.read_submission(S5.main(_s5_args(e2e, comp, hpa, out, "--VARIANTS", "false")))
+    got = sub.set_index("ID")["PredictionString"]
+    assert got[iid] == "" and all(got[i] for i in e2e["sample"]["ID"] if i != iid)
+    fails = pd.read_csv(out / "s5_failures.csv", dtype={"ID": str})
+    assert fails["ID"].tolist() == [iid]
+    assert "segmentation failed: RuntimeError: out of memory" in fails["reason"][0]
 
 
 def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):

@@ -5,16 +5,19 @@ import pandas as pd
 import pytest
 import torch
 
-from common import augment, models, train
+from common import augment, config, models, train
 from common.datasets import ImageDataset, make_toy_dataset
 
 torch.set_num_threads(1)
 
-BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "LOSS": "lovasz",
+BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "PRETRAINED_FILE": "",
+        "LOSS": "lovasz", "DROPOUT": 0.5, "MSD_SAMPLES": 5,
         "EPOCHS": 3, "BATCH_SIZE": 8, "LR": 2e-3, "WEIGHT_DECAY": 1e-4, "OPTIMIZER": "adamw",
-        "WARMUP_EPOCHS": 0.5, "MIN_LR": 1e-5, "ACCUM_STEPS": 1, "EMA_DECAY": 0.0, "AMP": True,
-        "NUM_WORKERS": 0, "SEED": 3, "DEVICE": "cpu", "RESUME": False, "MONITOR": "val_mAP",
-        "MAX_TRAIN_STEPS": 0}
+        "ADAM_EPS": 1e-8, "SCHEDULE": "cosine", "WARMUP_MULT": 10.0, "LR_STEP_EPOCHS": [4, 7, 10],
+        "LR_STEP_VALUES": [3e-4, 1.5e-4, 7.5e-5, 3e-5], "WARMUP_EPOCHS": 0.5, "MIN_LR": 1e-5,
+        "ACCUM_STEPS": 1, "EMA_DECAY": 0.0, "AMP": True, "NUM_WORKERS": 0, "SEED": 3, "DEVICE": "cpu",
+        "RESUME": False, "OVERWRITE": False, "MONITOR": "val_mAP", "MAX_TRAIN_STEPS": 0, "VAL_EVERY": 1,
+        "GRAD_CLIP": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,8 @@ def toy(tmp_path_factory):
 def _datasets(toy, aug: bool):
     root, df = toy
     tr, va = df[df.fold == 1], df[df.fold == 0]
-    tfm = augment.build_transforms("masked", 48, p_affine=0.3, p_dropout=0.2) if aug else None
-    lab = augment.LabelAugment(0.1, 0.1, 0.5) if aug else None
+    tfm = augment.build_transforms("masked", 48, True, 0.5, 0.3, 0.2) if aug else None
+    lab = augment.LabelAugment(0.1, 0.1, 0.5, (0.6, 1.1)) if aug else None
     return (ImageDataset(tr, root / "train", tfm, lab, image_size=48, seed=5),
             ImageDataset(va, root / "train", image_size=48))
 
@@ -128,8 +131,8 @@ def test_rng_state_round_trip():
 
 def test_image_cache_gives_the_same_samples(toy):
     root, df = toy
-    tfm = augment.build_transforms("masked", 32, p_affine=0.5, p_dropout=0.5)
-    lab = augment.LabelAugment(0.3, 0.3, 0.5)
+    tfm = augment.build_transforms("masked", 32, True, 0.5, 0.5, 0.5)
+    lab = augment.LabelAugment(0.3, 0.3, 0.5, (0.6, 1.1))
     plain = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7)
     cached = ImageDataset(df, root / "train", tfm, lab, image_size=32, seed=7, cache_gb=1.0, cache_threads=2)
     assert plain.cache is None and cached.cache is not None
@@ -166,3 +169,107 @@ def test_val_every_validates_only_some_epochs(toy, tmp_path):
     assert (tmp_path / "curves.png").is_file()
     with pytest.raises(ValueError, match="VAL_EVERY"):
         train.fit({**cfg, "VAL_EVERY": 0}, _model(cfg), tr, va, tmp_path / "bad")
+
+
+def test_epochs_below_one_is_refused_at_start(toy, tmp_path):
+    tr, va = _datasets(toy, aug=False)
+    with pytest.raises(ValueError, match="EPOCHS must be >= 1"):
+        train.fit({**BASE, "EPOCHS": 0}, _model(BASE), tr, va, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_other_schedule_constants_is_refused(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 2, "MAX_TRAIN_STEPS": 1}
+    tr, va = _datasets(toy, aug=False)
+
+    def kill_in_epoch_2(model, device):
+        kill_in_epoch_2.n += 1
+        if kill_in_epoch_2.n == 2:
+            raise train.StopTraining
+        return {}
+
+    kill_in_epoch_2.n = 0
+    assert train.fit(cfg, _model(cfg), tr, va, tmp_path, extra_metrics=kill_in_epoch_2)["stopped"]
+    with pytest.raises(ValueError, match=r"EPOCHS: 2 -> 4.*LR: 0.002 -> 0.01"):
+        train.fit({**cfg, "RESUME": True, "EPOCHS": 4, "LR": 1e-2}, _model(cfg), tr, va, tmp_path)
+    with pytest.raises(ValueError, match="MIN_LR"):
+        train.fit({**cfg, "RESUME": True, "MIN_LR": 0.0}, _model(cfg), tr, va, tmp_path)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1  # untouched
+    assert train.fit({**cfg, "RESUME": True}, _model(cfg), tr, va, tmp_path)["last_epoch"] == 2
+
+
+class _CtrlCAt(ImageDataset):
+    """Raises KeyboardInterrupt (what Ctrl-C does) while loading a batch of epoch ``at``."""
+
+    at = 2
+
+    def __getitem__(self, i):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt
+        return super().__getitem__(i)
+
+
+def test_ctrl_c_ends_with_one_line_on_last_pth(toy, tmp_path):
+    root, df = toy
+    tr = _CtrlCAt(df[df.fold == 1], root / "train", image_size=48)
+    cfg = {**BASE, "MAX_TRAIN_STEPS": 1}
+    with pytest.raises(SystemExit) as e:
+        train.fit(cfg, _model(cfg), tr, None, tmp_path)
+    assert e.value.code == 130 and e.value.__cause__ is None and e.value.__suppress_context__
+    last = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    assert f"interrupted: {tmp_path / 'last.pth'} holds epoch 1; continue with --RESUME" in last
+
+
+def test_temp_files_left_by_a_kill_are_removed_at_start(toy, tmp_path):
+    tr, _ = _datasets(toy, aug=False)
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / ".last.pth.k1ll3d_x.tmp.pth", tmp_path / ".summary.csv.ab12cd34.tmp.csv"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / ".keep").write_text("not ours")
+    train.fit({**BASE, "EPOCHS": 1, "MAX_TRAIN_STEPS": 1}, _model(BASE), tr, None, tmp_path)
+    assert not any(p.exists() for p in stale) and (tmp_path / ".keep").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_run_folder_with_other_constants_is_refused_unless_overwrite(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 1, "LOSS": "bce"}
+    tr, va = _datasets(toy, aug=False)
+    train.fit(cfg, _model(cfg), tr, va, tmp_path)
+    with pytest.raises(SystemExit, match=r"other constants \(LR: 0.002 -> 0.001\)"):
+        train.fit({**cfg, "LR": 1e-3}, _model(cfg), tr, va, tmp_path)
+    # mechanics (workers, device) are no other run; OVERWRITE replaces the run
+    train.fit({**cfg, "NUM_WORKERS": 0, "DEVICE": "cpu"}, _model(cfg), tr, va, tmp_path)
+    res = train.fit({**cfg, "LR": 1e-3, "OVERWRITE": True}, _model(cfg), tr, va, tmp_path)
+    assert res["last_epoch"] == 1 and config.load(tmp_path / "config.json")["LR"] == 1e-3
+
+
+def test_best_is_slim_last_resumes_and_oof_is_written(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 2, "LOSS": "bce", "EMA_DECAY": 0.5}
+    tr, va = _datasets(toy, aug=False)
+    train.fit(cfg, _model(cfg), tr, va, tmp_path)
+    best = torch.load(tmp_path / "best.pth", map_location="cpu", weights_only=True)
+    last = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert not {"optimizer", "scheduler", "scaler", "rng", "history", "ema"} & set(best)
+    assert {"optimizer", "scheduler", "rng", "ema"} <= set(last)
+    assert (tmp_path / "best.pth").stat().st_size < 0.6 * (tmp_path / "last.pth").stat().st_size
+    m, mcfg = models.load_checkpoint(tmp_path / "best.pth")  # what S5 does
+    assert m.loaded_weights == "ema" and mcfg["MODEL_NAME"] == "resnet10t"
+    oof = pd.read_csv(tmp_path / "oof.csv")
+    assert len(oof) == len(va) and sorted(oof["ID"].astype(str)) == sorted(va.ids)
+    assert {"y0", "p18"} <= set(oof.columns) and oof.filter(like="p").stack().between(0, 1).all()
+    from conftest import load_script  # the OOF comparison tool reads it back
+
+    table = load_script("tools/compare_oof.py").main([str(tmp_path.parent), "--CSV", str(tmp_path / "t.csv")])
+    row = table[table["fold"] == tmp_path.name].iloc[0]
+    assert row["images"] == len(va) and 0 <= row["image_mAP"] <= 1 and (tmp_path / "t.csv").is_file()
+
+
+def test_schedule_b_runs_the_fact_sheets_lr_per_epoch(toy, tmp_path):
+    cfg = {**BASE, "EPOCHS": 4, "LOSS": "bce", "SCHEDULE": "B", "LR_STEP_EPOCHS": [1, 3],
+           "LR_STEP_VALUES": [3e-4, 1.5e-4, 3e-5], "OPTIMIZER": "adam", "ADAM_EPS": 1e-5}
+    tr, va = _datasets(toy, aug=False)
+    train.fit(cfg, _model(cfg), tr, va, tmp_path)
+    assert pd.read_csv(tmp_path / "summary.csv")["lr"].tolist() == [3e-4, 1.5e-4, 1.5e-4, 3e-5]
+    last = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["eps"] == 1e-5

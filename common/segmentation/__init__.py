@@ -3,18 +3,21 @@
     seg = get_segmenter("auto")              # official HPA networks if their weights are there, else built-in
     [(cell, nucleus)] = seg.segment([img])   # img: H x W x 4 uint8 RGBY; label maps with the same ids
 
+Which image a segmenter is handed, and at which scale, is decided in one place: :mod:`common.fov`.
+
 Label maps: 0 = background, cells 1..n, the nucleus of cell k has id k; uint16 (int32 past 65535 cells).
-``resize_labels`` (nearest) and ``relabel`` bring label maps to another size and back to 1..n.
+``resize_labels`` (:mod:`common.resize`: the one label-map kernel) and ``relabel`` bring label maps to
+another size and back to 1..n.
 """
 from __future__ import annotations
 
 import inspect
 
-import cv2
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
 from common.constants import HPA_SEG_DIR
+from common.resize import resize_labels
 from common.segmentation.builtin import BuiltinSegmenter
 
 NAMES = ("auto", "builtin", "hpa")
@@ -67,20 +70,6 @@ def get_segmenter(name: str = "auto", weights_dir=HPA_SEG_DIR, device: str = "au
 
 
 # ----------------------------------------------------------------------------- label-map helpers
-def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map; ``size`` is an int (square) or ``(height, width)``.
-
-    Keeps the dtype and the ids (no new ids appear; very small cells may vanish when shrinking).
-    """
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if labels.shape[:2] == (h, w):
-        return labels.copy()
-    native = (np.uint8, np.uint16, np.int16, np.int32)
-    src = labels if labels.dtype in native else labels.astype(np.int32)  # ids < 2**31 assumed
-    out = cv2.resize(src, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return out.astype(labels.dtype, copy=False)
-
-
 def relabel(cell: np.ndarray, nucleus: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Cells renumbered 1..n in order of their old ids; nucleus pixels take their cell's new id.
 

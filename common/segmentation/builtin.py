@@ -27,6 +27,8 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
+from common.resize import resize_labels
+
 REF_SIZE = 2048  # image side (px) for which the lengths and areas below are given
 
 
@@ -94,6 +96,7 @@ class BuiltinSegmenter:
     """
 
     name = "builtin"
+    uses_original_size = False    # segments the handed image at its own size (common.fov)
 
     def __init__(self, ref_size: int = REF_SIZE, **params):
         bad = set(params) - set(BuiltinParams.__dataclass_fields__)
@@ -106,10 +109,15 @@ class BuiltinSegmenter:
     def __repr__(self) -> str:
         return f"BuiltinSegmenter({asdict(self.params)})"
 
-    def segment(self, images) -> list[tuple[np.ndarray, np.ndarray]]:
+    def segment(self, images, sizes=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(cell, nucleus)]`` of each image, at ``sizes[i]`` when given (:func:`resize_labels`),
+        else at the image's own size."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("segment() takes a list of images; wrap a single image as [img]")
-        return [self.segment_one(img) for img in images]
+        out = [self.segment_one(img) for img in images]
+        if sizes is not None:
+            out = [(resize_labels(c, hw), resize_labels(n, hw)) for (c, n), hw in zip(out, sizes)]
+        return out
 
     # ------------------------------------------------------------------ one image
     def segment_one(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

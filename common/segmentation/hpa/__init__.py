@@ -8,13 +8,14 @@
 * :mod:`common.segmentation.dpn_unet` — the DPN-92 U-Net as a plain ``nn.Module`` (state_dict = official).
 * :mod:`.weights` — ``load_hpa_model`` (restricted unpickler for the official ``.pth``; ``.safetensors``),
   ``convert_to_safetensors``, ``available``.
-* :mod:`.postprocess` — the seeded watersheds of HPA-Cell-Segmentation's ``label_cell``, minus its bugs.
+* :mod:`.postprocess` — HPA-Cell-Segmentation's ``label_cell`` and its feeding, reproduced at the original
+  resolution (quirks included; ``CORRECTED`` off), ``label_from_maps``.
 * :mod:`.segmenter` — ``HPASegmenter``: batched inference, padding, AMP, TTA.
 """
 from __future__ import annotations
 
 from common.segmentation.dpn_unet import DPNUNet
-from common.segmentation.hpa.postprocess import label_cells
+from common.segmentation.hpa.postprocess import label_cell, label_cells, label_from_maps, official_inputs
 from common.segmentation.hpa.segmenter import HPASegmenter
 from common.segmentation.hpa.weights import (
     CELL_STEM,
@@ -29,5 +30,5 @@ from common.segmentation.hpa.weights import (
 )
 
 __all__ = ["CELL_STEM", "NUCLEI_STEM", "DPNUNet", "HPASegmenter", "HPAWeightsError", "UnsafePickleError",
-           "available", "convert_to_safetensors", "label_cells", "load_hpa_model", "load_state_dict_file",
-           "weight_file"]
+           "available", "convert_to_safetensors", "label_cell", "label_cells", "label_from_maps",
+           "load_hpa_model", "load_state_dict_file", "official_inputs", "weight_file"]

@@ -1,44 +1,46 @@
 """The official HPA cell segmentation (nuclei + 3-channel cell DPN U-Nets), batched.
 
-Per image (H x W x 4 uint8 RGBY), as HPA-Cell-Segmentation does it:
+Per field of view (handed as an H x W x 4 uint8 RGBY image of any size, with its ORIGINAL size):
 
-1. scale by ``scale`` (default 0.25) exactly like ``skimage.transform.rescale`` with its defaults
-   (Gaussian anti-aliasing with sigma = (factor - 1) / 2, then bilinear at pixel centres), on the device;
+1. the network input is the original image scaled by ``scale`` (0.25, the official value), whatever
+   size the handed image has: a handed original is scaled exactly like ``skimage.transform.rescale``
+   with its defaults (Gaussian anti-aliasing with sigma = (factor - 1) / 2, then bilinear at pixel
+   centres), on the device; a handed 512-px copy of a 2048-px image is already at that size;
 2. nuclei network input = blue in all three channels; cell network input = (red, yellow, blue);
    normalised per channel as ``(255 x - (124, 117, 104)) * 0.0167``;
 3. when the working size is not a multiple of 32: reflect-pad (edge pixel repeated) by 32 at the top
    and left and by ``32 - n mod 32`` at the bottom and right (the official ``padding=True``), crop after;
 4. both networks in eval mode (AMP float16 on CUDA only); softmax; optional 8-way flip/transpose TTA of
    the cell network (the mean of the probabilities);
-5. :func:`~common.segmentation.hpa.postprocess.label_cells` at the working resolution (sizes scaled to
-   it), then the label maps resized (nearest) to H x W.
+5. :func:`~common.segmentation.hpa.postprocess.label_from_maps`: the maps brought to the original size
+   the official way and labelled there by the official ``label_cell`` (``label_at="original"``, the
+   default), or labelled at the network's size and resized (``label_at="working"``, the fast path).
 
-Returns ``(cell, nucleus)`` int32 label maps: 0 = background, the nucleus of cell k has id k.
+Returns ``(cell, nucleus)`` uint16 label maps at the original size: 0 = background, nucleus k in cell k.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import config
+from common.augment import dihedral, undo_dihedral
 from common.constants import BLUE, HPA_SEG_DIR, RED, YELLOW
 from common.segmentation.dpn_unet import normalize
-from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_cells
+from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_from_maps
 from common.segmentation.hpa.weights import available, load_hpa_model
 
 SCALE = OFFICIAL_SCALE            # input -> working resolution (the official scale_factor)
 PAD_TOP_LEFT = 32                 # official padding: 32 px at the top and left, the rest bottom/right
 MULTIPLE = 32                     # the network needs H, W multiples of this
 GAUSS_TRUNCATE = 4.0              # scipy.ndimage.gaussian_filter's default truncation (sigmas)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+LABEL_AT = "original"             # where label_cell runs: original (official) | working (fast, not the truth)
 
 
 def working_size(h: int, w: int, scale: float) -> tuple[int, int]:
@@ -103,57 +105,36 @@ def pad_reflect(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tenso
     return x.index_select(-1, _reflect_index(w, left, right, x.device))
 
 
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    if k & 4:
-        x = x.transpose(-2, -1)
-    if k & 1:
-        x = x.flip(-1)
-    if k & 2:
-        x = x.flip(-2)
-    return x
-
-
-def _undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    if k & 2:
-        x = x.flip(-2)
-    if k & 1:
-        x = x.flip(-1)
-    if k & 4:
-        x = x.transpose(-2, -1)
-    return x
-
-
-def resize_nearest(labels: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour (pixel-centre) resize of a label map; ids unchanged."""
-    sh, sw = labels.shape
-    if (sh, sw) == (h, w):
-        return labels
-    rows = np.minimum(((np.arange(h) + 0.5) * sh / h).astype(np.int64), sh - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * sw / w).astype(np.int64), sw - 1)
-    return labels[np.ix_(rows, cols)]
 
 
 class HPASegmenter:
-    """Cells and nuclei by the official HPA networks; ``segment(images) -> [(cell, nucleus)]``.
+    """Cells and nuclei by the official HPA networks; ``segment(images, sizes) -> [(cell, nucleus)]``.
 
     ``weights_dir``: the folder with ``dpn_unet_nuclei_v1`` and ``dpn_unet_cell_3ch_v1`` as ``.safetensors``
-    (preferred) or ``.pth``. ``scale``: input -> working resolution (0.25 = the official value for raw
-    HPA images; use 1.0 for images already at a quarter of the raw size). ``input_scale``: input pixels
-    per raw-image pixel (1.0 raw; 0.25 for 512 px versions of 2048 px images); it only scales the sizes of
-    the post-processing. ``tta``: 8-way flip/transpose averaging of the cell network. ``amp``: float16
-    autocast, on CUDA only. ``models``: a ``(nuclei, cell)`` pair of networks to use instead of files.
+    (preferred) or ``.pth``. ``scale``: original -> network resolution (0.25, the official value); it is
+    applied to the ORIGINAL size of each field of view (``sizes`` of :meth:`segment`), whatever size the
+    handed image has. ``label_at``: ``original`` (the official ``label_cell`` at the original size) or
+    ``working`` (at the network's size, sizes scaled: faster, cells ~15 % smaller). ``tta``: 8-way
+    flip/transpose averaging of the cell network. ``amp``: float16 autocast, on CUDA only. ``models``: a
+    ``(nuclei, cell)`` pair of networks to use instead of files. ``post_workers``: processes that run the
+    post-processing of a batch in parallel (it holds the GIL; 1 = in this process).
     """
 
     name = "hpa"
+    uses_original_size = True     # the network scale is taken from the original size (common.fov)
 
     def __init__(self, weights_dir: str | Path = HPA_SEG_DIR, device: str | torch.device = "auto",
                  tta: bool = False, batch_size: int = 4, scale: float = SCALE, amp: bool = True,
-                 input_scale: float = 1.0, models: tuple[torch.nn.Module, torch.nn.Module] | None = None):
-        if scale <= 0 or input_scale <= 0 or batch_size < 1:
-            raise ValueError("scale and input_scale must be > 0 and batch_size >= 1")
-        self.device = resolve_device(device)
-        self.tta, self.batch_size, self.scale, self.input_scale = bool(tta), int(batch_size), float(scale), \
-            float(input_scale)
+                 label_at: str = LABEL_AT, models: tuple[torch.nn.Module, torch.nn.Module] | None = None,
+                 post_workers: int = 1):
+        if scale <= 0 or batch_size < 1:
+            raise ValueError("scale must be > 0 and batch_size >= 1")
+        if label_at not in ("original", "working"):
+            raise ValueError(f"label_at {label_at!r}: choose original or working")
+        self.device = config.resolve_device(device)
+        self.tta, self.batch_size, self.scale = bool(tta), int(batch_size), float(scale)
+        self.label_at = label_at
+        self.post_workers, self._pool = max(1, int(post_workers)), None
         self.amp = bool(amp) and self.device.type == "cuda"
         if models is None:
             if not available(weights_dir):
@@ -177,25 +158,30 @@ class HPASegmenter:
         out = None
         for k in views:
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = model(_dihedral(x, k))
-            p = _undo_dihedral(logits.float().softmax(dim=1), k)
+                logits = model(dihedral(x, k))
+            p = undo_dihedral(logits.float().softmax(dim=1), k)
             out = p if out is None else out + p
         return out / len(views)
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per image a (4, h, w) float32 array at the working resolution:
-        nuclei border, nuclei interior, cell border, cell interior (softmax channels 1 and 2)."""
+    def predict(self, images: list[np.ndarray], sizes: list[tuple[int, int]] | None = None
+                ) -> list[np.ndarray]:
+        """Per image a (4, h, w) float32 array at the network's resolution ``scale x`` the original size
+        (``sizes[i]``, default the image's own size): nuclei border, nuclei interior, cell border, cell
+        interior (softmax channels 1 and 2)."""
         out: list[np.ndarray | None] = [None] * len(images)
+        sizes = [img.shape[:2] for img in images] if sizes is None else [tuple(s) for s in sizes]
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, img in enumerate(images):
             if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 4
                     and img.dtype in (np.uint8, np.uint16)):
                 got = getattr(img, "shape", None), getattr(img, "dtype", type(img).__name__)
                 raise ValueError(f"image {i}: expected an H x W x 4 uint8 RGBY array, got {got}")
-            groups[(img.shape[:2], img.dtype.str)].append(i)
-        for ((h_in, w_in), _), idx in groups.items():
-            h, w = working_size(h_in, w_in, self.scale)
+            target = working_size(int(sizes[i][0]), int(sizes[i][1]), self.scale)
+            groups[(img.shape[:2], img.dtype.str, target)].append(i)
+        for (_, _, (h, w)), idx in groups.items():
             pads = pad_amounts(h, w)
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s:s + self.batch_size]
@@ -214,14 +200,37 @@ class HPASegmenter:
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ labels
-    def postprocess(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(cell, nucleus)`` int32 at ``out_hw`` from one :meth:`predict` output."""
-        cell, nucleus = label_cells(probs[0], probs[1], probs[2], probs[3],
-                                    pixel_scale=self.scale * self.input_scale)
-        return resize_nearest(cell, *out_hw), resize_nearest(nucleus, *out_hw)
+    def _post_args(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple:
+        zero = np.zeros_like(probs[0])
+        nuclei = np.stack([zero, probs[0], probs[1]], axis=-1)
+        cell = np.stack([zero, probs[2], probs[3]], axis=-1)
+        label_hw = None if self.label_at == "original" else tuple(probs.shape[1:])
+        return nuclei, cell, tuple(out_hw), label_hw
 
-    def segment(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``[(cell, nucleus)]``: int32 label maps at each image's H x W; nucleus k lies in cell k."""
+    def postprocess(self, probs: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(cell, nucleus)`` uint16 at ``out_hw`` (the original size) from one :meth:`predict` output."""
+        return label_from_maps(*self._post_args(probs, out_hw))
+
+    def close(self) -> None:
+        """Stop the post-processing processes (started on the first batch when ``post_workers > 1``)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def segment(self, images: list[np.ndarray], sizes: list[tuple[int, int]] | None = None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(cell, nucleus)]`` at each field of view's original size ``sizes[i]`` (default: the handed
+        image's size); nucleus k lies in cell k."""
         images = list(images)
-        probs = self.predict(images)
-        return [self.postprocess(p, img.shape[:2]) for p, img in zip(probs, images)]
+        sizes = [img.shape[:2] for img in images] if sizes is None else [tuple(s) for s in sizes]
+        probs = self.predict(images, sizes)
+        if self.post_workers > 1 and len(images) > 1:
+            if self._pool is None:  # spawn: the children never touch CUDA state of this process
+                self._pool = ProcessPoolExecutor(self.post_workers, mp_context=get_context("spawn"))
+            args = [self._post_args(p, hw) for p, hw in zip(probs, sizes)]
+            return list(self._pool.map(_label_from_args, args))
+        return [self.postprocess(p, hw) for p, hw in zip(probs, sizes)]
+
+
+def _label_from_args(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return label_from_maps(*args)

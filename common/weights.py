@@ -1,0 +1,337 @@
+"""Pretrained timm weights without internet: a folder of weight files found by model name, one clear
+error when no source has them, the original's stem initialisation, and the fetcher behind
+``tools/fetch_weights.py``.
+
+Sources, in order (:func:`local_source`, :func:`require`):
+
+1. ``PRETRAINED_FILE``: one weights file (state_dict / timm checkpoint / ``.safetensors``);
+2. ``PRETRAINED_DIR``: a folder holding ``<model name>.safetensors`` (or ``.pth`` / ``.bin``), the
+   model name with or without its pretrained tag (``tf_efficientnet_b0.ns_jft_in1k`` or
+   ``tf_efficientnet_b0``; a tag-less request also finds timm's default tag's file);
+3. the timm hub (Hugging Face, or the legacy URL) through its local cache.
+
+A local file is given to timm as ``pretrained_cfg_overlay=dict(file=...)``, so it goes through the
+very code a hub download goes through (``timm.models.load_pretrained``: the model's checkpoint
+filter, then ``adapt_input_conv`` widening the 3-channel stem to 4 inputs, then the classifier
+dropped): a run starts from the same weights whichever source held them.
+
+Stem initialisation (``STEM_INIT``): timm widens RGB filters to 4 inputs as (R, G, B, R) x 3/4 on
+our channels (red, green, blue, yellow). The original repeated them as (R, G, B, R) without the
+3/4 and applied them to its in-memory order (blue, green, red, yellow): on our channels that is
+(B, G, R, R) x 1. ``STEM_INIT="original"`` rebuilds that from timm's widened weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from common.constants import CHANNELS
+
+
+# ----------------------------------------------------------------------------- the original's models
+def recipe_model_lists() -> dict[str, list[str]]:
+    """``name -> timm model names`` that ``--RECIPES`` of tools/fetch_weights.py accepts: every named
+    recipe of :mod:`common.recipes`, plus ``original_pipeline1`` / ``original_pipeline2`` (their
+    backbones; the current timm names with the tags of the weights the original loaded)."""
+    from common import recipes
+
+    out = {n: [r["constants"]["MODEL_NAME"]] for n, r in recipes.RECIPES.items()}
+    for script, key in (("S3", "original_pipeline1"), ("S4.2", "original_pipeline2")):
+        out[key] = list(dict.fromkeys(c["MODEL_NAME"] for c in recipes.for_script(script).values()))
+    return out
+
+
+# ----------------------------------------------------------------------------- stem initialisation
+STEM_INITS = ("timm", "original")
+# the original's in-memory channel order, the one its (R, G, B, R) stem filters were applied to
+ORIGINAL_STEM_CHANNELS = ("blue", "green", "red", "yellow")
+_ORIGINAL_RGB_FILTER = (0, 1, 2, 0)  # RGB filter index per position of ORIGINAL_STEM_CHANNELS
+
+WEIGHT_EXTS = (".safetensors", ".pth", ".bin")
+MANIFEST = "manifest.json"
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pretrained weights were asked for but no source can provide them (the message says all)."""
+
+
+def recipe_models(recipes: str = "", models: str = "") -> list[str]:
+    """``"all"`` | ``"a,b"`` recipe names and/or ``"m1,m2"`` timm names -> unique model names."""
+    out: list[str] = []
+    lists = recipe_model_lists()
+    for r in [s.strip() for s in str(recipes or "").split(",") if s.strip()]:
+        if r == "all":
+            out += [m for ms in lists.values() for m in ms]
+        elif r in lists:
+            out += lists[r]
+        else:
+            raise ValueError(f"unknown recipe {r!r}; known: all, {', '.join(lists)}")
+    out += [s.strip() for s in str(models or "").split(",") if s.strip()]
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- names and sources
+def pretrained_cfg(model_name: str):
+    """timm's pretrained config of ``model_name`` (tag optional: timm's default tag) or None."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        return get_pretrained_cfg(model_name)
+    except (RuntimeError, KeyError):
+        return None
+
+
+def full_name(model_name: str) -> str:
+    """``arch.tag`` with timm's default tag filled in (the name as given when timm knows no tag)."""
+    arch, _, tag = model_name.partition(".")
+    if tag:
+        return model_name
+    cfg = pretrained_cfg(model_name)
+    return f"{arch}.{cfg.tag}" if cfg is not None and getattr(cfg, "tag", None) else model_name
+
+
+def file_names(model_name: str) -> list[str]:
+    """The file names that hold ``model_name``'s weights in a PRETRAINED_DIR, most specific first."""
+    stems = dict.fromkeys([model_name, full_name(model_name), model_name.partition(".")[0]])
+    return [s + ext for s in stems for ext in WEIGHT_EXTS]
+
+
+def find_in_dir(model_name: str, folder: str | Path) -> Path | None:
+    """The first of :func:`file_names` present in ``folder``, else None."""
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    for name in file_names(model_name):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def local_source(model_name: str, pretrained: bool, pretrained_file: str = "",
+                 pretrained_dir: str | Path = "") -> Path | None:
+    """The local file to load (PRETRAINED_FILE, else a PRETRAINED_DIR match when ``pretrained``),
+    else None (hub, or no pretrained weights). A PRETRAINED_FILE that does not exist raises."""
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: PRETRAINED_FILE does not exist")
+        return path
+    if pretrained and pretrained_dir:
+        return find_in_dir(model_name, _resolve(pretrained_dir))
+    return None
+
+
+def _resolve(path: str | Path) -> Path:
+    from common.constants import resolve
+
+    return resolve(path)
+
+
+def hub_location(model_name: str) -> str:
+    """Where timm takes the weights from (``hf-hub:timm/...`` or the URL), for messages and manifests."""
+    from timm.models._builder import _resolve_pretrained_source
+
+    cfg = pretrained_cfg(model_name)
+    if cfg is None:
+        return ""
+    load_from, loc = _resolve_pretrained_source(cfg.to_dict())
+    if isinstance(loc, (list, tuple)):
+        loc = "/".join(loc)
+    return f"{load_from}:{loc}" if load_from else ""
+
+
+def hub_state_dict(model_name: str) -> dict[str, torch.Tensor]:
+    """The checkpoint timm's ``load_pretrained`` would load for ``model_name`` (hub or URL, through
+    the local cache; downloads when online), before timm's filter and stem adaptation."""
+    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._hub import load_state_dict_from_hf
+
+    cfg = pretrained_cfg(model_name)
+    if cfg is None:
+        raise PretrainedUnavailable(f"timm knows no pretrained weights for {model_name!r}")
+    load_from, loc = _resolve_pretrained_source(cfg.to_dict())
+    if load_from == "hf-hub":
+        return load_state_dict_from_hf(*loc) if isinstance(loc, (list, tuple)) else \
+            load_state_dict_from_hf(loc, weights_only=True)
+    if load_from == "url":
+        return torch.hub.load_state_dict_from_url(loc, map_location="cpu", weights_only=True)
+    raise PretrainedUnavailable(f"timm lists no download for {model_name!r} (source {load_from or 'none'})")
+
+
+def _cache_dirs() -> str:
+    try:
+        from huggingface_hub import constants as hf
+
+        hf_cache = hf.HF_HUB_CACHE
+        offline = " (HF_HUB_OFFLINE=1)" if hf.HF_HUB_OFFLINE else ""
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        hf_cache, offline = "?", ""
+    return f"HF cache {hf_cache}{offline}, torch hub {torch.hub.get_dir()}"
+
+
+def _first_line(error: BaseException | str) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0][:200] if lines else ""
+    return f"{type(error).__name__}: {text}" if isinstance(error, BaseException) else text
+
+
+def unavailable_message(model_name: str, pretrained_dir: str | Path, error: BaseException | str) -> str:
+    """The one message of a run that cannot get its pretrained weights."""
+    if pretrained_dir:
+        folder = _resolve(pretrained_dir)
+        state = "" if folder.is_dir() else " (no such folder)"
+        tried_dir = f"PRETRAINED_DIR {folder}{state}: none of {', '.join(file_names(model_name)[:2])}, ..."
+    else:
+        tried_dir = "PRETRAINED_DIR: not set"
+    err = _first_line(error)
+    src = hub_location(model_name) or "no timm download"
+    name = full_name(model_name)
+    return (f"pretrained weights for {model_name!r} are not available here.\n"
+            f"  tried: {tried_dir}\n"
+            f"  tried: the timm hub ({src}) and the local caches ({_cache_dirs()}): {err}\n"
+            f"  ways out: --PRETRAINED_DIR <folder> holding {name}.safetensors (fill one with "
+            f"`python tools/fetch_weights.py --MODELS {name} <folder>` where there is internet; a "
+            f"Kaggle dataset can hold the folder), or --PRETRAINED_FILE <weights file>, "
+            f"or --PRETRAINED false (random initial weights)")
+
+
+def require(cfg: dict) -> str:
+    """Check, before any work, that the run's pretrained weights can be had -> a description of the
+    source ("random init" | the local file | "timm hub"). Raises :class:`PretrainedUnavailable`
+    (catch it in ``main`` and ``raise SystemExit(str(e))``). A hub source is fetched into the cache
+    here, so building the model later needs no network."""
+    name = str(cfg.get("MODEL_NAME"))
+    pretrained = bool(cfg.get("PRETRAINED", False))
+    stem = str(cfg.get("STEM_INIT", "timm"))
+    if stem not in STEM_INITS:
+        raise PretrainedUnavailable(f"STEM_INIT must be one of {STEM_INITS}, got {stem!r}")
+    folder = str(cfg.get("PRETRAINED_DIR", "") or "")
+    try:
+        path = local_source(name, pretrained, str(cfg.get("PRETRAINED_FILE", "") or ""), folder)
+    except FileNotFoundError as e:
+        raise PretrainedUnavailable(f"{e}; give an existing file, or --PRETRAINED_FILE '' to use "
+                                    f"PRETRAINED_DIR / the hub, or --PRETRAINED false") from None
+    if path is not None:
+        return str(path)
+    if not pretrained:
+        return "random init"
+    try:
+        hub_state_dict(name)
+    except Exception as e:  # noqa: BLE001 - any failure of the hub/cache ends the same way
+        raise PretrainedUnavailable(unavailable_message(name, folder, e)) from None
+    return f"timm hub ({hub_location(name)})"
+
+
+def widen_stem_original(model: torch.nn.Module) -> list[str]:
+    """Turn timm's widened 4-channel stem ((R, G, B, R) x 3/4 on CHANNELS) into the original's
+    ((R, G, B, R) x 1 on (blue, green, red, yellow)) -> the names of the convs changed."""
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    names = (first,) if isinstance(first, str) else tuple(first or ())
+    done = []
+    for name in names:
+        conv = model.get_submodule(name)
+        w = conv.weight
+        if w.ndim != 4 or w.shape[1] != 4 or not torch.equal(w[:, 0], w[:, 3]):
+            continue  # not a stem timm widened from RGB (e.g. a 4-channel checkpoint): leave it
+        rgb = w.detach()[:, :3].double() * (4 / 3)  # undo adapt_input_conv's 3 / in_chans
+        order = [_ORIGINAL_RGB_FILTER[ORIGINAL_STEM_CHANNELS.index(c)] for c in CHANNELS]
+        with torch.no_grad():
+            w.copy_(rgb[:, order].to(w.dtype))
+        done.append(name)
+    return done
+
+
+# ----------------------------------------------------------------------------- fetching (tools/fetch_weights)
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, dict]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete it to start over") from None
+    return {r["model"]: r for r in rows}
+
+
+def _write_manifest(out_dir: Path, rows: dict[str, dict]) -> None:
+    text = json.dumps(sorted(rows.values(), key=lambda r: r["model"]), indent=1) + "\n"
+    _atomic_write(out_dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+
+
+def _plain_state_dict(sd) -> dict[str, torch.Tensor]:
+    """Unwrap {'state_dict' | 'model': ...} checkpoints and strip DataParallel prefixes, the way
+    timm's file loader does, so the saved file loads to the same tensors."""
+    from timm.models._helpers import clean_state_dict
+
+    if isinstance(sd, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    sd = clean_state_dict(sd)
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def fetch(model_names: Iterable[str], out_dir: str | Path,
+          download: Callable[[str], dict] = hub_state_dict,
+          location: Callable[[str], str] = hub_location, log: Callable[[str], None] = print) -> list[dict]:
+    """Save each model's pretrained checkpoint as ``out_dir/<arch.tag>.safetensors`` and list it in
+    ``out_dir/manifest.json`` (model, file, source, sha256, bytes). A file already listed with
+    the same sha256 is skipped; a missing or changed one is fetched again. Writes are atomic (a
+    temporary name, then a rename), the manifest after every model. ``download`` (the hub by
+    default) is injectable so tests never touch the network. Returns the manifest rows."""
+    from safetensors.torch import save_file
+
+    model_names = list(model_names)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(out)
+    failed = []
+    for requested in model_names:
+        name = full_name(requested)
+        path = out / f"{name}.safetensors"
+        row = rows.get(name)
+        if row and path.is_file() and sha256(path) == row["sha256"]:
+            log(f"{name}: present ({row['bytes'] / 1e6:.1f} MB, sha256 ok), skipped")
+            continue
+        try:
+            sd = _plain_state_dict(download(name))
+        except Exception as e:  # noqa: BLE001 - report and go on with the others
+            log(f"{name}: FAILED ({_first_line(e)})")
+            failed.append(name)
+            continue
+        _atomic_write(path, lambda tmp, sd=sd, name=name: save_file(sd, tmp, metadata={"model": name}))
+        rows[name] = {"model": name, "file": path.name, "source": location(name), "sha256": sha256(path),
+                      "bytes": path.stat().st_size, "tensors": len(sd),
+                      "elements": int(sum(v.numel() for v in sd.values()))}
+        _write_manifest(out, rows)
+        log(f"{name}: saved {path} ({rows[name]['bytes'] / 1e6:.1f} MB)")
+    if failed:
+        raise RuntimeError(f"could not fetch {len(failed)} model(s): {', '.join(failed)} "
+                           f"(the others are in {out})")
+    return [rows[full_name(m)] for m in model_names]

@@ -1,0 +1,106 @@
+"""One field-of-view preparation and one resize: S5 without S2's masks segments like S2 does, and a
+cell's training crop (S4.1) equals its test crop (S5) at 1728, 2048 and 3072 px originals."""
+from __future__ import annotations
+
+import shutil
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_script
+
+from common import bag_datasets, cells, fov, io, predict
+from common.resize import resize_labels
+
+SIZE = 128  # working size of the scale test (demo images are 256 px)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    demo_data = pytest.importorskip("common.demo_data")
+    d = tmp_path_factory.mktemp("demo")
+    demo_data.make_dataset(d, n_train=1, n_test=3, size=256, seed=5, min_cells=5, max_cells=9)
+    return d
+
+
+def _source(S5, data, hpa, tmp_path):
+    cfg = types.SimpleNamespace(HPA512_DIR=str(hpa), DATA_DIR=str(data), IMAGE_SIZE=SIZE, SEGMENTER="builtin",
+                                HPA_SEG_DIR=str(tmp_path / "no-weights"), DEVICE="cpu", SEG_AT="auto")
+    return S5.ImageSource(cfg)
+
+
+def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
+    S2, S5 = load_script("S2_data_process.py"), load_script("S5_predict.py")
+    data = tmp_path / "data"
+    shutil.copytree(demo, data)
+    out = tmp_path / "hpa"
+    S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+             "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    with_s2 = _source(S5, data, out, tmp_path)
+    alone = _source(S5, data, tmp_path / "nothing", tmp_path)
+    ids = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})["ID"]
+    n_cells = 0
+    for image_id in ids:
+        img_a, lab_a, full_a, _ = with_s2.load(image_id)
+        img_b, lab_b, full_b, _ = alone.load(image_id)
+        assert np.array_equal(img_a, img_b) and np.array_equal(lab_a, lab_b)
+        assert full_a is not None and np.array_equal(full_a, full_b)  # S2 kept the test masks full size
+        n_cells += len(cells.cell_ids(lab_a))
+    assert alone.n_segmented == len(ids) and with_s2.n_segmented == 0 and n_cells >= len(ids)
+
+
+def _field(side: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth original image of ``side`` px (cheap PNGs) and a 512-px label map of a few cells."""
+    yy, xx = np.mgrid[:side, :side].astype(np.float32) / side
+    img = np.stack([(128 + 100 * np.sin(6 * yy + k) * np.cos(5 * xx - k)) for k in range(4)], -1)
+    img = img.clip(0, 255).astype(np.uint8)
+    lab = np.zeros((512, 512), np.uint16)
+    yy, xx = np.ogrid[:512, :512]
+    for k in range(1, 9):
+        cy, cx, r = rng.integers(40, 472), rng.integers(40, 472), rng.integers(12, 40)
+        lab[((yy - cy) ** 2 + ((xx - cx) * 1.3) ** 2 <= r * r) & (lab == 0)] = k
+    return img, lab
+
+
+@pytest.mark.parametrize("side", [1728, 2048, 3072])
+@pytest.mark.parametrize("with_full", [False, True])
+def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
+    rng = np.random.default_rng(side)
+    original, lab = _field(side, rng)
+    io.write_channels(tmp_path / "orig", "img", original)
+    mask = tmp_path / "train_cell_mask" / "img.npz"
+    io.save_masks(mask, lab, lab)
+    full = None
+    if with_full:  # S2's original-size mask (FULL_MASKS): both sides must take it
+        full = resize_labels(lab, side)
+        full[(full == 3) & (np.arange(side)[None, :] % 7 == 0)] = 0  # unlike the resized 512 map
+        io.save_masks(fov.full_mask_path(mask), full, full)
+    io.write_rgby(tmp_path / "small.png", fov.working_image(original, 512))
+    task = {"image_id": "img", "mask_path": str(mask), "image_path": str(tmp_path / "small.png"),
+            "original_dir": str(tmp_path / "orig"), "out_dir": str(tmp_path / "cells"), "size": 128,
+            "margin": 0.05, "overwrite": True}
+    res = cells.crop_image_cells(task)
+    assert res["from_original"] and res["written"] == len(cells.cell_ids(lab))
+    run = object.__new__(predict.RunPredictor)  # S5's view code of a pipeline-2 run trained on originals
+    run.pipeline, run.from_original, run.size, run.margin, run.variant = 2, True, 128, 0.05, None
+    ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)
+    test_crops = run.views(fov.working_image(original, 512), lab, ids, original, labels_full=full)
+    for c, crop in zip(ids, test_crops):
+        train_crop = io.read_rgby(bag_datasets.crop_path(tmp_path / "cells", "img", c))
+        assert np.array_equal(train_crop, crop), f"cell {c} at {side} px"
+
+
+def test_seg_at_and_s2_choices_are_checked(demo, tmp_path):
+    assert fov.resolve_seg_at("auto", "hpa") == "original"
+    assert fov.resolve_seg_at("auto", "builtin") == "resized"
+    assert fov.resolve_seg_at("Resized", "hpa") == "resized"
+    with pytest.raises(ValueError, match="SEG_AT 'half'"):
+        fov.resolve_seg_at("half", "hpa")
+    S2 = load_script("S2_data_process.py")
+    for name, bad in (("SEG_AT", "half"), ("LABEL_AT", "sometimes"), ("FULL_MASKS", "train")):
+        with pytest.raises(SystemExit, match=name):
+            S2.main(["--DATA_DIR", str(demo), "--OUT_DIR", str(tmp_path / "o"), "--SEGMENTER", "builtin",
+                     f"--{name}", bad])
+    full = fov.full_mask_path(tmp_path / "test_cell_mask" / "a.npz")
+    assert full == tmp_path / "test_cell_mask_full" / "a.npz"

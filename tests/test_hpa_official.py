@@ -1,0 +1,193 @@
+"""The official HPA post-processing, reproduced: the reference label maps of ../shared/hpa_seg_reference
+from their softmax maps, by every path (label_from_maps, the default segmenter path with a stand-in
+network, S5's fallback, S2 --SEG_AT resized, tools/label_from_maps.py); the faster pieces equal skimage's."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import load_script
+from scipy import ndimage as ndi
+from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
+from skimage.segmentation import find_boundaries
+from torch import nn
+
+from common import fov, io
+from common.segmentation import match_cells
+from common.segmentation.hpa import HPASegmenter
+from common.segmentation.hpa import postprocess as pp
+
+torch.set_num_threads(1)
+SCENARIOS = ("A_official_s0", "B_touching_s0")
+SIDE = 2048  # the reference maps are of a 2048-px field of view
+
+
+@pytest.fixture(scope="module", params=SCENARIOS)
+def ref(request, shared_dir) -> dict:
+    d = shared_dir / "hpa_seg_reference"
+    with np.load(d / f"{request.param}_softmax512.npz") as z:
+        maps = {k: z[k] for k in z.files}
+    return {"name": request.param, "maps_path": d / f"{request.param}_softmax512.npz",
+            "nuclei": maps["nuclei"], "cell": maps["cell"],
+            "ref_cell": io.read_label_png(d / f"{request.param}_ref_cell.png"),
+            "ref_nucleus": io.read_label_png(d / f"{request.param}_ref_nucleus.png")}
+
+
+def check(ref: dict, cell: np.ndarray, nucleus: np.ndarray | None) -> None:
+    """Every reference cell (and nucleus) matched at IoU >= 0.6, mean IoU >= 0.98."""
+    assert cell.shape == ref["ref_cell"].shape
+    pairs = [("cell", ref["ref_cell"], cell)]
+    if nucleus is not None:
+        assert nucleus.shape == cell.shape
+        pairs.append(("nucleus", ref["ref_nucleus"], nucleus))
+    for what, truth, pred in pairs:
+        m = match_cells(truth, pred)
+        assert m["matched"] == m["n_true"] > 0, f"{ref['name']} {what}: {m['matched']}/{m['n_true']} matched"
+        assert m["mean_iou"] >= 0.98, f"{ref['name']} {what}: mean IoU {m['mean_iou']:.4f}"
+
+
+class StandIn(nn.Module):
+    """Returns the reference softmax maps (as logits) for an input of exactly their size: a network
+    handed the wrong scale fails here instead of giving other maps."""
+
+    def __init__(self, probs: np.ndarray):
+        super().__init__()
+        self.register_buffer("logits", torch.from_numpy(np.log(np.maximum(probs, 1e-12))).permute(2, 0, 1))
+
+    def forward(self, x):
+        assert tuple(x.shape[-2:]) == tuple(self.logits.shape[-2:]), f"network input {tuple(x.shape)}"
+        return self.logits[None].expand(x.shape[0], -1, -1, -1)
+
+
+def stand_in_segmenter(ref: dict) -> HPASegmenter:
+    return HPASegmenter(models=(StandIn(ref["nuclei"]), StandIn(ref["cell"])), device="cpu")
+
+
+def blank_fov(folder, image_id: str) -> None:
+    io.write_channels(folder, image_id, np.zeros((SIDE, SIDE, 4), np.uint8))
+
+
+# ----------------------------------------------------------------------------- reference agreement
+def test_label_from_maps_reproduces_the_reference(ref):
+    cell, nucleus = pp.label_from_maps(ref["nuclei"], ref["cell"], (SIDE, SIDE))
+    check(ref, cell, nucleus)
+    assert cell.dtype == nucleus.dtype == np.uint16
+    assert np.array_equal(cell, ref["ref_cell"]) and np.array_equal(nucleus, ref["ref_nucleus"])
+
+
+def test_corrected_and_fast_paths_depart_from_the_reference(ref):
+    cell, _ = pp.label_from_maps(ref["nuclei"], ref["cell"], (SIDE, SIDE), corrected=True)
+    assert not np.array_equal(cell, ref["ref_cell"])           # the constant changes something
+    fast, _ = pp.label_from_maps(ref["nuclei"], ref["cell"], (SIDE, SIDE), label_hw=(512, 512))
+    assert match_cells(ref["ref_cell"], fast)["mean_iou"] < 0.97  # why 512 is not the default
+
+
+def test_default_path_with_a_stand_in_network(ref):
+    seg = stand_in_segmenter(ref)
+    [f] = fov.prepare([np.zeros((SIDE, SIDE, 4), np.uint8)], 512, seg, full=True)
+    check(ref, f.cell_full, f.nucleus_full)
+    assert f.cell.shape == (512, 512) and set(np.unique(f.cell)) <= set(np.unique(f.cell_full))
+    # handed the 512-px working copy (S2 --SEG_AT resized, S5 before): the networks still see 512 px
+    [g] = fov.prepare([np.zeros((SIDE, SIDE, 4), np.uint8)], 512, seg, seg_at="resized", full=True)
+    check(ref, g.cell_full, g.nucleus_full)
+
+
+def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
+    S5 = load_script("S5_predict.py")
+    blank_fov(tmp_path / "data" / "test", "fov1")
+    cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), DATA_DIR=str(tmp_path / "data"),
+                                IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu",
+                                SEG_AT="auto")
+    source = S5.ImageSource(cfg)
+    source._segmenter = stand_in_segmenter(ref)
+    image, labels, labels_full, _ = source.load("fov1")
+    assert image.shape == (512, 512, 4) and labels.shape == (512, 512) and source.n_segmented == 1
+    check(ref, labels_full, None)  # S5 keeps the cells only
+    # what S5 encodes into the submission: the cells exactly as labelled at the original size
+    assert fov.labels_at((SIDE, SIDE), labels, labels_full) is labels_full
+
+
+def test_s2_seg_at_resized_keeps_the_official_cells(ref, tmp_path, monkeypatch):
+    S2 = load_script("S2_data_process.py")
+    data = tmp_path / "data"
+    blank_fov(data / "test", "fov1")
+    pd.DataFrame({"ID": ["fov1"], "ImageWidth": [SIDE], "ImageHeight": [SIDE]}).to_csv(
+        data / "sample_submission.csv", index=False)
+    seg = stand_in_segmenter(ref)
+    monkeypatch.setattr(S2.segmentation, "get_segmenter", lambda *a, **k: seg)
+    out = tmp_path / "out"
+    res = S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--SEGMENTER", "hpa",
+                   "--SEG_AT", "resized", "--NUM_WORKERS", "1"])
+    assert res["processed"] == 1 and res["failed"] == 0
+    cell, nucleus = io.load_masks(out / "test_cell_mask_full" / "fov1.npz")
+    check(ref, cell, nucleus)
+    small, _ = io.load_masks(out / "test_cell_mask" / "fov1.npz")
+    assert small.shape == (512, 512) and len(np.unique(small)) == len(np.unique(cell))
+
+
+def test_label_from_maps_tool(ref, tmp_path):
+    tool = load_script("tools/label_from_maps.py", "label_from_maps_tool")
+    cell_png, nucleus_png = tool.main([str(ref["maps_path"]), str(tmp_path / "out")])
+    check(ref, io.read_label_png(cell_png), io.read_label_png(nucleus_png))
+    # original_size given explicitly; a bad file is refused with its name
+    z = tmp_path / "maps.npz"
+    np.savez(z, nuclei=ref["nuclei"], cell=ref["cell"], original_size=np.array([SIDE, SIDE]))
+    cell_png, _ = tool.main([str(z), str(tmp_path / "out2")])
+    assert np.array_equal(io.read_label_png(cell_png), io.read_label_png(tmp_path / "out" / "cell.png"))
+    np.savez(tmp_path / "bad.npz", nuclei=ref["nuclei"])
+    with pytest.raises(SystemExit, match="bad.npz.*cell"):
+        tool.main([str(tmp_path / "bad.npz"), str(tmp_path / "out3")])
+
+
+# ----------------------------------------------------------------------------- exact faster pieces
+def _random_labels(rng, shape=(96, 80), n=12) -> np.ndarray:
+    lab = np.zeros(shape, np.int32)
+    for k in range(1, n + 1):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        r = rng.integers(3, 14)
+        yy, xx = np.ogrid[:shape[0], :shape[1]]
+        lab[(yy - y) ** 2 + ((xx - x) * rng.uniform(0.6, 1.6)) ** 2 <= r * r] = k
+    return lab
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_faster_pieces_equal_skimage_and_scipy(seed):
+    rng = np.random.default_rng(seed)
+    lab = _random_labels(rng)
+    for dtype in (np.uint8, np.int32):
+        x = lab.astype(dtype)
+        for r in (1, 2, 6):
+            assert np.array_equal(pp.grey_closing(x, r), closing(x, disk(r))), (dtype, r)
+        assert np.array_equal(pp.thick_boundaries(x), find_boundaries(x))
+    mask = lab > 0
+    mask[rng.random(mask.shape) < 0.05] ^= True
+    assert np.array_equal(pp.fill_holes(mask), ndi.binary_fill_holes(mask))
+    # the official code ran on skimage < 0.26, where min_size / area_threshold removed parts SMALLER than
+    # the value; skimage 0.26 deprecates them (and its deprecated path removes one size more), its
+    # max_size removes parts up to and including the value: the old behaviour is max_size = value - 1
+    for size in (5, 40, 300):
+        assert np.array_equal(pp.fill_small_holes(mask, size), remove_small_holes(mask, max_size=size - 1))
+        assert np.array_equal(pp.remove_small(mask, size), remove_small_objects(mask, max_size=size - 1))
+        assert np.array_equal(pp.remove_small(lab, size), remove_small_objects(lab, max_size=size - 1))
+
+
+def test_official_inputs_match_the_official_feeding():
+    """nuclei: img_as_ubyte, channel 0 = 0, INTER_AREA; cell: channel 0 = 0, INTER_AREA in float, uint8."""
+    import cv2
+    from skimage.util import img_as_ubyte
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(32, 32)).astype(np.float32)
+    nuc, cell = pp.official_inputs(p, p, (128, 128))
+    n8 = img_as_ubyte(p)
+    n8[..., 0] = 0
+    assert np.array_equal(nuc, cv2.resize(n8, (128, 128), interpolation=cv2.INTER_AREA))
+    c = p.copy()
+    c[..., 0] = 0
+    assert np.array_equal(cell, img_as_ubyte(np.clip(cv2.resize(c, (128, 128), interpolation=cv2.INTER_AREA),
+                                                     0, 1)))
+    assert nuc.dtype == cell.dtype == np.uint8 and nuc.shape == (128, 128, 3)
+

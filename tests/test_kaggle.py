@@ -1,0 +1,280 @@
+"""Kaggle notebooks: tools/make_notebook.py notebooks executed with nbclient on a tiny demo whose inputs
+are a read-only bind mount (as /kaggle/input is), tools/pack_runs.py, the Kaggle path defaults and the
+start check of unwritable output folders."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script
+
+from common import constants, models
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import make_notebook
+import pack_runs
+
+SIZE = 64        # demo images and S2's working size
+TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1", "--MAX_TRAIN_STEPS", "1",
+        "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--FOLD", "-1"]
+S5_ARGS = ["--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "0"]
+
+
+@contextlib.contextmanager
+def read_only(src: Path, dst: Path):
+    """``dst``: a read-only bind mount of ``src`` (root writes through chmod); skips where mount fails."""
+    dst.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["mount", "--bind", str(src), str(dst)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({p.stderr.strip()})")
+    try:
+        p = subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)], capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot remount read-only here ({p.stderr.strip()})")
+        yield dst
+    finally:
+        subprocess.run(["umount", str(dst)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    """S0 -> S2 -> S3 + S4.1 -> S4.2 on 6 train / 2 test 64-px images; one 1-step run per pipeline."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("kaggle")
+    src, out = root / "src", root / "runs"
+    comp, hpa = src / "comp", src / "hpa"
+    load_script("S0_make_demo_data.py").main(
+        ["--OUT_DIR", str(comp), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
+         "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1", "--SEED", "3"])
+    load_script("S2_data_process.py").main(["--DATA_DIR", str(comp), "--OUT_DIR", str(hpa), "--IMAGE_SIZE",
+                                            str(SIZE), "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    r1 = load_script("S3_train_pipeline1.py").main(
+        ["--DATA_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
+         "--CACHE_GB", "0", *TINY])
+    load_script("S4.1_crop_cells.py").main(
+        ["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMP_TRAIN_DIR",
+         str(comp / "train"), "--EXT_TRAIN_DIR", str(comp / "none"), "--CELL_SIZE", "32",
+         "--NUM_WORKERS", "1"])
+    r2 = load_script("S4.2_train_pipeline2.py").main(
+        ["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMP_DIR", str(comp),
+         "--OUTPUT_DIR", str(out), "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4", "--BATCH_SIZE", "2", *TINY])
+    runs = [Path(r1["out_dir"]), Path(r2["out_dir"])]
+    pack_runs.main([str(out), "--OUT", str(src / "packed")])
+    return dict(root=root, src=src, comp=comp, hpa=hpa, out=out, runs=runs)
+
+
+def _execute(nb, cwd: Path, timeout: int = 300):
+    """Run a notebook in a fresh kernel (cwd outside the repo; its env has no path to the repo)."""
+    import nbclient
+
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def _outputs(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+
+
+def _where_common(nb):
+    """Append a cell printing where the notebook's `common` came from."""
+    import nbformat
+
+    nb.cells.append(nbformat.v4.new_code_cell("import common\nprint('COMMON_AT', common.__file__)"))
+
+
+def _common_at(nb) -> Path:
+    line = next(x for x in _outputs(nb).splitlines() if x.startswith("COMMON_AT"))
+    return Path(line.split(" ", 1)[1])
+
+
+# ----------------------------------------------------------------------------- notebooks
+@pytest.mark.slow
+def test_s5_notebook_on_read_only_inputs_matches_the_script(demo, tmp_path, monkeypatch):
+    ro = tmp_path / "kaggle_input"
+    ref_out, nb_out = tmp_path / "ref", tmp_path / "working"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))   # where the notebook unpacks common/
+    with read_only(demo["src"], ro):
+        comp, hpa, packed = ro / "comp", ro / "hpa", ro / "packed"
+        # the script directly, on the original (full) checkpoints
+        p = subprocess.run([sys.executable, str(ROOT / "S5_predict.py"), "--DATA_DIR", str(comp),
+                            "--HPA512_DIR", str(hpa), "--RUNS_DIR", str(demo["out"]),
+                            "--OUTPUT_DIR", str(ref_out), *S5_ARGS], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        # the generated notebook, on the packed (slim) checkpoints read from the read-only mount
+        nb = make_notebook.make_notebook(
+            "S5_predict.py", ["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--RUNS_DIR", str(packed),
+                              "--OUTPUT_DIR", str(nb_out), *S5_ARGS])
+        _where_common(nb)
+        t0 = time.time()
+        _execute(nb, tmp_path)
+        seconds = time.time() - t0
+    text = _outputs(nb)
+    print(f"S5 notebook: {seconds:.1f} s in all;", next(x for x in text.splitlines() if " s/image" in x))
+    assert "imports ok" in text and "2 runs" in text
+    assert tmp_path in _common_at(nb).parents and ROOT not in _common_at(nb).parents  # carried inside
+    ref = (ref_out / "submission.csv").read_bytes()
+    assert ref.count(b"\n") == 3 and len(ref) > 200          # header + 2 images, with cells
+    assert (nb_out / "submission.csv").read_bytes() == ref
+    assert (nb_out / "submission_image_level.csv").read_bytes() == (
+        ref_out / "submission_image_level.csv").read_bytes()
+
+
+def test_packed_runs_are_slim_and_load(demo):
+    packed = demo["src"] / "packed"
+    for run in demo["runs"]:
+        dst = packed / run.parent.name / run.name / "best.pth"
+        ck = torch.load(dst, map_location="cpu", weights_only=True)
+        assert {"config", "model"} <= set(ck) <= {"config", "model", "weights_from", *models.SLIM_KEYS}
+        assert dst.stat().st_size < (run / "last.pth").stat().st_size  # best.pth is slim already
+        assert (dst.parent / "config.json").is_file()
+        slim, _ = models.load_checkpoint(dst)
+        full, _ = models.load_checkpoint(run / "best.pth")
+        for (k, a), b in zip(slim.state_dict().items(), full.state_dict().values()):
+            assert torch.equal(a, b), k
+        again = models.slim_checkpoint(ck)                         # a slim checkpoint passes through
+        assert again.keys() == ck.keys()
+    with pytest.raises(SystemExit, match="no such run"):
+        pack_runs.main([str(demo["root"] / "nothing"), "--OUT", str(demo["root"] / "p2")])
+
+
+@pytest.mark.slow
+def test_s3_notebook_trains_one_step_from_read_only_inputs(demo, tmp_path, monkeypatch):
+    ro = tmp_path / "kaggle_input"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with read_only(demo["src"], ro):
+        nb = make_notebook.make_notebook(
+            "S3_train_pipeline1.py", ["--DATA_DIR", str(ro / "hpa"), "--OUTPUT_DIR",
+                                      str(tmp_path / "working"), "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE",
+                                      "4", "--RUN_NAME", "nb", "--CACHE_GB", "0", *TINY])
+        _execute(nb, tmp_path)
+    run = tmp_path / "working" / "nb" / "all"
+    model, cfg = models.load_checkpoint(run / "best.pth")
+    assert cfg["MODEL_NAME"] == "test_resnet" and cfg["RUN_NAME"] == "nb"
+    assert cfg["DATA_DIR"] == str(ro / "hpa")
+    assert "S3 done" in _outputs(nb)
+    assert torch.load(run / "last.pth", map_location="cpu", weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- read-only outputs
+STEPS = {  # script: (output constant, other arguments: inputs that do not exist)
+    "S0_make_demo_data.py": ("OUT_DIR", []),
+    "S2_data_process.py": ("OUT_DIR", ["--DATA_DIR", "{missing}"]),
+    "S3_train_pipeline1.py": ("OUTPUT_DIR", ["--DATA_DIR", "{missing}"]),
+    "S4.1_crop_cells.py": ("HPA512_DIR", ["--TRAIN_CSV", "{missing}/t.csv"]),
+    "S4.2_train_pipeline2.py": ("OUTPUT_DIR", ["--TRAIN_CSV", "{missing}/t.csv"]),
+    "S5_predict.py": ("OUTPUT_DIR", ["--DATA_DIR", "{missing}"]),
+    "S6_evaluate.py": ("SUBMISSION", ["--TRUTH", "{missing}/t.csv"]),
+}
+
+
+def test_a_read_only_output_folder_stops_each_step_at_start(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "existing").mkdir()
+    with read_only(src, tmp_path / "ro") as ro:
+        for script, (name, rest) in STEPS.items():
+            mod = load_script(script)
+            target = ro / "existing" if name != "SUBMISSION" else ro / "sub.csv"
+            rest = [a.format(missing=tmp_path / "missing") for a in rest]
+            with pytest.raises(SystemExit) as e:   # inputs are missing too: the output check comes first
+                mod.main([f"--{name}", str(target), *rest])
+            msg = str(e.value)
+            folder = target if name != "SUBMISSION" else ro
+            assert f"cannot write to {folder} " in msg and name in msg, (script, msg)
+        with pytest.raises(SystemExit, match=f"cannot write to {ro / 'new'}.*OUTPUT_DIR"):
+            constants.output_folder(ro / "new", "OUTPUT_DIR")            # a folder that cannot be created
+    assert os.listdir(src / "existing") == []                             # no probe file left behind
+    assert constants.output_folder(tmp_path / "w" / "x", "OUT_DIR") == tmp_path / "w" / "x"
+    assert os.listdir(tmp_path / "w" / "x") == []
+
+
+def test_kaggle_defaults_resolve_under_working(tmp_path, monkeypatch):
+    kin, kw = tmp_path / "input", tmp_path / "working"
+    monkeypatch.setattr(constants, "KAGGLE_INPUT", kin)
+    monkeypatch.setattr(constants, "KAGGLE_WORKING", kw)
+    assert constants.resolve("output") == constants.ROOT / "output"           # not on Kaggle
+    (kin / "hpa-single-cell-image-classification").mkdir(parents=True)
+    assert constants.on_kaggle()
+    assert constants.resolve("output") == kw / "output"
+    assert constants.resolve("output/p1/fold0") == kw / "output" / "p1" / "fold0"
+    assert constants.resolve("input/hpa-single-cell-image-classification/test") == (
+        kin / "hpa-single-cell-image-classification" / "test")               # an attached dataset
+    assert constants.resolve("input/hpa-512") == kw / "input" / "hpa-512"   # none attached: written here
+    assert constants.resolve("/abs/x") == Path("/abs/x")
+
+
+# ----------------------------------------------------------------------------- the generator
+@pytest.mark.parametrize("script", ["S2_data_process.py", "S3_train_pipeline1.py", "S4.1_crop_cells.py",
+                                    "S4.2_train_pipeline2.py", "S5_predict.py"])
+def test_notebook_cells_follow_the_script(script, tmp_path):
+    import nbformat
+
+    given = "BATCH_SIZE" if script in ("S3_train_pipeline1.py", "S4.2_train_pipeline2.py", "S5_predict.py") \
+        else "NUM_WORKERS"
+    out = make_notebook.main([script, f"--{given}", "3", "-o", str(tmp_path / "n.ipynb")])
+    nb = nbformat.read(out, as_version=4)
+    nbformat.validate(nb)
+    cells = [c.source for c in nb.cells]
+    mod = load_script(script)
+    block = make_notebook.split_script((ROOT / script).read_text())["constants"]
+    ns: dict = {}
+    exec(cells[3], ns)                                                  # the constants cell alone
+    got = make_notebook.config.constants_of(ns)
+    assert set(got) == set(make_notebook.block_defaults(block))
+    changed = {k for k in got if got[k] != getattr(mod, k) and not (
+        isinstance(got[k], list) and list(getattr(mod, k)) == got[k])}
+    paths = {k for k, v in got.items() if isinstance(v, str) and v.startswith("/kaggle/")}
+    assert changed == paths | {given} and got[given] == 3
+    assert all(got[k].startswith("/kaggle/input/") or got[k].startswith("/kaggle/working")
+               for k in paths) and paths
+    assert "__file__" not in cells[4] and '__name__ == "__main__"' not in cells[4]
+    assert "def main(" in cells[4] and cells[5].startswith("result = main([])")
+    assert "--find-links" in cells[1] and "'torch'" in cells[1] and "_ZIP" in cells[2]
+
+
+def test_generator_rejects_unknown_constants_and_keeps_comments():
+    with pytest.raises(SystemExit, match="unknown constant --NOPE"):
+        make_notebook.make_notebook("S5_predict.py", ["--NOPE", "1"])
+    block = 'A = 1            # one\nB = "x"  # two\nC = [1, 2]  # three\n'
+    assert make_notebook.edit_block(block, {"A": 22, "B": "/kaggle/working/x", "C": ["a"]}) == (
+        'A = 22           # one\nB = "/kaggle/working/x"  # two\nC = ["a"]   # three\n')
+    required, optional = make_notebook.needed_packages((ROOT / "S5_predict.py").read_text())
+    assert {"torch", "timm", "pycocotools", "cv2", "albumentations"} <= set(required)
+    assert "requests" not in required and "iterstrat" not in required   # S1's and S2's only
+
+
+def test_import_check_names_the_missing_package_and_the_offline_install_line(tmp_path):
+    wheels = str(tmp_path / "w")
+    cell = make_notebook.check_cell(["hpa_no_such_module", "numpy"], ["hpa_other_missing"], wheels)
+    with pytest.raises(ModuleNotFoundError) as e:
+        exec(cell, {})
+    msg = str(e.value)
+    assert "hpa_no_such_module" in msg and "numpy" not in msg.split("run:")[0]
+    assert f"pip install --no-index --find-links {tmp_path / 'w'} hpa-no-such-module" in msg
+    exec(make_notebook.check_cell(["numpy"], ["hpa_other_missing"], str(tmp_path / "w")), {})  # only a note
+
+
+def test_make_wheelhouse_downloads_binary_wheels_at_the_required_versions():
+    p = subprocess.run(["bash", str(ROOT / "tools" / "make_wheelhouse.sh"), "w", "albucore"],
+                       env={**os.environ, "DRY_RUN": "1", "KAGGLE_PYTHON": "3.11"}, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    cmd = p.stdout.split()
+    assert cmd[:4] == ["python", "-m", "pip", "download"] and "--only-binary=:all:" in cmd
+    assert "--no-deps" in cmd and cmd[cmd.index("--python-version") + 1] == "3.11"
+    reqs = (ROOT / "requirements.txt").read_text()
+    for spec in ("iterative-stratification>=", "timm>=", "albumentations>=", "pycocotools>="):
+        got = next(c for c in cmd if c.startswith(spec))
+        assert got in reqs.replace(" ", "")                              # the requirements.txt range
+    assert cmd[-1] == "albucore"

@@ -1,0 +1,115 @@
+"""Pack trained runs into one folder to upload as a Kaggle dataset (for the S5 notebook).
+
+    python tools/pack_runs.py output/p1_x/fold0 output/p2_y --OUT packed_runs
+    python tools/pack_runs.py output --OUT packed_runs --DATASET_ID me/hpa-runs   # every run
+
+Each RUN is a run folder holding CHECKPOINT, a folder above several of them (all are taken), or a
+checkpoint file. For each run it writes ``OUT/<run>/<fold>/best.pth`` (named by the run's last two
+folders) holding only what S5 needs: the weights S5 would load (the EMA weights when the checkpoint
+has them, else the raw ones) and the constants the run was trained with. The optimizer, scheduler,
+scaler, RNG state and history are left out (a slim checkpoint passes through unchanged), so the
+files are a fraction of the size. The run's ``config.json`` (and ``summary.csv``) are copied beside
+it, and ``OUT/runs.json`` lists source, destination, size and sha256 of every packed run. With
+``--DATASET_ID owner/slug`` it also writes ``dataset-metadata.json`` for
+``kaggle datasets create -p OUT``.
+
+In the S5 notebook set ``RUNS_DIR`` to the attached dataset (``/kaggle/input/<slug>``): S5 finds
+every ``best.pth`` under it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from common import constants, io, models, predict
+
+KEEP = ("model", "config")           # what a slim checkpoint holds (models.load_checkpoint needs these)
+COPY = ("config.json", "summary.csv")  # small files of a run copied beside the slim checkpoint
+
+
+def find(run_args: list[str], checkpoint: str) -> list[Path]:
+    """The checkpoint files named by the RUN arguments, in order, without repeats."""
+    out: list[Path] = []
+    for arg in run_args:
+        p = constants.resolve(arg)
+        if p.is_file():
+            found = [p]
+        elif (p / checkpoint).is_file():
+            found = [p / checkpoint]
+        elif p.is_dir():
+            found = [r / checkpoint for r in predict.find_runs(p, checkpoint)]
+        else:
+            raise SystemExit(f"{p}: no such run folder or checkpoint")
+        if not found:
+            raise SystemExit(f"{p}: no {checkpoint} under it")
+        out += [f for f in found if f not in out]
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
+         dataset_id: str = "") -> list[dict]:
+    """Write the slim checkpoints of the runs into ``out``; returns the rows of runs.json."""
+    ckpts = find(run_args, checkpoint)
+    out = constants.output_folder(out, "OUT")
+    rows, seen = [], {}
+    for src in ckpts:
+        name = Path(src.parent.parent.name, src.parent.name)
+        if name in seen:
+            raise SystemExit(f"{src} and {seen[name]} would both be packed as {name}: pack them separately")
+        seen[name] = src
+        try:
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - name the file
+            raise SystemExit(f"{src}: cannot load checkpoint ({e})") from None
+        dst = out / name / "best.pth"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_path(dst) as tmp:
+            torch.save(models.slim_checkpoint(ckpt, src), tmp)
+        for extra in COPY:
+            if (src.parent / extra).is_file():
+                shutil.copyfile(src.parent / extra, dst.parent / extra)
+        if not (dst.parent / "config.json").is_file():
+            io.atomic_write_text(dst.parent / "config.json", json.dumps(ckpt["config"], indent=2) + "\n")
+        rows.append({"run": name.as_posix(), "source": str(src), "bytes": dst.stat().st_size,
+                     "source_bytes": src.stat().st_size, "sha256": _sha256(dst)})
+        print(f"{src} -> {dst} ({src.stat().st_size / 1e6:.1f} MB -> {dst.stat().st_size / 1e6:.1f} MB)")
+    io.atomic_write_text(out / "runs.json", json.dumps(rows, indent=2) + "\n")
+    if dataset_id:
+        if dataset_id.count("/") != 1:
+            raise SystemExit(f"--DATASET_ID {dataset_id!r}: expected owner/slug")
+        meta = {"title": dataset_id.split("/")[1], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+        io.atomic_write_text(out / "dataset-metadata.json", json.dumps(meta, indent=2) + "\n")
+    total = sum(r["bytes"] for r in rows)
+    print(f"packed {len(rows)} run(s) into {out} ({total / 1e6:.1f} MB); in the S5 notebook set "
+          f"RUNS_DIR to the dataset's folder (/kaggle/input/<slug>)")
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", metavar="RUN", help="run folder, folder of runs, or checkpoint")
+    ap.add_argument("--OUT", required=True, help="folder to write (a Kaggle dataset)")
+    ap.add_argument("--CHECKPOINT", default="best.pth", help="checkpoint of each run folder")
+    ap.add_argument("--DATASET_ID", default="", help="owner/slug: also write dataset-metadata.json")
+    args = ap.parse_args(argv)
+    return pack(args.runs, args.OUT, args.CHECKPOINT, args.DATASET_ID)
+
+
+if __name__ == "__main__":
+    main()
