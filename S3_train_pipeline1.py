@@ -22,7 +22,7 @@ MAX_IMAGES = 0                             # keep only the first N rows (0 = all
 CACHE_GB = 4.0                             # RAM cache of the resized images, if they fit (GB; 0 = off)
 # ---------------------------------------------------------------------------- model
 PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
-VARIANT = "masked"                         # masked | center_cells: augmentation set and S5 views
+VARIANT = "masked"                         # masked | center_cells | cellpool: augmentations, S5 views
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm model name (tag optional)
 PRETRAINED = True                          # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
 PRETRAINED_FILE = ""                       # one local weights file instead of the hub
@@ -32,6 +32,15 @@ DROPOUT = 0.5                              # p of each multi-sample-dropout mask
 MSD_SAMPLES = 5                            # dropout masks averaged by the head
 IMAGE_SIZE = 512                           # training resolution (images resized when different)
 LOSS = "lovasz"                            # bce | focal | lovasz (focal+Lovász+hard log, 0.5 each) | spec
+# ---------------------------------------------------------------------------- cell pooling (VARIANT cellpool)
+MASK_SUBDIR = "train_cell_mask"            # S2's cell label maps {ID}.npz inside DATA_DIR
+CELLPOOL_CELLS = 16                        # cells pooled from each image's feature map per step
+CELLPOOL_STRIDE = 0                        # backbone output_stride (0 = native 32; 8 | 16 dilated)
+MIL_POOL = "max"                           # image logit from the cell logits: max | topk | lse | mean
+MIL_W_MAX = 4.0                            # MIL loss weight of BCE(pooled logit)
+MIL_W_MEAN = 1.0                           # MIL loss weight of BCE(mean cell logit)
+MIL_TOPK = 4                               # k of MIL_POOL=topk
+MIL_LSE_R = 5.0                            # sharpness r of MIL_POOL=lse
 # ---------------------------------------------------------------------------- augmentation
 P_FLIP = 0.5                               # each of transpose / h-flip / v-flip
 P_AFFINE = 0.75                            # shift 0.2 / scale 0.2 / rotate 45
@@ -111,8 +120,9 @@ def main(argv=None):
     config.require_positive(cfg, "IMAGE_SIZE", step="S3")
     if cfg["PIPELINE"] != 1:
         raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
-    if cfg["VARIANT"] not in augment.VARIANTS:
-        raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS}")
+    cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
+    if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
+        raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")
     constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
     try:
         print(f"S3: initial weights: {weights.require(cfg)}")
@@ -131,18 +141,25 @@ def main(argv=None):
     train_df, val_df = split(df, cfg)
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
-    tfm = augment.build_transforms(cfg["VARIANT"], cfg["IMAGE_SIZE"], True, p_flip=cfg["P_FLIP"],
-                                   p_affine=cfg["P_AFFINE"], p_dropout=cfg["P_COARSE_DROPOUT"])
+    tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], True,
+                                   p_flip=cfg["P_FLIP"], p_affine=cfg["P_AFFINE"],
+                                   p_dropout=cfg["P_COARSE_DROPOUT"])
     budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
-    train_ds = ImageDataset(train_df, image_dir, transforms=tfm, label_aug=augment.LabelAugment.from_cfg(cfg),
-                            image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"], cache_gb=budget,
-                            cache_threads=threads)
+    Dataset, cells_kw = ImageDataset, {}
+    if cellpool:
+        from common.cellpool import CellPoolDataset
+
+        Dataset = CellPoolDataset
+        cells_kw = dict(mask_dir=data_dir / cfg["MASK_SUBDIR"], cells_per_image=cfg["CELLPOOL_CELLS"])
+    train_ds = Dataset(train_df, image_dir, **cells_kw, transforms=tfm,
+                       label_aug=augment.LabelAugment.from_cfg(cfg), image_size=cfg["IMAGE_SIZE"],
+                       seed=cfg["SEED"], cache_gb=budget, cache_threads=threads)
     if train_ds.cache is not None:
         budget -= train_ds.cache_bytes() / 1e9
     val_ds = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df, image_dir, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"],
-                              cache_gb=budget, cache_threads=threads)
+        val_ds = Dataset(val_df, image_dir, **cells_kw, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"],
+                         cache_gb=budget, cache_threads=threads)
     for name, ds in (("train", train_ds), ("val", val_ds)):
         if ds is not None and cfg["CACHE_GB"] > 0:
             state = "cached in RAM" if ds.cache is not None else "read from disk (over CACHE_GB)"

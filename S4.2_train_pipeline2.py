@@ -47,6 +47,9 @@ MIL_W_MEAN = 1.0             # weight of BCE(mean cell logit)
 MIL_TOPK = 4                 # k of MIL_POOL=topk
 MIL_LSE_R = 5.0              # r of MIL_POOL=lse
 MIL_CHUNK = 256              # cells per forward at inference (memory bound)
+# ---------------------------------------------------------------------------- self-training
+PSEUDO_LABELS = ""           # CSV of soft per-cell targets (tools/make_pseudo_labels.py); "" = off
+PSEUDO_W = 1.0               # weight of the per-cell BCE on them, added to the MIL loss
 # ---------------------------------------------------------------------------- training (common.train)
 EPOCHS = 20                  # epochs
 BATCH_SIZE = 8               # bags per step and process (x CELLS_PER_IMAGE cells)
@@ -230,8 +233,16 @@ def main(argv=None):
         tr = tr.iloc[:cfg.MAX_IMAGES]
     va = df[in_fold & (df["is_ext"] == 0)]
     kw = dict(cells_per_image=cfg.CELLS_PER_IMAGE, cell_size=cfg.CELL_SIZE, seed=cfg.SEED)
-    train_ds = BagDataset(tr, cells_dir, index_df, augment=True, label_aug=augment.LabelAugment.from_cfg(cfg),
-                          **kw)
+    Bags = BagDataset
+    if cfg.PSEUDO_LABELS:  # self-training: each cell also gets its out-of-fold soft target
+        from functools import partial
+
+        from common.pseudo import PseudoBagDataset, read_pseudo_labels
+
+        pseudo = read_pseudo_labels(constants.resolve(cfg.PSEUDO_LABELS))
+        Bags = partial(PseudoBagDataset, pseudo=pseudo)
+        print(f"S4.2: {len(pseudo)} cells with pseudo-labels from {cfg.PSEUDO_LABELS}", flush=True)
+    train_ds = Bags(tr, cells_dir, index_df, augment=True, label_aug=augment.LabelAugment.from_cfg(cfg), **kw)
     val_ds = BagDataset(va, cells_dir, index_df, augment=False, **kw) if len(va) else None
     print(f"S4.2: {len(train_ds)} training bags ({train_ds.n_without_cells} images without cells left out), "
           f"{len(val_ds) if val_ds else 0} validation bags"

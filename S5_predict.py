@@ -32,6 +32,9 @@ CHECKPOINT = "best.pth"           # which checkpoint of a run folder
 RUN_WEIGHTS = []                  # one ensemble weight per run ([] = all 1)
 RUN_TTA = []                      # flip/transpose variants per run, 1..8 ([] = TTA for every run)
 TTA = 2                           # default number of TTA variants (1 = none)
+P1_VARIANT = ""                   # pipeline-1 scoring: "" = as trained | masked | center_cells | cellpool
+P1_CELLPOOL_STRIDE = 0            # cellpool: backbone output_stride (0 = as trained; 8 | 16 dilated)
+P1_CELLPOOL_SIZE = 0              # cellpool: input side (0 = the run's IMAGE_SIZE)
 # ---------------------------------------------------------------------------- ensemble
 MULTIPLY_IMAGE_PRED = False       # multiply each cell's probabilities by its image's prediction
 BORDER_WEIGHT = 1.0               # multiply cells touching the image edge by this (1 = off)
@@ -187,7 +190,8 @@ def main(argv=None):
     runs = _runs(cfg)
     weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
     ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]
-    predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT)
+    predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT,
+                                       cfg.P1_VARIANT, cfg.P1_CELLPOOL_STRIDE, cfg.P1_CELLPOOL_SIZE)
                   for r, t in zip(runs, ttas)]
     for p, w in zip(predictors, weights):
         print(f"S5: {p} weight {w}", flush=True)

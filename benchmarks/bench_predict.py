@@ -11,6 +11,9 @@ loaded by common.predict.RunPredictor exactly as S5 loads a trained run. Times:
      (fp32 with TF32 off for the comparison, plus AMP) when a GPU is present.
   2. per 2048x2048 test image: the 512-px label map resized to 2048 (nearest), encode_label_map,
      and the PredictionString of N_CELLS cells x 19 classes.
+  4. cellpool vs masked on the same checkpoint (MODEL_NAME @ CPU_IMAGE_SIZE, and CUDA_IMAGE_SIZE on a
+     GPU): seconds per image at CELLPOOL_CELLS cells per image, and multiply-adds per image
+     (torch.utils.flop_counter: FLOPs / 2) for masked and for cellpool at CELLPOOL_STRIDES.
   3. the ensemble estimate: views/s of the original's model size (EFF_MODEL at 512 px whole-image
      views and at 256 px cell crops) measured on this machine; on a GPU the estimate uses the
      measured GPU numbers, without one it uses ASSUMED_GPU_VIEWS_PER_S (stated, an assumption).
@@ -30,6 +33,11 @@ TTA = 2                      # flip/transpose variants per view (S5's default)
 BATCH_SIZE = 32              # views per forward pass (S5's default)
 THREADS = 2                  # torch CPU threads
 TOLERANCE = 1e-5             # the largest allowed |batched - per cell| (fp32)
+# ---------------------------------------------------------------------------- cellpool vs masked
+CELLPOOL_CELLS = [5, 25, 50]  # cells per image of the cellpool-vs-masked table
+CELLPOOL_STRIDES = [0, 16, 8]  # output strides of the cellpool rows (0 = the backbone's own, 32)
+CELLPOOL_IMAGES = 2          # images per cell count
+CELLPOOL_REPEATS = 3         # rounds of timings per image, the best kept (the machine may be shared)
 # ---------------------------------------------------------------------------- encoding
 ORIG_SIZE = 2048             # side of the original test images
 ENCODE_REPEATS = 3           # timings per image, the best kept (the machine may be shared)
@@ -197,6 +205,65 @@ def view_prep_seconds(images, size: int) -> tuple[float, float]:
     return build / len(images), norm / len(images)
 
 
+# ----------------------------------------------------------------------------- part 4
+def multiply_adds(fn, *args) -> float:
+    """Multiply-adds of one call ``fn(*args)`` (FLOPs / 2 as counted by torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() / 2
+
+
+def bench_cellpool(folder: Path, device: str, amp: bool, size: int, cfg) -> list[dict]:
+    """Seconds per image and multiply-adds per image: masked vs cellpool (each stride), per cell count.
+
+    The variants are timed in turn on each image, CELLPOOL_REPEATS rounds, the best of each kept:
+    a shared machine's load then hits them alike."""
+    rows = []
+    for n_cells in cfg.CELLPOOL_CELLS:
+        images = make_images(cfg.CELLPOOL_IMAGES, n_cells, cfg.SEED + n_cells)
+        ck = make_checkpoint(folder, cfg.MODEL_NAME, size, images, cfg.SEED)
+        kinds = [("masked", 0)] + [("cellpool", s) for s in cfg.CELLPOOL_STRIDES]
+        preds = [predict.RunPredictor(ck, device, tta=cfg.TTA, batch_size=cfg.BATCH_SIZE, amp=amp,
+                                      variant=v, cellpool_stride=s) for v, s in kinds]
+        image, labels = images[0]
+        macs = []
+        for p in preds:
+            p.predict(image, labels)  # warm-up
+            macs.append(multiply_adds(p.predict, image, labels))
+        best = np.full((len(preds), len(images)), np.inf)
+        for _ in range(max(1, cfg.CELLPOOL_REPEATS)):
+            for j, (image, labels) in enumerate(images):
+                for i, p in enumerate(preds):
+                    _sync(p.device)
+                    t0 = time.perf_counter()
+                    p.predict(image, labels)
+                    _sync(p.device)
+                    best[i, j] = min(best[i, j], time.perf_counter() - t0)
+        n = sum(len(cells.cell_ids(lab)) for _, lab in images) / len(images)
+        for (variant, stride), p, m, sec in zip(kinds, preds, macs, best.mean(1)):
+            grid = size // (stride or 32)
+            rows.append(dict(device=p.device.type + (" amp" if p.amp else " fp32"), cells=n, n_req=n_cells,
+                             variant=variant if variant == "masked" else f"cellpool/{stride or 32}",
+                             grid=f"{grid}x{grid}" if variant == "cellpool" else "-", seconds=float(sec),
+                             macs=m))
+    return rows
+
+
+def print_cellpool(rows: list[dict], cfg, size_note: str) -> None:
+    print(f"\n4. cellpool vs masked scoring, same checkpoint ({cfg.MODEL_NAME}, {size_note}, TTA {cfg.TTA}, "
+          f"{cfg.CELLPOOL_IMAGES} images per row, best of {cfg.CELLPOOL_REPEATS};\n   cellpool/S = output "
+          f"stride S, grid = its feature map; speed-up = masked s / this s)")
+    print(f"{'device':<10} {'cells/img':>9} {'variant':<12} {'grid':>6} {'s/image':>9} {'GMACs/image':>12} "
+          f"{'speed-up':>9}")
+    for r in rows:
+        base = next(b for b in rows if b["device"] == r["device"] and b["n_req"] == r["n_req"]
+                    and b["variant"] == "masked")
+        print(f"{r['device']:<10} {r['cells']:>9.1f} {r['variant']:<12} {r['grid']:>6} {r['seconds']:>9.3f} "
+              f"{r['macs'] / 1e9:>12.2f} {base['seconds'] / r['seconds']:>8.1f}x")
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
@@ -282,9 +349,18 @@ def main(argv=None):
           f"{est['gpu_s']:.2f} s) {verdict} the {cfg.KAGGLE_HOURS:g} h limit; "
           f"segmentation and image reading not included")
     print(f"          basis: {basis}")
+    # 4. cellpool vs masked
+    with tempfile.TemporaryDirectory(prefix="bench_cellpool_") as d:
+        cp_rows = bench_cellpool(Path(d), "cpu", False, cfg.CPU_IMAGE_SIZE, cfg)
+        note = f"{cfg.CPU_IMAGE_SIZE} px on CPU"
+        if cuda:
+            cp_rows += bench_cellpool(Path(d), "cuda", True, cfg.CUDA_IMAGE_SIZE, cfg)
+            note += f", {cfg.CUDA_IMAGE_SIZE} px on CUDA"
+    print_cellpool(cp_rows, cfg, note)
+
     print(f"\nbench_predict: {time.perf_counter() - t_start:.0f} s; batched == per cell within "
           f"{cfg.TOLERANCE:g}: {'yes' if ok else 'NO'}")
-    return dict(rows=rows, encoding=enc, measured=measured, estimate=est, ok=ok)
+    return dict(rows=rows, encoding=enc, measured=measured, estimate=est, ok=ok, cellpool=cp_rows)
 
 
 if __name__ == "__main__":

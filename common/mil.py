@@ -67,6 +67,7 @@ class BagModel(nn.Module):
         self.w_max, self.w_mean = float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"])
         self.topk, self.lse_r = int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"])
         self.chunk = int(cfg["MIL_CHUNK"])
+        self.pseudo_w = float(cfg.get("PSEUDO_W", 1.0))  # weight of the per-cell pseudo-label BCE
 
     def cell_logits(self, image: torch.Tensor) -> torch.Tensor:
         """(B, N, 4, S, S) -> (B, N, 19); cell i of bag b is row b*N + i of the classifier's batch."""
@@ -87,6 +88,11 @@ class BagModel(nn.Module):
         if "label" in batch:
             out["loss"] = mil_loss(cells, batch["label"], self.pool, self.w_max, self.w_mean,
                                    self.topk, self.lse_r)
+            if "cell_target" in batch and self.pseudo_w > 0:  # self-training (common/pseudo.py)
+                from common.pseudo import pseudo_loss
+
+                out["loss"] = out["loss"] + self.pseudo_w * pseudo_loss(
+                    cells, batch["cell_target"], batch["cell_has_target"])
         return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,10 @@ def build_model(cfg: dict) -> nn.Module:
     from common.losses import build_loss
 
     pipeline = int(_get(cfg, "PIPELINE"))
+    if pipeline == 1 and str(cfg.get("VARIANT", "")) == "cellpool":  # cells pooled from one pass
+        from common.cellpool import CellPoolModel
+
+        return CellPoolModel(build_classifier(cfg), cfg)
     if pipeline == 1:
         return ImageModel(build_classifier(cfg), build_loss(str(_get(cfg, "LOSS"))))
     if pipeline == 2:

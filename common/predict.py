@@ -7,6 +7,9 @@ cells of an image in as few forward passes as ``batch_size`` allows:
 * pipeline 1, ``VARIANT="masked"``: :func:`cells.masked_views` (the whole image with only this
   cell kept), resized to the run's ``IMAGE_SIZE``;
 * pipeline 1, ``VARIANT="center_cells"``: :func:`cells.centered_views` at ``IMAGE_SIZE``;
+* pipeline 1, ``VARIANT="cellpool"`` (trained so, or asked for with ``variant=``): the whole image
+  once per TTA variant, each cell pooled from the feature map (:mod:`common.cellpool`;
+  ``cellpool_stride`` / ``cellpool_size`` for a finer feature grid);
 * pipeline 2: :func:`cells.crop_cells` at the run's ``CELL_SIZE`` and ``CROP_MARGIN``, from the
   original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and it is
   given, else from the 512-px image.
@@ -28,12 +31,15 @@ from common import augment, cells, config, io, models
 from common.constants import NUM_CLASSES
 from common.fov import labels_at
 
+P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
+
 
 class RunPredictor:
     """One trained run, ready to score cells. ``path``: a checkpoint file or a folder with ``best.pth``."""
 
     def __init__(self, path: str | Path, device: str = "auto", tta: int = 1, batch_size: int = 32,
-                 amp: bool = True, checkpoint: str = "best.pth"):
+                 amp: bool = True, checkpoint: str = "best.pth", variant: str = "",
+                 cellpool_stride: int = 0, cellpool_size: int = 0):
         path = Path(path)
         self.path = path / checkpoint if path.is_dir() else path
         self.device = config.resolve_device(device)
@@ -48,8 +54,20 @@ class RunPredictor:
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.pipeline == 1:
-            self.variant = str(self.cfg.get("VARIANT", "masked"))
+            self.variant = str(variant or self.cfg.get("VARIANT", "masked"))
+            if self.variant not in P1_VARIANTS:
+                raise ValueError(f"pipeline-1 variant {self.variant!r}: expected one of {P1_VARIANTS}")
             self.size = int(self.cfg["IMAGE_SIZE"])
+            if self.variant == "cellpool":  # one pass per image, cells pooled (common/cellpool.py)
+                import copy
+
+                from common.cellpool import set_output_stride
+
+                # the image prediction stays the run's own (at its trained stride): one more pass
+                self.image_classifier = copy.deepcopy(self.model.classifier) if int(cellpool_stride) else None
+                set_output_stride(self.model.classifier, cellpool_stride)
+                self.size = int(cellpool_size) or self.size
+                self.stride = int(cellpool_stride)
         else:
             self.variant = "crop"
             self.size = int(self.cfg["CELL_SIZE"])
@@ -66,7 +84,8 @@ class RunPredictor:
 
     def __repr__(self) -> str:
         return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg.get('MODEL_NAME')}, "
-                f"{self.variant} @ {self.size}px, tta {self.tta})")
+                f"{self.variant}{f'/{self.stride}' if getattr(self, 'stride', 0) else ''} @ {self.size}px, "
+                f"tta {self.tta})")
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
@@ -108,6 +127,8 @@ class RunPredictor:
             return cells.crop_cells(src, labels, ids, self.size, self.margin)
         if self.variant == "center_cells":
             return cells.centered_views(image, labels, ids, self.size)
+        if self.variant == "cellpool":  # the whole image once; the cells are pooled in predict
+            return io.resize_image(image, self.size)[None]
         views = cells.masked_views(image, labels, ids)
         return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
             np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
@@ -128,6 +149,10 @@ class RunPredictor:
         (by a run of the same :attr:`view_key`: S5 builds and normalises them once per image).
         """
         ids = cells.cell_ids(labels) if ids is None else list(ids)
+        if self.variant == "cellpool":
+            from common.cellpool import predict_image
+
+            return predict_image(self, image, labels, ids, views)
         cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
         if ids:
             if views is None:

@@ -377,3 +377,27 @@ def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, mon
     fails = pd.read_csv(out / "s5_failures.csv", dtype={"ID": str})
     assert fails["ID"].tolist() == [iid]
     assert "segmentation failed: RuntimeError: out of memory" in fails["reason"][0]
+
+
+def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
+    out = tmp_path / "out"
+    run = e2e["runs"][1]
+    args = _s5_args(e2e, e2e["comp"], e2e["hpa"], out, "--P1_VARIANT", "cellpool",
+                    "--P1_CELLPOOL_STRIDE", "16")
+    args[args.index("--RUNS") + 1] = str(run)
+    S5.main(args)
+    preds = pd.read_csv(out / "cell_predictions.csv", dtype={"ID": str})
+    ref = predict.RunPredictor(run, "cpu", tta=2, variant="cellpool", cellpool_stride=16)
+    masked = predict.RunPredictor(run, "cpu", tta=2)
+    differs = False
+    for iid, rows in preds.groupby("ID"):
+        image = io.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
+        labels = _labels(e2e["hpa"], iid)
+        want = ref.predict(image, labels, rows["cell_id"].tolist())[0]
+        got = rows[[f"c{c}" for c in range(NUM_CLASSES)]].to_numpy()
+        np.testing.assert_allclose(got, want, atol=2e-6)
+        plain = masked.predict(image, labels, rows["cell_id"].tolist())[0]
+        differs |= bool(np.abs(plain - want).max() > 1e-4)
+    assert differs  # not the masked scoring under another name
+    with pytest.raises(ValueError, match="variant"):
+        predict.RunPredictor(run, "cpu", variant="nope")

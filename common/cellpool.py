@@ -1,0 +1,256 @@
+"""Cell pooling: score every cell of an image from ONE forward pass through a pipeline-1 backbone.
+
+The whole image goes through the backbone once (timm ``forward_features`` -> ``(B, F, h, w)``);
+each cell's mask is downsampled to the feature grid with AREA weights (the fraction of each grid
+cell the mask covers, :func:`cell_weights`), the feature map is averaged under those weights, and
+the pooled vector goes through the rest of the network (timm ``forward_head`` of a ``1 x 1`` map,
+which is the identity for average pooling and keeps any conv head after the pooling) and the
+classifier head. With a linear head this equals the class-activation map averaged over the cell;
+a one-cell image whose cell is the whole image gives exactly the plain image prediction.
+
+* Test time (no retraining): ``RunPredictor(..., variant="cellpool")`` (S5 ``P1_VARIANT``) calls
+  :func:`predict_image` for any pipeline-1 checkpoint. ``stride`` rebuilds the backbone with timm's
+  ``output_stride`` (8 | 16, dilated; same weights) and ``size`` changes the input side, for a grid
+  that resolves cells (stride 32 at 128 px is a 4 x 4 grid).
+* Training (S3 ``VARIANT="cellpool"``): :class:`CellPoolDataset` returns the image, its augmented
+  cell label map and ``CELLPOOL_CELLS`` sampled cell ids; :class:`CellPoolModel` pools each cell's
+  logits from the one feature map and trains them with the MIL pools and loss of
+  :mod:`common.mil` (``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``, ``MIL_TOPK``, ``MIL_LSE_R``).
+  Its state dict has the keys of ``models.ImageModel``, so either scoring reads it.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import cv2
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from common import augment, io
+from common.datasets import ImageDataset
+from common.mil import POOLS, mil_loss, pool_cells
+
+MIL_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")  # S3 constants (VARIANT cellpool)
+DEFAULTS = dict(
+    CELLPOOL_CELLS=16,      # cells sampled per training image (with replacement when it has fewer)
+    CELLPOOL_STRIDE=0,      # timm output_stride of the backbone (0 = native, usually 32; 8 | 16 dilated)
+    MASK_SUBDIR="train_cell_mask",  # S2's label maps {ID}.npz inside DATA_DIR
+)
+
+
+# ----------------------------------------------------------------------------- geometry
+def cell_weights(cell_map: torch.Tensor, cell_ids: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Area weights of cells on a feature grid.
+
+    ``cell_map`` (B, H, W) integer label maps, ``cell_ids`` (B, N) ids -> (B, N, h, w) float32,
+    each row summing to 1: the number of the cell's pixels in each grid cell over its area. A pixel
+    belongs to the grid cell holding its centre, so the weights are exact areas when h divides H
+    (e.g. 512 -> 16). An id with no pixel (a cell pushed out by an augmentation) gets uniform
+    weights, i.e. the whole image.
+    """
+    if cell_map.ndim != 3 or cell_ids.ndim != 2 or cell_map.shape[0] != cell_ids.shape[0]:
+        raise ValueError(f"cell_weights: expected (B, H, W) and (B, N), got {tuple(cell_map.shape)} "
+                         f"and {tuple(cell_ids.shape)}")
+    b, hh, ww = cell_map.shape
+    h, w = int(grid[0]), int(grid[1])
+    dev = cell_map.device
+    cell_map = cell_map.long()
+    ids = cell_ids.long().clamp(min=0)
+    n_ids = int(max(int(cell_map.max()) if cell_map.numel() else 0, int(ids.max()) if ids.numel() else 0)) + 1
+    gy = ((torch.arange(hh, device=dev) + 0.5) * h / hh).long().clamp(max=h - 1)
+    gx = ((torch.arange(ww, device=dev) + 0.5) * w / ww).long().clamp(max=w - 1)
+    bins = gy[:, None] * w + gx[None, :]                                        # (H, W)
+    offset = torch.arange(b, device=dev)[:, None, None] * n_ids
+    idx = ((offset + cell_map) * (h * w) + bins[None]).reshape(-1)
+    counts = torch.bincount(idx, minlength=b * n_ids * h * w).reshape(b, n_ids, h * w).float()
+    rows = torch.gather(counts, 1, ids[:, :, None].expand(-1, -1, h * w))       # (B, N, h*w)
+    total = rows.sum(-1, keepdim=True)
+    rows = torch.where(total > 0, rows / total.clamp(min=1), torch.full_like(rows, 1.0 / (h * w)))
+    return rows.reshape(b, ids.shape[1], h, w)
+
+
+def set_output_stride(classifier: nn.Module, stride: int) -> nn.Module:
+    """Rebuild ``classifier.backbone`` with timm's ``output_stride`` (dilated convolutions; the same
+    parameters, copied over). ``stride`` 0 or 32 leaves it as it is."""
+    stride = int(stride)
+    if stride in (0, 32):
+        return classifier
+    if stride not in (8, 16):
+        raise ValueError(f"output stride must be 0, 8, 16 or 32, got {stride}")
+    old = classifier.backbone
+    in_chans = next(m for m in old.modules() if isinstance(m, nn.Conv2d)).in_channels
+    try:
+        new = timm.create_model(classifier.model_name, pretrained=False, in_chans=in_chans, num_classes=0,
+                                output_stride=stride)
+    except TypeError as e:
+        raise ValueError(f"{classifier.model_name}: timm cannot build it with output_stride={stride} "
+                         f"({e})") from e
+    new.load_state_dict(old.state_dict())
+    classifier.backbone = new.to(next(old.parameters()).device).train(old.training)
+    return classifier
+
+
+def feature_map(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, 4, S, S) -> the backbone's last feature map (B, F, h, w) (before global pooling)."""
+    fmap = classifier.backbone.forward_features(x)
+    if fmap.ndim != 4:
+        raise ValueError(f"{classifier.model_name}: forward_features gives shape {tuple(fmap.shape)}, "
+                         "not a (B, F, h, w) map: cell pooling needs a convolutional backbone")
+    return fmap
+
+
+def pooled_logits(classifier: nn.Module, fmap: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Feature map (B, F, h, w) and weights (B, N, h, w) -> cell logits (B, N, 19)."""
+    b, n = weights.shape[:2]
+    pooled = torch.einsum("bfhw,bnhw->bnf", fmap, weights.to(fmap.dtype))
+    feats = classifier.backbone.forward_head(pooled.reshape(b * n, -1, 1, 1))  # global pool of 1x1 = id
+    return classifier.head_logits(feats).reshape(b, n, -1)
+
+
+# ----------------------------------------------------------------------------- test time
+@torch.no_grad()
+def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[int],
+                  views: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cell and image probabilities of one image with cell pooling -> ``(cells (n, 19), image (19,))``.
+
+    ``predictor``: a ``predict.RunPredictor`` (its model, device, AMP, ``tta`` and ``size``);
+    ``views``: its :meth:`prepare` output (the normalised whole image ``(1, 4, S, S)``) when already
+    built. One batch of the ``tta`` variants of the image goes through the backbone; each variant's
+    weights are the same dihedral transform of the cell weights. The image prediction is the
+    whole-grid average of the same pass (the plain image prediction at the trained stride and size);
+    with a stride override it is one more pass of the run at its trained stride
+    (``predictor.image_classifier``): the dilated model's whole-image average is a worse image
+    prediction than the model's own.
+    """
+    if views is None:
+        views = predictor.prepare(image, labels, ids)
+    x = views if isinstance(views, torch.Tensor) else augment.normalize(views, "competition")
+    dev = predictor.device
+    batch = torch.cat([augment.dihedral(x, k) for k in range(predictor.tta)]).to(dev)
+    if predictor.cuda:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    clf = predictor.model.classifier
+    ctx = torch.autocast("cuda", dtype=torch.float16) if predictor.amp else nullcontext()
+    with ctx:
+        fmap = feature_map(clf, batch)
+        grid = tuple(fmap.shape[-2:])
+        lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(dev)
+        cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=dev)[None]  # -1: whole image
+        w = cell_weights(lab, cid, grid)[0]
+        w[-1] = 1.0 / (grid[0] * grid[1])
+        ws = torch.stack([augment.dihedral(w, k) for k in range(predictor.tta)])       # (T, n+1, h, w)
+        logits = pooled_logits(clf, fmap, ws).float()                              # (T, n+1, 19)
+        probs = torch.sigmoid(logits).mean(0).cpu().numpy()
+        image_clf = getattr(predictor, "image_classifier", None)
+        if image_clf is not None:  # a stride override: the image prediction of the run as trained
+            probs[-1] = torch.sigmoid(image_clf.logits(batch).float()).mean(0).cpu().numpy()
+    return probs[:-1].astype(np.float32), probs[-1].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- training
+def _seeded_transforms(transforms, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    """``augment.apply_transforms`` with the cell label map as the albumentations mask (nearest)."""
+    if transforms is None:
+        return image, mask
+    seed = int(rng.integers(2**63 - 1))
+    transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    out = transforms(image=image, mask=mask)
+    return out["image"], out["mask"]
+
+
+class CellPoolDataset(ImageDataset):
+    """:class:`common.datasets.ImageDataset` plus each image's cells:
+    ``dict(image, label, id, index, cell_map (S, S) int32, cell_ids (N,) long)``.
+
+    ``mask_dir/{ID}.npz``: S2's label map (resized to ``image_size`` with nearest neighbour,
+    augmented with the image by the same spatial transforms). ``cells_per_image`` ids are drawn
+    from the cells still visible after augmentation (with replacement when fewer); an image with no
+    visible cell becomes one cell covering the whole image. Without transforms (validation) the
+    draw depends on the index only.
+    """
+
+    def __init__(self, df, image_dir, mask_dir, cells_per_image: int = 16, **kw):
+        super().__init__(df, image_dir, **kw)
+        self.mask_dir = Path(mask_dir)
+        self.cells_per_image = max(1, int(cells_per_image))
+        missing = [i for i in self.ids if not (self.mask_dir / f"{i}.npz").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.mask_dir}: no cell mask for {len(missing)} image(s), e.g. "
+                                    f"{missing[0]}.npz (run S2 first)")
+        self._maps: dict[int, np.ndarray] = {}
+        self._cache_maps = self.cache is not None
+
+    def load_map(self, i: int) -> np.ndarray:
+        if i in self._maps:
+            return self._maps[i]
+        lab = io.load_masks(self.mask_dir / f"{self.ids[i]}.npz")[0]
+        if lab.shape != (self.image_size, self.image_size):
+            lab = cv2.resize(lab, (self.image_size, self.image_size), interpolation=cv2.INTER_NEAREST)
+        if self._cache_maps:
+            self._maps[i] = lab
+        return lab
+
+    def __getitem__(self, i: int) -> dict:
+        train = self.transforms is not None
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)] if train else [self.seed, int(i)])
+        img, lab = _seeded_transforms(self.transforms, self.load(i), self.load_map(i).copy(), rng)
+        label = self.labels[i].copy()
+        if self.label_aug is not None:
+            img, label = self.label_aug(img, label, rng)
+        present = np.unique(lab)
+        present = present[present > 0]
+        if len(present) == 0:
+            lab = np.ones_like(lab)
+            present = np.array([1])
+        chosen = rng.choice(present, size=self.cells_per_image, replace=len(present) < self.cells_per_image)
+        return {"image": augment.normalize(img, self.sources[i]), "label": torch.from_numpy(label),
+                "id": self.ids[i], "index": int(i), "cell_map": torch.from_numpy(lab.astype(np.int32)),
+                "cell_ids": torch.from_numpy(chosen.astype(np.int64))}
+
+
+class CellPoolModel(nn.Module):
+    """Pipeline 1 trained with cell pooling: one backbone pass per image, a logit per cell, MIL.
+
+    ``batch["image"]`` (B, 4, S, S), ``batch["cell_map"]`` (B, S, S), ``batch["cell_ids"]`` (B, N)
+    -> ``cell_logits`` (B, N, 19), ``logits`` (B, 19) = ``MIL_POOL`` over the cells, ``loss`` =
+    :func:`common.mil.mil_loss` against ``label``. Without ``cell_map`` (a plain image batch) the
+    logits are the plain image logits.
+    """
+
+    def __init__(self, classifier: nn.Module, cfg: dict | None = None):
+        super().__init__()
+        cfg = dict(cfg or {})
+        missing = [k for k in MIL_KEYS if k not in cfg]
+        if missing:
+            raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
+
+        def get(k):
+            return cfg.get(k, DEFAULTS.get(k))
+
+        self.classifier = set_output_stride(classifier, int(get("CELLPOOL_STRIDE")))
+        self.pool = str(get("MIL_POOL")).lower()
+        if self.pool not in POOLS:
+            raise ValueError(f"MIL_POOL {self.pool!r}: expected one of {POOLS}")
+        self.w_max, self.w_mean = float(get("MIL_W_MAX")), float(get("MIL_W_MEAN"))
+        self.topk, self.lse_r = int(get("MIL_TOPK")), float(get("MIL_LSE_R"))
+
+    def cell_logits(self, image: torch.Tensor, cell_map: torch.Tensor,
+                    cell_ids: torch.Tensor) -> torch.Tensor:
+        fmap = feature_map(self.classifier, image)
+        weights = cell_weights(cell_map, cell_ids, tuple(fmap.shape[-2:]))
+        return pooled_logits(self.classifier, fmap, weights)
+
+    def forward(self, batch: dict) -> dict:
+        if "cell_map" not in batch:
+            return {"logits": self.classifier.logits(batch["image"])}
+        cells = self.cell_logits(batch["image"], batch["cell_map"], batch["cell_ids"])
+        out = {"cell_logits": cells, "logits": pool_cells(cells, self.pool, self.topk, self.lse_r)}
+        if "label" in batch:
+            out["loss"] = mil_loss(cells, batch["label"], self.pool, self.w_max, self.w_mean,
+                                   self.topk, self.lse_r)
+        return out
+
