@@ -165,7 +165,9 @@ class BuiltinSegmenter:
         if comp.max() == 0:
             return comp.astype(np.int32)
         fg = comp > 0
-        dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        # exact Euclidean distance; cv2.distanceTransform(DIST_MASK_PRECISE) alternates between two
+        # results (last-bit differences) from one call to the next, which moved a cell's pixel
+        dist = ndi.distance_transform_edt(fg).astype(np.float32)
         dist = _gauss(dist, max(1.0, 2.0 * s))
         md = max(int(round(p.nuc_split_distance * s)), 1)
         peaks = peak_local_max(dist, min_distance=md, labels=comp, exclude_border=False,
