@@ -85,7 +85,7 @@ ENSEMBLES = {
     # the original: every (model, TTA variant) output once in a plain mean, no image factor
     "original": {"recipes": list(RECIPES), "multiply_image_pred": False},
     # this repository's recommendation: the same models, cell x image prediction (it down-ranks
-    # classes the image does not have; +0.06 strict on the demo, README "Results")
+    # classes the image does not have; +0.05 strict over the plain cell mean on the demo, README "Results")
     "recommended": {"recipes": list(RECIPES), "multiply_image_pred": True},
 }
 

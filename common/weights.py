@@ -206,14 +206,14 @@ def require(cfg: dict) -> str:
     source ("random init" | the local file | "timm hub"). Raises :class:`PretrainedUnavailable`
     (catch it in ``main`` and ``raise SystemExit(str(e))``). A hub source is fetched into the cache
     here, so building the model later needs no network."""
-    name = str(cfg.get("MODEL_NAME"))
-    pretrained = bool(cfg.get("PRETRAINED", False))
-    stem = str(cfg.get("STEM_INIT", "timm"))
+    name = str(cfg["MODEL_NAME"])
+    pretrained = bool(cfg["PRETRAINED"])
+    stem = str(cfg["STEM_INIT"])
     if stem not in STEM_INITS:
         raise PretrainedUnavailable(f"STEM_INIT must be one of {STEM_INITS}, got {stem!r}")
-    folder = str(cfg.get("PRETRAINED_DIR", "") or "")
+    folder = str(cfg["PRETRAINED_DIR"] or "")
     try:
-        path = local_source(name, pretrained, str(cfg.get("PRETRAINED_FILE", "") or ""), folder)
+        path = local_source(name, pretrained, str(cfg["PRETRAINED_FILE"] or ""), folder)
     except FileNotFoundError as e:
         raise PretrainedUnavailable(f"{e}; give an existing file, or --PRETRAINED_FILE '' to use "
                                     f"PRETRAINED_DIR / the hub, or --PRETRAINED false") from None

@@ -113,7 +113,7 @@ def test_require_sources(tmp_path):
     folder.mkdir()
     _resnet18_file(folder / "resnet18.safetensors")
     base = {"MODEL_NAME": "resnet18", "PRETRAINED": True, "PRETRAINED_FILE": "",
-            "PRETRAINED_DIR": str(folder)}
+            "PRETRAINED_DIR": str(folder), "STEM_INIT": "timm"}
     assert weights.require(base) == str(folder / "resnet18.safetensors")
     assert weights.require({**base, "PRETRAINED": False, "PRETRAINED_DIR": ""}) == "random init"
     with pytest.raises(weights.PretrainedUnavailable, match="nope.pth"):
