@@ -37,6 +37,8 @@ P1_CELLPOOL_STRIDE = 0            # cellpool: backbone output_stride (0 = as tra
 P1_CELLPOOL_SIZE = 0              # cellpool: input side (0 = the run's IMAGE_SIZE)
 # ---------------------------------------------------------------------------- ensemble
 MULTIPLY_IMAGE_PRED = False       # multiply each cell's probabilities by its image's prediction
+IMAGE_PRED = "model"              # the image's prediction: model (the runs' image outputs) | cells (mean
+                                  # of the ensemble's cell probabilities) | both (their average)
 BORDER_WEIGHT = 1.0               # multiply cells touching the image edge by this (1 = off)
 MIN_CONF = 0.0                    # drop (cell, class) triplets below this confidence
 # ---------------------------------------------------------------------------- segmentation
@@ -183,6 +185,8 @@ def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
     config.require_positive(cfg, "IMAGE_SIZE", step="S5")
+    if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
+        raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
     data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     sample = _load_sample(data_dir / "sample_submission.csv")
     if cfg.ENSEMBLE:
@@ -243,7 +247,7 @@ def main(argv=None):
             cell_p.append(cp)
             image_p.append(ip)
         ens = predict.ensemble(cell_p, weights)
-        img_ens = predict.ensemble(image_p, weights)
+        img_ens = predict.image_prediction(predict.ensemble(image_p, weights), ens, cfg.IMAGE_PRED)
         variants = {"ensemble": ens}
         if cfg.VARIANTS:
             variants["cells"] = ens

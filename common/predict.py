@@ -193,3 +193,18 @@ def ensemble(per_run: list[np.ndarray], weights: list[float]) -> np.ndarray:
     w = np.asarray(weights, np.float64)
     return (np.tensordot(w / w.sum(), np.stack(per_run), axes=1)).astype(np.float32)
 
+
+IMAGE_PREDS = ("model", "cells", "both")
+
+
+def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str = "model") -> np.ndarray:
+    """An image's class probabilities: the runs' own image outputs (``model``; pipeline 2's is the
+    max-pooled bag), the mean of the ensemble's probabilities over the image's cells (``cells``), or
+    the average of the two (``both``). ``cell_probs``: (n_cells, C); ``model_image``: (C,)."""
+    if how == "model":
+        return model_image
+    if how not in IMAGE_PREDS:
+        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
+    mean = cell_probs.mean(0).astype(np.float32)
+    return mean if how == "cells" else ((model_image + mean) / 2).astype(np.float32)
+

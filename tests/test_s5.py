@@ -240,6 +240,43 @@ def test_multiply_image_pred_submits_cells_times_image(e2e, tmp_path):
     assert a != b
 
 
+@pytest.mark.parametrize("how", ["cells", "both"])
+def test_image_pred_from_the_cells(e2e, tmp_path, how):
+    """IMAGE_PRED cells: each image's prediction is the mean of its cells' ensemble probabilities;
+    both: the average of that mean and the runs' own image outputs (the default, model)."""
+    out = tmp_path / "out"
+    S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], out, "--IMAGE_PRED", how))
+    subs = {k: encoding.read_submission(d / f"submission{k}.csv").set_index("ID")["PredictionString"]
+            for k, d in (("_cells", out), ("_image_level", out), ("_x_image", out))}
+    model_img = encoding.read_submission(e2e["out"] / "submission_image_level.csv").set_index("ID")
+    n_checked = 0
+    for iid in e2e["sample"]["ID"]:
+        size = _size(e2e, iid)
+        cells_ = _by_mask(subs["_cells"][iid], *size)
+        if not cells_:
+            continue
+        probs = np.array([[c[k] for k in range(NUM_CLASSES)] for c in cells_.values()])
+        want = probs.mean(0)
+        if how == "both":
+            own = next(iter(_by_mask(model_img.loc[iid, "PredictionString"], *size).values()))
+            want = (want + np.array([own[k] for k in range(NUM_CLASSES)])) / 2
+        img = _by_mask(subs["_image_level"][iid], *size)
+        x_img = _by_mask(subs["_x_image"][iid], *size)
+        for mask, p in cells_.items():
+            np.testing.assert_allclose([img[mask][k] for k in range(NUM_CLASSES)], want, atol=2e-5)
+            np.testing.assert_allclose([x_img[mask][k] for k in range(NUM_CLASSES)],
+                                       [p[k] * want[k] for k in range(NUM_CLASSES)], atol=2e-5)
+        n_checked += 1
+    assert n_checked >= 2
+    # the cells' mean is not the runs' image output (else the check proves nothing)
+    assert not subs["_image_level"].equals(model_img["PredictionString"].reindex(subs["_image_level"].index))
+
+
+def test_unknown_image_pred_is_rejected(e2e, tmp_path):
+    with pytest.raises(SystemExit, match="IMAGE_PRED"):
+        S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], tmp_path / "out", "--IMAGE_PRED", "max"))
+
+
 def test_missing_channel_file_is_named(e2e, tmp_path, capsys):
     comp, hpa = _copy_inputs(e2e, tmp_path)
     iid = e2e["sample"]["ID"][1]
