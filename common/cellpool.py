@@ -34,12 +34,8 @@ from common import augment, io
 from common.datasets import ImageDataset
 from common.mil import POOLS, mil_loss, pool_cells
 
-MIL_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")  # S3 constants (VARIANT cellpool)
-DEFAULTS = dict(
-    CELLPOOL_CELLS=16,      # cells sampled per training image (with replacement when it has fewer)
-    CELLPOOL_STRIDE=0,      # timm output_stride of the backbone (0 = native, usually 32; 8 | 16 dilated)
-    MASK_SUBDIR="train_cell_mask",  # S2's label maps {ID}.npz inside DATA_DIR
-)
+# S3's constants that VARIANT="cellpool" needs (the values live in S3's constants block only)
+CONFIG_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R", "CELLPOOL_STRIDE")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -224,13 +220,10 @@ class CellPoolModel(nn.Module):
     def __init__(self, classifier: nn.Module, cfg: dict | None = None):
         super().__init__()
         cfg = dict(cfg or {})
-        missing = [k for k in MIL_KEYS if k not in cfg]
+        missing = [k for k in CONFIG_KEYS if k not in cfg]
         if missing:
             raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
-
-        def get(k):
-            return cfg.get(k, DEFAULTS.get(k))
-
+        get = cfg.__getitem__
         self.classifier = set_output_stride(classifier, int(get("CELLPOOL_STRIDE")))
         self.pool = str(get("MIL_POOL")).lower()
         if self.pool not in POOLS:
