@@ -13,12 +13,17 @@
 #   cp-trained     demo_p1 trained with VARIANT=cellpool at CP_STRIDE (+ demo_p2), scored by cellpool
 #   self-train     pipeline 2 on FOLD 1 with / without the pseudo-labels of the fold-0 runs (fold-0
 #                  images are the only ones they may label), each with demo_p1, cell x image
+#                  (p2f1 / p2f1-pseudo: teachers = today's demo_p1 + demo_p2; SELF_TRAIN=1)
+#   st-cp          the self-training round at today's cost: the cell-pool-trained pipeline 1 (cp-trained,
+#                  fold 0) is the teacher; pipeline 2 on FOLD 1 learns its pseudo-labels of the fold-0
+#                  images. st-cp = that pipeline 2 alone (cell x its image prediction); st-cp+p1cp = the
+#                  two pipelines (p1cp + st-cp, cell x image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 W=${WORK:-/tmp/cellpool_quality}
 SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES:-"32 16 8"}
-SELF_TRAIN=${SELF_TRAIN:-1}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
+SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
 COMP=$W/comp; HPA=$W/hpa512; OUT=$W/out
 export PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -57,14 +62,25 @@ for s in $STRIDES; do
   predict "cellpool$s" --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --P1_VARIANT cellpool --P1_CELLPOOL_STRIDE "$st"
 done
 predict cp-trained --RUNS "$OUT/demo_p1cp/fold0,$OUT/demo_p2/fold0"
+if [ "$SELF_TRAIN" = 1 ] || [ "$ST_CP" = 1 ]; then
+  log "S4.2 fold 1 (no pseudo-labels)"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 --RUN_NAME p2_f1 | tail -1
+  predict p2f1 --RUNS "$OUT/demo_p1/fold0,$OUT/p2_f1/fold1"
+fi
+if [ "$ST_CP" = 1 ]; then
+  log "pseudo-labels of the cell-pool-trained pipeline 1 (fold 0 labels fold-0 images)"
+  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 \
+    --RUNS "$OUT/demo_p1cp/fold0" --OUT_CSV "$W/pseudo_labels_cp.csv" | tail -1
+  log "S4.2 fold 1 + cell-pool pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 \
+    --RUN_NAME p2_f1_cp --PSEUDO_LABELS "$W/pseudo_labels_cp.csv" | tail -1
+  predict st-cp --RUNS "$OUT/p2_f1_cp/fold1"
+  predict st-cp+p1cp --RUNS "$OUT/demo_p1cp/fold0,$OUT/p2_f1_cp/fold1"
+fi
 if [ "$SELF_TRAIN" = 1 ]; then
   log "pseudo-labels (fold-0 runs label fold-0 images)"
   $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 \
     --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --OUT_CSV "$W/pseudo_labels.csv" | tail -1
-  log "S4.2 fold 1 (no pseudo-labels)"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 --RUN_NAME p2_f1 | tail -1
   log "S4.2 fold 1 + pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 --RUN_NAME p2_f1_pl \
     --PSEUDO_LABELS "$W/pseudo_labels.csv" | tail -1
-  predict p2f1 --RUNS "$OUT/demo_p1/fold0,$OUT/p2_f1/fold1"
   predict p2f1-pseudo --RUNS "$OUT/demo_p1/fold0,$OUT/p2_f1_pl/fold1"
 fi
 : > "$W/results.txt"
@@ -73,5 +89,10 @@ for d in "$OUT"/s5_*/; do score "$(basename "$d" | sed 's/^s5_//')"; done
 if [ "$SELF_TRAIN" = 1 ]; then
   $PY S6_evaluate.py --SUBMISSION "$OUT/s5_p2f1-pseudo/submission.csv" --TRUTH "$COMP/test_cells.csv" \
     --PLOTS false --BASELINE "$OUT/s5_p2f1/submission.csv" 2>&1 | grep -E "^delta_" | sed 's/^/self-training vs same fold without: /'
+fi
+if [ "$ST_CP" = 1 ]; then
+  $PY S6_evaluate.py --SUBMISSION "$OUT/s5_st-cp+p1cp/submission.csv" --TRUTH "$COMP/test_cells.csv" \
+    --PLOTS false --BASELINE "$OUT/s5_today/submission_image_level.csv" 2>&1 | grep -E "^delta_" \
+    | sed 's/^/st-cp+p1cp vs the image-level broadcast of today: /'
 fi
 log done
