@@ -5,7 +5,9 @@
 #
 #   bash benchmarks/cellpool_quality.sh                  # S0 --SEED 7, 160 train + 64 test images
 #   SEED=11 N_TRAIN=320 N_TEST=64 bash benchmarks/cellpool_quality.sh
-#   SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh     # skip the two S4.2 runs of the self-training row
+#   SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh     # skip the S4.2 run of today's-teacher self-training
+#   ST_CP=0 ...                                          # skip the cell-pool-teacher rows (and the p2f1 control)
+#   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # README's fresh seed
 #
 # Rows (each S6 line: strict / lenient mAP, and the paired-bootstrap delta against today's ensemble):
 #   today          demo_p1 (masked) + demo_p2, cell x image          (run_all.sh's recipe, smaller data)
