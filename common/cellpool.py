@@ -223,13 +223,12 @@ class CellPoolModel(nn.Module):
         missing = [k for k in CONFIG_KEYS if k not in cfg]
         if missing:
             raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
-        get = cfg.__getitem__
-        self.classifier = set_output_stride(classifier, int(get("CELLPOOL_STRIDE")))
-        self.pool = str(get("MIL_POOL")).lower()
+        self.classifier = set_output_stride(classifier, int(cfg["CELLPOOL_STRIDE"]))
+        self.pool = str(cfg["MIL_POOL"]).lower()
         if self.pool not in POOLS:
             raise ValueError(f"MIL_POOL {self.pool!r}: expected one of {POOLS}")
-        self.w_max, self.w_mean = float(get("MIL_W_MAX")), float(get("MIL_W_MEAN"))
-        self.topk, self.lse_r = int(get("MIL_TOPK")), float(get("MIL_LSE_R"))
+        self.w_max, self.w_mean = float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"])
+        self.topk, self.lse_r = int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"])
 
     def cell_logits(self, image: torch.Tensor, cell_map: torch.Tensor,
                     cell_ids: torch.Tensor) -> torch.Tensor:

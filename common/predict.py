@@ -207,4 +207,3 @@ def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str =
         raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
     mean = cell_probs.mean(0).astype(np.float32)
     return mean if how == "cells" else ((model_image + mean) / 2).astype(np.float32)
-

@@ -262,3 +262,12 @@ def test_pseudo_bags_and_loss(tmp_path):
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="bad.csv"):
         pseudo.read_pseudo_labels(tmp_path / "bad.csv")
+
+
+def test_cellpool_model_names_the_missing_constants():
+    """No fallback values in common/: a config without S3's cell-pooling constants is refused by name."""
+    mil = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0)
+    with pytest.raises(KeyError, match="CELLPOOL_STRIDE"):
+        cellpool.CellPoolModel(models.build_classifier(P1), mil)
+    model = cellpool.CellPoolModel(models.build_classifier(P1), {**mil, "CELLPOOL_STRIDE": 0})
+    assert model.pool == "max"
