@@ -246,8 +246,8 @@ def test_image_pred_from_the_cells(e2e, tmp_path, how):
     both: the average of that mean and the runs' own image outputs (the default, model)."""
     out = tmp_path / "out"
     S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], out, "--IMAGE_PRED", how))
-    subs = {k: encoding.read_submission(d / f"submission{k}.csv").set_index("ID")["PredictionString"]
-            for k, d in (("_cells", out), ("_image_level", out), ("_x_image", out))}
+    subs = {k: encoding.read_submission(out / f"submission{k}.csv").set_index("ID")["PredictionString"]
+            for k in ("_cells", "_image_level", "_x_image")}
     model_img = encoding.read_submission(e2e["out"] / "submission_image_level.csv").set_index("ID")
     n_checked = 0
     for iid in e2e["sample"]["ID"]:
