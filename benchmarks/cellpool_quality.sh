@@ -7,10 +7,16 @@
 #   SEED=11 N_TRAIN=320 N_TEST=64 bash benchmarks/cellpool_quality.sh
 #   SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh     # skip the S4.2 run of today's-teacher self-training
 #   ST_CP=0 ...                                          # skip the cell-pool-teacher rows (and the p2f1 control)
-#   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # README's fresh seed
+#   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # README's seed 23
+#   WORK=/tmp/cq41 SEED=41 N_TEST=128 STRIDES=8 SELF_TRAIN=0 CKPT=last.pth bash benchmarks/cellpool_quality.sh  # seed 41
 #
 # Rows (each S6 line: strict / lenient mAP, and the paired-bootstrap delta against today's ensemble):
-#   today          demo_p1 (masked) + demo_p2, cell x image          (run_all.sh's recipe, smaller data)
+#   today          demo_p1 (masked) + demo_p2, cell x image, each run's best.pth (the reference, always)
+#   today-last     the same runs' last.pth (the final epoch, not the one a 32-image fold picked)
+#   new            run_all.sh's demo recipe since issue 16, at today's training cost: pipeline 1 for
+#                  NEW_P1_EPOCHS (3), the CPU time saved moved to pipeline 2 (NEW_P2_EPOCHS, 16), both
+#                  read at last.pth (NEW=0 skips it)
+#   CKPT           the checkpoint every other row (and the pseudo-label teachers) reads: best.pth | last.pth
 #   cellpool/S     the same checkpoints, pipeline 1 scored with P1_VARIANT=cellpool at stride S
 #   cp-trained     demo_p1 trained with VARIANT=cellpool at CP_STRIDE (+ demo_p2), scored by cellpool
 #   self-train     pipeline 2 on FOLD 1 with / without the pseudo-labels of the fold-0 runs (fold-0
@@ -25,7 +31,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 W=${WORK:-/tmp/cellpool_quality}
 SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES:-"32 16 8"}
-SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
+SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CKPT=${CKPT:-best.pth}
+NEW=${NEW:-1}; NEW_P1_EPOCHS=${NEW_P1_EPOCHS:-3}; NEW_P2_EPOCHS=${NEW_P2_EPOCHS:-16}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
 COMP=$W/comp; HPA=$W/hpa512; OUT=$W/out
 export PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -36,7 +43,7 @@ P1=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 128 --EPOCHS 7 --BATCH
 P2=(--MODEL_NAME resnet18 --PRETRAINED false --CELL_SIZE 64 --CELLS_PER_IMAGE 8 --EPOCHS 14 --BATCH_SIZE 8
     --LR 2e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --VAL_EVERY 2 --CELL_VAL_MAX_IMAGES 32
     --HPA512_DIR "$HPA" --TRAIN_CSV "$HPA/train_all.csv" --COMP_DIR "$COMP" --OUTPUT_DIR "$OUT")
-S5=(--TTA 2 --MULTIPLY_IMAGE_PRED true --DATA_DIR "$COMP" --HPA512_DIR "$HPA" --N_OVERLAYS 0)
+S5=(--TTA 2 --MULTIPLY_IMAGE_PRED true --DATA_DIR "$COMP" --HPA512_DIR "$HPA" --N_OVERLAYS 0 --CHECKPOINT "$CKPT")
 
 log S0; $PY S0_make_demo_data.py --SEED "$SEED" --N_TRAIN "$N_TRAIN" --N_TEST "$N_TEST" --OUT_DIR "$COMP" >/dev/null
 log S2; $PY S2_data_process.py --DATA_DIR "$COMP" --OUT_DIR "$HPA" --NUM_WORKERS 2 >/dev/null
@@ -46,6 +53,10 @@ log "S3 cellpool"; $PY S3_train_pipeline1.py "${P1[@]}" --VARIANT cellpool --CEL
 log S4.1; $PY S4.1_crop_cells.py --CELL_SIZE 64 --NUM_WORKERS 2 --HPA512_DIR "$HPA" \
   --TRAIN_CSV "$HPA/train_all.csv" --COMP_TRAIN_DIR "$COMP/train" --EXT_TRAIN_DIR "$COMP/train_external" | tail -1
 log S4.2; $PY S4.2_train_pipeline2.py "${P2[@]}" --RUN_NAME demo_p2 | tail -1
+if [ "$NEW" = 1 ]; then
+  log "S3 new ($NEW_P1_EPOCHS epochs)"; $PY S3_train_pipeline1.py "${P1[@]}" --EPOCHS "$NEW_P1_EPOCHS" --RUN_NAME new_p1 | tail -1
+  log "S4.2 new ($NEW_P2_EPOCHS epochs)"; $PY S4.2_train_pipeline2.py "${P2[@]}" --EPOCHS "$NEW_P2_EPOCHS" --RUN_NAME new_p2 | tail -1
+fi
 
 predict() {  # name, S5 arguments...
   local name=$1; shift
@@ -58,7 +69,9 @@ score() {  # name
         --PLOTS false --BASELINE "$OUT/s5_today/submission.csv" 2>&1 | grep -E "^(mAP|delta)_" | tr '\n' ' ')
   printf '%-14s %s\n' "$1" "$out" | tee -a "$W/results.txt"
 }
-predict today --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0"
+predict today --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --CHECKPOINT best.pth
+predict today-last --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --CHECKPOINT last.pth
+[ "$NEW" = 1 ] && predict new --RUNS "$OUT/new_p1/fold0,$OUT/new_p2/fold0" --CHECKPOINT last.pth
 for s in $STRIDES; do
   st=$s; [ "$s" = 32 ] && st=0
   predict "cellpool$s" --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --P1_VARIANT cellpool --P1_CELLPOOL_STRIDE "$st"
@@ -70,7 +83,7 @@ if [ "$SELF_TRAIN" = 1 ] || [ "$ST_CP" = 1 ]; then
 fi
 if [ "$ST_CP" = 1 ]; then
   log "pseudo-labels of the cell-pool-trained pipeline 1 (fold 0 labels fold-0 images)"
-  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 \
+  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
     --RUNS "$OUT/demo_p1cp/fold0" --OUT_CSV "$W/pseudo_labels_cp.csv" | tail -1
   log "S4.2 fold 1 + cell-pool pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 \
     --RUN_NAME p2_f1_cp --PSEUDO_LABELS "$W/pseudo_labels_cp.csv" | tail -1
@@ -79,7 +92,7 @@ if [ "$ST_CP" = 1 ]; then
 fi
 if [ "$SELF_TRAIN" = 1 ]; then
   log "pseudo-labels (fold-0 runs label fold-0 images)"
-  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 \
+  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
     --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --OUT_CSV "$W/pseudo_labels.csv" | tail -1
   log "S4.2 fold 1 + pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 --RUN_NAME p2_f1_pl \
     --PSEUDO_LABELS "$W/pseudo_labels.csv" | tail -1
