@@ -9,6 +9,7 @@
 #   ST_CP=0 ...                                          # skip the cell-pool-teacher rows (and the p2f1 control)
 #   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # README's seed 23
 #   WORK=/tmp/cq41 SEED=41 N_TEST=128 STRIDES=8 SELF_TRAIN=0 CKPT=last.pth bash benchmarks/cellpool_quality.sh  # seed 41
+#   WORK=/tmp/cq53 SEED=53 N_TEST=256 ST_CP=0 SELF_TRAIN=0 CKPT=last.pth bash benchmarks/cellpool_quality.sh   # seed 53
 #
 # Rows (each S6 line: strict / lenient mAP, and the paired-bootstrap delta against today's ensemble):
 #   today          demo_p1 (masked) + demo_p2, cell x image, each run's best.pth (the reference, always)
@@ -30,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 W=${WORK:-/tmp/cellpool_quality}
-SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES:-"32 16 8"}
+SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES-"32 16 8"}  # STRIDES="" skips the cellpool rows
 SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CKPT=${CKPT:-best.pth}
 NEW=${NEW:-1}; NEW_P1_EPOCHS=${NEW_P1_EPOCHS:-3}; NEW_P2_EPOCHS=${NEW_P2_EPOCHS:-16}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
 COMP=$W/comp; HPA=$W/hpa512; OUT=$W/out

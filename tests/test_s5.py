@@ -438,3 +438,31 @@ def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
     assert differs  # not the masked scoring under another name
     with pytest.raises(ValueError, match="variant"):
         predict.RunPredictor(run, "cpu", variant="nope")
+
+
+def test_checkpoint_last_reads_each_runs_last_epoch(e2e, tmp_path):
+    """CHECKPOINT=last.pth (the demo's S5): every run folder is read at its full training checkpoint,
+    exactly as if its last.pth were listed in RUNS, and not at best.pth."""
+    runs = tmp_path / "runs"
+    for k, r in e2e["runs"].items():  # private copies whose last.pth differs from best.pth
+        dst = runs / f"run{k}"
+        shutil.copytree(r, dst)
+        state = torch.load(dst / "last.pth", map_location="cpu", weights_only=True)
+        for key in ("model", "ema"):
+            if state.get(key):
+                state[key] = {n: (t + 0.05 * torch.randn_like(t)) if t.is_floating_point() else t
+                              for n, t in state[key].items()}
+        torch.save(state, dst / "last.pth")
+    folders = [runs / "run1", runs / "run2"]
+
+    def submission(name: str, run_list, *extra: str) -> pd.Series:
+        out = tmp_path / name
+        S5.main([*_s5_args(e2e, e2e["comp"], e2e["hpa"], out, *extra),
+                 "--RUNS", ",".join(str(p) for p in run_list)])
+        return encoding.read_submission(out / "submission.csv").set_index("ID")["PredictionString"]
+
+    last = submission("last", folders, "--CHECKPOINT", "last.pth")
+    files = submission("files", [p / "last.pth" for p in folders])
+    best = submission("best", folders)
+    pd.testing.assert_series_equal(last, files)
+    assert not last.equals(best)
