@@ -32,8 +32,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 W=${WORK:-/tmp/cellpool_quality}
 SEED=${SEED:-7}; N_TRAIN=${N_TRAIN:-160}; N_TEST=${N_TEST:-64}; STRIDES=${STRIDES-"32 16 8"}  # STRIDES="" skips the cellpool rows
-SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CKPT=${CKPT:-best.pth}
-NEW=${NEW:-1}; NEW_P1_EPOCHS=${NEW_P1_EPOCHS:-3}; NEW_P2_EPOCHS=${NEW_P2_EPOCHS:-16}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
+SELF_TRAIN=${SELF_TRAIN:-1}; ST_CP=${ST_CP:-1}; CP_STRIDE=${CP_STRIDE:-16}  # output stride of the cell-pool-trained run
+CKPT=${CKPT:-best.pth}  # checkpoint of every row but today / today-last / new
+NEW=${NEW:-1}; NEW_P1_EPOCHS=${NEW_P1_EPOCHS:-3}; NEW_P2_EPOCHS=${NEW_P2_EPOCHS:-16}  # run_all.sh's demo epochs
 COMP=$W/comp; HPA=$W/hpa512; OUT=$W/out
 export PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -72,7 +73,7 @@ score() {  # name
 }
 predict today --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --CHECKPOINT best.pth
 predict today-last --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --CHECKPOINT last.pth
-[ "$NEW" = 1 ] && predict new --RUNS "$OUT/new_p1/fold0,$OUT/new_p2/fold0" --CHECKPOINT last.pth
+if [ "$NEW" = 1 ]; then predict new --RUNS "$OUT/new_p1/fold0,$OUT/new_p2/fold0" --CHECKPOINT last.pth; fi
 for s in $STRIDES; do
   st=$s; [ "$s" = 32 ] && st=0
   predict "cellpool$s" --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --P1_VARIANT cellpool --P1_CELLPOOL_STRIDE "$st"
