@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ from common import models, recipes, weights
 from common.constants import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The in-process PRETRAINED=True calls below read local files or a monkeypatched hub: any
+    connection attempt (e.g. a timm release that bypasses the patch) fails the test, never downloads."""
+    def refuse(*args, **kwargs):
+        raise OSError("tests/test_weights.py: no network in tests")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _offline_env(tmp_path: Path) -> dict:
