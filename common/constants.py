@@ -106,6 +106,8 @@ def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
 # ----------------------------------------------------------------------------- image IDs
 # An image ID becomes file names ({ID}_green.png, {ID}.npz, ...): plain names only.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# {ID}_yellow.tiff.gz and the hidden temporary ".{name}.{host}-{pid}-{token}.tmp" must stay <= 255 bytes
+MAX_ID_LENGTH = 128
 
 
 def id_problem(image_id) -> str | None:
@@ -120,6 +122,9 @@ def id_problem(image_id) -> str | None:
         return "contains a path separator"
     if ".." in text:
         return "contains '..'"
+    if len(text) > MAX_ID_LENGTH:
+        return (f"is {len(text)} characters long: at most {MAX_ID_LENGTH}, so that every file made from "
+                "it fits the filesystem's 255-byte name limit")
     if not _SAFE_ID.match(text):
         return "is not a plain name (letters, digits, '_', '-', '.'; starting with a letter or digit)"
     return None

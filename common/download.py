@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from common.io import atomic_path, read_channel
+from common.io import WRITE_ERRNOS, WriteError, atomic_path, read_channel
 
 # statuses of a DownloadResult
 OK = "ok"                     # downloaded, validated, renamed into place
@@ -177,6 +177,10 @@ def download_file(session: requests.Session, url: str, path: str | Path,
                 return DownloadResult(CONNECTION, got[0], f"connection error: {_short(e)}")
             except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
                 return DownloadResult(CONNECTION, got[0], f"request failed: {_short(e)}")
+            except OSError as e:  # writing the body out: out of space is fatal for the step
+                if e.errno in WRITE_ERRNOS:
+                    raise WriteError(path, e) from e
+                raise
             if code in (404, 410):
                 return DownloadResult(NOT_FOUND, got[0], f"HTTP {code}")
             if code != 200:
@@ -185,11 +189,16 @@ def download_file(session: requests.Session, url: str, path: str | Path,
             try:
                 with atomic_path(path) as tmp:
                     tmp_name = str(tmp)
-                    if transform is not None:
-                        transform(raw, tmp)
-                    else:
-                        os.replace(raw, tmp)
-                    info = validate(tmp) if validate is not None else None
+                    try:
+                        if transform is not None:
+                            transform(raw, tmp)
+                        else:
+                            os.replace(raw, tmp)
+                        info = validate(tmp) if validate is not None else None
+                    except OSError as e:  # a decoder's OSError is the content's; out of space is not
+                        if e.errno in WRITE_ERRNOS:
+                            raise
+                        raise ValueError(str(e)) from e
             except Exception as e:  # noqa: BLE001 - any decoder/converter failure = invalid content
                 why = _short(e).replace(tmp_name, url).replace(str(raw), url)
                 return DownloadResult(INVALID, got[0], f"invalid content ({n} bytes): {why}")

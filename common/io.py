@@ -7,11 +7,13 @@ proportionally (``round(x / 257)``: 65535 -> 255), never truncated.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io as _io
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -30,6 +32,43 @@ CHANNEL_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".tif.gz", ".tiff.gz")
 
 class ImageReadError(OSError):
     """A channel file is missing, unreadable, or of the wrong shape. The message names the file."""
+
+
+# errors that say the output side failed (out of space, quota, read-only, I/O, file too large)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
+class WriteError(SystemExit):
+    """An output could not be written (disk full, quota, read-only, I/O error): fatal for the step.
+
+    Raised by :func:`atomic_path` for any ``OSError`` of its block or of the rename (where the error
+    happens decides, not its type: a read error of an input stays the item's own failure). A
+    ``SystemExit``, so per-image ``except Exception`` handlers let it through and the step stops
+    with this one line (exit status 1); the target is never left truncated. ``disk_full`` tells
+    out-of-space (ENOSPC, EDQUOT) from other write errors."""
+
+    def __init__(self, path: str | Path, error: OSError):
+        self.path, self.errno = Path(path), error.errno
+        self.disk_full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        free = free_space(self.path.parent)
+        super().__init__(f"cannot write {self.path}: {error.strerror or error}"
+                         f" ({free} free on that filesystem); nothing truncated was left")
+
+
+def free_space(folder: str | Path) -> str:
+    """Free space of the filesystem holding ``folder`` (or its nearest existing parent), e.g. ``12 KB``."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        n = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -72,21 +111,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise WriteError(path, e) from e
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # writers that replace the file (os.replace, mkstemp) make 0600
         os.replace(tmp, path)
+    except OSError as e:  # in the block or the rename: a write error of this output, fatal
+        if isinstance(e, ImageReadError):
+            raise
+        raise WriteError(path, e) from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -175,18 +222,27 @@ def atomic_to_csv(df, path: str | Path, **kw) -> Path:
 
 # ----------------------------------------------------------------------------- tables of images
 def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID",),
-                  int_columns: tuple[str, ...] | list[str] = ()):
-    """A CSV of images (``train.csv``, ``train_external.csv``, ``sample_submission.csv``) checked before
-    any image is touched: the ``columns`` exist; every ID is present, unique and a plain name
-    (:func:`common.constants.id_problem`); ``int_columns`` hold positive integers. Anything else is
-    a SystemExit naming the file and the row (line numbers of the file: the header is line 1)."""
+                  int_columns: tuple[str, ...] | list[str] = (), *, unique: bool = True,
+                  str_columns: tuple[str, ...] | list[str] = ("Label",)):
+    """The one reader of a CSV that holds image IDs (``train.csv``, ``train_external.csv``,
+    ``sample_submission.csv``, ``train_all.csv``, ``test.csv``, crop indexes, OOF and pseudo-label
+    tables), checked before any image is touched: the ``columns`` exist; every ID is present, a plain
+    name (:func:`common.constants.id_problem`) and, with ``unique``, unique; ``int_columns`` hold
+    positive integers. IDs and ``str_columns`` are read as strings with no NA parsing (an ID ``NA``
+    or ``nan`` stays that string; an empty Label stays ""); other empty cells are NaN. Anything else
+    is a SystemExit naming the file and the row (line numbers of the file: the header is line 1)."""
     import pandas as pd
 
     from common.constants import id_problem
 
     path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found")
     try:
-        df = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False, na_values=[""])
+        header = list(pd.read_csv(path, nrows=0).columns)
+        as_str = [c for c in header if c == "ID" or c in str_columns]
+        df = pd.read_csv(path, dtype={c: str for c in as_str}, keep_default_na=False,
+                         na_values={c: [""] for c in header if c not in as_str})
     except Exception as e:  # noqa: BLE001
         raise SystemExit(f"{path}: cannot read CSV ({e})") from None
     missing = [c for c in columns if c not in df.columns]
@@ -196,7 +252,7 @@ def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID"
         why = id_problem(image_id)
         if why:
             raise SystemExit(f"{path}: row {i + 2}: ID {image_id!r} {why}")
-    dup = df["ID"][df["ID"].duplicated()] if "ID" in df.columns else []
+    dup = df["ID"][df["ID"].duplicated()] if "ID" in df.columns and unique else []
     if len(dup):
         raise SystemExit(f"{path}: row {int(dup.index[0]) + 2}: duplicated ID {dup.iloc[0]!r}")
     for c in int_columns:
