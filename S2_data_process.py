@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, fov, io, parallel, segmentation
+from common import config, constants, fov, io, lock, parallel, segmentation
 
 _SPLITS = ("train", "test")
 
@@ -232,7 +232,7 @@ def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    data_dir = constants.resolve(cfg.DATA_DIR)
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     try:
@@ -254,6 +254,15 @@ def main(argv=None):
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
     train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
+    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    tag = f"shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""  # shards write disjoint images
+    with lock.hold(out_dir, "S2", tag):  # one writer (per shard) for the whole run
+        return _run(cfg, data_dir, out_dir, seg_dir, seg_name, seg_at, shard, train, test)
+
+
+def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_at: str, shard: tuple,
+         train: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Everything S2 writes, under its lock: the images not done yet, then the tables."""
     mine = [out_dir] + [out_dir / sub for s in _SPLITS for sub in (s, f"{s}_cell_mask")]  # S2's folders
     n_stale = sum(io.remove_stale_temps(d) for d in mine) + io.remove_stale_temps(out_dir / "meta", True)
     if n_stale:

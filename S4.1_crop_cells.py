@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, io, parallel
+from common import config, constants, io, lock, parallel
 from common.cells import crop_image_cells
 from common.datasets import external_flags
 
@@ -52,6 +52,17 @@ def main(argv=None):
     if not train_csv.is_file():
         raise SystemExit(f"{train_csv}: not found (run S2 first)")
     df = io.read_id_table(train_csv, ["ID"])  # IDs name the crop files: plain names only
+    try:
+        i, n = parallel.parse_shard(cfg.SHARD)
+    except ValueError as e:
+        raise SystemExit(f"S4.1: --{e}") from None
+    tag = f"cells_{cfg.CELL_SIZE}" + (f".shard{i}of{n}" if n > 1 else "")  # shards: disjoint images
+    with lock.hold(hpa, "S4.1", tag):  # one writer of these crops for the whole run
+        return _run(cfg, hpa, df, (i, n))
+
+
+def _run(cfg, hpa: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
+    """Crop the images of this shard, then write the index, the constants and the failures."""
     out_dir = hpa / f"cells_{cfg.CELL_SIZE}"
     n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(hpa)
     if n_stale:
@@ -71,8 +82,8 @@ def main(argv=None):
     n_no_mask = len(df) - len(tasks)
     if cfg.LIMIT:
         tasks = tasks[:cfg.LIMIT]
-    i, n = parallel.parse_shard(cfg.SHARD)
-    tasks = parallel.shard(tasks, (i, n))
+    i, n = shard
+    tasks = parallel.shard(tasks, shard)
     print(f"S4.1: {len(tasks)} images to crop at {cfg.CELL_SIZE} px (shard {i}/{n}; "
           f"{n_no_mask} of {len(df)} images have no mask) -> {out_dir}", flush=True)
 

@@ -66,7 +66,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, encoding, fov, io, plots, predict, recipes, segmentation
+from common import cells, config, constants, encoding, fov, io, lock, plots, predict, recipes, segmentation
 from common.constants import NUM_CLASSES
 
 
@@ -151,20 +151,33 @@ class ImageSource:
                 raise ImageFailed(str(e)) from e
         return None
 
-    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
-        made here; None when S2 kept none), and the original image if read. An unreadable or
-        unsegmentable image raises :class:`ImageFailed`."""
+    def _cached(self, image_id: str) -> tuple | None:
+        """S2's working image and masks of ``image_id`` (None when S2 made none); raises when unreadable."""
         small = self.hpa / "test" / f"{image_id}.png"
         mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
+        if not (small.is_file() and mask_path.is_file()):
+            return None
+        image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
+        full_path = fov.full_mask_path(mask_path)
+        full = io.load_masks(full_path)[0] if full_path.is_file() else None
+        if labels.shape != image.shape[:2]:
+            labels = segmentation.resize_labels(labels, image.shape[:2])
+        return image, labels, full, None
+
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
+        made here; None when S2 kept none), and the original image if read. S2's files when they are
+        there and readable, else prepared from the original (a corrupt cache file is noted and made
+        again here). An unreadable or unsegmentable image raises :class:`ImageFailed`."""
         try:
-            if small.is_file() and mask_path.is_file():
-                image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
-                full_path = fov.full_mask_path(mask_path)
-                full = io.load_masks(full_path)[0] if full_path.is_file() else None
-                if labels.shape != image.shape[:2]:
-                    labels = segmentation.resize_labels(labels, image.shape[:2])
-                return image, labels, full, None
+            cached = self._cached(image_id)
+            if cached is not None:
+                return cached
+        except Exception as e:  # noqa: BLE001 - a corrupt cache: the original may still be intact
+            if not io.channel_path(self.test_dir, image_id, "red").is_file():
+                raise ImageFailed(str(e)) from e
+            tqdm.write(f"S5: {image_id}: S2's file is unreadable ({e}); preparing it again from the original")
+        try:
             original = io.read_image(self.test_dir, image_id)  # names a missing channel file
         except Exception as e:  # noqa: BLE001 - any reader failure is this image's
             raise ImageFailed(str(e)) from e
@@ -181,14 +194,26 @@ class ImageSource:
         return f.image, f.cell, f.cell_full, original
 
 
+# comparison submissions S5 may write beside SUBMISSION (``{stem}_{name}.csv``), with VARIANTS
+_COMPARISONS = ("cells", "pipeline1", "pipeline2", "image_level", "x_image")
+# the essential outputs besides SUBMISSION (the previous run's are removed before the new are written)
+_ESSENTIAL_EXTRAS = ("cell_predictions.csv", "s5_config.json", "s5_failures.csv")
+
+
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     t_start = time.time()
     config.require_positive(cfg, "IMAGE_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
-    data_dir, out_dir = constants.resolve(cfg.DATA_DIR), constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    sample = _load_sample(data_dir / "sample_submission.csv")
+    # IDs and sizes are checked before any folder is made
+    sample = _load_sample(constants.resolve(cfg.DATA_DIR) / "sample_submission.csv")
+    out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
+        return _run(cfg, sample, out_dir, t_start)
+
+
+def _run(cfg, sample: pd.DataFrame, out_dir: Path, t_start: float) -> Path:
     if cfg.ENSEMBLE:
         _ensemble(cfg)
     runs = _runs(cfg)
@@ -212,7 +237,7 @@ def main(argv=None):
         names += (["cells"] + [f"pipeline{k}" for k in pipelines if len(pipelines) > 1]
                   + ["image_level", "x_image"])
     strings: dict[str, dict[str, str]] = {n: {} for n in names}
-    pred_rows, n_cells_total, n_dropped, failures = [], 0, 0, []
+    pred_rows, n_cells_total, n_dropped, failures, overlays = [], 0, 0, [], []
     todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
@@ -270,20 +295,29 @@ def main(argv=None):
         for c, b, pr in zip(ids, border, ens):
             pred_rows.append([image_id, c, int(b), *np.round(pr, 6)])
         n_cells_total += len(ids)
-        if k < cfg.N_OVERLAYS:
-            plots.plot_cell_overlay(image, labels, ids, ens, overlay_dir / f"{image_id}.png",
-                                    title=f"{image_id}: {len(ids)} cells")
+        if k < cfg.N_OVERLAYS:  # drawn after the essential outputs are written
+            overlays.append((image_id, image, labels, ids, ens))
 
     sub_path = out_dir / cfg.SUBMISSION
+    owned = ([sub_path.with_name(f"{sub_path.stem}_{n}.csv") for n in _COMPARISONS]
+             + sorted(overlay_dir.glob("*.png")) + [out_dir / n for n in _ESSENTIAL_EXTRAS])
+    for path in owned:  # the previous run's files go first: the folder never mixes two runs
+        path.unlink(missing_ok=True)
+    # essential outputs first, each complete or absent (a full disk stops S5 with the file's name)
     encoding.write_submission(strings["ensemble"], sample, sub_path)
-    for name in names[1:]:
-        encoding.write_submission(strings[name], sample, sub_path.with_name(f"{sub_path.stem}_{name}.csv"))
     cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
     io.atomic_to_csv(pd.DataFrame(pred_rows, columns=cols), out_dir / "cell_predictions.csv")
-    saved = dict(cfg, RUNS_USED=[str(p.path) for p in predictors])
-    config.save(saved, out_dir / "s5_config.json")
+    config.save(dict(cfg, RUNS_USED=[str(p.path) for p in predictors]), out_dir / "s5_config.json")
     fail_path = out_dir / "s5_failures.csv"
     io.atomic_to_csv(pd.DataFrame(failures, columns=["ID", "reason"]), fail_path)
+    optional = [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
+                 lambda path, name=name: encoding.write_submission(strings[name], sample, path))
+                for name in names[1:]]
+    optional += [(overlay_dir / f"{image_id}.png",
+                  lambda path, o=(image_id, image, labels, ids, ens): plots.plot_cell_overlay(
+                      o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))
+                 for image_id, image, labels, ids, ens in overlays]
+    disk_full = _write_optional(optional)
 
     seconds = time.time() - t_start
     n_img = len(todo)
@@ -294,9 +328,27 @@ def main(argv=None):
     failed = (f"{len(failures)} of {n_img} images FAILED (empty rows; listed in {fail_path})" if failures
               else "0 images failed")
     print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
+    if disk_full is not None:
+        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete; "
+                         "the optional outputs after it were not written")
     if failures and cfg.FAIL_ON_ERRORS:
         raise SystemExit(3)
     return sub_path
+
+
+def _write_optional(outputs: list) -> io.WriteError | None:
+    """Write the optional outputs (``(path, write(path))``) after the essential ones: a failure is a
+    warning line, except a full disk, which stops the writing; returns that error (else None)."""
+    for path, write in outputs:
+        try:
+            write(path)
+        except io.WriteError as e:
+            if e.disk_full:
+                return e
+            print(f"S5: warning: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - an optional output never costs the submission
+            print(f"S5: warning: {path} not written ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+    return None
 
 
 if __name__ == "__main__":

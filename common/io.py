@@ -47,12 +47,19 @@ class WriteError(SystemExit):
     with this one line (exit status 1); the target is never left truncated. ``disk_full`` tells
     out-of-space (ENOSPC, EDQUOT) from other write errors."""
 
-    def __init__(self, path: str | Path, error: OSError):
-        self.path, self.errno = Path(path), error.errno
-        self.disk_full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-        free = free_space(self.path.parent)
-        super().__init__(f"cannot write {self.path}: {error.strerror or error}"
-                         f" ({free} free on that filesystem); nothing truncated was left")
+    def __init__(self, path: str | Path, error: OSError | None = None, message: str = "",
+                 errno_: int | None = None):
+        self.path = Path(path)
+        self.errno = error.errno if error is not None else errno_
+        self.disk_full = self.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not message:
+            why = (error.strerror or str(error)) if error is not None else "write error"
+            message = (f"cannot write {self.path}: {why} ({free_space(self.path.parent)} free on that "
+                       "filesystem); nothing truncated was left")
+        super().__init__(message)
+
+    def __reduce__(self):  # raised in a pool worker, re-raised in the parent
+        return type(self), (self.path, None, str(self.code), self.errno)
 
 
 def free_space(folder: str | Path) -> str:

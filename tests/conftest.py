@@ -42,3 +42,32 @@ def load_script(file: str, name: str | None = None):
 def nothing_in(folder: Path) -> bool:
     """True when ``folder`` does not exist or holds no file (a step's start check may create it)."""
     return not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))
+
+
+def tmpfs_run(mounts: dict, argv: list[str], snapshot: Path | None = None, timeout: float = 300,
+              env: dict | None = None):
+    """Run ``argv`` in a private mount namespace (``unshare -m``) with a tmpfs of ``size`` bytes at each
+    ``path`` of ``mounts`` ({path: size}), never on the machine's real mounts. With ``snapshot``,
+    what the first mount holds afterwards is copied there (the tmpfs vanishes with the namespace).
+    Skips the test, with the reason, where a private namespace cannot be made (not root, no unshare)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1): a private tmpfs, a full disk that no other process sees")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not permitted here (a container without CAP_SYS_ADMIN)")
+    q = shlex.quote
+    lines = [f"mkdir -p {q(str(p))} && mount -t tmpfs -o size={int(n)} tmpfs {q(str(p))} || exit 99"
+             for p, n in mounts.items()]
+    lines.append(" ".join(q(str(a)) for a in argv) + "; rc=$?")
+    if snapshot is not None:
+        first = next(iter(mounts))
+        lines.append(f"mkdir -p {q(str(snapshot))} && cp -a {q(str(first))}/. {q(str(snapshot))}/")
+    lines.append("exit $rc")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(lines)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert proc.returncode != 99, f"could not mount a tmpfs: {proc.stderr}"
+    return proc

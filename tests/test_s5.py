@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script, nothing_in
+from conftest import load_script, tmpfs_run
 
 from common import cells, encoding, io, predict, segmentation
 from common.constants import NUM_CLASSES
@@ -348,7 +348,7 @@ def test_hostile_sample_ids_are_rejected_before_anything_is_written(e2e, tmp_pat
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"sample_submission\.csv: row 3: ID .*evil"):
         S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "3"))
-    assert nothing_in(out) and not (tmp_path / "evil.png").exists()
+    assert not out.exists() and not (tmp_path / "evil.png").exists()     # not even an empty folder
 
 
 @pytest.mark.parametrize("column,value", [("ImageWidth", "wide"), ("ImageHeight", ""), ("ImageWidth", "-4")])
@@ -359,13 +359,13 @@ def test_bad_sizes_in_the_sample_submission_are_named(e2e, tmp_path, column, val
     sample.to_csv(comp / "sample_submission.csv", index=False)
     with pytest.raises(SystemExit, match=rf"sample_submission\.csv: row 4: {column} .*positive whole number"):
         S5.main(_s5_args(e2e, comp, hpa, tmp_path / "out"))
-    assert nothing_in(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_image_size_zero_stops_s5_at_start(e2e, tmp_path):
     with pytest.raises(SystemExit, match="IMAGE_SIZE 0: must be a positive integer"):
         S5.main(_s5_args(e2e, e2e["comp"], e2e["hpa"], tmp_path / "out", "--IMAGE_SIZE", "0"))
-    assert nothing_in(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- batched inference
@@ -466,3 +466,89 @@ def test_checkpoint_last_reads_each_runs_last_epoch(e2e, tmp_path):
     best = submission("best", folders)
     pd.testing.assert_series_equal(last, files)
     assert not last.equals(best)
+
+
+# ----------------------------------------------------------------------------- faults (issue 25)
+def _s5_cmd(e2e: dict, comp: Path, hpa: Path, out: Path, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, str(ROOT / "S5_predict.py"), *_s5_args(e2e, comp, hpa, out, *extra)]
+
+
+def test_two_s5_into_one_folder_one_runs_the_other_stops_at_start(e2e, tmp_path):
+    import subprocess
+    import time
+
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    out = tmp_path / "out"
+    first = subprocess.Popen(_s5_cmd(e2e, comp, hpa, out, "--TTA", "8", "--BATCH_SIZE", "1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ((out / ".lock").is_file() and (out / ".lock").stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(SystemExit) as second:                          # in-process: it starts at once
+        S5.main(_s5_args(e2e, comp, hpa, out, "--TTA", "1"))
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert f"S5: {out} is being written by S5 (pid {first.pid} on " in str(second.value.code)
+    saved = json.loads((out / "s5_config.json").read_text())          # one consistent set: the first's
+    assert saved["TTA"] == 8
+    sub = encoding.read_submission(out / "submission.csv")
+    assert sub["ID"].tolist() == e2e["sample"]["ID"].tolist()
+    rerun = S5.main(_s5_args(e2e, comp, hpa, tmp_path / "again", "--TTA", "8", "--BATCH_SIZE", "1"))
+    assert rerun.read_bytes() == (out / "submission.csv").read_bytes()
+    assert not (out / ".lock").exists()
+
+
+def test_a_run_with_fewer_pipelines_leaves_no_stale_comparison_files(e2e, tmp_path):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    out = tmp_path / "out"
+    S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "2"))
+    assert (out / "submission_pipeline1.csv").is_file() and len(list((out / "overlays").glob("*.png"))) == 2
+    S5.main([*_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "1"), "--RUNS", str(e2e["runs"][2])])
+    assert not (out / "submission_pipeline1.csv").exists() and not (out / "submission_pipeline2.csv").exists()
+    assert (out / "submission_cells.csv").is_file() and len(list((out / "overlays").glob("*.png"))) == 1
+
+
+def test_s5_full_disk_writes_the_essential_outputs_first(e2e, tmp_path):
+    """A disk with room for the submission but not for the optional outputs: the essential files are
+    complete and equal to a normal run's, then S5 stops naming the file it could not write."""
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    ref = tmp_path / "ref"
+    S5.main(_s5_args(e2e, comp, hpa, ref, "--N_OVERLAYS", "3"))
+    essential = ["submission.csv", "cell_predictions.csv", "s5_config.json", "s5_failures.csv"]
+    pages = sum(-(-(ref / n).stat().st_size // 4096) for n in essential) + 2  # + the lock, a margin
+    out, snap = tmp_path / "out", tmp_path / "snap"
+    proc = tmpfs_run({out: pages * 4096}, _s5_cmd(e2e, comp, hpa, out, "--N_OVERLAYS", "3"), snapshot=snap,
+                     env={"OMP_NUM_THREADS": "1"})                    # as this process: the same floats
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"S5: cannot write {out}/") and "No space left on device" in last
+    assert "submission.csv and cell_predictions.csv are complete" in last and "Traceback" not in proc.stderr
+    for name in ("submission.csv", "cell_predictions.csv"):
+        assert (snap / name).read_bytes() == (ref / name).read_bytes()
+    assert not [p for p in snap.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_an_optional_output_that_fails_is_a_warning(e2e, tmp_path, monkeypatch, capsys):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+
+    def broken(*args, **kw):
+        raise RuntimeError("no renderer")
+
+    monkeypatch.setattr(S5.plots, "plot_cell_overlay", broken)
+    sub = S5.main(_s5_args(e2e, comp, hpa, tmp_path / "out", "--N_OVERLAYS", "1"))
+    assert sub.is_file() and "S5: warning: " in capsys.readouterr().err
+
+
+def test_a_corrupt_s2_file_is_prepared_again_from_the_original(e2e, tmp_path, capsys):
+    comp, hpa = _copy_inputs(e2e, tmp_path)
+    seg = ("--SEGMENTER", "builtin", "--IMAGE_SIZE", str(WORK))
+    ref = S5.main(_s5_args(e2e, comp, hpa, tmp_path / "ref", *seg))
+    iid = e2e["sample"]["ID"][2]
+    (hpa / "test" / f"{iid}.png").write_bytes(b"\x89PNG cut short")
+    out = tmp_path / "out"
+    sub = S5.main(_s5_args(e2e, comp, hpa, out, "--SEGMENTER", "builtin", "--IMAGE_SIZE", str(WORK)))
+    assert len(pd.read_csv(out / "s5_failures.csv")) == 0
+    assert f"S5: {iid}: S2's file is unreadable" in capsys.readouterr().out
+    got = encoding.read_submission(sub).set_index("ID")["PredictionString"]
+    assert got[iid] == encoding.read_submission(ref).set_index("ID")["PredictionString"][iid] != ""
