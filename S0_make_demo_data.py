@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, demo_data, io
+from common import config, constants, demo_data, io, lock
 
 # constants that change the generated data (the rest only change how it is made)
 _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC_16BIT", "LABEL_TEMPER",
@@ -40,6 +40,12 @@ _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    with lock.hold(out_dir, "S0"):  # one writer of the demo data at a time
+        return _make(cfg, out_dir)
+
+
+def _make(cfg, out_dir: Path) -> Path:
+    """The demo data in ``out_dir`` (skipped when the same constants made it already)."""
     wanted = {k: cfg[k] for k in _DATA_KEYS} | {"GENERATOR_VERSION": demo_data.VERSION}
     old = demo_data.read_config(out_dir)
     own = demo_data.read_manifest(out_dir) or []

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 from tqdm import tqdm
 
-from common import config, constants, download
+from common import config, constants, download, lock
 from common import io as hio
 
 # HPA location names that are not competition classes but map onto one (the original's table)
@@ -324,7 +324,13 @@ def main(argv=None):
           f"(skipped: {counts['in_trainset']} in train set, {counts['other_cell_line']} other cell lines, "
           f"{counts['unlabelled']} unlabelled, {counts['other_classes']} other classes, "
           f"{counts['duplicates']} duplicates; {counts['invalid']} rejected)", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with lock.hold(out_dir, "S1"):  # one downloader per folder
+        return _download(cfg, sel, rejected, out_dir, out_csv, fail_csv, t0)
+
+
+def _download(cfg, sel: pd.DataFrame, rejected: pd.DataFrame, out_dir: Path, out_csv: Path, fail_csv: Path,
+              t0: float) -> dict:
+    """Fetch the selected images into ``out_dir``, then write the list, the failures and the config."""
     stale = [p for p in out_dir.glob(".*") if p.is_file() and (".part" in p.name or ".tmp" in p.name)]
     for p in stale:  # temporaries of a run that was killed (never a finished file)
         p.unlink(missing_ok=True)
