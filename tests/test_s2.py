@@ -162,6 +162,65 @@ def test_run_parallel_keeps_order_and_captures_errors(workers):
     assert [o.item for o in bad] == [0, 3, 6, 9] and bad[1].error == "ValueError: bad 3" and bad[1].trace
 
 
+WORKERS_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from common import parallel
+
+def slow(x):  # module level: pickled to the workers
+    with open({pids!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    if {no_prctl}:
+        parallel._parent_death_signal = lambda: False  # the watchdog thread (no prctl)
+    parallel.run_parallel(slow, list(range(4)), 2, progress=False)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("no_prctl", [False, True], ids=["prctl", "watchdog"])
+def test_pool_workers_end_when_the_parent_is_killed(tmp_path, no_prctl):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids_file = tmp_path / "pids.txt"
+    script = tmp_path / "pool.py"
+    script.write_text(WORKERS_SCRIPT.format(root=str(Path(__file__).resolve().parents[1]),
+                                            pids=str(pids_file), no_prctl=no_prctl))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.1)
+            workers = {int(x) for x in pids_file.read_text().split()} if pids_file.exists() else set()
+        assert len(workers) == 2 and parent.poll() is None, (workers, parent.returncode)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "pool workers outlived their parent"
+    finally:
+        parent.kill()
+        for p in workers:  # the workers this test started, if the code under test left them
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_shard_and_parse_shard():
     items = list(range(11))
     parts = [parallel.shard(items, f"{i}/3") for i in range(3)]
