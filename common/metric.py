@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_util
 
-from common import encoding
+from common import encoding, io
 from common.constants import NUM_CLASSES, parse_labels
 
 TRUTH_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "cell_id", "Label", "EncodedMask")
@@ -110,7 +110,8 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: truth file is missing")
-    df = pd.read_csv(path, dtype={"ID": str, "Label": str, "EncodedMask": str}, keep_default_na=False)
+    df = io.read_id_table(path, TRUTH_COLUMNS, ("ImageWidth", "ImageHeight", "cell_id"), unique=False,
+                          str_columns=("Label", "EncodedMask"))
     return _check_truth(df, str(path))
 
 

@@ -1,6 +1,6 @@
 """Batch steps over many items: a process pool with per-item errors, ``--SHARD i/n``, skip-what-exists.
 
-Used by S2 (images) and S4.1 (cell crops)::
+Used by S2 (images) and S4.1 (cell crops); S0's generator takes its pool from ``process_pool``::
 
     todo, done = split_done(items, lambda it: [out_dir / f"{it}.png"], overwrite=cfg.OVERWRITE)
     todo = shard(todo, cfg.SHARD)            # "i/n": every n-th item starting at i (0-based)
@@ -165,6 +165,11 @@ def _parent_death_signal() -> bool:
         return False
 
 
+def process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """The process pool of every batch step: single-threaded workers that end with this process."""
+    return ProcessPoolExecutor(max_workers=num_workers, initializer=_worker_init, initargs=(os.getpid(),))
+
+
 def _call(fn: Callable, item: Any) -> Outcome:
     try:
         return Outcome(item, True, fn(item))
@@ -192,8 +197,7 @@ def iter_parallel(fn: Callable[[Any], Any], items: Sequence, num_workers: int = 
         max_in_flight = max(num_workers, max_in_flight or 4 * num_workers)
         pending = list(range(len(items)))[::-1]  # stack of indices still to submit
         while pending:
-            pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_worker_init,
-                                       initargs=(os.getpid(),))
+            pool = process_pool(num_workers)
             running: dict = {}
             try:
                 while pending or running:
