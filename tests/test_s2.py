@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -144,6 +145,21 @@ def test_folds_stratified_and_reproducible():
     per_fold = np.stack([y[f1.to_numpy() == k].sum(0) for k in range(5)])
     spread = per_fold.max(0) - per_fold.min(0)  # random folds: a median spread of ~7 images
     assert np.median(spread) <= 1 and (spread <= 2).mean() >= 0.75, per_fold
+
+
+@pytest.mark.parametrize("bad_id, why", [
+    ("", r"ID '' is empty"),
+    ("a" * 300, r"ID 'a{300}' is 300 characters long: at most 128, so that every file made from it fits"),
+])
+def test_empty_or_too_long_train_id_stops_with_one_line(data, tmp_path, bad_id, why):
+    """Not ``ID nan is empty``, nor an ``OSError: File name too long`` traceback from the first write."""
+    t = pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False)
+    t.loc[1, "ID"] = bad_id
+    t.to_csv(data / "train.csv", index=False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^{re.escape(str(data / 'train.csv'))}: row 3: {why}") as e:
+        run(data, out)
+    assert "\n" not in str(e.value) and nothing_in(out)
 
 
 # ----------------------------------------------------------------------------- common.parallel
