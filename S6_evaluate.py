@@ -79,6 +79,11 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _first(ids: list, k: int = 5) -> str:
+    """The first ``k`` IDs, then how many more."""
+    return ", ".join(ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
+
+
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     if cfg.MAKE not in _MAKE_CHOICES:
@@ -112,8 +117,12 @@ def main(argv=None):
                             f"{stem}_ap.png", title=f"per-class AP: {sub_path.name}")
         plots.plot_pr_curves(lenient["pr"], f"{stem}_pr.png",
                              title=f"precision-recall (lenient): {sub_path.name}")
-    if strict["n_images_ignored"]:
-        print(f"note: {strict['n_images_ignored']} submission row(s) have no truth and were ignored")
+    if matched["ignored"]:
+        print(f"note: {len(matched['ignored'])} submission row(s) have no truth and were ignored: "
+              f"{_first(matched['ignored'])}")
+    if matched["missing"]:
+        print(f"note: {len(matched['missing'])} truth image(s) have no submission row and count as "
+              f"predicting nothing (all their cells missed): {_first(matched['missing'])}")
     print(f"scored {sub_path} against {constants.resolve(cfg.TRUTH)} ({len(sub)} rows, IoU >= {cfg.IOU})")
     print(format_table(table))
     print(f"mAP_strict={strict['mAP']:.4f}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,7 +29,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage.segmentation import find_boundaries, watershed
 
-from common import io
+from common import io, parallel
 from common.constants import CHANNELS, CLASS_NAMES, NEGATIVE, NUM_CLASSES, format_labels
 from common.encoding import encode_binary_mask
 
@@ -651,7 +650,7 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
         j.update(out_dir=str(out_dir), seed=int(seed), size=int(size), min_cells=int(min_cells),
                  max_cells=int(max_cells))
     if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+        with parallel.process_pool(num_workers) as pool:
             results = list(_progress(pool.map(_generate_one, jobs), len(jobs), progress))
     else:
         results = list(_progress(map(_generate_one, jobs), len(jobs), progress))
@@ -726,7 +725,7 @@ def read_manifest(out_dir: str | Path) -> list[str] | None:
     names = ["train.csv", "sample_submission.csv", "train_cells.csv", "test_cells.csv", CONFIG_NAME]
     for split, table in (("train", "train.csv"), ("test", "sample_submission.csv")):
         if (out_dir / table).is_file():
-            ids = pd.read_csv(out_dir / table, dtype={"ID": str})["ID"]
+            ids = io.read_id_table(out_dir / table)["ID"]
             names += [f for iid in ids for f in _image_files(split, iid)]
     return names
 

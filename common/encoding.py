@@ -19,7 +19,7 @@ import pandas as pd
 from pycocotools import mask as mask_util
 
 from common.constants import NUM_CLASSES
-from common.io import atomic_to_csv
+from common.io import atomic_to_csv, read_id_table
 
 SUBMISSION_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 
@@ -239,25 +239,10 @@ def write_submission(pred: dict, sample_submission: pd.DataFrame, path: str | Pa
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:
-    """Read a submission CSV; checks the columns, sizes and unique IDs (strings are parsed later).
-
-    Empty PredictionStrings come back as "" (not NaN).
-    """
+    """Read a submission CSV through :func:`common.io.read_id_table` (columns, plain unique IDs,
+    positive whole sizes); the strings are parsed later. An empty PredictionString stays ""."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: submission file is missing")
-    df = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-    missing = [c for c in SUBMISSION_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(SUBMISSION_COLUMNS)}")
-    for c in ("ImageWidth", "ImageHeight"):
-        v = pd.to_numeric(df[c], errors="coerce")
-        if v.isna().any() or (v <= 0).any() or (v != v.round()).any():
-            bad = df.loc[v.isna() | (v <= 0) | (v != v.round()), "ID"].iloc[0]
-            raise ValueError(f"{path}: {c} of ID {bad} is not a positive integer")
-        df[c] = v.astype(int)
-    dup = df["ID"][df["ID"].duplicated()]
-    if len(dup):
-        raise ValueError(f"{path}: duplicated ID(s), e.g. {dup.iloc[0]}")
-    df["PredictionString"] = df["PredictionString"].fillna("").astype(str)
-    return df
+    return read_id_table(path, SUBMISSION_COLUMNS, ("ImageWidth", "ImageHeight"),
+                         str_columns=("PredictionString",))

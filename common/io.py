@@ -143,7 +143,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts; a zombie too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -177,7 +178,7 @@ def is_stale_temp(path: str | Path) -> bool:
         return False
     if int(pid) == os.getpid():
         return mtime < _STARTED
-    return not _pid_alive(int(pid))
+    return not pid_alive(int(pid))
 
 
 def remove_stale_temps(folder: str | Path, recursive: bool = False) -> int:

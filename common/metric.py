@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_util
 
-from common import encoding
+from common import encoding, io
 from common.constants import NUM_CLASSES, parse_labels
 
 TRUTH_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "cell_id", "Label", "EncodedMask")
@@ -110,7 +110,8 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: truth file is missing")
-    df = pd.read_csv(path, dtype={"ID": str, "Label": str, "EncodedMask": str}, keep_default_na=False)
+    df = io.read_id_table(path, TRUTH_COLUMNS, ("ImageWidth", "ImageHeight", "cell_id"), unique=False,
+                          str_columns=("Label", "EncodedMask"))
     return _check_truth(df, str(path))
 
 
@@ -151,7 +152,9 @@ def match_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path) -> dic
 
     Returns ``{"images": {ID: (cls, conf, gt, iou, has_gt)}`` (per-detection arrays, see
     :func:`_evaluate`; ``gt`` indexes ``labels``), ``"labels"``: the (n_cells, 19) truth matrix,
-    ``"cells_of"``: ``{ID: indices of its true cells}``, ``"n_images_ignored"``}. Each detection
+    ``"cells_of"``: ``{ID: indices of its true cells}``, ``"n_images_ignored"``, ``"ignored"``: the
+    submission's IDs without truth (ignored), ``"missing"``: the truth's IDs without a submission row
+    (all their cells missed: as if nothing was predicted)}, both in file order. Each detection
     keeps its best-IoU true cell of its class whatever the IoU; the threshold applies later.
     """
     truth = read_truth(truth) if isinstance(truth, (str, Path)) else _check_truth(truth)
@@ -159,11 +162,11 @@ def match_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path) -> dic
     if missing:
         raise ValueError(f"submission lacks column(s) {missing}")
     cells, labels, images = truth_cells(truth)
-    matched, ignored = {}, 0
+    matched, ignored = {}, []
     for row in sub.itertuples(index=False):
         img = str(row.ID)
         if img not in images:
-            ignored += 1
+            ignored.append(img)
             continue
         g = images[img]
         w, h = int(cells.at[g[0], "ImageWidth"]), int(cells.at[g[0], "ImageHeight"])
@@ -193,7 +196,9 @@ def match_submission(sub: pd.DataFrame, truth: pd.DataFrame | str | Path) -> dic
         if img in matched:  # the same ID twice: its detections pool, as in the metric
             part = tuple(np.concatenate(x) for x in zip(matched[img], part))
         matched[img] = part
-    return {"images": matched, "labels": labels, "cells_of": images, "n_images_ignored": ignored}
+    submitted = set(map(str, sub["ID"]))
+    return {"images": matched, "labels": labels, "cells_of": images, "n_images_ignored": len(ignored),
+            "ignored": ignored, "missing": [i for i in images if i not in submitted]}
 
 
 def _pool(matched: dict, images: list, mode: str, iou_threshold: float) -> dict:

@@ -1,6 +1,6 @@
 """Batch steps over many items: a process pool with per-item errors, ``--SHARD i/n``, skip-what-exists.
 
-Used by S2 (images) and S4.1 (cell crops)::
+Used by S2 (images) and S4.1 (cell crops); S0's generator takes its pool from ``process_pool``::
 
     todo, done = split_done(items, lambda it: [out_dir / f"{it}.png"], overwrite=cfg.OVERWRITE)
     todo = shard(todo, cfg.SHARD)            # "i/n": every n-th item starting at i (0-based)
@@ -10,12 +10,18 @@ Used by S2 (images) and S4.1 (cell crops)::
 
 ``fn`` must be a module-level function (it is pickled to the workers). ``num_workers <= 1`` runs
 in the calling process (no pickling; easiest to debug). A worker that dies (e.g. killed for
-memory) fails only the items the pool had in flight; a fresh pool goes on with the rest.
+memory) fails only the items the pool had in flight; a fresh pool goes on with the rest. Workers
+end with the process that runs the pool, even when it is killed (``_die_with``).
 Shard the full item list before skipping, so that shard i always owns the same items.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from common.io import pid_alive
 
 
 @dataclass
@@ -95,8 +103,13 @@ def up_to_date(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = ())
 
 
 # ----------------------------------------------------------------------------- pool
-def _single_thread() -> None:
-    """Worker initializer: one thread per process for the numeric libraries (the pool is the parallelism)."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_SECONDS = 1.0   # how often a worker without a parent-death signal looks for its parent
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Worker initializer: one thread per process for the numeric libraries (the pool is the
+    parallelism), and the worker ends when the process that runs the pool ends (:func:`_die_with`)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     try:
@@ -105,6 +118,56 @@ def _single_thread() -> None:
         cv2.setNumThreads(0)
     except ImportError:  # pragma: no cover
         pass
+    _die_with(parent_pid)
+
+
+def _die_with(parent_pid: int) -> None:
+    """End this worker when ``parent_pid`` (the pool's process) ends, even by SIGKILL: otherwise the
+    worker stays, orphaned and blocked on the pool's pipe (it holds the pipe's other end itself).
+
+    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``). It fires when the
+    *thread* that forked ends: with the fork start method that is the thread that submits (the main
+    thread; CPython 3.11 forks in ``submit``), which outlives the pool, or the pool's management
+    thread (replacement workers), which ends only at shutdown. A parent that died before ``prctl``
+    is seen by ``getppid`` having changed. Elsewhere, or when the parent is not the direct one (the
+    forkserver start method), a daemon thread looks every ``WATCH_SECONDS``.
+    """
+    direct = os.getppid() == parent_pid
+    if direct and _parent_death_signal():
+        if os.getppid() != parent_pid:  # died before prctl ran
+            os._exit(1)
+        return
+    if direct:
+        def gone() -> bool:
+            return os.getppid() != parent_pid
+    else:
+        def gone() -> bool:
+            return not pid_alive(parent_pid)
+    if gone():
+        os._exit(1)
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _parent_death_signal() -> bool:
+    """Ask Linux for SIGKILL when the parent dies; False where there is no ``prctl``."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return False
+
+
+def process_pool(num_workers: int) -> ProcessPoolExecutor:
+    """The process pool of every batch step: single-threaded workers that end with this process."""
+    return ProcessPoolExecutor(max_workers=num_workers, initializer=_worker_init, initargs=(os.getpid(),))
 
 
 def _call(fn: Callable, item: Any) -> Outcome:
@@ -134,7 +197,7 @@ def iter_parallel(fn: Callable[[Any], Any], items: Sequence, num_workers: int = 
         max_in_flight = max(num_workers, max_in_flight or 4 * num_workers)
         pending = list(range(len(items)))[::-1]  # stack of indices still to submit
         while pending:
-            pool = ProcessPoolExecutor(max_workers=num_workers, initializer=_single_thread)
+            pool = process_pool(num_workers)
             running: dict = {}
             try:
                 while pending or running:

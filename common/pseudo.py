@@ -88,10 +88,7 @@ def read_pseudo_labels(path: str | Path) -> dict[tuple[str, int], np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pseudo-label CSV not found "
                                 "(make it with tools/make_pseudo_labels.py)")
-    df = pd.read_csv(path, dtype={"ID": str})
-    missing = [c for c in ["ID", "cell_id", *TARGET_COLS] if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
+    df = io.read_id_table(path, ["ID", "cell_id", *TARGET_COLS], ["cell_id"], unique=False, str_columns=())
     t = df[TARGET_COLS].to_numpy(np.float32)
     if not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
         raise ValueError(f"{path}: targets must be finite and in [0, 1]")

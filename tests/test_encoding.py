@@ -143,9 +143,9 @@ def test_read_submission_errors_name_the_file(tmp_path):
         encoding.read_submission(tmp_path / "nope.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,ImageWidth,PredictionString\na,5,\n")
-    with pytest.raises(ValueError, match="bad.csv.*ImageHeight"):
+    with pytest.raises(SystemExit, match="bad.csv.*ImageHeight"):
         encoding.read_submission(bad)
     dup = tmp_path / "dup.csv"
     dup.write_text("ID,ImageWidth,ImageHeight,PredictionString\na,5,5,\na,5,5,\n")
-    with pytest.raises(ValueError, match="duplicated"):
+    with pytest.raises(SystemExit, match="dup.csv: row 3: duplicated ID 'a'"):
         encoding.read_submission(dup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -145,6 +146,21 @@ def test_folds_stratified_and_reproducible():
     assert np.median(spread) <= 1 and (spread <= 2).mean() >= 0.75, per_fold
 
 
+@pytest.mark.parametrize("bad_id, why", [
+    ("", r"ID '' is empty"),
+    ("a" * 300, r"ID 'a{300}' is 300 characters long: at most 128, so that every file made from it fits"),
+])
+def test_empty_or_too_long_train_id_stops_with_one_line(data, tmp_path, bad_id, why):
+    """Not ``ID nan is empty``, nor an ``OSError: File name too long`` traceback from the first write."""
+    t = pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False)
+    t.loc[1, "ID"] = bad_id
+    t.to_csv(data / "train.csv", index=False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^{re.escape(str(data / 'train.csv'))}: row 3: {why}") as e:
+        run(data, out)
+    assert "\n" not in str(e.value) and nothing_in(out)
+
+
 # ----------------------------------------------------------------------------- common.parallel
 def _square_or_fail(x):
     if x % 3 == 0:
@@ -159,6 +175,65 @@ def test_run_parallel_keeps_order_and_captures_errors(workers):
     assert [o.value for o in out if o.ok] == [x * x for x in range(10) if x % 3]
     bad = [o for o in out if not o.ok]
     assert [o.item for o in bad] == [0, 3, 6, 9] and bad[1].error == "ValueError: bad 3" and bad[1].trace
+
+
+WORKERS_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from common import parallel
+
+def slow(x):  # module level: pickled to the workers
+    with open({pids!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    if {no_prctl}:
+        parallel._parent_death_signal = lambda: False  # the watchdog thread (no prctl)
+    parallel.run_parallel(slow, list(range(4)), 2, progress=False)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("no_prctl", [False, True], ids=["prctl", "watchdog"])
+def test_pool_workers_end_when_the_parent_is_killed(tmp_path, no_prctl):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids_file = tmp_path / "pids.txt"
+    script = tmp_path / "pool.py"
+    script.write_text(WORKERS_SCRIPT.format(root=str(Path(__file__).resolve().parents[1]),
+                                            pids=str(pids_file), no_prctl=no_prctl))
+    parent = subprocess.Popen([sys.executable, str(script)])
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.1)
+            workers = {int(x) for x in pids_file.read_text().split()} if pids_file.exists() else set()
+        assert len(workers) == 2 and parent.poll() is None, (workers, parent.returncode)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "pool workers outlived their parent"
+    finally:
+        parent.kill()
+        for p in workers:  # the workers this test started, if the code under test left them
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_shard_and_parse_shard():

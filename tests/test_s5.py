@@ -4,6 +4,7 @@ an image with zero cells; a missing channel file; batched vs one-forward-per-cel
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -337,6 +338,23 @@ def test_corrupt_and_missing_images_keep_empty_rows_and_are_listed(e2e, tmp_path
     S5.main(args)                                                      # the list is emptied
     assert len(pd.read_csv(out / "s5_failures.csv")) == 0
     assert "0 images failed" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("bad_id, why", [
+    ("", r"ID '' is empty"),
+    ("a" * 300, r"ID 'a{300}' is 300 characters long: at most 128, so that every file made from it fits"),
+])
+def test_empty_or_too_long_sample_id_stops_before_any_image(tmp_path, bad_id, why):
+    """Read before the runs or any image: no trained run is needed to see the message."""
+    comp = tmp_path / "comp"
+    comp.mkdir()
+    sample = comp / "sample_submission.csv"
+    sample.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\nimg1,8,8,\n{bad_id},8,8,\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=rf"^{re.escape(str(sample))}: row 3: {why}") as e:
+        S5.main(["--DATA_DIR", str(comp), "--HPA512_DIR", str(tmp_path / "hpa"), "--OUTPUT_DIR", str(out),
+                 "--RUNS", str(tmp_path / "no_run"), "--DEVICE", "cpu"])
+    assert "\n" not in str(e.value) and nothing_in(out)
 
 
 @pytest.mark.parametrize("bad_id", ["../evil", "sub/evil", "/tmp/evil", "..\\evil"])

@@ -105,3 +105,26 @@ def test_baseline_comparison_with_a_bootstrap_interval(truth_csv, tmp_path, caps
     assert lines[-4:-2] == ["mAP_strict=1.0000", "mAP_lenient=1.0000"]
     assert lines[-2].startswith("delta_strict=+0.1333 (95% interval +0.0000..")
     assert lines[-1].startswith("delta_lenient=+0.1333") and lines[-1].endswith("vs submission_broadcast.csv")
+
+
+def test_missing_and_extra_images_are_noted_with_their_ids(truth_csv, tmp_path, capsys):
+    """A truth image without a submission row counts as predicting nothing (its cells are missed);
+    a submission row without truth is ignored: each said in one line, with how many and which."""
+    _run(capsys, "--SUBMISSION", str(tmp_path / "submission.csv"), "--TRUTH", str(truth_csv),
+         "--MAKE", "truth", "--PLOTS", "false")
+    made = encoding.read_submission(tmp_path / "submission_truth.csv")
+    only_x = made[made["ID"] == "x"].copy()
+    extra = only_x.assign(ID="z")
+    path = tmp_path / "partial.csv"
+    pd.concat([only_x, extra]).to_csv(path, index=False)
+    lines = _run(capsys, "--SUBMISSION", str(path), "--TRUTH", str(truth_csv), "--PLOTS", "false")
+    assert "note: 1 submission row(s) have no truth and were ignored: z" in lines
+    assert ("note: 1 truth image(s) have no submission row and count as predicting nothing "
+            "(all their cells missed): y") in lines
+    # y's cells are missed: the same scores as a row for y that predicts nothing
+    assert float(lines[-2].split("=")[1]) < 1.0
+    empty_y = made.assign(PredictionString=np.where(made["ID"] == "y", "", made["PredictionString"]))
+    empty_y.to_csv(tmp_path / "empty_y.csv", index=False)
+    same = _run(capsys, "--SUBMISSION", str(tmp_path / "empty_y.csv"), "--TRUTH", str(truth_csv),
+                "--PLOTS", "false")
+    assert same[-2:] == lines[-2:] and not any(x.startswith("note:") for x in same)

@@ -24,22 +24,24 @@ import pandas as pd
 from common import constants, io, metric
 from common.constants import NUM_CLASSES
 
+YS = [f"y{c}" for c in range(NUM_CLASSES)]  # oof.csv: true labels
+PS = [f"p{c}" for c in range(NUM_CLASSES)]  # oof.csv, oof_cells.csv: probabilities
 
 def score_run(folder: Path) -> dict:
     """The OOF scores of one run folder (one holding oof.csv)."""
-    oof = pd.read_csv(folder / "oof.csv", dtype={"ID": str})
-    y = oof[[f"y{c}" for c in range(NUM_CLASSES)]].to_numpy() > 0.5
-    p = oof[[f"p{c}" for c in range(NUM_CLASSES)]].to_numpy()
+    oof = io.read_id_table(folder / "oof.csv", ["ID", *YS, *PS])
+    y = oof[YS].to_numpy() > 0.5
+    p = oof[PS].to_numpy()
     cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     row = {"run": str(folder.parent.name), "fold": folder.name, "recipe": cfg.get("RECIPE") or "-",
            "model": cfg.get("MODEL_NAME", "?"), "images": len(oof),
            "image_mAP": metric.image_level_map(y, p)[0]}
     cells_csv = folder / "oof_cells.csv"
     if cells_csv.is_file():
-        c = pd.read_csv(cells_csv, dtype={"ID": str, "Label": str}, keep_default_na=False)
+        c = io.read_id_table(cells_csv, ["ID", "cell_id", "Label", *PS], ["cell_id"], unique=False)
         truth = {(i, int(k)): constants.parse_labels(lab)
                  for i, k, lab in zip(c["ID"], c["cell_id"], c["Label"])}
-        probs = c[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy()
+        probs = c[PS].to_numpy()
         for mode in ("strict", "lenient"):
             row[f"cell_mAP_{mode}"] = metric.score_cells(c["ID"], c["cell_id"], probs, truth, mode)["mAP"]
     return row

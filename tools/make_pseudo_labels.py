@@ -33,8 +33,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd
-
 from common import config, constants, io, predict, pseudo
 
 
@@ -44,10 +42,7 @@ def main(argv=None) -> Path:
     table = hpa / "train_all.csv"
     if not table.is_file():
         raise SystemExit(f"{table}: not found (run S2 first)")
-    df = pd.read_csv(table, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    missing = [c for c in ("ID", "Label", "fold") if c not in df.columns]
-    if missing:
-        raise SystemExit(f"{table}: missing column(s) {missing}")
+    df = io.read_id_table(table, ("ID", "Label", "fold"))
     runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else \
         predict.find_runs(constants.resolve(cfg.OUTPUT_DIR), cfg.CHECKPOINT)
     if not runs:
