@@ -259,7 +259,8 @@ def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID"
     for i, image_id in enumerate(df["ID"] if "ID" in df.columns else []):
         why = id_problem(image_id)
         if why:
-            raise SystemExit(f"{path}: row {i + 2}: ID {image_id!r} {why}")
+            shown = image_id if len(str(image_id)) <= 60 else f"{str(image_id)[:40]}...{str(image_id)[-8:]}"
+            raise SystemExit(f"{path}: row {i + 2}: ID {shown!r} {why}")
     dup = df["ID"][df["ID"].duplicated()] if "ID" in df.columns and unique else []
     if len(dup):
         raise SystemExit(f"{path}: row {int(dup.index[0]) + 2}: duplicated ID {dup.iloc[0]!r}")
