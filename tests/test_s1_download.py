@@ -406,3 +406,26 @@ def test_s1_selection_constants_and_clean_rerun(tmp_path):
             s1.main(s1_args(tmp_path, tsv, srv, CLASSES="19"))
         with pytest.raises(SystemExit, match="BASE_URL"):
             s1.main(s1_args(tmp_path, tsv, srv, BASE_URL="ftp://x"))
+
+
+def test_s1_full_disk_stops_naming_the_file(tmp_path):
+    """Out of space while saving a channel is fatal (exit 1, the file and the free space named), not a
+    failed image; no partial file stays. The tmpfs lives in a private mount namespace."""
+    import sys
+
+    from conftest import ROOT, tmpfs_run
+
+    rows = [{"Image": f"{HOST}/{10 + k}/{k}_A1_1", "Label": "Cytosol", "Label_idx": "16", "Cellline": "A549",
+             "in_trainset": "False"} for k in range(6)]
+    tsv = write_list(tmp_path / "kaggle_2021.tsv", rows, ",")
+    out, snap = tmp_path / "train_external", tmp_path / "snap"
+    with HPAServer() as srv:
+        for k in range(6):
+            srv.add_image(f"{10 + k}/{k}_A1_1", k)
+        argv = [sys.executable, str(ROOT / "S1_external_data_download.py"), *s1_args(tmp_path, tsv, srv)]
+        proc = tmpfs_run({out: 8 * 1024}, argv, snapshot=snap)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cannot write {out}/") and "No space left on device" in last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "train_external.csv").exists()
+    assert leftovers(snap) == [] and all(hio.read_channel(p).shape == (64, 64) for p in snap.iterdir())
