@@ -15,6 +15,9 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/s5_failures.csv       ID, reason: test images that could not be read or segmented
                                          (their rows stay, empty; the last line counts them)
         OUTPUT_DIR/s5_config.json        the resolved constants, the runs used and the environment
+The essential files (submission, cell predictions, config, failures) are written first, the overlays
+and comparison submissions after them; the previous run's files are removed just before, so the
+folder never mixes two runs. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock while it runs).
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
