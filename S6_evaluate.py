@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, io, metric
+from common import config, constants, encoding, io, lock, metric
 from common.io import atomic_to_csv
 
 _MAKE_CHOICES = ("", "truth", "broadcast")
@@ -89,6 +89,12 @@ def main(argv=None):
     if cfg.MAKE not in _MAKE_CHOICES:
         raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
     sub_path = constants.output_folder(cfg.SUBMISSION, "SUBMISSION", file=True)  # scores go beside it
+    with lock.hold(sub_path.parent, "S6"):  # not while S5 (or another S6) writes that folder
+        return _evaluate(cfg, sub_path)
+
+
+def _evaluate(cfg, sub_path: Path) -> dict:
+    """Score the submission (or the reference made by MAKE), write the scores and plots beside it."""
     try:
         truth = metric.read_truth(constants.resolve(cfg.TRUTH))
         if cfg.MAKE:

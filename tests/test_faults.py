@@ -160,3 +160,18 @@ def _raise_write_error(path: str):
     import errno
 
     raise io.WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
+
+
+@pytest.mark.parametrize("script, args", [
+    ("S0_make_demo_data.py", ["--OUT_DIR", "{out}", "--N_TRAIN", "1", "--N_TEST", "0"]),
+    ("S6_evaluate.py", ["--SUBMISSION", "{out}/submission.csv", "--TRUTH", "{out}/none.csv"]),
+    ("S4.1_crop_cells.py", ["--HPA512_DIR", "{out}", "--TRAIN_CSV", "{train_csv}", "--CELL_SIZE", "32"]),
+])
+def test_every_step_stops_when_its_folder_is_held(demo, tmp_path, script, args):
+    out = tmp_path / "out"
+    tag = "cells_32" if script.startswith("S4.1") else ""
+    values = {"out": out, "train_csv": demo["hpa"] / "train_all.csv"}
+    with lock.hold(out, "another step", tag):
+        with pytest.raises(lock.FolderBusy, match="is being written by another step"):
+            load_script(script).main([a.format(**values) for a in args])
+    assert sorted(p.name for p in out.iterdir()) == []
