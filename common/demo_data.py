@@ -305,46 +305,51 @@ def _lookup(values, labels):
     return np.asarray(values, np.float32)[labels]
 
 
-def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s: float) -> np.ndarray:
-    """H x W x 4 float32 RGBY in [0, 1] before optics and noise."""
-    L, N = geo["cells"], geo["nuclei"]
-    size = L.shape[0]
-    shape = L.shape
-    n = len(cell_labels)
-    pts, r_n, R = geo["centres"], geo["r"], geo["R"]
-    mit = np.array([False] + list(mitotic))
-    cell = L > 0
-    nucm = N > 0
-    cyto = cell & ~nucm
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    cy = _lookup([0] + list(pts[:, 0]), L)
-    cx = _lookup([0] + list(pts[:, 1]), L)
-    dy, dx = yy - cy, xx - cx
-    rad = np.hypot(dy, dx)
-    theta = np.arctan2(dy, dx)
-    f32 = np.float32
+class _Field:
+    """What every channel of one rendered field of view is drawn from: label maps, geometry, the
+    distance maps, shared noise, and the random generator (used in a fixed order, so the same seed
+    gives the same image)."""
 
-    def dist_inside(lab):
-        inner = (lab > 0) & ~find_boundaries(lab, mode="inner")
-        return cv2.distanceTransform(inner.astype(np.uint8), cv2.DIST_L2, 5)
+    def __init__(self, rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s: float):
+        self.rng, self.geo, self.s = rng, geo, s
+        self.L, self.N = L, N = geo["cells"], geo["nuclei"]
+        self.size, self.shape, self.n = L.shape[0], L.shape, len(cell_labels)
+        self.pts, self.r_n, self.R = geo["centres"], geo["r"], geo["R"]
+        self.mitotic, self.mit = mitotic, np.array([False] + list(mitotic))
+        self.cell, self.nucm = L > 0, N > 0
+        self.cyto = self.cell & ~self.nucm
+        self.cyto_f = self.cyto.astype(np.float32)
+        self.yy, self.xx = np.mgrid[0:self.size, 0:self.size].astype(np.float32)
+        dy = self.yy - _lookup([0] + list(self.pts[:, 0]), L)
+        dx = self.xx - _lookup([0] + list(self.pts[:, 1]), L)
+        self.rad, self.theta = np.hypot(dy, dx), np.arctan2(dy, dx)
+        self.d_edge = _dist_inside(L)                                 # to the cell border
+        self.d_nuc_in = _dist_inside(N)                               # to the nucleus border, inside
+        self.d_nuc_out = cv2.distanceTransform((~self.nucm).astype(np.uint8), cv2.DIST_L2, 5)  # outside
+        # 0 at the centre, 1 at the border
+        self.rho = np.where(self.cell, self.rad / (self.rad + self.d_edge + 1e-3), 1).astype(np.float32)
+        self.seam = (0.3 + 0.7 * _smoothstep(self.d_edge / (3.0 * s))).astype(np.float32)
+        self.nuc_soft = _smoothstep(self.d_nuc_in / (1.5 * s)) * self.nucm
+        self.fine = _noise(rng, self.shape, 0.8 * s)
+        self.mid = _noise(rng, self.shape, 4 * s)
+        self.objs = ndimage.find_objects(L, max_label=self.n)
 
-    d_edge = dist_inside(L)                                       # to the cell border
-    d_nuc_in = dist_inside(N)                                     # to the nucleus border, inside
-    d_nuc_out = cv2.distanceTransform((~nucm).astype(np.uint8), cv2.DIST_L2, 5)  # from the nucleus
-    rho = np.where(cell, rad / (rad + d_edge + 1e-3), 1).astype(f32)  # 0 at the centre, 1 at the border
-    seam = (0.3 + 0.7 * _smoothstep(d_edge / (3.0 * s))).astype(f32)
-    nuc_soft = _smoothstep(d_nuc_in / (1.5 * s)) * nucm
-    cyto_f = cyto.astype(f32)
-    fine = _noise(rng, shape, 0.8 * s)
-    mid = _noise(rng, shape, 4 * s)
 
-    # nucleoli (shared by blue, classes 0, 2, 3)
-    nucleoli_centres: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    nucleoli = np.zeros(shape, f32)
-    for i in range(n):
-        if mitotic[i]:
+def _dist_inside(lab: np.ndarray) -> np.ndarray:
+    inner = (lab > 0) & ~find_boundaries(lab, mode="inner")
+    return cv2.distanceTransform(inner.astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def _nucleoli(f: _Field) -> None:
+    """Nucleoli of every non-mitotic nucleus (shared by blue and classes 0, 2, 3): ``f.nucleoli`` and
+    their centres ``f.nucleoli_centres``."""
+    geo, rng, size = f.geo, f.rng, f.size
+    f.nucleoli_centres = [[] for _ in range(f.n)]
+    f.nucleoli = np.zeros(f.shape, np.float32)
+    for i in range(f.n):
+        if f.mitotic[i]:
             continue
-        cy_i, cx_i = pts[i]
+        cy_i, cx_i = f.pts[i]
         for _ in range(int(rng.integers(1, 5))):
             rr = rng.uniform(0, 0.5) * np.array([geo["a"][i], geo["b"][i]])
             ang = rng.uniform(0, 2 * np.pi)
@@ -352,172 +357,243 @@ def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s
             p = geo["phi"][i]
             y = cy_i + u * math.sin(p) + v * math.cos(p)
             x = cx_i + u * math.cos(p) - v * math.sin(p)
-            rad_n = r_n[i] * rng.uniform(0.15, 0.28)
+            rad_n = f.r_n[i] * rng.uniform(0.15, 0.28)
             sl, (wy, wx) = _window(y, x, rad_n * 2.5, size)
             blob = np.exp(-(((wy - y) ** 2 + (wx - x) ** 2) / rad_n ** 2) ** 2)
-            nucleoli[sl] = np.maximum(nucleoli[sl], blob * (N[sl] == i + 1))
+            f.nucleoli[sl] = np.maximum(f.nucleoli[sl], blob * (f.N[sl] == i + 1))
             if 0 <= int(y) < size and 0 <= int(x) < size:
-                nucleoli_centres[i].append((int(y), int(x)))
+                f.nucleoli_centres[i].append((int(y), int(x)))
 
-    # red: microtubules radiating from the nucleus (angle-bin lines per cell, curled)
-    fs = math.sqrt(max(s, 1.0))  # more, thinner fibres in big images
+
+def _microtubules(f: _Field) -> None:
+    """``f.mt``: microtubules radiating from the nucleus (angle-bin lines per cell, curled)."""
+    rng, n, L = f.rng, f.n, f.L
+    fs = math.sqrt(max(f.s, 1.0))  # more, thinner fibres in big images
     M = int(360 * fs)
-    lines = np.zeros((n + 1, M), f32)
+    lines = np.zeros((n + 1, M), np.float32)
     for i in range(1, n + 1):
         idx = rng.integers(0, M, int(rng.integers(30, 60) * fs))
         lines[i, idx] = rng.uniform(0.5, 1.0, len(idx))
     lines = ndimage.gaussian_filter1d(lines, 1.0, axis=1, mode="wrap")
     lines /= lines.max() + 1e-6
     curl = _lookup([0] + list(rng.uniform(-0.6, 0.6, n)), L)
-    th_eff = theta + curl * rad / (_lookup([1] + list(R), L)) + 0.04 * geo["field"]
-    mapx = ((th_eff / (2 * np.pi)) % 1.0 * M).astype(f32)
-    mt = cv2.remap(lines, mapx, L.astype(f32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
-    mt = np.clip(mt * (0.8 + 0.25 * fine), 0, 1.2)
-    # mitotic spindles (red and class 11 green)
-    spindle = np.zeros(shape, f32)
-    for i in np.flatnonzero(mit[1:]):
-        cy_i, cx_i = pts[i]
-        p = geo["phi"][i] + np.pi / 2  # spindle axis: perpendicular to the chromosome plate
-        half = R[i] * 0.8
-        width = r_n[i] * 0.8
+    th_eff = f.theta + curl * f.rad / (_lookup([1] + list(f.R), L)) + 0.04 * f.geo["field"]
+    mapx = ((th_eff / (2 * np.pi)) % 1.0 * M).astype(np.float32)
+    mt = cv2.remap(lines, mapx, L.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    f.mt = np.clip(mt * (0.8 + 0.25 * f.fine), 0, 1.2)
+
+
+def _spindles(f: _Field) -> None:
+    """``f.spindle``: mitotic spindles (red, and class 11's green); red's ``f.mt`` in mitotic cells."""
+    s, size = f.s, f.size
+    f.spindle = np.zeros(f.shape, np.float32)
+    for i in np.flatnonzero(f.mit[1:]):
+        cy_i, cx_i = f.pts[i]
+        p = f.geo["phi"][i] + np.pi / 2  # spindle axis: perpendicular to the chromosome plate
+        half = f.R[i] * 0.8
+        width = f.r_n[i] * 0.8
         sl, (wy, wx) = _window(cy_i, cx_i, half * 1.2, size)
         u = (wx - cx_i) * math.cos(p) + (wy - cy_i) * math.sin(p)
         v = -(wx - cx_i) * math.sin(p) + (wy - cy_i) * math.cos(p)
         env = np.clip(1 - (u / half) ** 2, 0, 1)
         t = v / (width * env + 1e-3)
-        fib = (0.5 + 0.5 * np.cos(2 * np.pi * 3.5 * t + rng.uniform(0, 2 * np.pi))) ** 2
+        fib = (0.5 + 0.5 * np.cos(2 * np.pi * 3.5 * t + f.rng.uniform(0, 2 * np.pi))) ** 2
         sp = (0.5 + 0.5 * fib) * np.sqrt(np.clip(1 - np.abs(t), 0, 1)) * (np.abs(u) < half)
         poles = np.exp(-((np.abs(u) - half) ** 2 + v ** 2) / (2 * (1.5 * s) ** 2))
-        spindle[sl] = np.maximum(spindle[sl], (sp + poles) * (L[sl] == i + 1))
-    mt = np.where(mit[L], 0.25 + spindle, mt)
+        f.spindle[sl] = np.maximum(f.spindle[sl], (sp + poles) * (f.L[sl] == i + 1))
+    f.mt = np.where(f.mit[f.L], 0.25 + f.spindle, f.mt)
 
-    # yellow: reticular ER network, denser near the nucleus
-    er = _ridge(_noise(rng, shape, 1.6 * s, 3.5 * s), 0.35)
-    er = er * (0.75 + 0.25 * fine)
 
-    # cytoplasm channels: per-cell brightness, fill, seam, radial falloff
-    base_r = _lookup([0] + list(rng.uniform(0.4, 0.75, n)), L)
-    base_y = _lookup([0] + list(rng.uniform(0.4, 0.75, n)), L)
-    radial = 1.0 - 0.3 * rho ** 2
-    red = base_r * seam * radial * np.where(nucm, 0.25 + 0.25 * mt, 0.45 + 0.55 * mt) * cell
-    nuc_rim = np.exp(-(np.where(nucm, d_nuc_in, d_nuc_out) / (1.5 * s)) ** 2) * cell
-    yel = base_y * seam * (1.15 - 0.55 * rho) * (0.35 + 0.65 * er) * cyto_f
-    yel = yel + base_y * (0.12 * nucm + 0.5 * nuc_rim * (1 - nucm)) * seam
-    # blue: textured nuclei with dim nucleoli; mitotic chromosomes bright and clumpy
-    base_b = _lookup([0] + list(rng.uniform(0.45, 0.85, n)), N)
-    blue = base_b * nuc_soft * (0.8 + 0.15 * fine + 0.1 * mid) * (1 - 0.4 * nucleoli)
-    blue = np.where(mit[N] & nucm, np.clip(base_b * 1.3 * (0.7 + 0.3 * fine), 0, 1) * nuc_soft, blue)
+def _counterstains(f: _Field) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(red, blue, yellow): microtubules, nuclei (dim nucleoli, bright mitotic chromosomes), a
+    reticular ER denser near the nucleus; per-cell brightness, seam and radial falloff."""
+    rng, s, L, N, nucm = f.rng, f.s, f.L, f.N, f.nucm
+    er = _ridge(_noise(rng, f.shape, 1.6 * s, 3.5 * s), 0.35)
+    er = er * (0.75 + 0.25 * f.fine)
+    base_r = _lookup([0] + list(rng.uniform(0.4, 0.75, f.n)), L)
+    f.base_y = base_y = _lookup([0] + list(rng.uniform(0.4, 0.75, f.n)), L)
+    radial = 1.0 - 0.3 * f.rho ** 2
+    red = base_r * f.seam * radial * np.where(nucm, 0.25 + 0.25 * f.mt, 0.45 + 0.55 * f.mt) * f.cell
+    nuc_rim = np.exp(-(np.where(nucm, f.d_nuc_in, f.d_nuc_out) / (1.5 * s)) ** 2) * f.cell
+    yel = base_y * f.seam * (1.15 - 0.55 * f.rho) * (0.35 + 0.65 * er) * f.cyto_f
+    f.yel = yel = yel + base_y * (0.12 * nucm + 0.5 * nuc_rim * (1 - nucm)) * f.seam
+    base_b = _lookup([0] + list(rng.uniform(0.45, 0.85, f.n)), N)
+    blue = base_b * f.nuc_soft * (0.8 + 0.15 * f.fine + 0.1 * f.mid) * (1 - 0.4 * f.nucleoli)
+    blue = np.where(f.mit[N] & nucm, np.clip(base_b * 1.3 * (0.7 + 0.3 * f.fine), 0, 1) * f.nuc_soft, blue)
+    return red, blue, yel
 
-    # green: one pattern per class, only in the cells that show it
-    amp = np.zeros((NUM_CLASSES, n + 1), f32)
+
+def _cell_points(f: _Field, i: int, region: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` random pixels of cell ``i`` (0-based) inside ``region`` (with replacement)."""
+    sl = f.objs[i]
+    if sl is None or k <= 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    ys, xs = np.nonzero((f.L[sl] == i + 1) & region[sl])
+    if not len(ys):
+        return ys, xs
+    j = f.rng.integers(0, len(ys), k)
+    return ys[j] + sl[0].start, xs[j] + sl[1].start
+
+
+def _dots_for(f: _Field, c: int, region: np.ndarray, count, sigma: float, amp_range=(0.6, 1.0)):
+    """Gaussian dots of class ``c`` in ``region`` of each cell showing it (``count``: range per cell)."""
+    ys, xs, am = [], [], []
+    for i in range(f.n):
+        if f.amp[c, i + 1] > 0:
+            y, x = _cell_points(f, i, region, int(f.rng.integers(*count)))
+            ys.append(y)
+            xs.append(x)
+            am.append(f.amp[c, i + 1] * f.rng.uniform(*amp_range, len(y)))
+    if not ys:
+        return np.zeros(f.shape, np.float32)
+    return _dots(f.shape, np.concatenate(ys), np.concatenate(xs), np.concatenate(am), sigma * f.s)
+
+
+# ----------------------------------------------------------------------------- green, one class each
+# ``A``: the class's per-cell amplitude at every pixel (0 in cells that do not show it)
+def _g_nucleoplasm(f, A):
+    return A * f.nucleoplasm
+
+
+def _g_nuclear_membrane(f, A):
+    rim = np.exp(-(np.where(f.nucm, f.d_nuc_in, f.d_nuc_out) / (1.2 * f.s)) ** 2) * f.cell
+    return A * (rim + 0.08 * f.nuc_soft)
+
+
+def _g_nucleoli(f, A):
+    return A * np.clip(f.nucleoli * 1.5, 0, 1) * (0.9 + 0.1 * f.fine)
+
+
+def _g_fibrillar_center(f, A):
+    ys, xs, am = [], [], []
+    for i in range(f.n):
+        if f.amp[3, i + 1] <= 0:
+            continue
+        for (y, x) in f.nucleoli_centres[i]:
+            k = int(f.rng.integers(2, 5))
+            oy = np.clip(y + np.rint(f.rng.normal(0, 1.5 * f.s, k)).astype(int), 0, f.size - 1)
+            ox = np.clip(x + np.rint(f.rng.normal(0, 1.5 * f.s, k)).astype(int), 0, f.size - 1)
+            ys.append(oy)
+            xs.append(ox)
+            am.append(np.full(k, f.amp[3, i + 1]))
+    g = 0.12 * A * f.nucleoli
+    if ys:
+        g = g + 2 * _dots(f.shape, np.concatenate(ys), np.concatenate(xs), np.concatenate(am), 0.8 * f.s)
+    return g
+
+
+def _g_speckles(f, A):
+    return _dots_for(f, 4, f.nucm & (f.nucleoli < 0.3), (10, 26), 1.7) * 0.8 + 0.2 * A * f.nucleoplasm
+
+
+def _g_nuclear_bodies(f, A):
+    return 2 * _dots_for(f, 5, f.nucm & (f.nucleoli < 0.3), (1, 7), 1.2) + 0.04 * A * f.nucleoplasm
+
+
+def _g_er(f, A):
+    return A * f.yel / (f.base_y + 1e-3) * 1.1
+
+
+def _g_golgi(f, A):
+    gw = _lookup([1] + list(f.rng.uniform(4, 9, f.n) * f.s), f.L)
+    ang = np.clip((np.cos(f.theta - f.psi) - math.cos(0.9)) / (1 - math.cos(0.9)), 0, 1)
+    cap = np.exp(-(f.d_nuc_out / gw) ** 2) * ang * f.cyto_f
+    return A * cap * (0.6 + 0.4 * np.clip(f.mid * 0.5 + 0.5 + 0.5 * f.fine, 0, 1.5))
+
+
+def _g_intermediate_filaments(f, A):
+    rng, L = f.rng, f.L
+    tex = ndimage.gaussian_filter(rng.standard_normal((128, 128)).astype(np.float32), (1.5, 6), mode="wrap")
+    tex /= tex.std() + 1e-6
+    offr = _lookup([0] + list(rng.uniform(0, 128, f.n)), L)
+    offt = _lookup([0] + list(rng.uniform(0, 128, f.n)), L)
+    my = (f.rad / (_lookup([1] + list(f.R), L)) * 48 + offr).astype(np.float32)
+    mx = (f.theta / (2 * np.pi) * 128 + offt + 3 * f.geo["field"]).astype(np.float32)
+    fil = _ridge(cv2.remap(tex, mx % 128, my % 128, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP), 0.25)
+    return A * fil * (1.1 - 0.6 * f.rho) * (f.cyto_f + 0.3 * f.nucm)
+
+
+def _g_actin(f, A):
+    rng, L = f.rng, f.L
+    ori = _lookup([0] + list(rng.uniform(0, np.pi, f.n)), L)
+    per = _lookup([1] + list(rng.uniform(5, 8, f.n) * f.s), L)
+    ph = _lookup([0] + list(rng.uniform(0, 2 * np.pi, f.n)), L)
+    u = f.xx * np.cos(ori) + f.yy * np.sin(ori)
+    lin = (0.5 + 0.5 * np.cos(2 * np.pi * u / per + ph)) ** 6
+    brk = _smoothstep(_noise(rng, f.shape, 6 * f.s) + 0.6)
+    return A * lin * brk * (0.4 + 0.6 * f.rho) * (f.cyto_f + 0.4 * f.nucm) * f.seam
+
+
+def _g_microtubules(f, A):
+    return A * np.where(f.mit[f.L], 0.2, f.mt) * (f.cyto_f + 0.3 * f.nucm) * (0.6 + 0.4 * f.seam)
+
+
+def _g_spindle(f, A):
+    return A * f.spindle * 1.2
+
+
+def _g_centrosome(f, A):
+    ys, xs, am = _beside_nuclei(f.rng, f.pts, f.r_n, f.amp[12, 1:f.n + 1], 3 * f.s, f.size, jitter=f.s,
+                                several=True)
+    return 2 * _dots(f.shape, ys, xs, am, 1.5 * f.s) + 0.05 * A * f.cyto_f
+
+
+def _g_plasma_membrane(f, A):
+    return A * (np.exp(-(f.d_edge / (1.6 * f.s)) ** 2) * f.cell + 0.06 * f.cyto_f)
+
+
+def _g_mitochondria(f, A):
+    tub = _ridge(_noise(f.rng, f.shape, 1.8 * f.s, 3.6 * f.s), 0.4)
+    seg = _smoothstep(_noise(f.rng, f.shape, 2.5 * f.s) * 0.8 + 0.2)
+    return A * tub * seg * (1.2 - 0.7 * f.rho) * f.cyto_f
+
+
+def _g_aggresome(f, A):
+    ys, xs, am = _beside_nuclei(f.rng, f.pts, f.r_n, f.amp[15, 1:f.n + 1] * 1.2, 5 * f.s, f.size)
+    return 1.3 * _dots(f.shape, ys, xs, am, 4 * f.s) + 0.08 * A * f.cyto_f
+
+
+def _g_cytosol(f, A):
+    return A * f.cyto_f * (0.7 + 0.1 * f.mid + 0.05 * f.fine) * f.seam
+
+
+def _g_vesicles(f, A):
+    return 1.6 * _dots_for(f, 17, f.cyto, (40, 120), 0.9) + 0.05 * A * f.cyto_f
+
+
+# the green pattern of each positive class (constants.CLASS_NAMES order); 18 Negative draws nothing
+GREEN = (_g_nucleoplasm, _g_nuclear_membrane, _g_nucleoli, _g_fibrillar_center, _g_speckles,
+         _g_nuclear_bodies, _g_er, _g_golgi, _g_intermediate_filaments, _g_actin, _g_microtubules,
+         _g_spindle, _g_centrosome, _g_plasma_membrane, _g_mitochondria, _g_aggresome, _g_cytosol,
+         _g_vesicles)
+_UNMASKED = (4, 5, 12, 15, 17)  # dot patterns drawn whole (their dots may cross a cell's border)
+
+
+def _green(f: _Field, cell_labels: list[list[int]]) -> np.ndarray:
+    """Green: one pattern per class, only in the cells that show it, over a faint autofluorescence."""
+    f.amp = np.zeros((NUM_CLASSES, f.n + 1), np.float32)
     for i, labs in enumerate(cell_labels):
         for c in labs:
-            amp[c, i + 1] = rng.uniform(0.5, 1.0)
+            f.amp[c, i + 1] = f.rng.uniform(0.5, 1.0)
     present = sorted({c for labs in cell_labels for c in labs} - {NEGATIVE})
-    green = 0.04 * cyto_f + 0.02 * nucm  # faint autofluorescence in every cell
-
-    def cell_points(i, region, k):
-        sl = objs[i]
-        if sl is None or k <= 0:
-            return np.zeros(0, int), np.zeros(0, int)
-        ys, xs = np.nonzero((L[sl] == i + 1) & region[sl])
-        if not len(ys):
-            return ys, xs
-        j = rng.integers(0, len(ys), k)
-        return ys[j] + sl[0].start, xs[j] + sl[1].start
-
-    objs = ndimage.find_objects(L, max_label=n)
-
-    def dots_for(c, region, count, sigma, amp_range=(0.6, 1.0)):
-        ys, xs, am = [], [], []
-        for i in range(n):
-            if amp[c, i + 1] > 0:
-                y, x = cell_points(i, region, int(rng.integers(*count)))
-                ys.append(y)
-                xs.append(x)
-                am.append(amp[c, i + 1] * rng.uniform(*amp_range, len(y)))
-        if not ys:
-            return np.zeros(shape, f32)
-        return _dots(shape, np.concatenate(ys), np.concatenate(xs), np.concatenate(am), sigma * s)
-
-    psi = _lookup([0] + list(rng.uniform(-np.pi, np.pi, n)), L)  # per-cell "front" direction
-    nucleoplasm = nuc_soft * (0.85 + 0.15 * fine) * (1 - 0.75 * nucleoli)
+    green = 0.04 * f.cyto_f + 0.02 * f.nucm
+    f.psi = _lookup([0] + list(f.rng.uniform(-np.pi, np.pi, f.n)), f.L)  # per-cell "front" direction
+    f.nucleoplasm = f.nuc_soft * (0.85 + 0.15 * f.fine) * (1 - 0.75 * f.nucleoli)
     for c in present:
-        A = amp[c][L]
-        if c == 0:
-            g = A * nucleoplasm
-        elif c == 1:
-            g = A * (np.exp(-(np.where(nucm, d_nuc_in, d_nuc_out) / (1.2 * s)) ** 2) * cell + 0.08 * nuc_soft)
-        elif c == 2:
-            g = A * np.clip(nucleoli * 1.5, 0, 1) * (0.9 + 0.1 * fine)
-        elif c == 3:
-            ys, xs, am = [], [], []
-            for i in range(n):
-                if amp[3, i + 1] <= 0:
-                    continue
-                for (y, x) in nucleoli_centres[i]:
-                    k = int(rng.integers(2, 5))
-                    oy = np.clip(y + np.rint(rng.normal(0, 1.5 * s, k)).astype(int), 0, size - 1)
-                    ox = np.clip(x + np.rint(rng.normal(0, 1.5 * s, k)).astype(int), 0, size - 1)
-                    ys.append(oy)
-                    xs.append(ox)
-                    am.append(np.full(k, amp[3, i + 1]))
-            g = 0.12 * A * nucleoli
-            if ys:
-                g = g + 2 * _dots(shape, np.concatenate(ys), np.concatenate(xs), np.concatenate(am), 0.8 * s)
-        elif c == 4:
-            g = dots_for(4, nucm & (nucleoli < 0.3), (10, 26), 1.7) * 0.8 + 0.2 * A * nucleoplasm
-        elif c == 5:
-            g = 2 * dots_for(5, nucm & (nucleoli < 0.3), (1, 7), 1.2) + 0.04 * A * nucleoplasm
-        elif c == 6:
-            g = A * yel / (base_y + 1e-3) * 1.1
-        elif c == 7:
-            gw = _lookup([1] + list(rng.uniform(4, 9, n) * s), L)
-            ang = np.clip((np.cos(theta - psi) - math.cos(0.9)) / (1 - math.cos(0.9)), 0, 1)
-            cap = np.exp(-(d_nuc_out / gw) ** 2) * ang * cyto_f
-            g = A * cap * (0.6 + 0.4 * np.clip(mid * 0.5 + 0.5 + 0.5 * fine, 0, 1.5))
-        elif c == 8:
-            tex = ndimage.gaussian_filter(rng.standard_normal((128, 128)).astype(f32), (1.5, 6), mode="wrap")
-            tex /= tex.std() + 1e-6
-            offr = _lookup([0] + list(rng.uniform(0, 128, n)), L)
-            offt = _lookup([0] + list(rng.uniform(0, 128, n)), L)
-            my = (rad / (_lookup([1] + list(R), L)) * 48 + offr).astype(f32)
-            mx = (theta / (2 * np.pi) * 128 + offt + 3 * geo["field"]).astype(f32)
-            fil = _ridge(cv2.remap(tex, mx % 128, my % 128, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP),
-                         0.25)
-            g = A * fil * (1.1 - 0.6 * rho) * (cyto_f + 0.3 * nucm)
-        elif c == 9:
-            ori = _lookup([0] + list(rng.uniform(0, np.pi, n)), L)
-            per = _lookup([1] + list(rng.uniform(5, 8, n) * s), L)
-            ph = _lookup([0] + list(rng.uniform(0, 2 * np.pi, n)), L)
-            u = xx * np.cos(ori) + yy * np.sin(ori)
-            lin = (0.5 + 0.5 * np.cos(2 * np.pi * u / per + ph)) ** 6
-            brk = _smoothstep(_noise(rng, shape, 6 * s) + 0.6)
-            g = A * lin * brk * (0.4 + 0.6 * rho) * (cyto_f + 0.4 * nucm) * seam
-        elif c == 10:
-            g = A * np.where(mit[L], 0.2, mt) * (cyto_f + 0.3 * nucm) * (0.6 + 0.4 * seam)
-        elif c == 11:
-            g = A * spindle * 1.2
-        elif c == 12:
-            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[12, 1:n + 1], 3 * s, size, jitter=s, several=True)
-            g = 2 * _dots(shape, ys, xs, am, 1.5 * s) + 0.05 * A * cyto_f
-        elif c == 13:
-            g = A * (np.exp(-(d_edge / (1.6 * s)) ** 2) * cell + 0.06 * cyto_f)
-        elif c == 14:
-            tub = _ridge(_noise(rng, shape, 1.8 * s, 3.6 * s), 0.4)
-            seg = _smoothstep(_noise(rng, shape, 2.5 * s) * 0.8 + 0.2)
-            g = A * tub * seg * (1.2 - 0.7 * rho) * cyto_f
-        elif c == 15:
-            ys, xs, am = _beside_nuclei(rng, pts, r_n, amp[15, 1:n + 1] * 1.2, 5 * s, size)
-            g = 1.3 * _dots(shape, ys, xs, am, 4 * s) + 0.08 * A * cyto_f
-        elif c == 16:
-            g = A * cyto_f * (0.7 + 0.1 * mid + 0.05 * fine) * seam
-        elif c == 17:
-            g = 1.6 * dots_for(17, cyto, (40, 120), 0.9) + 0.05 * A * cyto_f
-        else:  # pragma: no cover - all 18 positive classes are handled above
-            raise AssertionError(c)
-        green = green + g * (L > 0 if c not in (4, 5, 12, 15, 17) else 1)
-    return np.clip(np.stack([red, green, blue, yel], axis=-1), 0, None).astype(f32)
+        g = GREEN[c](f, f.amp[c][f.L])
+        green = green + g * (f.L > 0 if c not in _UNMASKED else 1)
+    return green
+
+
+def _render(rng, geo: dict, cell_labels: list[list[int]], mitotic: list[bool], s: float) -> np.ndarray:
+    """H x W x 4 float32 RGBY in [0, 1] before optics and noise."""
+    f = _Field(rng, geo, cell_labels, mitotic, s)
+    _nucleoli(f)
+    _microtubules(f)
+    _spindles(f)
+    red, blue, yel = _counterstains(f)
+    green = _green(f, cell_labels)
+    return np.clip(np.stack([red, green, blue, yel], axis=-1), 0, None).astype(np.float32)
 
 
 def _optics(rng, img: np.ndarray, s: float) -> np.ndarray:
