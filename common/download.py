@@ -160,53 +160,78 @@ def download_file(session: requests.Session, url: str, path: str | Path,
         os.close(fd)
         raw = Path(raw_name)
         try:
-            deadline = time.monotonic() + max_seconds if max_seconds else None
-            try:
-                code, n = _stream(session, url, raw, timeout, deadline, count)
-            except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as e:
-                return DownloadResult(TIMEOUT, got[0], f"timeout: {_short(e)}")
-            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
-                    urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:
-                last = DownloadResult(CONNECTION, got[0], f"body cut off: {_short(e)}")
-                continue  # the session does not retry a body that broke mid-stream: we do
-            except requests.exceptions.RetryError as e:
-                return DownloadResult(HTTP_ERROR, got[0], f"gave up after retries: {_short(e)}")
-            except requests.ConnectionError as e:
-                if _is_timeout(e):  # requests reports a read timeout after retries this way
-                    return DownloadResult(TIMEOUT, got[0], f"timeout: {_short(e)}")
-                return DownloadResult(CONNECTION, got[0], f"connection error: {_short(e)}")
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
-                return DownloadResult(CONNECTION, got[0], f"request failed: {_short(e)}")
-            except OSError as e:  # writing the body out: out of space is fatal for the step
-                if e.errno in WRITE_ERRNOS:
-                    raise WriteError(path, e) from e
-                raise
-            if code in (404, 410):
-                return DownloadResult(NOT_FOUND, got[0], f"HTTP {code}")
-            if code != 200:
-                return DownloadResult(HTTP_ERROR, got[0], f"HTTP {code}")
-            tmp_name = str(raw)
-            try:
-                with atomic_path(path) as tmp:
-                    tmp_name = str(tmp)
-                    try:
-                        if transform is not None:
-                            transform(raw, tmp)
-                        else:
-                            os.replace(raw, tmp)
-                        info = validate(tmp) if validate is not None else None
-                    except OSError as e:  # a decoder's OSError is the content's; out of space is not
-                        if e.errno in WRITE_ERRNOS:
-                            raise
-                        raise ValueError(str(e)) from e
-            except Exception as e:  # noqa: BLE001 - any decoder/converter failure = invalid content
-                why = _short(e).replace(tmp_name, url).replace(str(raw), url)
-                return DownloadResult(INVALID, got[0], f"invalid content ({n} bytes): {why}")
-            return DownloadResult(OK, got[0], f"{n} bytes", info)
+            fetched = _fetch(session, url, path, raw, timeout, max_seconds, count, got)
+            if isinstance(fetched, DownloadResult):
+                return fetched
+            return _save(path, raw, url, fetched, got[0], validate, transform)
+        except _CutOff as e:  # the session does not retry a body that broke mid-stream: we do
+            last = e.result
         finally:
             if raw.exists():
                 raw.unlink()
     return last
+
+
+class _CutOff(Exception):
+    """The body broke off mid-stream (``result`` says how): download_file fetches it again."""
+
+    def __init__(self, result: DownloadResult):
+        super().__init__(result.detail)
+        self.result = result
+
+
+def _fetch(session: requests.Session, url: str, path: Path, raw: Path, timeout, max_seconds,
+           count: Callable[[int], None], got: list[int]) -> int | DownloadResult:
+    """One request of ``url`` streamed into ``raw`` -> the body's byte count, or the result of a failed
+    request (raises :class:`_CutOff` for a body cut off, :class:`common.io.WriteError` when ``raw``
+    cannot be written)."""
+    deadline = time.monotonic() + max_seconds if max_seconds else None
+    try:
+        code, n = _stream(session, url, raw, timeout, deadline, count)
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as e:
+        return DownloadResult(TIMEOUT, got[0], f"timeout: {_short(e)}")
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+            urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:
+        raise _CutOff(DownloadResult(CONNECTION, got[0], f"body cut off: {_short(e)}")) from e
+    except requests.exceptions.RetryError as e:
+        return DownloadResult(HTTP_ERROR, got[0], f"gave up after retries: {_short(e)}")
+    except requests.ConnectionError as e:
+        if _is_timeout(e):  # requests reports a read timeout after retries this way
+            return DownloadResult(TIMEOUT, got[0], f"timeout: {_short(e)}")
+        return DownloadResult(CONNECTION, got[0], f"connection error: {_short(e)}")
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+        return DownloadResult(CONNECTION, got[0], f"request failed: {_short(e)}")
+    except OSError as e:  # writing the body out: out of space is fatal for the step
+        if e.errno in WRITE_ERRNOS:
+            raise WriteError(path, e) from e
+        raise
+    if code in (404, 410):
+        return DownloadResult(NOT_FOUND, got[0], f"HTTP {code}")
+    if code != 200:
+        return DownloadResult(HTTP_ERROR, got[0], f"HTTP {code}")
+    return n
+
+
+def _save(path: Path, raw: Path, url: str, n: int, got: int, validate, transform) -> DownloadResult:
+    """``raw`` (``n`` bytes) converted and validated into ``path`` atomically -> ok, or invalid content."""
+    tmp_name = str(raw)
+    try:
+        with atomic_path(path) as tmp:
+            tmp_name = str(tmp)
+            try:
+                if transform is not None:
+                    transform(raw, tmp)
+                else:
+                    os.replace(raw, tmp)
+                info = validate(tmp) if validate is not None else None
+            except OSError as e:  # a decoder's OSError is the content's; out of space is not
+                if e.errno in WRITE_ERRNOS:
+                    raise
+                raise ValueError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - any decoder/converter failure = invalid content
+        why = _short(e).replace(tmp_name, url).replace(str(raw), url)
+        return DownloadResult(INVALID, got, f"invalid content ({n} bytes): {why}")
+    return DownloadResult(OK, got, f"{n} bytes", info)
 
 
 def _is_timeout(e: BaseException) -> bool:
