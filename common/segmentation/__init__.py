@@ -18,7 +18,9 @@ from skimage.segmentation import relabel_sequential
 
 from common.constants import HPA_SEG_DIR
 from common.resize import resize_labels
+from common.segmentation import hpa
 from common.segmentation.builtin import BuiltinSegmenter
+from common.segmentation.hpa import HPASegmenter
 
 NAMES = ("auto", "builtin", "hpa")
 ALIASES = {"hpacellseg": "hpa", "hpa-cell-segmentation": "hpa", "watershed": "builtin"}
@@ -27,22 +29,13 @@ __all__ = ["NAMES", "BuiltinSegmenter", "get_segmenter", "match_cells", "relabel
            "resolve_name"]
 
 
-def _hpa_available(weights_dir) -> bool:
-    try:
-        from common.segmentation import hpa
-    except ImportError:
-        return False
-    available = getattr(hpa, "available", None)  # None while the module is absent or incomplete
-    return bool(available(weights_dir)) if callable(available) else False
-
-
 def resolve_name(name: str = "auto", weights_dir=HPA_SEG_DIR) -> str:
     """``"builtin"`` or ``"hpa"``: what ``get_segmenter(name)`` builds (``auto`` looks for the weights)."""
     key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in NAMES:
         raise ValueError(f"unknown segmenter {name!r}; choose one of {NAMES} (or alias 'hpacellseg')")
     if key == "auto":
-        return "hpa" if _hpa_available(weights_dir) else "builtin"
+        return "hpa" if hpa.available(weights_dir) else "builtin"
     return key
 
 
@@ -64,8 +57,6 @@ def get_segmenter(name: str = "auto", weights_dir=HPA_SEG_DIR, device: str = "au
     auto = str(name).strip().lower() == "auto"
     if key == "builtin":
         return BuiltinSegmenter(**(_accepted(BuiltinSegmenter, kw) if auto else kw))
-    from common.segmentation.hpa import HPASegmenter  # lazy: torch and the weights only when asked
-
     return HPASegmenter(weights_dir, device=device, **(_accepted(HPASegmenter, kw) if auto else kw))
 
 

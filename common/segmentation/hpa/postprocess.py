@@ -36,6 +36,8 @@ from skimage.morphology import disk
 from skimage.segmentation import watershed
 from skimage.util import img_as_ubyte
 
+from common.resize import resize_labels
+
 # ---- behaviour
 CORRECTED = False                 # True: the "meant" behaviour instead of the official quirks (see above)
 # ---- thresholds of the official label_cell (fractions of 255)
@@ -228,8 +230,6 @@ def label_from_maps(nuclei: np.ndarray, cell: np.ndarray, out_hw: tuple[int, int
     ``label_hw``: where to label (default ``out_hw``, the official way). A smaller size is the fast
     path: sizes scaled to it, the labels brought to ``out_hw`` with :func:`common.resize.resize_labels`.
     """
-    from common.resize import resize_labels
-
     out_hw = (int(out_hw[0]), int(out_hw[1]))
     label_hw = out_hw if label_hw is None else (int(label_hw[0]), int(label_hw[1]))
     nuc8, cell8 = official_inputs(nuclei, cell, label_hw)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from common.io import atomic_path
 from common.segmentation.dpn_unet import DPNUNet
 
 NUCLEI_STEM = "dpn_unet_nuclei_v1"      # official file names (Zenodo record 4665863), without extension
@@ -475,9 +476,7 @@ def convert_to_safetensors(pth: str | Path, out_path: str | Path | None = None,
     ``kind`` defaults to the one the file name says (cell when the name contains "cell"). The file is
     written atomically and its metadata records the kind, source name and format.
     """
-    from safetensors.torch import save_file
-
-    from common.io import atomic_path
+    from safetensors.torch import save_file  # only for converting: loading needs no safetensors writer
 
     pth = Path(pth)
     kind = kind or ("cell" if "cell" in pth.name else "nuclei")
