@@ -73,14 +73,11 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         if name in seen:
             raise SystemExit(f"{src} and {seen[name]} would both be packed as {name}: pack them separately")
         seen[name] = src
-        try:
-            ckpt = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - name the file
-            raise SystemExit(f"{src}: cannot load checkpoint ({e})") from None
+        ckpt = models.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(dst) as tmp:
-            torch.save(models.slim_checkpoint(ckpt, src), tmp)
+        with io.atomic_path(dst) as tmp, open(tmp, "wb") as f:  # a full disk: io.WriteError
+            torch.save(models.slim_checkpoint(ckpt, src), f)
         for extra in COPY:
             if (src.parent / extra).is_file():
                 shutil.copyfile(src.parent / extra, dst.parent / extra)
