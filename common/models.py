@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from common import weights
+from common import io, weights
 from common.constants import NUM_CLASSES
 
 
@@ -161,14 +161,45 @@ def _first_problem(error: BaseException) -> str:
     return detail[0] if len(detail[0]) <= 300 else detail[0][:297] + "..."
 
 
+def _refused_pickle(error: BaseException | None) -> BaseException | None:
+    """torch's refusal of a pickle under ``weights_only=True``, when ``error`` is it or was raised
+    from it (timm wraps it in a RuntimeError with advice of its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """``torch.save(state)`` to ``path`` through :func:`io.atomic_path` and a file object: the bytes do
+    not depend on the temporary's name, and a write error (a full disk) is :class:`io.WriteError`
+    (one line: the file, the free space) rather than torch's zip-writer error."""
+    with io.atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except RuntimeError as e:  # torch ends the archive after the failed write and raises over it
+            cause = e.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+    return Path(path)
+
+
 def load_error(path: str | Path, error: BaseException, what: str, remedy: str) -> str:
     """The one line for a weights file that cannot be used: ``what`` (e.g. ``"RESUME: "``) and ``path``,
     then why, then ``remedy``. A pickle that ``weights_only=True`` refuses gets the opposite of
     torch's advice: the file holds more than tensors and plain values, and loading it with
     ``weights_only=False`` would run code from the file."""
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in text.lower():
-        reason = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith(
+    refused = _refused_pickle(error)
+    if refused is not None:
+        reason = [ln.strip() for ln in str(refused).splitlines() if ln.strip() and not ln.startswith(
             ("Weights only load failed", "Check the documentation")) and "weights_only" not in ln]
         reason = (reason[0].split(". ")[0].rstrip(".") if reason else "refused by torch.load")[:200]
         return (f"{what}{path}: holds objects beyond tensors and plain values ({reason}); loading it with "

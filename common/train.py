@@ -397,10 +397,7 @@ class CheckpointSaver:
                 log.info(f"removed {n} temporary file(s) left by an interrupted run in {self.dir}")
 
     def _write(self, state: dict, path: Path) -> None:
-        # through a file object: a full disk is an OSError (-> io.WriteError), not torch's zip error,
-        # and the bytes do not depend on the temporary's name
-        with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(state, f)
+        models.save_checkpoint(state, path)  # atomic; a full disk is io.WriteError
 
     def save(self, state: dict, improved: bool) -> None:
         """``best.pth`` (slim: the evaluated weights and the constants, for S5 and Kaggle) when

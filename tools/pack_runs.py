@@ -27,8 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from common import constants, io, models, predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (models.load_checkpoint needs these)
@@ -76,8 +74,7 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         ckpt = models.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(dst) as tmp, open(tmp, "wb") as f:  # a full disk: io.WriteError
-            torch.save(models.slim_checkpoint(ckpt, src), f)
+        models.save_checkpoint(models.slim_checkpoint(ckpt, src), dst)  # a full disk: io.WriteError
         for extra in COPY:
             if (src.parent / extra).is_file():
                 shutil.copyfile(src.parent / extra, dst.parent / extra)
