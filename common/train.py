@@ -21,6 +21,9 @@ AMP (float16 + GradScaler) and channels_last only on CUDA.
 
 Outputs in ``out_dir`` (rank 0): ``config.json``, ``summary.csv``, ``train.log``, ``curves.png``,
 ``last.pth`` (every epoch), ``best.pth`` (best MONITOR); checkpoints load with ``weights_only=True``.
+A start writes nothing until it passed every check (constants, FOLD, the folder's config.json,
+last.pth): a refused or failed start leaves the folder byte-identical. Rank 0 holds the folder's
+lock (``common.lock``) for the whole run: a second writer stops at once, naming the first.
 
 Resume: with RESUME and ``out_dir/last.pth``, training restarts after its epoch with model,
 optimizer, scheduler, scaler, EMA and the random state of EVERY rank restored; a resume whose
