@@ -85,7 +85,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
-from common import augment, config, constants, models, recipes, train, weights
+from common import augment, config, constants, io, models, recipes, train, weights
 from common.datasets import ImageDataset, external_flags
 
 
@@ -97,7 +97,7 @@ def run_name(cfg: dict) -> str:
     return f"p1_{model}_{cfg['IMAGE_SIZE']}_{cfg['VARIANT']}_{loss}"
 
 
-def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def split(df: pd.DataFrame, cfg: dict, table: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
     is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
     if not cfg["USE_EXTERNAL"]:
@@ -105,11 +105,9 @@ def split(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame | Non
     if cfg["FOLD"] < 0:
         return df, None
     if "fold" not in df:
-        raise ValueError("train table has no 'fold' column (run S2), or use --FOLD -1")
-    fold = df["fold"].astype(int)
-    val_mask = fold == cfg["FOLD"]
-    if not val_mask.any():
-        raise ValueError(f"FOLD {cfg['FOLD']} has no rows; folds present: {sorted(fold.unique())}")
+        raise SystemExit(f"{table}: no 'fold' column (run S2), or use --FOLD -1")
+    train.check_fold(cfg, df["fold"], table, "S3")
+    val_mask = df["fold"] == cfg["FOLD"]
     val = df[val_mask] if cfg["VAL_EXTERNAL"] else df[val_mask & (is_ext == 0)]
     return df[~val_mask], val
 
@@ -132,13 +130,10 @@ def main(argv=None):
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():
         raise SystemExit(f"{csv}: not found (run S2 first)")
-    df = pd.read_csv(csv)
-    missing = {"ID", "Label"} - set(df.columns)
-    if missing:
-        raise SystemExit(f"{csv}: missing column(s) {sorted(missing)}")
+    df = io.read_id_table(csv, ("ID", "Label"))  # IDs as strings: an image "NA" stays "NA"
     if cfg["MAX_IMAGES"] > 0:
         df = df.iloc[: cfg["MAX_IMAGES"]]
-    train_df, val_df = split(df, cfg)
+    train_df, val_df = split(df, cfg, csv)
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
     tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], True,
@@ -169,7 +164,7 @@ def main(argv=None):
     out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
         f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
     model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
-    result = train.fit(cfg, model, train_ds, val_ds, out_dir)
+    result = train.fit(cfg, model, train_ds, val_ds, out_dir, step="S3")
     if result["rank"] == 0:  # under torchrun: one line, from rank 0
         print(f"S3 done: {out_dir}: {train.describe_result(cfg, result)}")
     return result

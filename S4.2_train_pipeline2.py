@@ -143,8 +143,7 @@ class CellValidation:
     """
 
     def __init__(self, cfg: dict, val_ids: list[str], hpa: Path, comp: Path, sources: dict[str, str]):
-        truth_df = pd.read_csv(comp / "train_cells.csv", dtype={"ID": str, "Label": str},
-                               keep_default_na=False)
+        truth_df = io.read_id_table(comp / "train_cells.csv", ("ID", "cell_id", "Label"), unique=False)
         truth_df = truth_df[truth_df["ID"].isin(set(val_ids))]
         keep = list(dict.fromkeys(truth_df["ID"]))
         if cfg["CELL_VAL_MAX_IMAGES"]:
@@ -218,12 +217,10 @@ def main(argv=None):
         if not p.is_file():
             raise SystemExit(f"{p}: not found ({what})")
     _read_crop_settings(cfg, hpa)
-    df = pd.read_csv(train_csv, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    missing = [c for c in ("ID", "Label", "fold") if c not in df.columns]
-    if missing:
-        raise SystemExit(f"{train_csv}: missing column(s) {missing}")
+    df = io.read_id_table(train_csv, ("ID", "Label", "fold"))  # IDs as strings: "NA" stays "NA"
+    train.check_fold(cfg, df["fold"], train_csv, "S4.2")
     df["is_ext"] = external_flags(df).astype(int)
-    index_df = pd.read_csv(index_csv, dtype={"ID": str})
+    index_df = io.read_id_table(index_csv, ("ID",), unique=False)  # several crops per image
     fold_dir = f"fold{cfg.FOLD}" if cfg.FOLD >= 0 else "all"
     out_dir = constants.resolve(cfg.OUTPUT_DIR) / run_name(cfg) / fold_dir
 
@@ -257,7 +254,7 @@ def main(argv=None):
               flush=True)
 
     model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
-    result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra)
+    result = train.fit(cfg, model, train_ds, val_ds, out_dir, extra_metrics=extra, step="S4.2")
     if result["rank"] == 0:  # under torchrun: one line, from rank 0
         print(f"S4.2 done: {train.describe_result(cfg, result)}; "
               f"last metrics {result['metrics']}; outputs in {out_dir}", flush=True)

@@ -14,6 +14,7 @@ of valid ones. ``config.save(cfg, path)`` writes the resolved values as JSON.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -184,6 +185,17 @@ def require_positive(cfg: dict, *names: str, minimum: int = 1, step: str = "") -
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be {what}")
+
+
+def require_number(cfg: dict, *names: str, minimum: float = 0.0, above: bool = False, step: str = "") -> None:
+    """Stop (SystemExit naming the constant) unless each constant of ``names`` is a finite number
+    >= ``minimum`` (> ``minimum`` with ``above``): learning rates, weight decay."""
+    for name in names:
+        v = cfg[name]
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (number and math.isfinite(v) and (v > minimum if above else v >= minimum)):
+            raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be a finite number "
+                             f"{'>' if above else '>='} {minimum:g}")
 
 
 def to_jsonable(cfg: dict) -> dict:

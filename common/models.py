@@ -12,13 +12,14 @@ channels by ``adapt_input_conv`` either way), ``DROPOUT`` (p of each dropout mas
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from common import weights
+from common import io, weights
 from common.constants import NUM_CLASSES
 
 
@@ -51,9 +52,13 @@ class Classifier(nn.Module):
         try:
             self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
                                               num_classes=0, **kw)
-        except OSError as e:  # hub / cache unreachable (LocalEntryNotFoundError, URLError, ...)
-            if not pretrained or path is not None:
+        except Exception as e:
+            if path is not None and timm.is_model(model_name):  # the file: refused, truncated, other model
+                what = "PRETRAINED_FILE" if pretrained_file else "PRETRAINED_DIR"
+                raise SystemExit(load_error(path, e, f"{what} ", f"give weights of {model_name}")) from None
+            if not pretrained or not isinstance(e, OSError):
                 raise
+            # hub / cache unreachable (LocalEntryNotFoundError, URLError, ...)
             raise weights.PretrainedUnavailable(
                 weights.unavailable_message(model_name, pretrained_dir, e)) from e
         if pretrained and stem_init == "original":
@@ -148,6 +153,82 @@ def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
             **{k: ckpt[k] for k in SLIM_KEYS if k in ckpt}}
 
 
+# ----------------------------------------------------------------------------- reading checkpoints
+def _first_problem(error: BaseException) -> str:
+    """The first line of ``load_state_dict``'s error that says what is wrong (e.g. a size mismatch)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or [type(error).__name__]
+    return detail[0] if len(detail[0]) <= 300 else detail[0][:297] + "..."
+
+
+def _refused_pickle(error: BaseException | None) -> BaseException | None:
+    """torch's refusal of a pickle under ``weights_only=True``, when ``error`` is it or was raised
+    from it (timm wraps it in a RuntimeError with advice of its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """``torch.save(state)`` to ``path`` through :func:`io.atomic_path` and a file object: the bytes do
+    not depend on the temporary's name, and a write error (a full disk) is :class:`io.WriteError`
+    (one line: the file, the free space) rather than torch's zip-writer error."""
+    with io.atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except RuntimeError as e:  # torch ends the archive after the failed write and raises over it
+            cause = e.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+    return Path(path)
+
+
+def load_error(path: str | Path, error: BaseException, what: str, remedy: str) -> str:
+    """The one line for a weights file that cannot be used: ``what`` (e.g. ``"RESUME: "``) and ``path``,
+    then why, then ``remedy``. A pickle that ``weights_only=True`` refuses gets the opposite of
+    torch's advice: the file holds more than tensors and plain values, and loading it with
+    ``weights_only=False`` would run code from the file."""
+    text = str(error)
+    refused = _refused_pickle(error)
+    if refused is not None:
+        reason = [ln.strip() for ln in str(refused).splitlines() if ln.strip() and not ln.startswith(
+            ("Weights only load failed", "Check the documentation")) and "weights_only" not in ln]
+        reason = (reason[0].split(". ")[0].rstrip(".") if reason else "refused by torch.load")[:200]
+        return (f"{what}{path}: holds objects beyond tensors and plain values ({reason}); loading it with "
+                "weights_only=False would run code from the file: do not, unless you made the file yourself")
+    if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
+        return f"{what}{path}: its weights do not fit the model ({_first_problem(error)}): {remedy}"
+    reason = _first_problem(error) if text.strip() else type(error).__name__
+    return f"{what}{path} cannot be read (truncated or corrupt: {reason}): {remedy}"
+
+
+def read_checkpoint(path: str | Path, what: str, remedy: str) -> dict:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line SystemExit (:func:`load_error`)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip (OSError, RuntimeError), EOFError, refused pickle
+        raise SystemExit(load_error(path, e, what, remedy)) from None
+
+
+def load_weights(module: nn.Module, state: dict, path: str | Path, what: str, remedy: str) -> None:
+    """``module.load_state_dict(state)``, or a one-line SystemExit naming ``path`` and the first mismatch."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise SystemExit(load_error(path, e, what, remedy)) from None
+
+
+CHECKPOINT_REMEDY = "give a checkpoint written by S3 / S4.2 (best.pth or last.pth of a run)"
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
     """Rebuild the model of a checkpoint written by ``train.fit`` -> ``(model, cfg)`` in eval mode.
 
@@ -161,10 +242,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report the file
-        raise RuntimeError(f"{path}: cannot load checkpoint ({e})") from e
+    ckpt = read_checkpoint(path, "", CHECKPOINT_REMEDY)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a training checkpoint (needs 'model' and 'config')")
     cfg = Config(ckpt["config"])
@@ -172,6 +250,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     cfg["PRETRAINED_FILE"] = ""
     model = build_model(cfg)
     which = "ema" if use_ema and ckpt.get("ema") else "model"
-    model.load_state_dict(ckpt[which])
+    load_weights(model, ckpt[which], path, "", CHECKPOINT_REMEDY)
     model.loaded_weights = ckpt.get("weights_from", which)  # a slim best.pth holds the EMA as "model"
     return model.to(device).eval(), cfg

@@ -21,6 +21,9 @@ AMP (float16 + GradScaler) and channels_last only on CUDA.
 
 Outputs in ``out_dir`` (rank 0): ``config.json``, ``summary.csv``, ``train.log``, ``curves.png``,
 ``last.pth`` (every epoch), ``best.pth`` (best MONITOR); checkpoints load with ``weights_only=True``.
+A start writes nothing until it passed every check (constants, FOLD, the folder's config.json,
+last.pth): a refused or failed start leaves the folder byte-identical. Rank 0 holds the folder's
+lock (``common.lock``) for the whole run: a second writer stops at once, naming the first.
 
 Resume: with RESUME and ``out_dir/last.pth``, training restarts after its epoch with model,
 optimizer, scheduler, scaler, EMA and the random state of EVERY rank restored; a resume whose
@@ -58,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 from common import config as config_mod
-from common import io, metric, models, schedules
+from common import io, lock, metric, models, schedules
 
 REQUIRED = ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
             "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS", "LR_STEP_VALUES", "ACCUM_STEPS",
@@ -82,26 +85,34 @@ class StopTraining(Exception):
 
 
 # ----------------------------------------------------------------------------- small helpers
-def check_config(cfg: dict) -> None:
+def check_config(cfg: dict, step: str) -> None:
+    """The constants of a run, checked before anything is written: each bad value stops ``step``
+    with one line naming the constant."""
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise KeyError(f"train.fit: the config lacks {missing} (define them in the script's constants)")
-    for key in ("EPOCHS", "VAL_EVERY"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {cfg[key]}: nothing would be trained")
+    config_mod.require_positive(cfg, "EPOCHS", "VAL_EVERY", "BATCH_SIZE", "ACCUM_STEPS", step=step)
+    config_mod.require_number(cfg, "LR", above=True, step=step)
+    config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", step=step)
 
 
-def check_run_folder(cfg: dict, out_dir: Path, main: bool) -> None:
+def check_fold(cfg: dict, folds, table: str | Path, step: str) -> None:
+    """FOLD (>= 0) must be a fold of the table's ``folds`` column (S3, S4.2 at their start)."""
+    fold = cfg["FOLD"]
+    if isinstance(fold, bool) or not isinstance(fold, int):
+        raise SystemExit(f"{step}: --FOLD {fold!r}: must be a whole number (-1: train on everything)")
+    present = sorted({int(f) for f in pd.to_numeric(pd.Series(folds), errors="coerce").dropna()})
+    if fold >= 0 and fold not in present:
+        raise SystemExit(f"{step}: --FOLD {fold}: {table} has no rows of that fold; folds present: "
+                         f"{present} (--FOLD -1 trains on everything)")
+
+
+def check_run_folder(cfg: dict, out_dir: Path) -> None:
     """Never overwrite another run silently: a folder whose config.json holds other constants is
     refused (the differences shown) unless RESUME (checked against the checkpoint) or OVERWRITE
-    (its old outputs are removed first)."""
+    (its old outputs are removed when training starts, :func:`start_run`). Writes nothing."""
     saved_path = out_dir / "config.json"
-    if not saved_path.is_file() or bool(cfg["RESUME"]):
-        return
-    if bool(cfg["OVERWRITE"]):
-        if main:
-            for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
+    if not saved_path.is_file() or bool(cfg["RESUME"]) or bool(cfg["OVERWRITE"]):
         return
     saved, new = config_mod.load(saved_path), _jsonable(cfg)
     diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
@@ -186,12 +197,16 @@ class _EpochShuffleSampler(Sampler):
 
 
 # ----------------------------------------------------------------------------- distributed
+def launch() -> tuple[int, int, bool]:
+    """``(rank, world size, distributed)`` of this process, as torchrun's environment gives them."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    return rank, world, "RANK" in os.environ and world > 1
+
+
 class _Dist:
     def __init__(self, device_pref: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank, self.world, self.enabled = launch()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = "RANK" in os.environ and self.world > 1
         use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
         if use_cuda and not torch.cuda.is_available():
             raise RuntimeError("DEVICE=cuda but CUDA is not available")
@@ -284,10 +299,23 @@ class Loaders:
     updates: int    # optimizer updates per epoch
 
 
+def epoch_plan(cfg: dict, n_train: int, world: int, distributed: bool) -> tuple[int, int, bool]:
+    """``(batches, optimizer updates, drop_last)`` per epoch and process for ``n_train`` training
+    samples (MAX_TRAIN_STEPS applied): what :func:`make_loaders` builds, known without building it."""
+    if n_train == 0:
+        raise ValueError("training dataset is empty")
+    bs = int(cfg["BATCH_SIZE"])
+    per_rank = math.ceil(n_train / world) if distributed else n_train   # the sampler's length
+    drop_last = math.ceil(n_train / world) >= bs
+    steps = per_rank // bs if drop_last else math.ceil(per_rank / bs)
+    if int(cfg["MAX_TRAIN_STEPS"]) > 0:
+        steps = min(steps, int(cfg["MAX_TRAIN_STEPS"]))
+    return steps, math.ceil(steps / max(1, int(cfg["ACCUM_STEPS"]))), drop_last
+
+
 def make_loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset | None, env: _Dist, collate_fn) -> Loaders:
     """Training loader (seeded shuffling, DistributedSampler under DDP), validation shard of this rank."""
-    if len(train_ds) == 0:
-        raise ValueError("training dataset is empty")
+    steps, updates, drop_last = epoch_plan(cfg, len(train_ds), env.world, env.enabled)
     bs, seed = int(cfg["BATCH_SIZE"]), int(cfg["SEED"])
     if env.enabled:
         sampler = DistributedSampler(train_ds, num_replicas=env.world, rank=env.rank, shuffle=True,
@@ -296,16 +324,12 @@ def make_loaders(cfg: dict, train_ds: Dataset, val_ds: Dataset | None, env: _Dis
         sampler = _EpochShuffleSampler(len(train_ds), seed)
     kw = dict(num_workers=int(cfg["NUM_WORKERS"]), pin_memory=env.device.type == "cuda",
               collate_fn=collate_fn, persistent_workers=False)
-    drop_last = math.ceil(len(train_ds) / env.world) >= bs
     train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=drop_last, **kw)
-    steps = len(train)
-    if int(cfg["MAX_TRAIN_STEPS"]) > 0:
-        steps = min(steps, int(cfg["MAX_TRAIN_STEPS"]))
     val = None
     if val_ds is not None and len(val_ds) > 0:
         shard = Subset(val_ds, list(range(env.rank, len(val_ds), env.world))) if env.enabled else val_ds
         val = DataLoader(shard, batch_size=bs, sampler=None, drop_last=False, **kw)
-    return Loaders(train, sampler, val, steps, math.ceil(steps / max(1, int(cfg["ACCUM_STEPS"]))))
+    return Loaders(train, sampler, val, steps, updates)
 
 
 @dataclass
@@ -376,8 +400,7 @@ class CheckpointSaver:
                 log.info(f"removed {n} temporary file(s) left by an interrupted run in {self.dir}")
 
     def _write(self, state: dict, path: Path) -> None:
-        with io.atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        models.save_checkpoint(state, path)  # atomic; a full disk is io.WriteError
 
     def save(self, state: dict, improved: bool) -> None:
         """``best.pth`` (slim: the evaluated weights and the constants, for S5 and Kaggle) when
@@ -391,7 +414,7 @@ class CheckpointSaver:
     def finish(self) -> None:
         """No epoch ever improved (e.g. every MONITOR value was NaN): best.pth is the slim last.pth."""
         if self.main and not self.best.is_file() and self.last.is_file():
-            state = torch.load(self.last, map_location="cpu", weights_only=True)
+            state = models.read_checkpoint(self.last, "", "run the step again with --OVERWRITE true")
             self._write(models.slim_checkpoint(state, self.last), self.best)
 
 
@@ -412,41 +435,54 @@ def checkpoint_state(cfg: dict, parts: Parts, prog: Progress, loaders: Loaders, 
     }
 
 
-def _check_resumable(cfg: dict, ckpt: dict, loaders: Loaders, env: _Dist, path: Path) -> None:
+RESUME_REMEDY = "remove it to start over, or restore it"
+
+
+def check_resume(cfg: dict, path: Path, n_train: int) -> dict | None:
+    """With RESUME and ``path`` (last.pth): the checkpoint, read and checked before anything is
+    written: its schedule constants (:data:`SCHEDULE_KEYS`), world size and updates per epoch must
+    be this run's (else one line, the differences). None when there is nothing to resume."""
+    if not bool(cfg["RESUME"]) or not path.is_file():
+        return None
+    ckpt = models.read_checkpoint(path, "RESUME: ", RESUME_REMEDY)
+    if not isinstance(ckpt, dict) or not {"model", "config", "epoch", "optimizer"} <= set(ckpt):
+        raise SystemExit(f"RESUME: {path} is no last.pth of a run (no model, optimizer or epoch): "
+                         f"{RESUME_REMEDY}")
     saved = ckpt.get("config", {})
     diff = [f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in SCHEDULE_KEYS
             if k in saved and saved[k] != cfg[k]]
-    world = int(ckpt.get("world_size", 1))
-    if world != env.world:
-        diff.append(f"processes: {world} -> {env.world}")
-    if not diff and ckpt.get("updates_per_epoch", loaders.updates) != loaders.updates:
-        diff.append(f"updates per epoch: {ckpt['updates_per_epoch']} -> {loaders.updates}")
+    _, world, distributed = launch()
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != world:
+        diff.append(f"processes: {saved_world} -> {world}")
+    updates = epoch_plan(cfg, n_train, world, distributed)[1]
+    if not diff and ckpt.get("updates_per_epoch", updates) != updates:
+        diff.append(f"updates per epoch: {ckpt['updates_per_epoch']} -> {updates}")
     if diff:
-        raise ValueError(f"RESUME: {path} was trained with other schedule constants ({'; '.join(diff)}); "
+        raise SystemExit(f"RESUME: {path} was trained with other schedule constants ({'; '.join(diff)}); "
                          "restore them, or start a new run (another RUN_NAME or without --RESUME)")
+    return ckpt
 
 
-def resume(cfg: dict, parts: Parts, saver: CheckpointSaver, loaders: Loaders, env: _Dist) -> Progress:
-    """Restore everything from ``last.pth`` when RESUME (each rank its own random state)."""
-    if not bool(cfg["RESUME"]) or not saver.last.is_file():
-        if bool(cfg["RESUME"]):
-            log.info(f"RESUME: no {saver.last}, starting from scratch")
+def resume(cfg: dict, parts: Parts, ckpt: dict | None, path: Path, env: _Dist) -> Progress:
+    """Everything restored from the checkpoint of :func:`check_resume` (each rank its own random
+    state); a fresh :class:`Progress` without one. Writes nothing."""
+    if ckpt is None:
         return Progress()
-    ckpt = torch.load(saver.last, map_location="cpu", weights_only=True)
-    _check_resumable(cfg, ckpt, loaders, env, saver.last)
-    parts.model.load_state_dict(ckpt["model"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt.get("scaler"):
-        parts.scaler.load_state_dict(ckpt["scaler"])
+    models.load_weights(parts.model, ckpt["model"], path, "RESUME: ", RESUME_REMEDY)
+    try:
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            parts.scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise SystemExit(f"RESUME: {path}: its optimizer state does not fit this model ({e}): "
+                         f"{RESUME_REMEDY}") from None
     if parts.ema is not None and ckpt.get("ema"):
-        parts.ema.module.load_state_dict(ckpt["ema"])
+        models.load_weights(parts.ema.module, ckpt["ema"], path, "RESUME: ", RESUME_REMEDY)
     set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[env.rank])
-    prog = Progress(int(ckpt["epoch"]), int(ckpt["num_updates"]), ckpt.get("best_metric"),
+    return Progress(int(ckpt["epoch"]), int(ckpt["num_updates"]), ckpt.get("best_metric"),
                     int(ckpt.get("best_epoch", 0)), [dict(r) for r in ckpt.get("history", [])])
-    saver.last_epoch = prog.epoch
-    log.info(f"resumed from {saver.last} after epoch {prog.epoch} (best {cfg['MONITOR']}={prog.best})")
-    return prog
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -636,24 +672,43 @@ def _setup_logging(out_dir: Path, main: bool) -> None:
 
 
 def fit(cfg: dict, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, out_dir: str | Path,
-        extra_metrics=None, collate_fn=None) -> dict:
+        extra_metrics=None, collate_fn=None, *, step: str = "train.fit") -> dict:
     """Train ``model`` (``forward(batch) -> {"logits", "loss"}``) and return a summary dict:
     ``best_metric``, ``best_epoch``, ``last_epoch``, ``metrics`` (of the last epoch), ``history``
     (rows of summary.csv), ``out_dir``, ``stopped`` (True when stopped early), ``rank``.
 
     ``extra_metrics(model, device) -> dict`` runs on rank 0 after each validation, with the
     evaluated model (EMA or raw, unwrapped, eval mode); its values reach every rank, go to
-    summary.csv and may be the MONITOR. Datasets may define ``set_epoch(epoch)``.
+    summary.csv and may be the MONITOR. Datasets may define ``set_epoch(epoch)``. ``step`` names
+    the script in messages and in the run folder's lock.
+
+    Nothing is written until every check passed: the constants (:func:`check_config`), then, under
+    the run folder's lock (rank 0 holds it for the whole run), the folder's config.json
+    (:func:`check_run_folder`) and, with RESUME, last.pth (:func:`check_resume`, :func:`resume`).
+    Only then are config.json and train.log written (:func:`start_run`).
     """
-    check_config(cfg)
-    check_run_folder(cfg, Path(out_dir), main=int(os.environ.get("RANK", "0")) == 0)
+    check_config(cfg, step)
+    out_dir = Path(out_dir)
+    rank, _, _ = launch()
+    with lock.hold(out_dir, step) if rank == 0 else contextlib.nullcontext():
+        check_run_folder(cfg, out_dir)
+        ckpt = check_resume(cfg, out_dir / "last.pth", len(train_ds))
+        return _run(cfg, model, train_ds, val_ds, out_dir, ckpt, extra_metrics, collate_fn)
+
+
+def _run(cfg, model, train_ds, val_ds, out_dir: Path, ckpt, extra_metrics, collate_fn) -> dict:
     env = _Dist(str(cfg["DEVICE"]))
     saver, interrupted = None, False
     try:
-        saver = CheckpointSaver(Path(out_dir), env.main)
-        env.barrier()
-        _setup_logging(saver.dir, env.main)
-        return _fit(cfg, model, train_ds, val_ds, saver, extra_metrics, collate_fn, env)
+        seed_everything(int(cfg["SEED"]) + env.rank)
+        loaders = make_loaders(cfg, train_ds, val_ds, env, collate_fn)
+        parts = build_parts(cfg, model, env, loaders.updates)
+        prog = resume(cfg, parts, ckpt, out_dir / "last.pth", env)
+        saver = start_run(cfg, out_dir, env, prog.epoch if ckpt is not None else None)
+        if bool(cfg["RESUME"]):
+            log.info(f"resumed from {saver.last} after epoch {prog.epoch} (best {cfg['MONITOR']}={prog.best})"
+                     if ckpt is not None else f"RESUME: no {saver.last}, starting from scratch")
+        return _fit(cfg, parts, loaders, prog, train_ds, val_ds, saver, extra_metrics, env)
     except KeyboardInterrupt:
         interrupted = True
         where = "no last.pth written yet" if saver is None or saver.last_epoch is None else \
@@ -669,13 +724,24 @@ def fit(cfg: dict, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, 
         env.close(barrier=not interrupted)
 
 
-def _fit(cfg, model, train_ds, val_ds, saver: CheckpointSaver, extra_metrics, collate_fn, env: _Dist) -> dict:
-    seed_everything(int(cfg["SEED"]) + env.rank)
+def start_run(cfg: dict, out_dir: Path, env: _Dist, last_epoch: int | None) -> CheckpointSaver:
+    """Training starts: the first writes into the run folder (rank 0): with OVERWRITE the old run's
+    outputs removed, ``config.json`` (atomically), the checkpoint saver, ``train.log``."""
+    replace = bool(cfg["OVERWRITE"]) and not bool(cfg["RESUME"]) and (out_dir / "config.json").is_file()
+    if env.main and replace:
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    saver = CheckpointSaver(out_dir, env.main)
     if env.main:
-        config_mod.save(_jsonable(cfg), saver.dir / "config.json")
-    loaders = make_loaders(cfg, train_ds, val_ds, env, collate_fn)
-    parts = build_parts(cfg, model, env, loaders.updates)
-    prog = resume(cfg, parts, saver, loaders, env)
+        config_mod.save(_jsonable(cfg), out_dir / "config.json")
+    env.barrier()
+    saver.last_epoch = last_epoch
+    _setup_logging(out_dir, env.main)
+    return saver
+
+
+def _fit(cfg, parts: Parts, loaders: Loaders, prog: Progress, train_ds, val_ds, saver: CheckpointSaver,
+         extra_metrics, env: _Dist) -> dict:
     wrap_ddp(parts, env)
     stop_after = int(os.environ.get(STOP_ENV, "0") or 0)
     log.info(f"device {env.device} x{env.world}, amp={parts.amp}, "

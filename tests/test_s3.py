@@ -49,7 +49,7 @@ def test_s3_all_folds_and_bad_input(data, tmp_path):
     assert Path(res["out_dir"]) == tmp_path / "r" / "all" and res["last_epoch"] == 1
     with pytest.raises(SystemExit, match="train_all.csv"):
         S3.main(["--DATA_DIR", str(tmp_path / "nothing"), *TINY])
-    with pytest.raises(ValueError, match="FOLD 7"):
+    with pytest.raises(SystemExit, match=r"--FOLD 7: .* folds present: \[0, 1\]"):
         S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "7", *TINY])
 
 

@@ -282,3 +282,29 @@ def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
     b = torch.load(tmp_path / "again2" / "p2_test_convnext_64_max" / "fold0" / "last.pth", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_s42_trains_and_validates_images_named_na_and_nan(tmp_path, capsys):
+    """IDs "NA" / "nan" stay strings in train_all.csv, the crop index and train_cells.csv (issue 25)."""
+    d = make_data(tmp_path / "d")
+    names = {"img00": "nan", "img02": "NA"}   # fold 0 (validation), fold 1 (training)
+    for old, new in names.items():
+        for f in [*d["hpa"].rglob(f"{old}*"), *d["comp"].rglob(f"{old}*")]:
+            f.rename(f.with_name(f.name.replace(old, new)))
+    for csv in (d["hpa"] / "train_all.csv", d["comp"] / "train_cells.csv"):
+        text = csv.read_text()
+        for old, new in names.items():
+            text = text.replace(f"{old},", f"{new},")
+        csv.write_text(text)
+    run_s41(_s41_args(d))
+    run_s42(["--HPA512_DIR", str(d["hpa"]), "--TRAIN_CSV", str(d["hpa"] / "train_all.csv"),
+             "--COMP_DIR", str(d["comp"]), "--OUTPUT_DIR", str(tmp_path / "out"), "--FOLD", "0",
+             "--CELL_SIZE", "32", "--MODEL_NAME", "test_convnext", "--PRETRAINED", "false", "--EPOCHS", "1",
+             "--BATCH_SIZE", "2", "--MAX_TRAIN_STEPS", "1", "--NUM_WORKERS", "0", "--DEVICE", "cpu"])
+    out = capsys.readouterr().out
+    # training: fold 1 = images 2-7, less 5 (no mask) and 6 (no cells) -> 4 bags, "NA" (image 2) among them
+    assert "S4.2: 4 training bags (2 images without cells left out), 2 validation bags (0 without" in out
+    assert "cell-level validation on" in out and "true cells of 2 images" in out   # "nan" and img01
+    oof = pd.read_csv(tmp_path / "out" / "p2_test_convnext_32_max" / "fold0" / "oof_cells.csv",
+                      dtype={"ID": str}, keep_default_na=False)
+    assert set(oof["ID"]) == {"nan", "img01"}

@@ -167,13 +167,13 @@ def test_val_every_validates_only_some_epochs(toy, tmp_path):
     assert summary["cell_mAP_strict"].isna().tolist() == [True, False, False] and len(calls) == 2
     assert res["best_epoch"] in (2, 3) and (tmp_path / "best.pth").is_file()
     assert (tmp_path / "curves.png").is_file()
-    with pytest.raises(ValueError, match="VAL_EVERY"):
+    with pytest.raises(SystemExit, match="--VAL_EVERY 0: must be a positive integer"):
         train.fit({**cfg, "VAL_EVERY": 0}, _model(cfg), tr, va, tmp_path / "bad")
 
 
 def test_epochs_below_one_is_refused_at_start(toy, tmp_path):
     tr, va = _datasets(toy, aug=False)
-    with pytest.raises(ValueError, match="EPOCHS must be >= 1"):
+    with pytest.raises(SystemExit, match="--EPOCHS 0: must be a positive integer"):
         train.fit({**BASE, "EPOCHS": 0}, _model(BASE), tr, va, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -190,9 +190,9 @@ def test_resume_with_other_schedule_constants_is_refused(toy, tmp_path):
 
     kill_in_epoch_2.n = 0
     assert train.fit(cfg, _model(cfg), tr, va, tmp_path, extra_metrics=kill_in_epoch_2)["stopped"]
-    with pytest.raises(ValueError, match=r"EPOCHS: 2 -> 4.*LR: 0.002 -> 0.01"):
+    with pytest.raises(SystemExit, match=r"EPOCHS: 2 -> 4.*LR: 0.002 -> 0.01"):
         train.fit({**cfg, "RESUME": True, "EPOCHS": 4, "LR": 1e-2}, _model(cfg), tr, va, tmp_path)
-    with pytest.raises(ValueError, match="MIN_LR"):
+    with pytest.raises(SystemExit, match="MIN_LR"):
         train.fit({**cfg, "RESUME": True, "MIN_LR": 0.0}, _model(cfg), tr, va, tmp_path)
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1  # untouched
     assert train.fit({**cfg, "RESUME": True}, _model(cfg), tr, va, tmp_path)["last_epoch"] == 2

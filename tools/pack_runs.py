@@ -27,8 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from common import constants, io, models, predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (models.load_checkpoint needs these)
@@ -73,14 +71,10 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         if name in seen:
             raise SystemExit(f"{src} and {seen[name]} would both be packed as {name}: pack them separately")
         seen[name] = src
-        try:
-            ckpt = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - name the file
-            raise SystemExit(f"{src}: cannot load checkpoint ({e})") from None
+        ckpt = models.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with io.atomic_path(dst) as tmp:
-            torch.save(models.slim_checkpoint(ckpt, src), tmp)
+        models.save_checkpoint(models.slim_checkpoint(ckpt, src), dst)  # a full disk: io.WriteError
         for extra in COPY:
             if (src.parent / extra).is_file():
                 shutil.copyfile(src.parent / extra, dst.parent / extra)
