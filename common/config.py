@@ -95,7 +95,8 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
     ``--RECIPE list`` prints ``recipe_table`` and exits.
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
-    so module-level code sees them. Prints the resolved values unless ``quiet``.
+    so module-level code sees them. Unless ``quiet``, prints first how relative paths resolve
+    (``constants.paths_line``: the repository root, or Kaggle mode), then the resolved values.
     """
     # The pristine defaults are remembered on the first call, so a second main() in the same
     # process (tests, notebooks) starts from the constants block, not from the last overrides.
@@ -113,6 +114,9 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     if update:
         namespace.update(cfg)
     if not quiet:
+        from common.constants import paths_line
+
+        print(paths_line(), flush=True)  # how relative paths resolve (KAGGLE, common/constants.py)
         print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
 

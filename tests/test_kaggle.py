@@ -199,19 +199,67 @@ def test_a_read_only_output_folder_stops_each_step_at_start(tmp_path):
     assert os.listdir(tmp_path / "w" / "x") == []
 
 
-def test_kaggle_defaults_resolve_under_working(tmp_path, monkeypatch):
+def test_kaggle_mode_is_explicit(tmp_path, monkeypatch):
+    """A Kaggle tree alone changes nothing; KAGGLE=1 resolves under it (KAGGLE_ROOT: a tmp tree)."""
     kin, kw = tmp_path / "input", tmp_path / "working"
-    monkeypatch.setattr(constants, "KAGGLE_INPUT", kin)
-    monkeypatch.setattr(constants, "KAGGLE_WORKING", kw)
-    assert constants.resolve("output") == constants.ROOT / "output"           # not on Kaggle
     (kin / "hpa-single-cell-image-classification").mkdir(parents=True)
-    assert constants.on_kaggle()
+    monkeypatch.setenv("KAGGLE_ROOT", str(tmp_path))
+    monkeypatch.delenv("KAGGLE", raising=False)
+    assert not constants.on_kaggle() and "(KAGGLE unset)" in constants.paths_line()
+    assert constants.resolve("output") == constants.ROOT / "output"           # a /kaggle/input is no switch
+    monkeypatch.setenv("KAGGLE", "0")
+    assert constants.resolve("output") == constants.ROOT / "output"
+    monkeypatch.setenv("KAGGLE", "1")
+    assert constants.on_kaggle() and f"from {kin}/<name>" in constants.paths_line()
     assert constants.resolve("output") == kw / "output"
     assert constants.resolve("output/p1/fold0") == kw / "output" / "p1" / "fold0"
     assert constants.resolve("input/hpa-single-cell-image-classification/test") == (
         kin / "hpa-single-cell-image-classification" / "test")               # an attached dataset
     assert constants.resolve("input/hpa-512") == kw / "input" / "hpa-512"   # none attached: written here
     assert constants.resolve("/abs/x") == Path("/abs/x")
+
+
+def test_a_script_says_how_it_resolves_paths_and_does_so(tmp_path):
+    """S6 from a terminal with a Kaggle tree present: relative paths from the repository root unless
+    KAGGLE=1; the first line says which."""
+    (tmp_path / "input" / "i28_data").mkdir(parents=True)
+    argv = [sys.executable, str(ROOT / "S6_evaluate.py"), "--SUBMISSION", "output/i28_probe/sub.csv",
+            "--TRUTH", "input/i28_data/truth.csv"]
+    env = {k: v for k, v in os.environ.items() if k != "KAGGLE"}
+    env["KAGGLE_ROOT"] = str(tmp_path)
+    runs = {}
+    for kaggle in (None, "1"):
+        e = env if kaggle is None else {**env, "KAGGLE": kaggle}
+        p = subprocess.run(argv, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0                                  # no truth file: stops naming it
+        runs[kaggle] = (p.stdout.splitlines()[0], p.stdout + p.stderr)
+    first, text = runs[None]
+    assert first == f"paths: relative to {ROOT} (KAGGLE unset)"
+    assert f"{ROOT / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
+    first, text = runs["1"]
+    assert first.startswith("paths: Kaggle mode (KAGGLE=1)") and str(tmp_path / "working") in first
+    assert f"{tmp_path / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
+    assert (tmp_path / "working" / "output" / "i28_probe").is_dir()          # the output check, there
+    with contextlib.suppress(OSError):
+        (ROOT / "output" / "i28_probe").rmdir()
+
+
+def _no_network() -> list[str]:
+    """A command prefix running in a private network namespace (no interfaces), where unshare works."""
+    ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    return ["unshare", "-n"] if ok else []
+
+
+@pytest.mark.parametrize("script", ["S2_data_process.py", "S3_train_pipeline1.py", "S4.1_crop_cells.py",
+                                    "S4.2_train_pipeline2.py", "S5_predict.py"])
+def test_no_albumentations_update_check(script):
+    """Every step that imports albumentations does it after `common`, which turns its online update
+    check off: no network attempt, no warning (offline it would warn 'Error fetching version info')."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    p = subprocess.run([*_no_network(), sys.executable, str(ROOT / script), "--help"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "version info" not in p.stderr and "albumentations" not in p.stderr.lower(), p.stderr
 
 
 # ----------------------------------------------------------------------------- the generator
