@@ -228,11 +228,15 @@ def test_a_script_says_how_it_resolves_paths_and_does_so(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KAGGLE"}
     env["KAGGLE_ROOT"] = str(tmp_path)
     runs = {}
-    for kaggle in (None, "1"):
-        e = env if kaggle is None else {**env, "KAGGLE": kaggle}
-        p = subprocess.run(argv, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert p.returncode != 0                                  # no truth file: stops naming it
-        runs[kaggle] = (p.stdout.splitlines()[0], p.stdout + p.stderr)
+    try:
+        for kaggle in (None, "1"):
+            e = env if kaggle is None else {**env, "KAGGLE": kaggle}
+            p = subprocess.run(argv, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert p.returncode != 0                                  # no truth file: stops naming it
+            runs[kaggle] = (p.stdout.splitlines()[0], p.stdout + p.stderr)
+    finally:
+        with contextlib.suppress(OSError):
+            (ROOT / "output" / "i28_probe").rmdir()                   # the output check's folder
     first, text = runs[None]
     assert first == f"paths: relative to {ROOT} (KAGGLE unset)"
     assert f"{ROOT / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
@@ -240,8 +244,6 @@ def test_a_script_says_how_it_resolves_paths_and_does_so(tmp_path):
     assert first.startswith("paths: Kaggle mode (KAGGLE=1)") and str(tmp_path / "working") in first
     assert f"{tmp_path / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
     assert (tmp_path / "working" / "output" / "i28_probe").is_dir()          # the output check, there
-    with contextlib.suppress(OSError):
-        (ROOT / "output" / "i28_probe").rmdir()
 
 
 def _no_network() -> list[str]:

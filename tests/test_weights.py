@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,37 @@ def test_scripts_stop_at_start_with_one_message_offline(script, tmp_path):
     for way in ("--PRETRAINED_DIR", "--PRETRAINED_FILE", "--PRETRAINED false", "fetch_weights.py"):
         assert way in err
     assert len(err.strip().splitlines()) <= 6
+    assert nothing_in(tmp_path / "out")
+
+
+def test_s3_stops_fast_without_network_and_without_hf_hub_offline(tmp_path):
+    """A Kaggle notebook with internet off sets no HF_HUB_OFFLINE: S3 (default model, no local weights)
+    run in a private network namespace tries the hub's host once and stops with the whole message,
+    no retries, about as fast as with HF_HUB_OFFLINE=1 (the issue: 55 s and 24 'Retrying' lines, 7 s
+    with the variable; here the bound is that time plus HUB_CONNECT_TIMEOUT and a margin)."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -n (a private network namespace) is not available here")
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    argv = [sys.executable, str(ROOT / "S3_train_pipeline1.py"), "--PRETRAINED_DIR", str(empty),
+            "--OUTPUT_DIR", str(tmp_path / "out")]
+    seconds, errs = {}, {}
+    for offline in (True, False):
+        env = _offline_env(tmp_path)
+        if not offline:
+            del env["HF_HUB_OFFLINE"]
+        t0 = time.monotonic()
+        proc = subprocess.run(["unshare", "-n", *argv], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        seconds[offline], errs[offline] = time.monotonic() - t0, proc.stderr
+        assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    err = errs[False]
+    print(f"S3 offline: {seconds[True]:.1f} s with HF_HUB_OFFLINE=1, {seconds[False]:.1f} s without")
+    assert "Traceback" not in err and "Retrying" not in err and "HF_HUB_OFFLINE" not in err
+    assert len(err.strip().splitlines()) == 4                             # the one message, whole
+    assert "huggingface.co:443 cannot be reached" in err and "the caches have no copy" in err
+    assert err.rstrip().endswith("or --PRETRAINED false (random initial weights)")
+    assert seconds[False] < min(15.0, seconds[True]) + weights.HUB_CONNECT_TIMEOUT + 5, seconds
     assert nothing_in(tmp_path / "out")
 
 
