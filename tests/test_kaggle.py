@@ -4,6 +4,7 @@ start check of unwritable output folders."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -146,6 +147,30 @@ def test_packed_runs_are_slim_and_load(demo):
         assert again.keys() == ck.keys()
     with pytest.raises(SystemExit, match="no such run"):
         pack_runs.main([str(demo["root"] / "nothing"), "--OUT", str(demo["root"] / "p2")])
+
+
+def test_packing_says_what_it_saved_and_keeps_no_local_path(demo, tmp_path, capsys):
+    out = tmp_path / "packed"
+    rows = pack_runs.main([str(demo["out"]), "--OUT", str(out), "--CHECKPOINT", "last.pth",
+                           "--DATASET_ID", "me/hpa-runs"])
+    said = capsys.readouterr().out
+    text = (out / "runs.json").read_text()
+    assert str(tmp_path) not in text and str(demo["root"]) not in text and '"/' not in text
+    assert [r["run"] for r in rows] == [f"{r.parent.name}/{r.name}" for r in sorted(demo["runs"])]
+    for r, run in zip(rows, sorted(demo["runs"])):
+        assert r["source_bytes"] == (run / "last.pth").stat().st_size > r["bytes"]
+        line = f"{r['run']}: last.pth {r['source_bytes']:,} bytes -> best.pth {r['bytes']:,} bytes (saved "
+        assert line in said
+    before, after = sum(r["source_bytes"] for r in rows), sum(r["bytes"] for r in rows)
+    assert f"into {out}: {before:,} bytes -> {after:,} bytes (saved {before - after:,} bytes" in said
+    assert json.loads((out / "dataset-metadata.json").read_text()) == {
+        "title": "hpa-runs", "id": "me/hpa-runs", "licenses": [{"name": "CC0-1.0"}]}
+    pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "again")])   # best.pth: slim already
+    assert "saved nothing" not in said
+    assert capsys.readouterr().out.count("saved nothing: slim already") == 3
+    with pytest.raises(SystemExit, match="--DATASET_ID 'hpa-runs': expected owner/slug"):
+        pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "p3"), "--DATASET_ID", "hpa-runs"])
+    assert not (tmp_path / "p3").exists()                                   # checked before any work
 
 
 @pytest.mark.slow

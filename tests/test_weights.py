@@ -194,8 +194,12 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
         return {"state_dict": timm.create_model(arch, pretrained=False).state_dict()}  # a wrapped checkpoint
 
     out = tmp_path / "w"
-    argv = ["--MODELS", "resnet18,test_resnet", str(out)]
+    argv = ["--MODELS", "resnet18,test_resnet", "--DATASET_ID", "me/timm-weights", str(out)]
     rows = tool.main(argv, download=fake_download, location=lambda n: f"fake:{n}")
+    assert json.loads((out / "dataset-metadata.json").read_text()) == {
+        "title": "timm-weights", "id": "me/timm-weights", "licenses": [{"name": "CC0-1.0"}]}
+    text = (out / weights.MANIFEST).read_text()
+    assert str(tmp_path) not in text and '"/' not in text                 # no absolute path
     assert calls == ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
     manifest = json.loads((out / weights.MANIFEST).read_text())
     names = ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
@@ -217,6 +221,20 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
     torch.manual_seed(1)
     ref = timm.create_model("resnet18", pretrained=False).state_dict()["conv1.weight"]
     torch.testing.assert_close(clf.backbone.conv1.weight[:, :3].detach(), ref * 0.75)
+
+
+def test_fetch_weights_help_and_a_bad_dataset_id(tmp_path, capsys):
+    tool = _load_tool()
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    assert "usage: python tools/fetch_weights.py" in shown and "--DATASET_ID" in shown
+    assert "kaggle datasets create -p" in shown and "--RECIPES all" in shown     # the example
+    with pytest.raises(SystemExit, match="DATASET_ID 'timm-weights': expected owner/slug"):
+        tool.main(["--MODELS", "resnet18", "--DATASET_ID", "timm-weights", str(tmp_path / "w")],
+                  download=lambda n: pytest.fail("downloaded despite a bad DATASET_ID"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_fetch_weights_reports_a_failed_download(tmp_path):
