@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -290,9 +291,22 @@ def test_no_albumentations_update_check(script):
 
 
 # ----------------------------------------------------------------------------- the generator
+COMP = "hpa-single-cell-image-classification"
+ATTACH = {  # what each notebook reads (README, Kaggle notebooks)
+    "S2_data_process.py": [COMP, "hpa-seg"],
+    "S3_train_pipeline1.py": ["hpa-512", "timm-weights"],
+    "S4.1_crop_cells.py": ["hpa-512", COMP],
+    "S4.2_train_pipeline2.py": ["hpa-512", "hpa-cells", COMP, "timm-weights"],
+    "S5_predict.py": [COMP, "hpa-512", "hpa-runs", "hpa-seg"],
+}
+WRITES = {"S2_data_process.py": "hpa-512", "S4.1_crop_cells.py": "hpa-cells"}  # dataset of its output
+WRITES.update({k: "" for k in ATTACH if k not in WRITES})
+
+
 @pytest.mark.parametrize("script", ["S2_data_process.py", "S3_train_pipeline1.py", "S4.1_crop_cells.py",
                                     "S4.2_train_pipeline2.py", "S5_predict.py"])
-def test_notebook_cells_follow_the_script(script, tmp_path):
+def test_notebook_cells_follow_the_script(script, tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_ROOT", raising=False)
     import nbformat
 
     given = "BATCH_SIZE" if script in ("S3_train_pipeline1.py", "S4.2_train_pipeline2.py", "S5_predict.py") \
@@ -313,9 +327,19 @@ def test_notebook_cells_follow_the_script(script, tmp_path):
     assert changed == paths | {given} and got[given] == 3
     assert all(got[k].startswith("/kaggle/input/") or got[k].startswith("/kaggle/working")
                for k in paths) and paths
+    # the editable cell holds constants only: comments and NAME = literal
+    import ast
+
+    assert all(isinstance(n, ast.Assign) and n.targets[0].id.isupper() for n in ast.parse(cells[3]).body)
     assert "__file__" not in cells[4] and '__name__ == "__main__"' not in cells[4]
-    assert "def main(" in cells[4] and cells[5].startswith("result = main([])")
+    assert "def main(" in cells[4] and cells[5].endswith("result = main([])  # no command line")
+    assert "_CONFIG_DEFAULTS" in cells[5] and "os.environ['KAGGLE'] = '1'" in cells[2]   # Kaggle mode, set
     assert "--find-links" in cells[1] and "'torch'" in cells[1] and "_ZIP" in cells[2]
+    # the note names exactly the datasets the constants point at, under /kaggle/input/<name>
+    named = set(re.findall(r"^- `/kaggle/input/([^`/]+)`", cells[0], re.M)) - {"hpa-wheels"}
+    pointed = {Path(v).parts[3] for v in paths for v in [got[v]] if v.startswith("/kaggle/input/")}
+    assert named == pointed == set(ATTACH[script]), (named, pointed)
+    assert f"named `{WRITES[script]}`" in cells[0] if WRITES[script] else "**Writes**" in cells[0]
 
 
 def test_generator_rejects_unknown_constants_and_keeps_comments():
@@ -353,3 +377,19 @@ def test_make_wheelhouse_downloads_binary_wheels_at_the_required_versions():
         got = next(c for c in cmd if c.startswith(spec))
         assert got in reqs.replace(" ", "")                              # the requirements.txt range
     assert cmd[-1] == "albucore"
+
+
+def test_import_check_accepts_any_recent_torch_and_names_what_it_found(tmp_path, monkeypatch, capsys):
+    """requirements.txt pins torch exactly (bit-exact repeats); a notebook takes Kaggle's torch."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    found = {"torch": "2.6.0+cu124"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: found.get(d) or real(d))
+    cell = make_notebook.check_cell(["torch", "numpy"], [], str(tmp_path / "w"))
+    exec(cell, {})
+    out = capsys.readouterr().out
+    assert "warning" not in out and f"imports ok: torch 2.6.0+cu124, numpy {real('numpy')}" in out
+    found["torch"] = "2.0.1"                                               # too old for the code
+    exec(cell, {})
+    assert "warning: torch 2.0.1 installed, this step wants >=2.3" in capsys.readouterr().out
