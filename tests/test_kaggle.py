@@ -393,3 +393,80 @@ def test_import_check_accepts_any_recent_torch_and_names_what_it_found(tmp_path,
     found["torch"] = "2.0.1"                                               # too old for the code
     exec(cell, {})
     assert "warning: torch 2.0.1 installed, this step wants >=2.3" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the notebook sequence
+def _save_output_as_dataset(working: Path, datasets: Path, name: str) -> Path:
+    """What a user does between two notebooks: the output (/kaggle/working) becomes a dataset."""
+    import shutil
+
+    dst = datasets / name
+    shutil.copytree(working, dst)
+    shutil.rmtree(working)
+    working.mkdir()
+    return dst
+
+
+@pytest.mark.slow
+def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
+    """S2 -> S3, S4.1 -> S4.2 -> pack_runs -> S5 as generated notebooks, executed in order in a
+    Kaggle-like tree (KAGGLE_ROOT, never the real /kaggle): each output is saved as the dataset the next
+    notebook's note names, then attached read-only at <root>/input/<name>. No path constant is edited
+    (the notebooks point at the attached datasets); only sizes are shrunk for speed (64-px demo images,
+    a 1-step test_resnet without pretrained weights, 32-px cells, workers 1, CPU)."""
+    torch.set_num_threads(1)
+    root, datasets = tmp_path / "kaggle", tmp_path / "datasets"
+    working = root / "working"
+    working.mkdir(parents=True)
+    monkeypatch.setenv("KAGGLE_ROOT", str(root))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))          # where the notebooks unpack common/
+    monkeypatch.delenv("KAGGLE", raising=False)           # each notebook turns Kaggle mode on itself
+    load_script("S0_make_demo_data.py").main(
+        ["--OUT_DIR", str(datasets / COMP), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
+         "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1", "--SEED", "3"])
+    tiny = {"S2_data_process.py": ["--IMAGE_SIZE", str(SIZE), "--NUM_WORKERS", "1"],
+            "S3_train_pipeline1.py": [*TINY, "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
+                                      "--CACHE_GB", "0"],
+            "S4.1_crop_cells.py": ["--CELL_SIZE", "32", "--NUM_WORKERS", "1"],
+            "S4.2_train_pipeline2.py": [*TINY, "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4",
+                                        "--BATCH_SIZE", "2"],
+            "S5_predict.py": S5_ARGS}
+    seconds, notes = {}, {}
+
+    def run(script: str, stack: contextlib.ExitStack) -> str:
+        nb = make_notebook.make_notebook(script, tiny[script])
+        notes[script] = nb.cells[0].source
+        for name in ATTACH[script]:                         # attach what the note names, if it exists
+            if (datasets / name).is_dir():
+                stack.enter_context(read_only(datasets / name, root / "input" / name))
+        assert f"`{root}/input/hpa-512`" in notes[script] or script == "S2_data_process.py"
+        t0 = time.time()
+        _execute(nb, tmp_path)
+        seconds[script] = time.time() - t0
+        text = _outputs(nb)
+        assert re.match(r"imports ok: .*\bnumpy \d", text.splitlines()[0])      # the versions found
+        assert f"paths: Kaggle mode (KAGGLE=1): input/<name> from {root}/input/<name>" in text
+        return text
+
+    with contextlib.ExitStack() as stack:
+        run("S2_data_process.py", stack)
+        _save_output_as_dataset(working, datasets, "hpa-512")             # named in S2's note
+        assert "named `hpa-512`" in notes["S2_data_process.py"]
+        run("S3_train_pipeline1.py", stack)
+        s3_runs = _save_output_as_dataset(working, tmp_path, "s3_output")  # downloaded for pack_runs
+        run("S4.1_crop_cells.py", stack)
+        _save_output_as_dataset(working, datasets, "hpa-cells")           # named in S4.1's note
+        assert "named `hpa-cells`" in notes["S4.1_crop_cells.py"]
+        run("S4.2_train_pipeline2.py", stack)
+        s42_runs = _save_output_as_dataset(working, tmp_path, "s42_output")
+        pack_runs.main([str(s3_runs), str(s42_runs), "--OUT", str(datasets / "hpa-runs"),
+                        "--DATASET_ID", "me/hpa-runs"])
+        text = run("S5_predict.py", stack)
+    print("notebooks:", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+          f"(in all {sum(seconds.values()):.1f} s)")
+    assert "2 runs" in text
+    sub = (working / "submission.csv").read_text().splitlines()
+    sample = (datasets / COMP / "sample_submission.csv").read_text().splitlines()
+    assert len(sub) == len(sample) == 3                                   # header + one row per test image
+    assert [r.split(",")[0] for r in sub[1:]] == [r.split(",")[0] for r in sample[1:]]
+    assert all(len(r.split(",")[3]) > 10 for r in sub[1:])                 # cells were predicted
