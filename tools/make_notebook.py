@@ -76,7 +76,7 @@ STEPS = {
     "S3_train_pipeline1.py": dict(
         optional={}, values={},
         writes="the run under `{working}/<run>/fold<k>/` (OUTPUT_DIR; best.pth, last.pth, config.json, ...). "
-               "For S5, pack it into the dataset `hpa-runs` (see there)."),
+               "For S5 it becomes the dataset `hpa-runs`: {runs}."),
     "S4.1_crop_cells.py": dict(
         optional={}, values={"CELLS_DIR": "working"},
         writes="the cell crops straight into `{working}` (CELLS_DIR). Save this notebook's output as a "
@@ -84,8 +84,8 @@ STEPS = {
     "S4.2_train_pipeline2.py": dict(
         optional={"hpa-single-cell-image-classification": "the cell-level validation (demo data only)"},
         values={"CELLS_DIR": "input/hpa-cells"},
-        writes="the run under `{working}/<run>/fold<k>/` (OUTPUT_DIR). For S5, pack it into the dataset "
-               "`hpa-runs` (see there)."),
+        writes="the run under `{working}/<run>/fold<k>/` (OUTPUT_DIR). For S5 it becomes the dataset "
+               "`hpa-runs`: {runs}."),
     "S5_predict.py": dict(
         optional={"hpa-512": "S2's test masks; without them S5 segments the test images itself",
                   "hpa-seg": "without it the built-in watershed segments"},
@@ -174,7 +174,7 @@ def note_cell(script: Path, values: dict, doc: str, commit: str, wheels: str, ro
         opt = step["optional"].get(name)
         lines.append(f"- `{root}/input/{name}`: {why}" + (f" (optional: {opt})" if opt else ""))
     lines += [f"- `{wheels}`: the wheels dataset, only if the import check asks for it", "",
-              "**Writes** " + step["writes"].format(working=root / "working"), "",
+              "**Writes** " + step["writes"].format(working=root / "working", runs=DATASETS["hpa-runs"]), "",
               "Then edit the constants cell if needed and run all. The setup cell turns Kaggle mode on "
               f"(`KAGGLE=1`): a relative path is read from `{root}/input/<name>` for `input/<name>/...` "
               f"when attached, else taken under `{root}/working`.", "",
