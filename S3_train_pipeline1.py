@@ -12,7 +12,7 @@ Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
 # ---------------------------------------------------------------------------- recipe
 RECIPE = ""                                # one of the original's models (--RECIPE list); overrides win
 # ---------------------------------------------------------------------------- data
-DATA_DIR = "input/hpa-512"                 # S2 output folder (relative to the repo root)
+DATA_DIR = "input/hpa-512"                 # S2 output folder
 TRAIN_CSV = "train_all.csv"                # table inside DATA_DIR
 IMAGE_SUBDIR = "train"                     # 4-channel PNGs inside DATA_DIR
 FOLD = 0                                   # validation fold; -1 = train on everything, no validation

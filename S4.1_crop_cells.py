@@ -2,10 +2,11 @@
 
 Reads   input/hpa-512/train_all.csv, train_cell_mask/{ID}.npz, train/{ID}.png (512 px), and the
         original-resolution images (competition train/ or train_external/) when FROM_ORIGINAL
-Writes  input/hpa-512/cells_{CELL_SIZE}/{ID}_{cell:04d}.png   one crop per cell (common.cells.crop_cells)
-        input/hpa-512/cells_{CELL_SIZE}.csv   ID, cell_id, x0, y0, x1, y1, area, border (512-px coords)
-        input/hpa-512/cells_{CELL_SIZE}.json  this run's constants (S4.2 takes CROP_MARGIN, FROM_ORIGINAL)
-        input/hpa-512/s41_failures.csv        images that failed, with the error (absent if none)
+Writes  CELLS_DIR/cells_{CELL_SIZE}/{ID}_{cell:04d}.png   one crop per cell (common.cells.crop_cells)
+        CELLS_DIR/cells_{CELL_SIZE}.csv   ID, cell_id, x0, y0, x1, y1, area, border (512-px coords)
+        CELLS_DIR/cells_{CELL_SIZE}.json  this run's constants (S4.2 takes CROP_MARGIN, FROM_ORIGINAL)
+        CELLS_DIR/s41_failures.csv        images that failed, with the error (absent if none)
+        (CELLS_DIR is input/hpa-512 itself unless set: a Kaggle notebook writes beside a read-only copy)
 
 Competition and external images alike (every image of train_all.csv that has a mask). Resumable:
 an image whose crops all exist is not re-cropped (its index rows are recomputed from the mask).
@@ -21,6 +22,7 @@ CROP_MARGIN = 0.05           # margin each side of the cell's box, fraction of i
 FROM_ORIGINAL = True         # crop from the original-resolution image when it exists (mask upscaled, nearest)
 # ---------------------------------------------------------------------------- paths
 HPA512_DIR = "input/hpa-512"                                       # S2's output folder
+CELLS_DIR = ""                                                     # crops, index, settings ("" = HPA512_DIR)
 TRAIN_CSV = "input/hpa-512/train_all.csv"                          # S2's image table
 COMP_TRAIN_DIR = "input/hpa-single-cell-image-classification/train"             # originals
 EXT_TRAIN_DIR = "input/hpa-single-cell-image-classification/train_external"     # external originals
@@ -47,7 +49,9 @@ _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     config.require_positive(cfg, "CELL_SIZE", step="S4.1")
-    hpa = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR")  # the crops are written inside it
+    cells_name = "CELLS_DIR" if cfg.CELLS_DIR else "HPA512_DIR"  # the crops are written inside it
+    cells = constants.output_folder(cfg.CELLS_DIR or cfg.HPA512_DIR, cells_name)
+    hpa = constants.resolve(cfg.HPA512_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
     if not train_csv.is_file():
         raise SystemExit(f"{train_csv}: not found (run S2 first)")
@@ -57,14 +61,14 @@ def main(argv=None):
     except ValueError as e:
         raise SystemExit(f"S4.1: --{e}") from None
     tag = f"cells_{cfg.CELL_SIZE}" + (f".shard{i}of{n}" if n > 1 else "")  # shards: disjoint images
-    with lock.hold(hpa, "S4.1", tag):  # one writer of these crops for the whole run
-        return _run(cfg, hpa, df, (i, n))
+    with lock.hold(cells, "S4.1", tag):  # one writer of these crops for the whole run
+        return _run(cfg, hpa, cells, df, (i, n))
 
 
-def _run(cfg, hpa: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
+def _run(cfg, hpa: Path, cells: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
     """Crop the images of this shard, then write the index, the constants and the failures."""
-    out_dir = hpa / f"cells_{cfg.CELL_SIZE}"
-    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(hpa)
+    out_dir = cells / f"cells_{cfg.CELL_SIZE}"
+    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(cells)
     if n_stale:
         print(f"S4.1: removed {n_stale} temporary file(s) left by an interrupted run", flush=True)
     mask_dir = hpa / "train_cell_mask"
@@ -102,9 +106,9 @@ def _run(cfg, hpa: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
     index = pd.DataFrame(rows, columns=_INDEX_COLUMNS)
     index["border"] = index["border"].astype(int)
     name = f"cells_{cfg.CELL_SIZE}.csv" if n == 1 else f"cells_{cfg.CELL_SIZE}.shard{i}of{n}.csv"
-    io.atomic_to_csv(index, hpa / name)
-    config.save(cfg, hpa / f"cells_{cfg.CELL_SIZE}.json")  # S4.2 reads CROP_MARGIN / FROM_ORIGINAL
-    fail_csv = hpa / "s41_failures.csv"
+    io.atomic_to_csv(index, cells / name)
+    config.save(cfg, cells / f"cells_{cfg.CELL_SIZE}.json")  # S4.2 reads CROP_MARGIN / FROM_ORIGINAL
+    fail_csv = cells / "s41_failures.csv"
     if fails:
         io.atomic_to_csv(pd.DataFrame(fails), fail_csv)
     elif fail_csv.exists() and n == 1:
@@ -113,7 +117,7 @@ def _run(cfg, hpa: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
     print(f"S4.1 done in {dt:.1f} s: {n_img} images ({skipped} already cropped, {from_orig} from the "
           f"original resolution), {len(index)} cells indexed, {written} crops written "
           f"({written / max(dt, 1e-9):.0f} crops/s), {int(index['border'].sum()) if len(index) else 0} "
-          f"touch the border; index {hpa / name}", flush=True)
+          f"touch the border; index {cells / name}", flush=True)
     if fails:
         print(f"S4.1: {len(fails)} images FAILED, listed in {fail_csv}; first: {fails[0]['ID']}: "
               f"{fails[0]['error']}", flush=True)

@@ -1,6 +1,6 @@
 """S4.2: pipeline 2 - bags of CELLS_PER_IMAGE cell crops trained with the image label (MIL).
 
-Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's cells_{CELL_SIZE}/ crops and
+Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's CELLS_DIR/cells_{CELL_SIZE}/ crops and
         cells_{CELL_SIZE}.csv index (and cells_{CELL_SIZE}.json, S4.1's settings); for the
         cell-level validation (demo data only) the competition folder's train_cells.csv,
         train_cell_truth/{ID}.png and train/ originals
@@ -18,7 +18,8 @@ images (cropped with common.cells exactly like S4.1 crops, scored with metric.sc
 """
 # ---------------------------------------------------------------------------- data
 RECIPE = ""                  # one of the original's models (--RECIPE list); explicit overrides win
-HPA512_DIR = "input/hpa-512"                            # S2's output folder (crops and index from S4.1)
+HPA512_DIR = "input/hpa-512"                            # S2's output folder (train images and masks)
+CELLS_DIR = ""                                          # S4.1's CELLS_DIR: crops, index ("" = HPA512_DIR)
 TRAIN_CSV = "input/hpa-512/train_all.csv"               # image table with folds
 COMP_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
 FOLD = 0                     # validation fold (the others train); -1: train on all, no validation
@@ -211,12 +212,13 @@ def main(argv=None):
     hpa = constants.resolve(cfg.HPA512_DIR)
     comp = constants.resolve(cfg.COMP_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
-    cells_dir = hpa / f"cells_{cfg.CELL_SIZE}"
-    index_csv = hpa / f"cells_{cfg.CELL_SIZE}.csv"
+    cells_root = constants.resolve(cfg.CELLS_DIR) if cfg.CELLS_DIR else hpa
+    cells_dir = cells_root / f"cells_{cfg.CELL_SIZE}"
+    index_csv = cells_root / f"cells_{cfg.CELL_SIZE}.csv"
     for p, what in ((train_csv, "run S2 first"), (index_csv, f"run S4.1 --CELL_SIZE {cfg.CELL_SIZE} first")):
         if not p.is_file():
             raise SystemExit(f"{p}: not found ({what})")
-    _read_crop_settings(cfg, hpa)
+    _read_crop_settings(cfg, cells_root)
     df = io.read_id_table(train_csv, ("ID", "Label", "fold"))  # IDs as strings: "NA" stays "NA"
     train.check_fold(cfg, df["fold"], train_csv, "S4.2")
     df["is_ext"] = external_flags(df).astype(int)

@@ -96,7 +96,8 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
     ``--RECIPE list`` prints ``recipe_table`` and exits.
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
-    so module-level code sees them. Prints the resolved values unless ``quiet``.
+    so module-level code sees them. Unless ``quiet``, prints first how relative paths resolve
+    (``constants.paths_line``: the repository root, or Kaggle mode), then the resolved values.
     """
     # The pristine defaults are remembered on the first call, so a second main() in the same
     # process (tests, notebooks) starts from the constants block, not from the last overrides.
@@ -114,6 +115,9 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     if update:
         namespace.update(cfg)
     if not quiet:
+        from common.constants import paths_line
+
+        print(paths_line(), flush=True)  # how relative paths resolve (KAGGLE, common/constants.py)
         print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
 
@@ -221,6 +225,36 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that pick the floating-point kernels (torch's ATen dispatch, oneDNN, numpy's SIMD loops)
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",   # x86 (/proc/cpuinfo flags)
+             "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")                   # arm64 (Features)
+
+
+def _cpu_flags() -> list[str] | None:
+    """The :data:`CPU_FLAGS` this CPU has (None where /proc/cpuinfo does not list them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            have = set(value.split())
+            return [f for f in CPU_FLAGS if f in have]
+    return None
+
+
+def _cpu_capability() -> str | None:
+    """torch's CPU kernel level (``DEFAULT`` | ``AVX2`` | ``AVX512`` | ``SVE256`` ...; the
+    ``ATEN_CPU_CAPABILITY`` variable lowers it), importing torch where it is installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def _gpu_names(torch) -> list[str]:
     """GPU names without creating a CUDA context when there is none yet (forked workers stay safe)."""
     import shutil
@@ -239,8 +273,10 @@ def _gpu_names(torch) -> list[str]:
 
 
 def environment(device: str | None = None) -> dict:
-    """What made a result besides the constants: package versions, Python, OS, CPU model, the device
-    (``auto`` resolved) and the GPU names when CUDA is used. Seeded runs repeat exactly only with the
+    """What made a result besides the constants: package versions, Python, OS, CPU model, what
+    decides the floating-point path on the CPU (torch's ``cpu_capability``, the :data:`CPU_FLAGS`
+    present, ``OMP_NUM_THREADS`` and torch's thread count), the device (``auto`` resolved) and the
+    GPU names when CUDA is used. Seeded runs repeat exactly only with the
     same versions (requirements-lock.txt) on the same kind of machine."""
     import os
     import platform
@@ -258,9 +294,11 @@ def environment(device: str | None = None) -> dict:
     if dev == "auto":
         dev = "cuda" if cuda else "cpu"
     env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
-           "cpu_count": os.cpu_count(), "device": dev, "packages": versions}
+           "cpu_count": os.cpu_count(), "cpu_capability": _cpu_capability(), "cpu_flags": _cpu_flags(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "device": dev, "packages": versions}
+    if "torch" in sys.modules:  # imported by the step or for cpu_capability
+        env["torch_threads"] = sys.modules["torch"].get_num_threads()
     if torch is not None:
-        env["torch_threads"] = torch.get_num_threads()
         if dev.startswith("cuda") and cuda:
             env["cuda"] = torch.version.cuda
             if torch.cuda.is_initialized():  # asking cuDNN earlier would create a CUDA context

@@ -1,6 +1,16 @@
-"""The one place for the facts every step shares: classes, channel order, statistics, paths."""
+"""The one place for the facts every step shares: classes, channel order, statistics, paths.
+
+Paths (:func:`resolve`): a relative path constant is taken from the repository root, unless Kaggle
+mode is on. Kaggle mode is explicit: the environment variable ``KAGGLE=1`` (a notebook of
+tools/make_notebook.py sets it in its setup cell; a terminal run sets it by hand). Then
+``input/<name>/...`` is read from ``<KAGGLE_ROOT>/input/<name>/...`` when that dataset is attached,
+and every other relative path is taken under ``<KAGGLE_ROOT>/working``. ``KAGGLE_ROOT`` (environment,
+default ``/kaggle``) moves the whole tree (tests use a temporary one). The mere existence of a
+``/kaggle`` folder changes nothing. Each step prints the decision first (:func:`paths_line`).
+"""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -51,32 +61,57 @@ OUTPUT_DIR = ROOT / "output"                      # runs, submission, plots (ign
 COMP_DIR = INPUT_DIR / "hpa-single-cell-image-classification"  # competition layout / demo data
 HPA512_DIR = INPUT_DIR / "hpa-512"                # S2's processed images, folds, masks
 HPA_SEG_DIR = INPUT_DIR / "hpa-seg"               # official HPA segmentation weights (optional)
-KAGGLE_INPUT = Path("/kaggle/input")              # read-only datasets of a Kaggle notebook
-KAGGLE_WORKING = Path("/kaggle/working")          # the writable folder of a Kaggle notebook
+KAGGLE_ENV = "KAGGLE"                             # environment variable: "1" turns Kaggle mode on
+KAGGLE_ROOT_ENV = "KAGGLE_ROOT"                   # environment variable: the Kaggle tree (default /kaggle)
+_ON = ("1", "true", "yes", "on")
+
+
+def kaggle_root() -> Path:
+    """The root of the Kaggle tree: ``$KAGGLE_ROOT``, else ``/kaggle``."""
+    return Path(os.environ.get(KAGGLE_ROOT_ENV) or "/kaggle")
+
+
+def kaggle_input() -> Path:
+    """The read-only datasets of a Kaggle notebook (``/kaggle/input/<name>``)."""
+    return kaggle_root() / "input"
+
+
+def kaggle_working() -> Path:
+    """The writable folder of a Kaggle notebook (``/kaggle/working``)."""
+    return kaggle_root() / "working"
 
 
 def on_kaggle() -> bool:
-    """True inside a Kaggle notebook (``/kaggle/input`` exists)."""
-    return KAGGLE_INPUT.is_dir()
+    """Kaggle mode: True only when the environment says ``KAGGLE=1`` (a generated notebook does)."""
+    return os.environ.get(KAGGLE_ENV, "").strip().lower() in _ON
+
+
+def paths_line() -> str:
+    """How this step resolves relative paths, for the first line it prints."""
+    value = os.environ.get(KAGGLE_ENV)
+    said = f"{KAGGLE_ENV}={value}" if value is not None else f"{KAGGLE_ENV} unset"
+    if not on_kaggle():
+        return f"paths: relative to {ROOT} ({said})"
+    return (f"paths: Kaggle mode ({said}): input/<name> from {kaggle_input()}/<name> when attached, "
+            f"the rest under {kaggle_working()}")
 
 
 def resolve(path: str | Path) -> Path:
     """A path constant as given by a user: absolute stays, relative is taken from the repo root.
 
-    On Kaggle (``/kaggle/input`` exists) the repo root is read-only or absent, so a relative path
-    is taken from ``/kaggle/working`` instead, except ``input/<name>/...`` when a dataset
-    ``/kaggle/input/<name>`` is attached: it is read from there (``input/hpa-single-cell-image-
-    classification`` is the competition data; ``input/hpa-512`` is written to
-    ``/kaggle/working/input/hpa-512`` unless a dataset of that name is attached).
+    In Kaggle mode (:func:`on_kaggle`) a relative path is taken from ``<KAGGLE_ROOT>/working``
+    instead, except ``input/<name>/...`` when a dataset ``<KAGGLE_ROOT>/input/<name>`` is attached:
+    it is read from there (``input/hpa-512`` is written to ``/kaggle/working/input/hpa-512`` unless
+    a dataset of that name is attached).
     """
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
     if not on_kaggle():
         return ROOT / p
-    if len(p.parts) > 1 and p.parts[0] == "input" and (KAGGLE_INPUT / p.parts[1]).is_dir():
-        return KAGGLE_INPUT.joinpath(*p.parts[1:])
-    return KAGGLE_WORKING / p
+    if len(p.parts) > 1 and p.parts[0] == "input" and (kaggle_input() / p.parts[1]).is_dir():
+        return kaggle_input().joinpath(*p.parts[1:])
+    return kaggle_working() / p
 
 
 def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
@@ -86,7 +121,6 @@ def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
     small file is created and removed in it (``os.access`` says yes to root on a read-only mount).
     Raises SystemExit naming the folder and the constant to change. Returns the resolved path.
     """
-    import os
     import tempfile
 
     target = resolve(path)
@@ -97,7 +131,7 @@ def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        where = f" (on Kaggle: a folder under {KAGGLE_WORKING})" if on_kaggle() else ""
+        where = f" (on Kaggle: a folder under {kaggle_working()})" if on_kaggle() else ""
         raise SystemExit(f"cannot write to {folder} ({e.strerror or e}): set {name} to a writable "
                          f"folder{where}, with --{name} PATH or in the constants block") from None
     return target

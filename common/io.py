@@ -10,6 +10,7 @@ import contextlib
 import errno
 import gzip
 import io as _io
+import json
 import os
 import re
 import secrets
@@ -226,6 +227,25 @@ def atomic_to_csv(df, path: str | Path, **kw) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kw)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- Kaggle datasets
+KAGGLE_METADATA = "dataset-metadata.json"  # what `kaggle datasets create -p <folder>` reads
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
+
+
+def dataset_metadata(dataset_id: str, title: str = "") -> dict:
+    """What ``kaggle datasets create`` needs: title (default the slug), id ``owner/slug`` (slug:
+    3-50 lower-case letters, digits, '-'), licence CC0-1.0. Raises ValueError naming the id."""
+    if not _SLUG.match(dataset_id or ""):
+        raise ValueError(f"DATASET_ID {dataset_id!r}: expected owner/slug (slug: 3-50 lower-case letters, "
+                         "digits and '-')")
+    return {"title": title or dataset_id.split("/")[1], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+
+
+def write_dataset_metadata(folder: str | Path, meta: dict) -> Path:
+    """``folder/dataset-metadata.json`` (:func:`dataset_metadata`): ``kaggle datasets create -p folder``."""
+    return atomic_write_text(Path(folder) / KAGGLE_METADATA, json.dumps(meta, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- tables of images

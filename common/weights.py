@@ -8,7 +8,10 @@ Sources, in order (:func:`local_source`, :func:`require`):
 2. ``PRETRAINED_DIR``: a folder holding ``<model name>.safetensors`` (or ``.pth`` / ``.bin``), the
    model name with or without its pretrained tag (``tf_efficientnet_b0.ns_jft_in1k`` or
    ``tf_efficientnet_b0``; a tag-less request also finds timm's default tag's file);
-3. the timm hub (Hugging Face, or the legacy URL) through its local cache.
+3. the timm hub (Hugging Face, or the legacy URL) through its local cache. Its host is tried once,
+   with a connection that must open within ``HUB_CONNECT_TIMEOUT`` seconds (:func:`hub_reachable`);
+   when it does not (no network, a Kaggle notebook with internet off; ``HF_HUB_OFFLINE`` need not be
+   set), the run goes on from the local caches only, so no download is retried and nothing waits.
 
 A local file is given to timm as ``pretrained_cfg_overlay=dict(file=...)``, so it goes through the
 very code a hub download goes through (``timm.models.load_pretrained``: the model's checkpoint
@@ -25,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -55,6 +60,7 @@ _ORIGINAL_RGB_FILTER = (0, 1, 2, 0)  # RGB filter index per position of ORIGINAL
 
 WEIGHT_EXTS = (".safetensors", ".pth", ".bin")
 MANIFEST = "manifest.json"
+HUB_CONNECT_TIMEOUT = 3.0  # seconds a connection to the hub's host may take before the run is offline
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -164,20 +170,76 @@ def hub_state_dict(model_name: str) -> dict[str, torch.Tensor]:
     raise PretrainedUnavailable(f"timm lists no download for {model_name!r} (source {load_from or 'none'})")
 
 
+def hub_host(model_name: str) -> tuple[str, int] | None:
+    """``(host, port)`` timm downloads ``model_name``'s weights from (None: no download)."""
+    from urllib.parse import urlparse
+
+    loc = hub_location(model_name)
+    kind, _, where = loc.partition(":")
+    if kind == "hf-hub":
+        from huggingface_hub import constants as hf
+
+        where = hf.ENDPOINT
+    elif kind != "url":
+        return None
+    url = urlparse(where)
+    if not url.hostname:
+        return None
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def hub_reachable(host: str, port: int, timeout: float = HUB_CONNECT_TIMEOUT) -> str:
+    """"" when a TCP connection to ``host:port`` opens within ``timeout`` seconds, else why not.
+    One try; the name lookup is bounded by the same timeout (a thread that is not waited for)."""
+    result: dict[str, str] = {}
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["why"] = ""
+        except OSError as e:
+            result["why"] = f"{type(e).__name__}: {e}"
+
+    t = threading.Thread(target=probe, daemon=True, name="hub-probe")
+    t.start()
+    t.join(timeout)
+    return result.get("why", f"no connection within {timeout:g} s")
+
+
+def go_offline_unless_reachable(model_name: str) -> str:
+    """Try the hub's host of ``model_name`` once; when it cannot be reached, switch this process's
+    Hugging Face hub to offline mode (its cache only: no retries) and say why -> "" when reachable,
+    already offline, or no download applies."""
+    try:
+        from huggingface_hub import constants as hf
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        hf = None
+    if hf is not None and hf.HF_HUB_OFFLINE:
+        return ""
+    where = hub_host(model_name)
+    if where is None:
+        return ""
+    why = hub_reachable(*where)
+    if why and hf is not None:
+        hf.HF_HUB_OFFLINE = True  # read at each call: hf_hub_download takes the cache, never retries
+    return f"{where[0]}:{where[1]} cannot be reached ({why})" if why else ""
+
+
 def _cache_dirs() -> str:
     try:
         from huggingface_hub import constants as hf
 
         hf_cache = hf.HF_HUB_CACHE
-        offline = " (HF_HUB_OFFLINE=1)" if hf.HF_HUB_OFFLINE else ""
+        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub
         hf_cache, offline = "?", ""
     return f"HF cache {hf_cache}{offline}, torch hub {torch.hub.get_dir()}"
 
 
 def _first_line(error: BaseException | str) -> str:
+    """The first line of an error, whole."""
     lines = str(error).strip().splitlines()
-    text = lines[0][:200] if lines else ""
+    text = lines[0] if lines else ""
     return f"{type(error).__name__}: {text}" if isinstance(error, BaseException) else text
 
 
@@ -205,7 +267,8 @@ def require(cfg: dict) -> str:
     """Check, before any work, that the run's pretrained weights can be had -> a description of the
     source ("random init" | the local file | "timm hub"). Raises :class:`PretrainedUnavailable`
     (catch it in ``main`` and ``raise SystemExit(str(e))``). A hub source is fetched into the cache
-    here, so building the model later needs no network."""
+    here, so building the model later needs no network; when the hub's host cannot be reached the
+    process stays offline (:func:`go_offline_unless_reachable`) and only the caches are read."""
     name = str(cfg["MODEL_NAME"])
     pretrained = bool(cfg["PRETRAINED"])
     stem = str(cfg["STEM_INIT"])
@@ -221,10 +284,12 @@ def require(cfg: dict) -> str:
         return str(path)
     if not pretrained:
         return "random init"
+    offline = go_offline_unless_reachable(name)
     try:
         hub_state_dict(name)
     except Exception as e:  # noqa: BLE001 - any failure of the hub/cache ends the same way
-        raise PretrainedUnavailable(unavailable_message(name, folder, e)) from None
+        why = f"{offline}, and the caches have no copy" if offline else e
+        raise PretrainedUnavailable(unavailable_message(name, folder, why)) from None
     return f"timm hub ({hub_location(name)})"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -80,6 +81,33 @@ def test_save_records_the_environment(tmp_path):
     assert "gpu" not in env                                     # a CPU run names no GPU
     bare = config.save({"A": 1}, tmp_path / "b.json", record_environment=False)
     assert json.loads(bare.read_text()) == {"A": 1}
+
+
+def test_every_saved_environment_holds_the_cpu_capability(tmp_path):
+    """What picks the floating-point kernels is saved with every config, also by a step that never
+    imported torch (S0, S2, S6): torch's CPU capability, the CPU flags that matter, the threads."""
+    import subprocess
+    import sys
+
+    import torch
+
+    code = ("import sys; from common import config; assert 'torch' not in sys.modules; "
+            f"config.save({{'A': 1}}, {str(tmp_path / 'c.json')!r})")
+    env = {**os.environ, "PYTHONPATH": str(config.Path(config.__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    saved = [json.loads((tmp_path / "c.json").read_text())["environment"],
+             json.loads(config.save({"A": 1}, tmp_path / "d.json").read_text())["environment"]]
+    for e in saved:
+        assert e["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        cap = e["cpu_capability"]
+        assert cap in ("DEFAULT", "AVX2", "AVX512", "NO AVX") or cap.startswith(("SVE", "VSX", "ZVECTOR"))
+        assert e["torch_threads"] >= 1
+        flags = config._cpu_flags()
+        assert e["cpu_flags"] == flags and (flags is None or set(flags) <= set(config.CPU_FLAGS))
+    assert saved[0]["omp_num_threads"] == "1" and saved[0]["torch_threads"] == 1
+    if config.Path("/proc/cpuinfo").is_file() and "avx2" in config.Path("/proc/cpuinfo").read_text():
+        assert "avx2" in saved[0]["cpu_flags"]
 
 
 def test_environment_names_the_gpu_on_cuda(monkeypatch):

@@ -4,7 +4,9 @@ start check of unwritable output folders."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -148,6 +150,30 @@ def test_packed_runs_are_slim_and_load(demo):
         pack_runs.main([str(demo["root"] / "nothing"), "--OUT", str(demo["root"] / "p2")])
 
 
+def test_packing_says_what_it_saved_and_keeps_no_local_path(demo, tmp_path, capsys):
+    out = tmp_path / "packed"
+    rows = pack_runs.main([str(demo["out"]), "--OUT", str(out), "--CHECKPOINT", "last.pth",
+                           "--DATASET_ID", "me/hpa-runs"])
+    said = capsys.readouterr().out
+    text = (out / "runs.json").read_text()
+    assert str(tmp_path) not in text and str(demo["root"]) not in text and '"/' not in text
+    assert [r["run"] for r in rows] == [f"{r.parent.name}/{r.name}" for r in sorted(demo["runs"])]
+    for r, run in zip(rows, sorted(demo["runs"])):
+        assert r["source_bytes"] == (run / "last.pth").stat().st_size > r["bytes"]
+        line = f"{r['run']}: last.pth {r['source_bytes']:,} bytes -> best.pth {r['bytes']:,} bytes (saved "
+        assert line in said
+    before, after = sum(r["source_bytes"] for r in rows), sum(r["bytes"] for r in rows)
+    assert f"into {out}: {before:,} bytes -> {after:,} bytes (saved {before - after:,} bytes" in said
+    assert json.loads((out / "dataset-metadata.json").read_text()) == {
+        "title": "hpa-runs", "id": "me/hpa-runs", "licenses": [{"name": "CC0-1.0"}]}
+    pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "again")])   # best.pth: slim already
+    assert "saved nothing" not in said
+    assert capsys.readouterr().out.count("saved nothing: slim already") == 3
+    with pytest.raises(SystemExit, match="--DATASET_ID 'hpa-runs': expected owner/slug"):
+        pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "p3"), "--DATASET_ID", "hpa-runs"])
+    assert not (tmp_path / "p3").exists()                                   # checked before any work
+
+
 @pytest.mark.slow
 def test_s3_notebook_trains_one_step_from_read_only_inputs(demo, tmp_path, monkeypatch):
     ro = tmp_path / "kaggle_input"
@@ -199,13 +225,18 @@ def test_a_read_only_output_folder_stops_each_step_at_start(tmp_path):
     assert os.listdir(tmp_path / "w" / "x") == []
 
 
-def test_kaggle_defaults_resolve_under_working(tmp_path, monkeypatch):
+def test_kaggle_mode_is_explicit(tmp_path, monkeypatch):
+    """A Kaggle tree alone changes nothing; KAGGLE=1 resolves under it (KAGGLE_ROOT: a tmp tree)."""
     kin, kw = tmp_path / "input", tmp_path / "working"
-    monkeypatch.setattr(constants, "KAGGLE_INPUT", kin)
-    monkeypatch.setattr(constants, "KAGGLE_WORKING", kw)
-    assert constants.resolve("output") == constants.ROOT / "output"           # not on Kaggle
     (kin / "hpa-single-cell-image-classification").mkdir(parents=True)
-    assert constants.on_kaggle()
+    monkeypatch.setenv("KAGGLE_ROOT", str(tmp_path))
+    monkeypatch.delenv("KAGGLE", raising=False)
+    assert not constants.on_kaggle() and "(KAGGLE unset)" in constants.paths_line()
+    assert constants.resolve("output") == constants.ROOT / "output"           # a /kaggle/input is no switch
+    monkeypatch.setenv("KAGGLE", "0")
+    assert constants.resolve("output") == constants.ROOT / "output"
+    monkeypatch.setenv("KAGGLE", "1")
+    assert constants.on_kaggle() and f"from {kin}/<name>" in constants.paths_line()
     assert constants.resolve("output") == kw / "output"
     assert constants.resolve("output/p1/fold0") == kw / "output" / "p1" / "fold0"
     assert constants.resolve("input/hpa-single-cell-image-classification/test") == (
@@ -214,10 +245,68 @@ def test_kaggle_defaults_resolve_under_working(tmp_path, monkeypatch):
     assert constants.resolve("/abs/x") == Path("/abs/x")
 
 
-# ----------------------------------------------------------------------------- the generator
+def test_a_script_says_how_it_resolves_paths_and_does_so(tmp_path):
+    """S6 from a terminal with a Kaggle tree present: relative paths from the repository root unless
+    KAGGLE=1; the first line says which."""
+    (tmp_path / "input" / "i28_data").mkdir(parents=True)
+    argv = [sys.executable, str(ROOT / "S6_evaluate.py"), "--SUBMISSION", "output/i28_probe/sub.csv",
+            "--TRUTH", "input/i28_data/truth.csv"]
+    env = {k: v for k, v in os.environ.items() if k != "KAGGLE"}
+    env["KAGGLE_ROOT"] = str(tmp_path)
+    runs = {}
+    try:
+        for kaggle in (None, "1"):
+            e = env if kaggle is None else {**env, "KAGGLE": kaggle}
+            p = subprocess.run(argv, env=e, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert p.returncode != 0                                  # no truth file: stops naming it
+            runs[kaggle] = (p.stdout.splitlines()[0], p.stdout + p.stderr)
+    finally:
+        with contextlib.suppress(OSError):
+            (ROOT / "output" / "i28_probe").rmdir()                   # the output check's folder
+    first, text = runs[None]
+    assert first == f"paths: relative to {ROOT} (KAGGLE unset)"
+    assert f"{ROOT / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
+    first, text = runs["1"]
+    assert first.startswith("paths: Kaggle mode (KAGGLE=1)") and str(tmp_path / "working") in first
+    assert f"{tmp_path / 'input' / 'i28_data' / 'truth.csv'}: truth file is missing" in text
+    assert (tmp_path / "working" / "output" / "i28_probe").is_dir()          # the output check, there
+
+
+def _no_network() -> list[str]:
+    """A command prefix running in a private network namespace (no interfaces), where unshare works."""
+    ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    return ["unshare", "-n"] if ok else []
+
+
 @pytest.mark.parametrize("script", ["S2_data_process.py", "S3_train_pipeline1.py", "S4.1_crop_cells.py",
                                     "S4.2_train_pipeline2.py", "S5_predict.py"])
-def test_notebook_cells_follow_the_script(script, tmp_path):
+def test_no_albumentations_update_check(script):
+    """Every step that imports albumentations does it after `common`, which turns its online update
+    check off: no network attempt, no warning (offline it would warn 'Error fetching version info')."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    p = subprocess.run([*_no_network(), sys.executable, str(ROOT / script), "--help"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "version info" not in p.stderr and "albumentations" not in p.stderr.lower(), p.stderr
+
+
+# ----------------------------------------------------------------------------- the generator
+COMP = "hpa-single-cell-image-classification"
+ATTACH = {  # what each notebook reads (README, Kaggle notebooks)
+    "S2_data_process.py": [COMP, "hpa-seg"],
+    "S3_train_pipeline1.py": ["hpa-512", "timm-weights"],
+    "S4.1_crop_cells.py": ["hpa-512", COMP],
+    "S4.2_train_pipeline2.py": ["hpa-512", "hpa-cells", COMP, "timm-weights"],
+    "S5_predict.py": [COMP, "hpa-512", "hpa-runs", "hpa-seg"],
+}
+WRITES = {"S2_data_process.py": "hpa-512", "S4.1_crop_cells.py": "hpa-cells"}  # dataset of its output
+WRITES.update({k: "" for k in ATTACH if k not in WRITES})
+
+
+@pytest.mark.parametrize("script", ["S2_data_process.py", "S3_train_pipeline1.py", "S4.1_crop_cells.py",
+                                    "S4.2_train_pipeline2.py", "S5_predict.py"])
+def test_notebook_cells_follow_the_script(script, tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_ROOT", raising=False)
     import nbformat
 
     given = "BATCH_SIZE" if script in ("S3_train_pipeline1.py", "S4.2_train_pipeline2.py", "S5_predict.py") \
@@ -238,9 +327,19 @@ def test_notebook_cells_follow_the_script(script, tmp_path):
     assert changed == paths | {given} and got[given] == 3
     assert all(got[k].startswith("/kaggle/input/") or got[k].startswith("/kaggle/working")
                for k in paths) and paths
+    # the editable cell holds constants only: comments and NAME = literal
+    import ast
+
+    assert all(isinstance(n, ast.Assign) and n.targets[0].id.isupper() for n in ast.parse(cells[3]).body)
     assert "__file__" not in cells[4] and '__name__ == "__main__"' not in cells[4]
-    assert "def main(" in cells[4] and cells[5].startswith("result = main([])")
+    assert "def main(" in cells[4] and cells[5].endswith("result = main([])  # no command line")
+    assert "_CONFIG_DEFAULTS" in cells[5] and "os.environ['KAGGLE'] = '1'" in cells[2]   # Kaggle mode, set
     assert "--find-links" in cells[1] and "'torch'" in cells[1] and "_ZIP" in cells[2]
+    # the note names exactly the datasets the constants point at, under /kaggle/input/<name>
+    named = set(re.findall(r"^- `/kaggle/input/([^`/]+)`", cells[0], re.M)) - {"hpa-wheels"}
+    pointed = {Path(v).parts[3] for v in paths for v in [got[v]] if v.startswith("/kaggle/input/")}
+    assert named == pointed == set(ATTACH[script]), (named, pointed)
+    assert f"named `{WRITES[script]}`" in cells[0] if WRITES[script] else "**Writes**" in cells[0]
 
 
 def test_generator_rejects_unknown_constants_and_keeps_comments():
@@ -278,3 +377,96 @@ def test_make_wheelhouse_downloads_binary_wheels_at_the_required_versions():
         got = next(c for c in cmd if c.startswith(spec))
         assert got in reqs.replace(" ", "")                              # the requirements.txt range
     assert cmd[-1] == "albucore"
+
+
+def test_import_check_accepts_any_recent_torch_and_names_what_it_found(tmp_path, monkeypatch, capsys):
+    """requirements.txt pins torch exactly (bit-exact repeats); a notebook takes Kaggle's torch."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    found = {"torch": "2.6.0+cu124"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: found.get(d) or real(d))
+    cell = make_notebook.check_cell(["torch", "numpy"], [], str(tmp_path / "w"))
+    exec(cell, {})
+    out = capsys.readouterr().out
+    assert "warning" not in out and f"imports ok: torch 2.6.0+cu124, numpy {real('numpy')}" in out
+    found["torch"] = "2.0.1"                                               # too old for the code
+    exec(cell, {})
+    assert "warning: torch 2.0.1 installed, this step wants >=2.3" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the notebook sequence
+def _save_output_as_dataset(working: Path, datasets: Path, name: str) -> Path:
+    """What a user does between two notebooks: the output (/kaggle/working) becomes a dataset."""
+    import shutil
+
+    dst = datasets / name
+    shutil.copytree(working, dst)
+    shutil.rmtree(working)
+    working.mkdir()
+    return dst
+
+
+@pytest.mark.slow
+def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
+    """S2 -> S3, S4.1 -> S4.2 -> pack_runs -> S5 as generated notebooks, executed in order in a
+    Kaggle-like tree (KAGGLE_ROOT, never the real /kaggle): each output is saved as the dataset the next
+    notebook's note names, then attached read-only at <root>/input/<name>. No path constant is edited
+    (the notebooks point at the attached datasets); only sizes are shrunk for speed (64-px demo images,
+    a 1-step test_resnet without pretrained weights, 32-px cells, workers 1, CPU)."""
+    torch.set_num_threads(1)
+    root, datasets = tmp_path / "kaggle", tmp_path / "datasets"
+    working = root / "working"
+    working.mkdir(parents=True)
+    monkeypatch.setenv("KAGGLE_ROOT", str(root))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))          # where the notebooks unpack common/
+    monkeypatch.delenv("KAGGLE", raising=False)           # each notebook turns Kaggle mode on itself
+    load_script("S0_make_demo_data.py").main(
+        ["--OUT_DIR", str(datasets / COMP), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
+         "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1", "--SEED", "3"])
+    tiny = {"S2_data_process.py": ["--IMAGE_SIZE", str(SIZE), "--NUM_WORKERS", "1"],
+            "S3_train_pipeline1.py": [*TINY, "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
+                                      "--CACHE_GB", "0"],
+            "S4.1_crop_cells.py": ["--CELL_SIZE", "32", "--NUM_WORKERS", "1"],
+            "S4.2_train_pipeline2.py": [*TINY, "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4",
+                                        "--BATCH_SIZE", "2"],
+            "S5_predict.py": S5_ARGS}
+    seconds, notes = {}, {}
+
+    def run(script: str, stack: contextlib.ExitStack) -> str:
+        nb = make_notebook.make_notebook(script, tiny[script])
+        notes[script] = nb.cells[0].source
+        for name in ATTACH[script]:                         # attach what the note names, if it exists
+            if (datasets / name).is_dir():
+                stack.enter_context(read_only(datasets / name, root / "input" / name))
+        assert f"`{root}/input/hpa-512`" in notes[script] or script == "S2_data_process.py"
+        t0 = time.time()
+        _execute(nb, tmp_path)
+        seconds[script] = time.time() - t0
+        text = _outputs(nb)
+        assert re.match(r"imports ok: .*\bnumpy \d", text.splitlines()[0])      # the versions found
+        assert f"paths: Kaggle mode (KAGGLE=1): input/<name> from {root}/input/<name>" in text
+        return text
+
+    with contextlib.ExitStack() as stack:
+        run("S2_data_process.py", stack)
+        _save_output_as_dataset(working, datasets, "hpa-512")             # named in S2's note
+        assert "named `hpa-512`" in notes["S2_data_process.py"]
+        run("S3_train_pipeline1.py", stack)
+        s3_runs = _save_output_as_dataset(working, tmp_path, "s3_output")  # downloaded for pack_runs
+        run("S4.1_crop_cells.py", stack)
+        _save_output_as_dataset(working, datasets, "hpa-cells")           # named in S4.1's note
+        assert "named `hpa-cells`" in notes["S4.1_crop_cells.py"]
+        run("S4.2_train_pipeline2.py", stack)
+        s42_runs = _save_output_as_dataset(working, tmp_path, "s42_output")
+        pack_runs.main([str(s3_runs), str(s42_runs), "--OUT", str(datasets / "hpa-runs"),
+                        "--DATASET_ID", "me/hpa-runs"])
+        text = run("S5_predict.py", stack)
+    print("notebooks:", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+          f"(in all {sum(seconds.values()):.1f} s)")
+    assert "2 runs" in text
+    sub = (working / "submission.csv").read_text().splitlines()
+    sample = (datasets / COMP / "sample_submission.csv").read_text().splitlines()
+    assert len(sub) == len(sample) == 3                                   # header + one row per test image
+    assert [r.split(",")[0] for r in sub[1:]] == [r.split(",")[0] for r in sample[1:]]
+    assert all(len(r.split(",")[3]) > 10 for r in sub[1:])                 # cells were predicted

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,37 @@ def test_scripts_stop_at_start_with_one_message_offline(script, tmp_path):
     for way in ("--PRETRAINED_DIR", "--PRETRAINED_FILE", "--PRETRAINED false", "fetch_weights.py"):
         assert way in err
     assert len(err.strip().splitlines()) <= 6
+    assert nothing_in(tmp_path / "out")
+
+
+def test_s3_stops_fast_without_network_and_without_hf_hub_offline(tmp_path):
+    """A Kaggle notebook with internet off sets no HF_HUB_OFFLINE: S3 (default model, no local weights)
+    run in a private network namespace tries the hub's host once and stops with the whole message,
+    no retries, about as fast as with HF_HUB_OFFLINE=1 (the issue: 55 s and 24 'Retrying' lines, 7 s
+    with the variable; here the bound is that time plus HUB_CONNECT_TIMEOUT and a margin)."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -n (a private network namespace) is not available here")
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    argv = [sys.executable, str(ROOT / "S3_train_pipeline1.py"), "--PRETRAINED_DIR", str(empty),
+            "--OUTPUT_DIR", str(tmp_path / "out")]
+    seconds, errs = {}, {}
+    for offline in (True, False):
+        env = _offline_env(tmp_path)
+        if not offline:
+            del env["HF_HUB_OFFLINE"]
+        t0 = time.monotonic()
+        proc = subprocess.run(["unshare", "-n", *argv], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        seconds[offline], errs[offline] = time.monotonic() - t0, proc.stderr
+        assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    err = errs[False]
+    print(f"S3 offline: {seconds[True]:.1f} s with HF_HUB_OFFLINE=1, {seconds[False]:.1f} s without")
+    assert "Traceback" not in err and "Retrying" not in err and "HF_HUB_OFFLINE" not in err
+    assert len(err.strip().splitlines()) == 4                             # the one message, whole
+    assert "huggingface.co:443 cannot be reached" in err and "the caches have no copy" in err
+    assert err.rstrip().endswith("or --PRETRAINED false (random initial weights)")
+    assert seconds[False] < min(15.0, seconds[True]) + weights.HUB_CONNECT_TIMEOUT + 5, seconds
     assert nothing_in(tmp_path / "out")
 
 
@@ -162,8 +194,12 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
         return {"state_dict": timm.create_model(arch, pretrained=False).state_dict()}  # a wrapped checkpoint
 
     out = tmp_path / "w"
-    argv = ["--MODELS", "resnet18,test_resnet", str(out)]
+    argv = ["--MODELS", "resnet18,test_resnet", "--DATASET_ID", "me/timm-weights", str(out)]
     rows = tool.main(argv, download=fake_download, location=lambda n: f"fake:{n}")
+    assert json.loads((out / "dataset-metadata.json").read_text()) == {
+        "title": "timm-weights", "id": "me/timm-weights", "licenses": [{"name": "CC0-1.0"}]}
+    text = (out / weights.MANIFEST).read_text()
+    assert str(tmp_path) not in text and '"/' not in text                 # no absolute path
     assert calls == ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
     manifest = json.loads((out / weights.MANIFEST).read_text())
     names = ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
@@ -185,6 +221,20 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
     torch.manual_seed(1)
     ref = timm.create_model("resnet18", pretrained=False).state_dict()["conv1.weight"]
     torch.testing.assert_close(clf.backbone.conv1.weight[:, :3].detach(), ref * 0.75)
+
+
+def test_fetch_weights_help_and_a_bad_dataset_id(tmp_path, capsys):
+    tool = _load_tool()
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    assert "usage: python tools/fetch_weights.py" in shown and "--DATASET_ID" in shown
+    assert "kaggle datasets create -p" in shown and "--RECIPES all" in shown     # the example
+    with pytest.raises(SystemExit, match="DATASET_ID 'timm-weights': expected owner/slug"):
+        tool.main(["--MODELS", "resnet18", "--DATASET_ID", "timm-weights", str(tmp_path / "w")],
+                  download=lambda n: pytest.fail("downloaded despite a bad DATASET_ID"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_fetch_weights_reports_a_failed_download(tmp_path):

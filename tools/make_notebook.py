@@ -6,20 +6,28 @@
 Meant for S2, S3, S4.1, S4.2 and S5 (any numbered script of the same shape works). The notebook is
 generated from the code as it is, so regenerate it after a change rather than editing it. Cells:
 
-1. a note (the script's docstring, the datasets to attach);
+1. a note: which datasets to attach, under which names (``/kaggle/input/<name>``, see STEPS and
+   DATASETS), what the step writes for the next notebook and how it becomes a dataset, then the
+   script's docstring;
 2. an import check: every package the step imports is looked up; a missing one is named with the
    offline install line ``pip install --no-index --find-links <WHEELS> ...`` (run for you when
    that folder exists; tools/make_wheelhouse.sh makes it). Versions outside requirements.txt are
-   reported as a warning;
-3. the ``common/`` package, carried as a base64 zip (deterministic, with its sha256): written once
-   to a temporary folder and put first on ``sys.path``. A zip keeps the notebook one file and one
-   cell for the ~25 modules, byte for byte the repository's code (checked by the hash), and about
-   half the size of the plain sources (a notebook is ~160 kB);
-4. the script's constants block, editable, with Kaggle paths (inputs under ``/kaggle/input/...``,
-   outputs under ``/kaggle/working``) and any ``--NAME value`` given to this tool;
+   reported as a warning (torch / torchvision: any version of NOTEBOOK_RANGES, the pins being for
+   bit-exact repeats); the versions found are printed;
+3. setup: Kaggle mode on (``KAGGLE=1``, common/constants.py) and the ``common/`` package, carried
+   as a base64 zip (deterministic, with its sha256): written once to a temporary folder and put
+   first on ``sys.path``. A zip keeps the notebook one file and one cell for the ~25 modules, byte
+   for byte the repository's code (checked by the hash), and about half the size of the plain
+   sources (a notebook is ~160 kB);
+4. the script's constants block, editable and constants only, its paths pointing at the attached
+   datasets (``/kaggle/input/<name>``) and outputs under ``/kaggle/working``, with any
+   ``--NAME value`` given to this tool;
 5. the rest of the script (imports and functions; the ``sys.path`` line and ``__main__`` guard
    dropped);
 6. ``main([])``: the constants of cell 4 as edited, no command line.
+
+The Kaggle tree is ``constants.kaggle_root()`` (``$KAGGLE_ROOT``, default ``/kaggle``): tests
+generate notebooks for a temporary tree.
 """
 from __future__ import annotations
 
@@ -39,18 +47,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import config, recipes  # noqa: E402
+from common import config, constants, recipes  # noqa: E402
 
-WHEELS = "/kaggle/input/hpa-wheels"  # default folder of the wheels dataset (tools/make_wheelhouse.sh)
-# Kaggle locations of the repository's default path constants (value prefix -> Kaggle path).
-KAGGLE_PATHS = {
-    "input/hpa-single-cell-image-classification": "/kaggle/input/hpa-single-cell-image-classification",
-    "input/hpa-seg": "/kaggle/input/hpa-seg",          # a dataset with the official segmentation weights
-    "input/hpa-512": "/kaggle/working/hpa-512",        # S2's outputs, written in this session
-    "output": "/kaggle/working",                       # runs, submission.csv
+WHEELS = "hpa-wheels"  # name of the wheels dataset (tools/make_wheelhouse.sh), under <root>/input
+# Datasets a notebook may attach, by their name under /kaggle/input: what each holds, where it comes from.
+DATASETS = {
+    "hpa-single-cell-image-classification": "the competition data (Add data, Competitions)",
+    "hpa-512": "S2's output: run the S2 notebook, then save its output as a dataset named `hpa-512`",
+    "hpa-cells": "S4.1's output: run the S4.1 notebook, then save its output as a dataset named "
+                 "`hpa-cells`",
+    "timm-weights": ("pretrained backbones: where there is internet, `python tools/fetch_weights.py "
+                     "--RECIPES all --DATASET_ID <you>/timm-weights input/timm-weights`, then `kaggle "
+                     "datasets create -p input/timm-weights` (or set PRETRAINED = False)"),
+    "hpa-runs": ("trained runs: the S3 / S4.2 notebooks' outputs, downloaded and packed with `python "
+                 "tools/pack_runs.py <runs> --OUT packed_runs --DATASET_ID <you>/hpa-runs`, then `kaggle "
+                 "datasets create -p packed_runs`"),
+    "hpa-seg": "the official HPA segmentation weights (README, Official HPA segmentation)",
 }
-# Per-script Kaggle values of constants whose default is no path.
-KAGGLE_EXTRA = {"S5_predict.py": {"RUNS_DIR": "/kaggle/input/hpa-runs"}}  # tools/pack_runs.py's dataset
+# Per script: the datasets that are optional, the Kaggle values of constants other than the default
+# mapping (input/<name> -> /kaggle/input/<name>, output -> /kaggle/working; "working" and "input/<name>"
+# are taken under the Kaggle root), and what the step leaves for the next notebook.
+STEPS = {
+    "S2_data_process.py": dict(
+        optional={"hpa-seg": "without it the built-in watershed segments"},
+        values={"OUT_DIR": "working"},
+        writes="its outputs straight into `{working}` (OUT_DIR). Save this notebook's output as a dataset "
+               "named `hpa-512`: the S3, S4.1, S4.2 and S5 notebooks attach it."),
+    "S3_train_pipeline1.py": dict(
+        optional={}, values={},
+        writes="the run under `{working}/<run>/fold<k>/` (OUTPUT_DIR; best.pth, last.pth, config.json, ...). "
+               "For S5 it becomes the dataset `hpa-runs`: {runs}."),
+    "S4.1_crop_cells.py": dict(
+        optional={}, values={"CELLS_DIR": "working"},
+        writes="the cell crops straight into `{working}` (CELLS_DIR). Save this notebook's output as a "
+               "dataset named `hpa-cells`: the S4.2 notebook attaches it."),
+    "S4.2_train_pipeline2.py": dict(
+        optional={"hpa-single-cell-image-classification": "the cell-level validation (demo data only)"},
+        values={"CELLS_DIR": "input/hpa-cells"},
+        writes="the run under `{working}/<run>/fold<k>/` (OUTPUT_DIR). For S5 it becomes the dataset "
+               "`hpa-runs`: {runs}."),
+    "S5_predict.py": dict(
+        optional={"hpa-512": "S2's test masks; without them S5 segments the test images itself",
+                  "hpa-seg": "without it the built-in watershed segments"},
+        values={"RUNS_DIR": "input/hpa-runs"},
+        writes="`{working}/submission.csv` (OUTPUT_DIR): the file Kaggle scores."),
+}
+# The versions a notebook accepts where requirements.txt pins an exact build (the pins are for bit-exact
+# repeats; the code needs torch.amp.GradScaler, torch 2.3): any recent torch of a Kaggle image does.
+NOTEBOOK_RANGES = {"torch": ">=2.3", "torchvision": ">=0.18"}
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"cv2": "opencv-python-headless", "skimage": "scikit-image", "sklearn": "scikit-learn",
                  "iterstrat": "iterative-stratification", "PIL": "pillow", "yaml": "pyyaml"}
@@ -87,18 +131,55 @@ def block_defaults(block: str) -> dict:
     return config.constants_of(ns)
 
 
-def kaggle_values(script: str, defaults: dict) -> dict:
-    """Kaggle paths for the path constants of a script (see KAGGLE_PATHS, KAGGLE_EXTRA)."""
-    out = {}
-    for k, v in defaults.items():
-        if not isinstance(v, str):
-            continue
-        for prefix, kaggle in KAGGLE_PATHS.items():
-            if v == prefix or v.startswith(prefix + "/"):
-                out[k] = kaggle + v[len(prefix):]
-                break
-    out.update({k: v for k, v in KAGGLE_EXTRA.get(script, {}).items() if k in defaults})
+def kaggle_path(value: str, root: Path) -> str:
+    """The Kaggle location of a path default: ``input/<name>/...`` -> ``<root>/input/<name>/...`` (an
+    attached dataset), ``output/...`` and ``working`` -> ``<root>/working/...``; else "" (no path)."""
+    parts = Path(value).parts
+    if len(parts) > 1 and parts[0] == "input":
+        return str(root.joinpath(*parts))
+    if parts and parts[0] in ("output", "working"):
+        return str(root.joinpath("working", *parts[1:]))
+    return ""
+
+
+def kaggle_values(script: str, defaults: dict, root: Path | None = None) -> dict:
+    """Kaggle paths for the path constants of a script (see kaggle_path, STEPS)."""
+    root = constants.kaggle_root() if root is None else root
+    out = {k: kaggle_path(v, root) for k, v in defaults.items() if isinstance(v, str)}
+    out = {k: v for k, v in out.items() if v}
+    extra = STEPS.get(script, {}).get("values", {})
+    out.update({k: kaggle_path(v, root) for k, v in extra.items() if k in defaults})
     return out
+
+
+def attached(values: dict, root: Path) -> list[str]:
+    """The dataset names the constants point at (``<root>/input/<name>``), in order of appearance."""
+    names = []
+    for v in values.values():
+        if isinstance(v, str) and Path(v).is_relative_to(root / "input") and Path(v) != root / "input":
+            names.append(Path(v).relative_to(root / "input").parts[0])
+    return list(dict.fromkeys(names))
+
+
+def note_cell(script: Path, values: dict, doc: str, commit: str, wheels: str, root: Path) -> str:
+    """The first cell: what to attach, under which names, what the step writes for the next one."""
+    step = STEPS.get(script.name, {"optional": {}, "writes": "see the docstring below"})
+    lines = [f"# {script.stem}", "",
+             f"Generated by `tools/make_notebook.py {script.name}` from the repository ({commit}); "
+             "regenerate it rather than editing the code cells.", "",
+             f"**Attach** these datasets (Add data); each appears at `{root}/input/<name>`, where the "
+             "constants cell already points:"]
+    for name in attached(values, root):
+        why = DATASETS.get(name, "a dataset of yours")
+        opt = step["optional"].get(name)
+        lines.append(f"- `{root}/input/{name}`: {why}" + (f" (optional: {opt})" if opt else ""))
+    lines += [f"- `{wheels}`: the wheels dataset, only if the import check asks for it", "",
+              "**Writes** " + step["writes"].format(working=root / "working", runs=DATASETS["hpa-runs"]), "",
+              "Then edit the constants cell if needed and run all. The setup cell turns Kaggle mode on "
+              f"(`KAGGLE=1`): a relative path is read from `{root}/input/<name>` for `input/<name>/...` "
+              f"when attached, else taken under `{root}/working`.", "",
+              "```\n" + doc.strip() + "\n```"]
+    return "\n".join(lines)
 
 
 def literal(v) -> str:
@@ -209,7 +290,7 @@ def common_zip() -> bytes:
 
 
 def check_cell(required: list[str], optional: list[str], wheels: str) -> str:
-    specs = requirement_specs()
+    specs = {**requirement_specs(), **NOTEBOOK_RANGES}
     need = {m: (_dist(m), specs.get(_dist(m), "")) for m in required}
     maybe = {m: (_dist(m), specs.get(_dist(m), "")) for m in optional}
     return textwrap.dedent(f'''\
@@ -240,19 +321,22 @@ def check_cell(required: list[str], optional: list[str], wheels: str) -> str:
                 f"!pip install --no-index --find-links {{_WHEELS}} {{_dists}}")
         for _m in _missing(_MAYBE):
             print(f"note: {{_m}} ({{_MAYBE[_m][0]}}) is not installed; only some settings need it")
-        try:  # versions outside requirements.txt: a warning (the step may still work)
+        _found = {{}}
+        for _m, (_d, _s) in {{**_NEED, **_MAYBE}}.items():
+            try:
+                _found[_m] = importlib.metadata.version(_d)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        try:  # versions outside the accepted ranges: a warning (the step may still work)
             from packaging.specifiers import SpecifierSet
-            for _m, (_d, _s) in {{**_NEED, **_MAYBE}}.items():
-                try:
-                    _v = importlib.metadata.version(_d)
-                except importlib.metadata.PackageNotFoundError:
-                    continue
+            for _m, _v in _found.items():
+                _d, _s = {{**_NEED, **_MAYBE}}[_m]
                 if _s and _v not in SpecifierSet(_s):
-                    print(f"warning: {{_d}} {{_v}} installed, requirements.txt asks {{_s}} "
+                    print(f"warning: {{_d}} {{_v}} installed, this step wants {{_s}} "
                           f"(pip install --no-index --find-links {{_WHEELS}} '{{_d}}{{_s}}')")
         except ImportError:
             pass
-        print("imports ok:", ", ".join(_NEED))
+        print("imports ok:", ", ".join(f"{{_m}} {{_found.get(_m, '?')}}" for _m in _NEED))
         ''')
 
 
@@ -261,10 +345,11 @@ def common_cell(data: bytes, commit: str) -> str:
     b64 = base64.b64encode(data).decode()
     body = "\n".join(b64[i:i + 100] for i in range(0, len(b64), 100))
     return (
-        f"# The repository's common/ package ({commit}), carried here as a zip of its sources:\n"
-        "# written once to a temporary folder and put first on sys.path (regenerate the notebook to\n"
-        "# update it; tools/make_notebook.py).\n"
-        "import base64, hashlib, io as _io, pathlib, sys, tempfile, zipfile\n"
+        "# Setup: Kaggle mode on, and the repository's common/ package\n"
+        f"# ({commit}) carried as a zip of its sources: written once to a temporary folder and put\n"
+        "# first on sys.path (regenerate the notebook to update it; tools/make_notebook.py).\n"
+        "import base64, hashlib, io as _io, os, pathlib, sys, tempfile, zipfile\n"
+        "os.environ['KAGGLE'] = '1'  # Kaggle mode: relative paths under /kaggle (common/constants.py)\n"
         f"_SHA256 = {digest!r}\n"
         f'_ZIP = """\n{body}\n"""\n'
         "_data = base64.b64decode(_ZIP)\n"
@@ -320,7 +405,8 @@ def make_notebook(script: str | Path, overrides: list[str] | None = None, wheels
     source = script.read_text()
     parts = split_script(source, script.name)
     defaults = block_defaults(parts["constants"])
-    values = kaggle_values(script.name, defaults)
+    root = constants.kaggle_root()
+    values = kaggle_values(script.name, defaults, root)
     # a --RECIPE (S3, S4.2) writes its constants into the constants cell, overrides after it
     script_recipes = recipes.for_script({"S3_train_pipeline1.py": "S3", "S4.2_train_pipeline2.py": "S4.2"}
                                         .get(script.name, ""))
@@ -329,26 +415,19 @@ def make_notebook(script: str | Path, overrides: list[str] | None = None, wheels
                    if k in defaults and (v != defaults[k] or k in _named(overrides or []))})
     required, optional = needed_packages(source)
     commit = _commit()
-    title = script.stem
-    attach = ["the competition data (`/kaggle/input/hpa-single-cell-image-classification`)",
-              f"the wheels dataset (`{wheels}`) if the import check asks for it"]
-    if "RUNS_DIR" in defaults:
-        attach.append("the runs packed by `tools/pack_runs.py` (`RUNS_DIR`)")
-    note = (f"# {title}\n\nGenerated by `tools/make_notebook.py {script.name}` from the repository "
-            f"({commit}); regenerate it rather than editing the code cells. Edit the constants cell "
-            "(paths, settings), then run all cells.\n\nAttach: " + "; ".join(attach) + ".\n\n"
-            "```\n" + parts["doc"].strip() + "\n```")
-    constants = ("# Constants of " + script.name + " (Kaggle paths: inputs under /kaggle/input, outputs "
-                 "under /kaggle/working). Edit, then run this cell and the ones below.\n"
-                 + edit_block(parts["constants"], values)
-                 + "globals().pop('_CONFIG_DEFAULTS', None)  # main() reads the values above, as edited\n")
+    wheels_dir = str(root / "input" / wheels) if "/" not in wheels else wheels
+    note = note_cell(script, values, parts["doc"], commit, wheels_dir, root)
+    constants_cell = ("# Constants of " + script.name + " (inputs: the attached datasets under "
+                      f"{root / 'input'}; outputs under {root / 'working'}). Edit, then run all.\n"
+                      + edit_block(parts["constants"], values))
     nb = nbformat.v4.new_notebook()
     nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                         "language_info": {"name": "python"}})
-    nb.cells = [_md(note), _code(check_cell(required, optional, wheels)),
-                _code(common_cell(common_zip(), commit)), _code(constants),
+    nb.cells = [_md(note), _code(check_cell(required, optional, wheels_dir)),
+                _code(common_cell(common_zip(), commit)), _code(constants_cell),
                 _code(f"# {script.name} after its constants block\n" + parts["rest"]),
-                _code("result = main([])  # the constants above, as edited (no command line)")]
+                _code("globals().pop('_CONFIG_DEFAULTS', None)  # main() starts from the constants cell "
+                      "as edited\nresult = main([])  # no command line")]
     return nb
 
 
@@ -363,7 +442,8 @@ def main(argv=None) -> Path:
                                  epilog="--NAME value: any constant of the script (as on its command line)")
     ap.add_argument("script", help="a numbered script, e.g. S5_predict.py")
     ap.add_argument("-o", "--out", default="", help="notebook to write (default: <script>.ipynb here)")
-    ap.add_argument("--wheels", default=WHEELS, help=f"folder of the wheels dataset (default {WHEELS})")
+    ap.add_argument("--wheels", default=WHEELS, help="name of the wheels dataset under <root>/input, or its "
+                    f"folder (default {WHEELS})")
     args, overrides = ap.parse_known_args(argv)
     nb = make_notebook(args.script, overrides, args.wheels)
     out = Path(args.out or Path(args.script).with_suffix(".ipynb").name)

@@ -7,11 +7,12 @@ Each RUN is a run folder holding CHECKPOINT, a folder above several of them (all
 checkpoint file. For each run it writes ``OUT/<run>/<fold>/best.pth`` (named by the run's last two
 folders) holding only what S5 needs: the weights S5 would load (the EMA weights when the checkpoint
 has them, else the raw ones) and the constants the run was trained with. The optimizer, scheduler,
-scaler, RNG state and history are left out (a slim checkpoint passes through unchanged), so the
-files are a fraction of the size. The run's ``config.json`` (and ``summary.csv``) are copied beside
-it, and ``OUT/runs.json`` lists source, destination, size and sha256 of every packed run. With
-``--DATASET_ID owner/slug`` it also writes ``dataset-metadata.json`` for
-``kaggle datasets create -p OUT``.
+scaler, RNG state and history are left out. S3 / S4.2 write ``best.pth`` slim already, so packing
+it saves nothing; a full ``last.pth`` (``--CHECKPOINT last.pth``) shrinks to about a third with Adam.
+Packing says what it saved, per run and in all. The run's ``config.json`` (and ``summary.csv``) are
+copied beside it, and ``OUT/runs.json`` lists each packed run by its relative name (no local path),
+with bytes before and after and sha256. With ``--DATASET_ID owner/slug`` it also writes
+``dataset-metadata.json`` for ``kaggle datasets create -p OUT``.
 
 In the S5 notebook set ``RUNS_DIR`` to the attached dataset (``/kaggle/input/<slug>``): S5 finds
 every ``best.pth`` under it.
@@ -63,6 +64,7 @@ def _sha256(path: Path) -> str:
 def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
          dataset_id: str = "") -> list[dict]:
     """Write the slim checkpoints of the runs into ``out``; returns the rows of runs.json."""
+    meta = io.dataset_metadata(dataset_id) if dataset_id else None  # checked before any work
     ckpts = find(run_args, checkpoint)
     out = constants.output_folder(out, "OUT")
     rows, seen = [], {}
@@ -74,25 +76,41 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         ckpt = models.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        models.save_checkpoint(models.slim_checkpoint(ckpt, src), dst)  # a full disk: io.WriteError
+        slim = models.slim_checkpoint(ckpt, src)
+        if set(slim) == set(ckpt):  # slim already (S3 / S4.2's best.pth): the same bytes
+            with io.atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        else:
+            models.save_checkpoint(slim, dst)  # a full disk: io.WriteError
         for extra in COPY:
             if (src.parent / extra).is_file():
-                shutil.copyfile(src.parent / extra, dst.parent / extra)
+                with io.atomic_path(dst.parent / extra) as tmp:  # a full disk: io.WriteError
+                    shutil.copyfile(src.parent / extra, tmp)
         if not (dst.parent / "config.json").is_file():
             io.atomic_write_text(dst.parent / "config.json", json.dumps(ckpt["config"], indent=2) + "\n")
-        rows.append({"run": name.as_posix(), "source": str(src), "bytes": dst.stat().st_size,
-                     "source_bytes": src.stat().st_size, "sha256": _sha256(dst)})
-        print(f"{src} -> {dst} ({src.stat().st_size / 1e6:.1f} MB -> {dst.stat().st_size / 1e6:.1f} MB)")
+        before, after = src.stat().st_size, dst.stat().st_size
+        rows.append({"run": name.as_posix(), "file": (name / "best.pth").as_posix(), "bytes": after,
+                     "source_bytes": before, "sha256": _sha256(dst)})
+        print(f"{name.as_posix()}: {src.name} {_size(before)} -> best.pth {_size(after)} "
+              f"({_saved(before, after)})")
     io.atomic_write_text(out / "runs.json", json.dumps(rows, indent=2) + "\n")
-    if dataset_id:
-        if dataset_id.count("/") != 1:
-            raise SystemExit(f"--DATASET_ID {dataset_id!r}: expected owner/slug")
-        meta = {"title": dataset_id.split("/")[1], "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
-        io.atomic_write_text(out / "dataset-metadata.json", json.dumps(meta, indent=2) + "\n")
-    total = sum(r["bytes"] for r in rows)
-    print(f"packed {len(rows)} run(s) into {out} ({total / 1e6:.1f} MB); in the S5 notebook set "
-          f"RUNS_DIR to the dataset's folder (/kaggle/input/<slug>)")
+    if meta:
+        io.write_dataset_metadata(out, meta)
+    before, after = sum(r["source_bytes"] for r in rows), sum(r["bytes"] for r in rows)
+    print(f"packed {len(rows)} run(s) into {out}: {_size(before)} -> {_size(after)} ({_saved(before, after)})"
+          f"{'; ' + io.KAGGLE_METADATA + ' for ' + dataset_id if dataset_id else ''}; in the S5 notebook "
+          f"RUNS_DIR is the dataset's folder (/kaggle/input/<slug>)")
     return rows
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def _saved(before: int, after: int) -> str:
+    if after >= before:
+        return "saved nothing: slim already" if after == before else f"{after - before:,} bytes more"
+    return f"saved {_size(before - after)}, {100 * (before - after) / before:.0f}%"
 
 
 def main(argv=None) -> list[dict]:
@@ -102,7 +120,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--CHECKPOINT", default="best.pth", help="checkpoint of each run folder")
     ap.add_argument("--DATASET_ID", default="", help="owner/slug: also write dataset-metadata.json")
     args = ap.parse_args(argv)
-    return pack(args.runs, args.OUT, args.CHECKPOINT, args.DATASET_ID)
+    try:
+        return pack(args.runs, args.OUT, args.CHECKPOINT, args.DATASET_ID)
+    except ValueError as e:  # a --DATASET_ID that is no owner/slug
+        raise SystemExit(f"pack_runs: --{e}") from None
 
 
 if __name__ == "__main__":
