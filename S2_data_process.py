@@ -233,6 +233,7 @@ def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     data_dir = constants.resolve(cfg.DATA_DIR)
+    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR", keep=False)  # made when S2 writes
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     try:
@@ -254,7 +255,6 @@ def main(argv=None):
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
     train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
-    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
     tag = f"shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""  # shards write disjoint images
     with lock.hold(out_dir, "S2", tag):  # one writer (per shard) for the whole run
         return _run(cfg, data_dir, out_dir, seg_dir, seg_name, seg_at, shard, train, test)

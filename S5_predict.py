@@ -209,9 +209,8 @@ def main(argv=None):
     config.require_positive(cfg, "IMAGE_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
-    # IDs and sizes are checked before any folder is made
-    sample = _load_sample(constants.resolve(cfg.DATA_DIR) / "sample_submission.csv")
-    out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
+    sample = _load_sample(constants.resolve(cfg.DATA_DIR) / "sample_submission.csv")  # IDs, sizes checked
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
         return _run(cfg, sample, out_dir, t_start)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 # ----------------------------------------------------------------------------- classes
@@ -114,22 +115,26 @@ def resolve(path: str | Path) -> Path:
     return kaggle_working() / p
 
 
-def output_folder(path: str | Path, name: str, *, file: bool = False) -> Path:
+def output_folder(path: str | Path, name: str, *, file: bool = False, keep: bool = True) -> Path:
     """Resolve the output constant ``name`` and make sure its folder can be written, at start.
 
     ``file=True``: ``path`` is a file and its parent folder is checked. The folder is created and a
     small file is created and removed in it (``os.access`` says yes to root on a read-only mount).
+    ``keep=False``: a folder this check had to create is removed again (the step makes it when it
+    writes), so a step that then refuses its input leaves nothing behind.
     Raises SystemExit naming the folder and the constant to change. Returns the resolved path.
     """
-    import tempfile
-
     target = resolve(path)
     folder = target.parent if file else target
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=folder)
         os.close(fd)
         os.unlink(probe)
+        if not keep:
+            for p in made:  # innermost first
+                p.rmdir()
     except OSError as e:
         where = f" (on Kaggle: a folder under {kaggle_working()})" if on_kaggle() else ""
         raise SystemExit(f"cannot write to {folder} ({e.strerror or e}): set {name} to a writable "
