@@ -33,11 +33,6 @@ def external_flags(df: pd.DataFrame) -> np.ndarray:
     return df["is_ext"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes"]).to_numpy()
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """``img`` at ``size x size`` (:func:`common.resize.resize_image`)."""
-    return resize_image(img, int(size))
-
-
 class ImageDataset(Dataset):
     """Rows of a ``train_all.csv``-like table -> ``dict(image, label, id, index)``.
 
@@ -101,7 +96,7 @@ class ImageDataset(Dataset):
         return self.image_dir / f"{self.ids[i]}{self.ext}"
 
     def _read(self, i: int) -> np.ndarray:
-        return resize_square(io.read_rgby(self.path(i)), self.image_size)
+        return resize_image(io.read_rgby(self.path(i)), self.image_size)
 
     def load(self, i: int) -> np.ndarray:
         """Image ``i`` as ``S x S x 4`` uint8 (a copy when cached: augmentations may write to it)."""
@@ -178,32 +173,3 @@ class CellPoolDataset(ImageDataset):
         return {"image": augment.normalize(img, self.sources[i]), "label": torch.from_numpy(label),
                 "id": self.ids[i], "index": int(i), "cell_map": torch.from_numpy(lab.astype(np.int32)),
                 "cell_ids": torch.from_numpy(chosen.astype(np.int64))}
-
-
-def make_toy_dataset(folder: str | Path, n: int = 32, size: int = 64, seed: int = 0,
-                     classes: tuple[int, ...] = (0, 1, 2, 3), n_folds: int = 2) -> pd.DataFrame:
-    """A tiny learnable S2-like set for tests and benchmarks: ``folder/train/{ID}.png`` and
-    ``folder/train_all.csv``. Class ``classes[k]`` <-> a bright green square in cell ``k`` of a
-    2 x 2 grid (1-2 labels per image); red/blue/yellow are noise with a few "nuclei"."""
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    rows = []
-    half = size // 2
-    for i in range(n):
-        img = rng.integers(0, 40, (size, size, 4), dtype=np.uint8)
-        for _ in range(3):
-            y, x = rng.integers(0, size - size // 8, 2)
-            img[y:y + size // 8, x:x + size // 8, 2] = 200
-        chosen = sorted(rng.choice(len(classes), size=int(rng.integers(1, 3)), replace=False).tolist())
-        for k in chosen:
-            y0, x0 = (k // 2) * half, (k % 2) * half
-            m = size // 8
-            img[y0 + m:y0 + half - m, x0 + m:x0 + half - m, 1] = 220
-        image_id = f"toy{i:04d}"
-        io.write_rgby(folder / "train" / f"{image_id}.png", img)
-        rows.append({"ID": image_id, "Label": "|".join(str(classes[k]) for k in chosen),
-                     "is_ext": int(i % 5 == 4), "fold": i % n_folds, "ImageWidth": size,
-                     "ImageHeight": size, "n_cells": 3})
-    df = pd.DataFrame(rows)
-    io.atomic_to_csv(df, folder / "train_all.csv")
-    return df

@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import load_script
+from toy_data import make_toy_dataset
 
 from common import augment, cellpool, io, models, predict
 from common.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
 from common.constants import NUM_CLASSES
-from common.datasets import CellPoolDataset, make_toy_dataset
+from common.datasets import CellPoolDataset
 from common.mil import BagModel
 from common.resize import resize_image
 
