@@ -86,7 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 
 from common import augment, config, constants, io, models, recipes, train, weights
-from common.datasets import ImageDataset, external_flags
+from common.datasets import CellPoolDataset, ImageDataset, external_flags
 
 
 def run_name(cfg: dict) -> str:
@@ -142,8 +142,6 @@ def main(argv=None):
     budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
     Dataset, cells_kw = ImageDataset, {}
     if cellpool:
-        from common.cellpool import CellPoolDataset
-
         Dataset = CellPoolDataset
         cells_kw = dict(mask_dir=data_dir / cfg["MASK_SUBDIR"], cells_per_image=cfg["CELLPOOL_CELLS"])
     train_ds = Dataset(train_df, image_dir, **cells_kw, transforms=tfm,

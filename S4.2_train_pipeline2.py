@@ -94,7 +94,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import augment, cells, config, constants, io, metric, models, recipes, train, weights
-from common.bag_datasets import BagDataset
+from common.bag_datasets import BagDataset, PseudoBagDataset, read_pseudo_labels
 from common.datasets import external_flags
 from common.resize import resize_labels
 
@@ -235,8 +235,6 @@ def main(argv=None):
     Bags = BagDataset
     if cfg.PSEUDO_LABELS:  # self-training: each cell also gets its out-of-fold soft target
         from functools import partial
-
-        from common.pseudo import PseudoBagDataset, read_pseudo_labels
 
         pseudo = read_pseudo_labels(constants.resolve(cfg.PSEUDO_LABELS))
         Bags = partial(PseudoBagDataset, pseudo=pseudo)

@@ -9,6 +9,12 @@ replacement, with replacement when the image has fewer cells), each augmented in
 (flips, transpose, shift-scale-rotate), then the HPA green-channel label augmentations drawn
 ONCE per bag (so every cell and the bag label agree), normalised with ``augment.normalize``:
 ``dict(image (N, 4, S, S) float, label (19,) float, id str, cell_ids (N,) long)``.
+
+Self-training (S4.2 ``PSEUDO_LABELS=<csv>``, made by ``tools/make_pseudo_labels.py``; columns
+``ID, cell_id, fold, n_runs, t0..t18``): :func:`read_pseudo_labels` reads the table and
+:class:`PseudoBagDataset` adds ``cell_target (N, 19)`` and ``cell_has_target (N,)`` to each bag (the
+bag's label broadcast when a label augmentation rewrote it); ``mil.BagModel`` then adds
+``PSEUDO_W *`` ``mil.pseudo_loss`` to its MIL loss.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from common.datasets import external_flags, labels_to_multihot
 from common.resize import resize_image
 
 log = logging.getLogger(__name__)
+TARGET_COLS = [f"t{c}" for c in range(NUM_CLASSES)]  # the soft targets of a pseudo-label table
 
 
 # ----------------------------------------------------------------------------- image table
@@ -144,3 +151,41 @@ class BagDataset(Dataset):
         return dict(image=aug_lib.normalize(stack, self.sources[idx]),
                     label=torch.from_numpy(np.asarray(label, np.float32)),
                     id=self.ids[idx], cell_ids=torch.from_numpy(np.asarray(chosen, np.int64)))
+
+
+# ----------------------------------------------------------------------------- self-training
+def read_pseudo_labels(path: str | Path) -> dict[tuple[str, int], np.ndarray]:
+    """A pseudo-label CSV -> ``{(ID, cell_id): (19,) float32}`` (names the file when malformed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pseudo-label CSV not found "
+                                "(make it with tools/make_pseudo_labels.py)")
+    df = io.read_id_table(path, ["ID", "cell_id", *TARGET_COLS], ["cell_id"], unique=False, str_columns=())
+    t = df[TARGET_COLS].to_numpy(np.float32)
+    if not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+        raise ValueError(f"{path}: targets must be finite and in [0, 1]")
+    return {(i, int(c)): v for i, c, v in zip(df["ID"], df["cell_id"], t)}
+
+
+class PseudoBagDataset(BagDataset):
+    """:class:`BagDataset` whose bags also carry each cell's soft target."""
+
+    def __init__(self, *args, pseudo: dict[tuple[str, int], np.ndarray], **kw):
+        super().__init__(*args, **kw)
+        self.pseudo = pseudo
+
+    def __getitem__(self, idx: int) -> dict:
+        out = super().__getitem__(idx)
+        iid, label = out["id"], out["label"].numpy()
+        rewritten = not np.array_equal(label, self.labels[idx])  # a label augmentation fired
+        target = np.zeros((len(out["cell_ids"]), NUM_CLASSES), np.float32)
+        has = np.zeros(len(out["cell_ids"]), np.float32)
+        for k, c in enumerate(out["cell_ids"].tolist()):
+            t = self.pseudo.get((iid, int(c)))
+            if rewritten:
+                target[k], has[k] = label, 1.0
+            elif t is not None:
+                target[k], has[k] = t, 1.0
+        out["cell_target"] = torch.from_numpy(target)
+        out["cell_has_target"] = torch.from_numpy(has)
+        return out

@@ -12,30 +12,28 @@ a one-cell image whose cell is the whole image gives exactly the plain image pre
   :func:`predict_image` for any pipeline-1 checkpoint. ``stride`` rebuilds the backbone with timm's
   ``output_stride`` (8 | 16, dilated; same weights) and ``size`` changes the input side, for a grid
   that resolves cells (stride 32 at 128 px is a 4 x 4 grid).
-* Training (S3 ``VARIANT="cellpool"``): :class:`CellPoolDataset` returns the image, its augmented
+* Training (S3 ``VARIANT="cellpool"``): ``datasets.CellPoolDataset`` returns the image, its augmented
   cell label map and ``CELLPOOL_CELLS`` sampled cell ids; :class:`CellPoolModel` pools each cell's
-  logits from the one feature map and trains them with the MIL pools and loss of
-  :mod:`common.mil` (``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``, ``MIL_TOPK``, ``MIL_LSE_R``).
+  logits from the one feature map and trains them with the MIL head of :mod:`common.mil`
+  (``mil.MILHead``: ``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``, ``MIL_TOPK``, ``MIL_LSE_R``).
   Its state dict has the keys of ``models.ImageModel``, so either scoring reads it.
+
+Model code only (torch): no dataset, no file reading here.
 """
 from __future__ import annotations
 
-import random
 from contextlib import nullcontext
-from pathlib import Path
 
-import cv2
 import numpy as np
 import timm
 import torch
 from torch import nn
 
-from common import augment, io
-from common.datasets import ImageDataset
-from common.mil import POOLS, mil_loss, pool_cells
+from common import augment
+from common.mil import HEAD_KEYS, MILHead
 
 # S3's constants that VARIANT="cellpool" needs (the values live in S3's constants block only)
-CONFIG_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R", "CELLPOOL_STRIDE")
+CONFIG_KEYS = (*HEAD_KEYS, "CELLPOOL_STRIDE")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -148,87 +146,22 @@ def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[in
 
 
 # ----------------------------------------------------------------------------- training
-def _seeded_transforms(transforms, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-    """``augment.apply_transforms`` with the cell label map as the albumentations mask (nearest)."""
-    if transforms is None:
-        return image, mask
-    seed = int(rng.integers(2**63 - 1))
-    transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
-    out = transforms(image=image, mask=mask)
-    return out["image"], out["mask"]
-
-
-class CellPoolDataset(ImageDataset):
-    """:class:`common.datasets.ImageDataset` plus each image's cells:
-    ``dict(image, label, id, index, cell_map (S, S) int32, cell_ids (N,) long)``.
-
-    ``mask_dir/{ID}.npz``: S2's label map (resized to ``image_size`` with nearest neighbour,
-    augmented with the image by the same spatial transforms). ``cells_per_image`` ids are drawn
-    from the cells still visible after augmentation (with replacement when fewer); an image with no
-    visible cell becomes one cell covering the whole image. Without transforms (validation) the
-    draw depends on the index only.
-    """
-
-    def __init__(self, df, image_dir, mask_dir, cells_per_image: int = 16, **kw):
-        super().__init__(df, image_dir, **kw)
-        self.mask_dir = Path(mask_dir)
-        self.cells_per_image = max(1, int(cells_per_image))
-        missing = [i for i in self.ids if not (self.mask_dir / f"{i}.npz").is_file()]
-        if missing:
-            raise FileNotFoundError(f"{self.mask_dir}: no cell mask for {len(missing)} image(s), e.g. "
-                                    f"{missing[0]}.npz (run S2 first)")
-        self._maps: dict[int, np.ndarray] = {}
-        self._cache_maps = self.cache is not None
-
-    def load_map(self, i: int) -> np.ndarray:
-        if i in self._maps:
-            return self._maps[i]
-        lab = io.load_masks(self.mask_dir / f"{self.ids[i]}.npz")[0]
-        if lab.shape != (self.image_size, self.image_size):
-            lab = cv2.resize(lab, (self.image_size, self.image_size), interpolation=cv2.INTER_NEAREST)
-        if self._cache_maps:
-            self._maps[i] = lab
-        return lab
-
-    def __getitem__(self, i: int) -> dict:
-        train = self.transforms is not None
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)] if train else [self.seed, int(i)])
-        img, lab = _seeded_transforms(self.transforms, self.load(i), self.load_map(i).copy(), rng)
-        label = self.labels[i].copy()
-        if self.label_aug is not None:
-            img, label = self.label_aug(img, label, rng)
-        present = np.unique(lab)
-        present = present[present > 0]
-        if len(present) == 0:
-            lab = np.ones_like(lab)
-            present = np.array([1])
-        chosen = rng.choice(present, size=self.cells_per_image, replace=len(present) < self.cells_per_image)
-        return {"image": augment.normalize(img, self.sources[i]), "label": torch.from_numpy(label),
-                "id": self.ids[i], "index": int(i), "cell_map": torch.from_numpy(lab.astype(np.int32)),
-                "cell_ids": torch.from_numpy(chosen.astype(np.int64))}
-
-
 class CellPoolModel(nn.Module):
     """Pipeline 1 trained with cell pooling: one backbone pass per image, a logit per cell, MIL.
 
     ``batch["image"]`` (B, 4, S, S), ``batch["cell_map"]`` (B, S, S), ``batch["cell_ids"]`` (B, N)
     -> ``cell_logits`` (B, N, 19), ``logits`` (B, 19) = ``MIL_POOL`` over the cells, ``loss`` =
-    :func:`common.mil.mil_loss` against ``label``. Without ``cell_map`` (a plain image batch) the
-    logits are the plain image logits.
+    the MIL loss (:class:`common.mil.MILHead`) against ``label``. Without ``cell_map`` (a plain
+    image batch) the logits are the plain image logits.
     """
 
-    def __init__(self, classifier: nn.Module, cfg: dict | None = None):
+    def __init__(self, classifier: nn.Module, cfg: dict):
         super().__init__()
-        cfg = dict(cfg or {})
         missing = [k for k in CONFIG_KEYS if k not in cfg]
         if missing:
             raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
         self.classifier = set_output_stride(classifier, int(cfg["CELLPOOL_STRIDE"]))
-        self.pool = str(cfg["MIL_POOL"]).lower()
-        if self.pool not in POOLS:
-            raise ValueError(f"MIL_POOL {self.pool!r}: expected one of {POOLS}")
-        self.w_max, self.w_mean = float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"])
-        self.topk, self.lse_r = int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"])
+        self.mil = MILHead.from_config(cfg, "CellPoolModel")
 
     def cell_logits(self, image: torch.Tensor, cell_map: torch.Tensor,
                     cell_ids: torch.Tensor) -> torch.Tensor:
@@ -240,9 +173,8 @@ class CellPoolModel(nn.Module):
         if "cell_map" not in batch:
             return {"logits": self.classifier.logits(batch["image"])}
         cells = self.cell_logits(batch["image"], batch["cell_map"], batch["cell_ids"])
-        out = {"cell_logits": cells, "logits": pool_cells(cells, self.pool, self.topk, self.lse_r)}
+        out = {"cell_logits": cells, "logits": self.mil.pool(cells)}
         if "label" in batch:
-            out["loss"] = mil_loss(cells, batch["label"], self.pool, self.w_max, self.w_mean,
-                                   self.topk, self.lse_r)
+            out["loss"] = self.mil.loss(cells, batch["label"])
         return out
 

@@ -106,10 +106,6 @@ def _window_slices(wx0: int, wy0: int, side: int, shape: Sequence[int]):
     return src, dst
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    return resize_image(img, int(size))
-
-
 def _cut(image: np.ndarray, labels: np.ndarray | None, cell_id: int | None,
          wx0: int, wy0: int, side: int) -> np.ndarray:
     """The window of ``image`` (zero-padded); with ``labels``, pixels not of ``cell_id`` zeroed."""
@@ -144,7 +140,7 @@ def crop_cell(image: np.ndarray, labels: np.ndarray, cell_id: int, size: int,
         if box is None:
             raise KeyError(f"cell id {cell_id} is not in the label map")
     wx0, wy0, side = square_window(box, margin)
-    return _resize(_cut(image, labels, cell_id, wx0, wy0, side), size)
+    return resize_image(_cut(image, labels, cell_id, wx0, wy0, side), size)
 
 
 def iter_crop_cells(image: np.ndarray, labels: np.ndarray, ids: Iterable[int] | None, size: int,
@@ -240,7 +236,7 @@ def iter_centered_views(image: np.ndarray, labels: np.ndarray, ids: Iterable[int
                 raise KeyError(f"cell id {c} is not in the label map")
             wx0, wy0, _ = square_window(boxes[c], margin=0.0, side=side)  # a fixed side: no margin
             win = _cut(image, None if keep_neighbours else labels, c, wx0, wy0, side)
-            views[k] = _resize(win, size)
+            views[k] = resize_image(win, size)
         yield part, views
 
 

@@ -1,9 +1,13 @@
-"""Pipeline-1 dataset: whole 4-channel images of ``input/hpa-512`` with their image-level labels."""
+"""Pipeline-1 datasets: whole 4-channel images of ``input/hpa-512`` with their image-level labels
+(:class:`ImageDataset`), and the same with each image's cells for S3 ``VARIANT="cellpool"``
+(:class:`CellPoolDataset`; its model is ``cellpool.CellPoolModel``)."""
 from __future__ import annotations
 
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -27,11 +31,6 @@ def external_flags(df: pd.DataFrame) -> np.ndarray:
     if "is_ext" not in df.columns:
         return np.zeros(len(df), bool)
     return df["is_ext"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes"]).to_numpy()
-
-
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """``img`` at ``size x size`` (:func:`common.resize.resize_image`)."""
-    return resize_image(img, int(size))
 
 
 class ImageDataset(Dataset):
@@ -97,7 +96,7 @@ class ImageDataset(Dataset):
         return self.image_dir / f"{self.ids[i]}{self.ext}"
 
     def _read(self, i: int) -> np.ndarray:
-        return resize_square(io.read_rgby(self.path(i)), self.image_size)
+        return resize_image(io.read_rgby(self.path(i)), self.image_size)
 
     def load(self, i: int) -> np.ndarray:
         """Image ``i`` as ``S x S x 4`` uint8 (a copy when cached: augmentations may write to it)."""
@@ -114,30 +113,63 @@ class ImageDataset(Dataset):
                 "id": self.ids[i], "index": int(i)}
 
 
-def make_toy_dataset(folder: str | Path, n: int = 32, size: int = 64, seed: int = 0,
-                     classes: tuple[int, ...] = (0, 1, 2, 3), n_folds: int = 2) -> pd.DataFrame:
-    """A tiny learnable S2-like set for tests and benchmarks: ``folder/train/{ID}.png`` and
-    ``folder/train_all.csv``. Class ``classes[k]`` <-> a bright green square in cell ``k`` of a
-    2 x 2 grid (1-2 labels per image); red/blue/yellow are noise with a few "nuclei"."""
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    rows = []
-    half = size // 2
-    for i in range(n):
-        img = rng.integers(0, 40, (size, size, 4), dtype=np.uint8)
-        for _ in range(3):
-            y, x = rng.integers(0, size - size // 8, 2)
-            img[y:y + size // 8, x:x + size // 8, 2] = 200
-        chosen = sorted(rng.choice(len(classes), size=int(rng.integers(1, 3)), replace=False).tolist())
-        for k in chosen:
-            y0, x0 = (k // 2) * half, (k % 2) * half
-            m = size // 8
-            img[y0 + m:y0 + half - m, x0 + m:x0 + half - m, 1] = 220
-        image_id = f"toy{i:04d}"
-        io.write_rgby(folder / "train" / f"{image_id}.png", img)
-        rows.append({"ID": image_id, "Label": "|".join(str(classes[k]) for k in chosen),
-                     "is_ext": int(i % 5 == 4), "fold": i % n_folds, "ImageWidth": size,
-                     "ImageHeight": size, "n_cells": 3})
-    df = pd.DataFrame(rows)
-    io.atomic_to_csv(df, folder / "train_all.csv")
-    return df
+
+
+def _seeded_transforms(transforms, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    """``augment.apply_transforms`` with the cell label map as the albumentations mask (nearest)."""
+    if transforms is None:
+        return image, mask
+    seed = int(rng.integers(2**63 - 1))
+    transforms.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    out = transforms(image=image, mask=mask)
+    return out["image"], out["mask"]
+
+
+class CellPoolDataset(ImageDataset):
+    """:class:`ImageDataset` plus each image's cells:
+    ``dict(image, label, id, index, cell_map (S, S) int32, cell_ids (N,) long)``.
+
+    ``mask_dir/{ID}.npz``: S2's label map (resized to ``image_size`` with nearest neighbour,
+    augmented with the image by the same spatial transforms). ``cells_per_image`` ids are drawn
+    from the cells still visible after augmentation (with replacement when fewer); an image with no
+    visible cell becomes one cell covering the whole image. Without transforms (validation) the
+    draw depends on the index only.
+    """
+
+    def __init__(self, df, image_dir, mask_dir, cells_per_image: int, **kw):
+        super().__init__(df, image_dir, **kw)
+        self.mask_dir = Path(mask_dir)
+        self.cells_per_image = max(1, int(cells_per_image))
+        missing = [i for i in self.ids if not (self.mask_dir / f"{i}.npz").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.mask_dir}: no cell mask for {len(missing)} image(s), e.g. "
+                                    f"{missing[0]}.npz (run S2 first)")
+        self._maps: dict[int, np.ndarray] = {}
+        self._cache_maps = self.cache is not None
+
+    def load_map(self, i: int) -> np.ndarray:
+        if i in self._maps:
+            return self._maps[i]
+        lab = io.load_masks(self.mask_dir / f"{self.ids[i]}.npz")[0]
+        if lab.shape != (self.image_size, self.image_size):
+            lab = cv2.resize(lab, (self.image_size, self.image_size), interpolation=cv2.INTER_NEAREST)
+        if self._cache_maps:
+            self._maps[i] = lab
+        return lab
+
+    def __getitem__(self, i: int) -> dict:
+        train = self.transforms is not None
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)] if train else [self.seed, int(i)])
+        img, lab = _seeded_transforms(self.transforms, self.load(i), self.load_map(i).copy(), rng)
+        label = self.labels[i].copy()
+        if self.label_aug is not None:
+            img, label = self.label_aug(img, label, rng)
+        present = np.unique(lab)
+        present = present[present > 0]
+        if len(present) == 0:
+            lab = np.ones_like(lab)
+            present = np.array([1])
+        chosen = rng.choice(present, size=self.cells_per_image, replace=len(present) < self.cells_per_image)
+        return {"image": augment.normalize(img, self.sources[i]), "label": torch.from_numpy(label),
+                "id": self.ids[i], "index": int(i), "cell_map": torch.from_numpy(lab.astype(np.int32)),
+                "cell_ids": torch.from_numpy(chosen.astype(np.int64))}

@@ -10,21 +10,33 @@ Row ``b*N + i`` of the flattened batch is cell ``i`` of bag ``b``. Pooling and t
 logits (the max of logits is the logit of the max probability; the mean is the mean logit, which
 keeps BCE-with-logits stable under AMP). N may be anything (S5 passes one bag per image with all
 its cells); in inference (no grad) the cells go through the classifier in chunks of ``MIL_CHUNK``.
+
+:class:`MILHead` (``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``, ``MIL_TOPK``, ``MIL_LSE_R``) is the one
+pooling + loss of cell logits, shared by :class:`BagModel` and ``cellpool.CellPoolModel``.
+
+Self-training (S4.2 ``PSEUDO_LABELS``): a bag that carries ``cell_target (B, N, 19)`` and
+``cell_has_target (B, N)`` (``bag_datasets.PseudoBagDataset``) adds ``PSEUDO_W *``
+:func:`pseudo_loss` (per-cell BCE on the cells that have a target) to the MIL loss. ``PSEUDO_W`` is
+read only then: a model rebuilt for inference from an older run's config needs no such key.
+
+Pure torch: no module here reads a file or knows a dataset.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 POOLS = ("max", "topk", "lse", "mean")
-MIL_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R", "MIL_CHUNK")  # S4.2 constants
+HEAD_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")  # the MIL head's constants
+MIL_KEYS = (*HEAD_KEYS, "MIL_CHUNK")  # S4.2 constants of the bag model
 
 
-def pool_cells(cell_logits: torch.Tensor, mode: str = "max", k: int = 4, r: float = 5.0) -> torch.Tensor:
-    """(B, N, C) -> (B, C): pool cell logits over the bag dimension."""
+def pool_cells(cell_logits: torch.Tensor, mode: str, k: int, r: float) -> torch.Tensor:
+    """(B, N, C) -> (B, C): pool cell logits over the bag dimension (``k``: topk's k, ``r``: lse's r)."""
     if mode == "max":
         return cell_logits.amax(dim=1)
     if mode == "mean":
@@ -38,8 +50,8 @@ def pool_cells(cell_logits: torch.Tensor, mode: str = "max", k: int = 4, r: floa
     raise ValueError(f"MIL_POOL {mode!r}: expected one of {POOLS}")
 
 
-def mil_loss(cell_logits: torch.Tensor, target: torch.Tensor, mode: str = "max", w_max: float = 4.0,
-             w_mean: float = 1.0, k: int = 4, r: float = 5.0) -> torch.Tensor:
+def mil_loss(cell_logits: torch.Tensor, target: torch.Tensor, mode: str, w_max: float, w_mean: float,
+             k: int, r: float) -> torch.Tensor:
     """``(w_max * BCE(pool(cells)) + w_mean * BCE(mean(cells))) / (w_max + w_mean)`` vs the image label."""
     if w_max + w_mean <= 0:
         raise ValueError("MIL_W_MAX + MIL_W_MEAN must be > 0")
@@ -52,6 +64,45 @@ def mil_loss(cell_logits: torch.Tensor, target: torch.Tensor, mode: str = "max",
     return loss / (w_max + w_mean)
 
 
+def pseudo_loss(cell_logits: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """Mean per-cell BCE over the cells with a target: logits/targets (B, N, 19), has (B, N)."""
+    per_cell = F.binary_cross_entropy_with_logits(cell_logits.float(), target.float(),
+                                                  reduction="none").mean(-1)
+    w = has.float()
+    return (per_cell * w).sum() / w.sum().clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class MILHead:
+    """The pooling of cell logits into the image logit and its MIL loss (the ``MIL_*`` constants)."""
+
+    mode: str      # MIL_POOL: max | topk | lse | mean
+    w_max: float   # MIL_W_MAX
+    w_mean: float  # MIL_W_MEAN
+    topk: int      # MIL_TOPK
+    lse_r: float   # MIL_LSE_R
+
+    @classmethod
+    def from_config(cls, cfg: dict, who: str = "MILHead") -> MILHead:
+        """From a config holding :data:`HEAD_KEYS` (a missing one is a ``KeyError`` naming it)."""
+        missing = [k for k in HEAD_KEYS if k not in cfg]
+        if missing:
+            raise KeyError(f"{who}: the config lacks {missing} (the script's MIL constants)")
+        mode = str(cfg["MIL_POOL"]).lower()
+        if mode not in POOLS:
+            raise ValueError(f"MIL_POOL {mode!r}: expected one of {POOLS}")
+        return cls(mode, float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"]), int(cfg["MIL_TOPK"]),
+                   float(cfg["MIL_LSE_R"]))
+
+    def pool(self, cell_logits: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, C): :func:`pool_cells` with ``MIL_POOL``."""
+        return pool_cells(cell_logits, self.mode, self.topk, self.lse_r)
+
+    def loss(self, cell_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """:func:`mil_loss` of the cell logits (B, N, C) against the image label (B, C)."""
+        return mil_loss(cell_logits, label, self.mode, self.w_max, self.w_mean, self.topk, self.lse_r)
+
+
 class BagModel(nn.Module):
     """A cell classifier applied to every cell of a bag, pooled to the image label (see the module doc)."""
 
@@ -61,13 +112,15 @@ class BagModel(nn.Module):
         if missing:
             raise KeyError(f"BagModel: the config lacks {missing} (S4.2's constants)")
         self.classifier = classifier
-        self.pool = str(cfg["MIL_POOL"]).lower()
-        if self.pool not in POOLS:
-            raise ValueError(f"MIL_POOL {self.pool!r}: expected one of {POOLS}")
-        self.w_max, self.w_mean = float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"])
-        self.topk, self.lse_r = int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"])
+        self.mil = MILHead.from_config(cfg, "BagModel")
         self.chunk = int(cfg["MIL_CHUNK"])
-        self.pseudo_w = float(cfg.get("PSEUDO_W", 1.0))  # weight of the per-cell pseudo-label BCE
+        # weight of the per-cell pseudo-label BCE: read only when a bag carries targets (training)
+        self.pseudo_w = float(cfg["PSEUDO_W"]) if "PSEUDO_W" in cfg else None
+
+    # the pooling constants, as read by test-time scoring (predict pools cell logits it computed)
+    pool = property(lambda self: self.mil.mode)
+    topk = property(lambda self: self.mil.topk)
+    lse_r = property(lambda self: self.mil.lse_r)
 
     def cell_logits(self, image: torch.Tensor) -> torch.Tensor:
         """(B, N, 4, S, S) -> (B, N, 19); cell i of bag b is row b*N + i of the classifier's batch."""
@@ -84,15 +137,16 @@ class BagModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         cells = self.cell_logits(batch["image"])
-        out = {"cell_logits": cells, "logits": pool_cells(cells, self.pool, self.topk, self.lse_r)}
+        out = {"cell_logits": cells, "logits": self.mil.pool(cells)}
         if "label" in batch:
-            out["loss"] = mil_loss(cells, batch["label"], self.pool, self.w_max, self.w_mean,
-                                   self.topk, self.lse_r)
-            if "cell_target" in batch and self.pseudo_w > 0:  # self-training (common/pseudo.py)
-                from common.pseudo import pseudo_loss
-
-                out["loss"] = out["loss"] + self.pseudo_w * pseudo_loss(
-                    cells, batch["cell_target"], batch["cell_has_target"])
+            out["loss"] = self.mil.loss(cells, batch["label"])
+            if "cell_target" in batch:  # self-training (bag_datasets.PseudoBagDataset)
+                if self.pseudo_w is None:
+                    raise KeyError("BagModel: bags carry pseudo-labels but the config lacks 'PSEUDO_W' "
+                                   "(S4.2's constant)")
+                if self.pseudo_w > 0:
+                    out["loss"] = out["loss"] + self.pseudo_w * pseudo_loss(
+                        cells, batch["cell_target"], batch["cell_has_target"])
         return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from common import io, weights
+from common.cellpool import CellPoolModel
+from common.config import Config
 from common.constants import NUM_CLASSES
+from common.losses import build_loss
+from common.mil import BagModel
 
 
 def _get(cfg: dict, key: str):
@@ -106,27 +110,30 @@ class ImageModel(nn.Module):
 
 
 def build_classifier(cfg: dict) -> Classifier:
-    return Classifier(_get(cfg, "MODEL_NAME"), pretrained=bool(_get(cfg, "PRETRAINED")),
-                      pretrained_file=str(_get(cfg, "PRETRAINED_FILE") or ""),
-                      pretrained_dir=str(cfg.get("PRETRAINED_DIR", "") or ""),
-                      stem_init=str(cfg.get("STEM_INIT", "timm")),
-                      dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")))
+    """The :class:`Classifier` of a config. ``PRETRAINED_DIR`` is read only when ``PRETRAINED`` (where
+    to look for the weights) and ``STEM_INIT`` only when weights are loaded (``PRETRAINED`` or a
+    ``PRETRAINED_FILE``): a run rebuilt from its checkpoint (:func:`load_checkpoint` turns both off)
+    needs neither, so configs saved before those constants existed still load."""
+    pretrained = bool(_get(cfg, "PRETRAINED"))
+    pretrained_file = str(_get(cfg, "PRETRAINED_FILE") or "")
+    loading = {}
+    if pretrained:
+        loading["pretrained_dir"] = str(_get(cfg, "PRETRAINED_DIR") or "")
+    if pretrained or pretrained_file:
+        loading["stem_init"] = str(_get(cfg, "STEM_INIT"))
+    return Classifier(_get(cfg, "MODEL_NAME"), pretrained=pretrained, pretrained_file=pretrained_file,
+                      dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")), **loading)
 
 
 def build_model(cfg: dict) -> nn.Module:
-    """PIPELINE 1 -> :class:`ImageModel`; PIPELINE 2 -> ``common.mil.BagModel(Classifier, cfg)``."""
-    from common.losses import build_loss
-
+    """PIPELINE 1 -> :class:`ImageModel` (``VARIANT="cellpool"``: ``common.cellpool.CellPoolModel``);
+    PIPELINE 2 -> ``common.mil.BagModel(Classifier, cfg)``."""
     pipeline = int(_get(cfg, "PIPELINE"))
     if pipeline == 1 and str(cfg.get("VARIANT", "")) == "cellpool":  # cells pooled from one pass
-        from common.cellpool import CellPoolModel
-
         return CellPoolModel(build_classifier(cfg), cfg)
     if pipeline == 1:
         return ImageModel(build_classifier(cfg), build_loss(str(_get(cfg, "LOSS"))))
     if pipeline == 2:
-        from common.mil import BagModel
-
         return BagModel(build_classifier(cfg), cfg)
     raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
 
@@ -237,8 +244,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     checkpoint has them and ``use_ema``, else the raw weights; ``model.loaded_weights`` says which
     ("ema" | "model").
     """
-    from common.config import Config
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")

@@ -156,7 +156,9 @@ def test_masked_coarse_dropout_hole_is_70_percent():
 
 
 def test_image_dataset(tmp_path):
-    from common.datasets import ImageDataset, make_toy_dataset
+    from toy_data import make_toy_dataset
+
+    from common.datasets import ImageDataset
 
     df = make_toy_dataset(tmp_path, n=6, size=32)
     ds = ImageDataset(df, tmp_path / "train", transforms=augment.build_transforms("masked", 48, True, *P1),

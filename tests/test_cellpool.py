@@ -1,5 +1,5 @@
-"""Cell pooling (common/cellpool.py) and the self-training round (common/pseudo.py,
-tools/make_pseudo_labels.py).
+"""Cell pooling (common/cellpool.py, datasets.CellPoolDataset) and the self-training round
+(tools/make_pseudo_labels.py, bag_datasets.PseudoBagDataset, the pseudo-label loss of common/mil.py).
 
 * cellpool scoring equals the masked global-average pooling computed by hand (cv2 INTER_AREA masks);
 * a one-cell image (the cell is the whole image) gives the plain image prediction;
@@ -15,12 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import load_script
+from toy_data import make_toy_dataset
 
-from common import augment, cellpool, io, models, predict, pseudo
-from common.bag_datasets import BagDataset, crop_path
+from common import augment, cellpool, io, models, predict
+from common.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
 from common.constants import NUM_CLASSES
-from common.datasets import make_toy_dataset
+from common.datasets import CellPoolDataset
 from common.mil import BagModel
+from common.resize import resize_image
 
 torch.set_num_threads(1)
 P1 = dict(PIPELINE=1, MODEL_NAME="test_resnet", PRETRAINED=False, PRETRAINED_FILE="", IMAGE_SIZE=128,
@@ -56,7 +58,7 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
     ids = [1, 2, 3, 4]
     cell_p, image_p = pred.predict(image, labels, ids)
     clf = pred.model.classifier
-    x = augment.normalize(io.resize_image(image, 128)[None], "competition")
+    x = augment.normalize(resize_image(image, 128)[None], "competition")
     want = np.zeros((len(ids), NUM_CLASSES))
     with torch.no_grad():
         for k in range(4):
@@ -84,7 +86,7 @@ def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
     cell_p, image_p = pred.predict(image, whole)
     plain = predict.RunPredictor(ckpt, "cpu", tta=2, variant="masked")
     np.testing.assert_allclose(image_p, plain.predict(image, whole)[1], atol=1e-5)  # the run's own
-    x = augment.normalize(io.resize_image(image, 128)[None], "competition")
+    x = augment.normalize(resize_image(image, 128)[None], "competition")
     with torch.no_grad():
         ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(augment.dihedral(x, k)))[0]
                            for k in range(2)]).mean(0).numpy()
@@ -156,20 +158,20 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     assert pred.variant == "cellpool"
     image = io.read_rgby(root / "train" / "toy0000.png")
     cell_p, _ = pred.predict(image, lab)
-    x = augment.normalize(io.resize_image(image, 48)[None], "competition")
+    x = augment.normalize(resize_image(image, 48)[None], "competition")
     with torch.no_grad():
         ref = torch.sigmoid(model.cell_logits(x, torch.from_numpy(lab.astype(np.int64))[None],
                                               torch.tensor([[1, 2, 3, 4]])))[0].numpy()
         assert model.classifier.backbone.forward_features(x).shape[-1] == 3  # stride 16 at 48 px
     np.testing.assert_allclose(cell_p, ref, atol=1e-5)
     # a training batch: per-cell logits and the MIL loss
-    ds = cellpool.CellPoolDataset(pd.read_csv(root / "train_all.csv"), root / "train",
-                                  root / "train_cell_mask", cells_per_image=5, image_size=48)
+    ds = CellPoolDataset(pd.read_csv(root / "train_all.csv"), root / "train",
+                         root / "train_cell_mask", cells_per_image=5, image_size=48)
     item = ds[0]
     assert item["cell_map"].shape == (48, 48) and set(item["cell_ids"].tolist()) <= {1, 2, 3, 4}
     with pytest.raises(FileNotFoundError, match="cell mask"):
-        cellpool.CellPoolDataset(pd.DataFrame({"ID": ["nope"], "Label": ["0"]}), root / "train",
-                                 root / "train_cell_mask")
+        CellPoolDataset(pd.DataFrame({"ID": ["nope"], "Label": ["0"]}), root / "train",
+                        root / "train_cell_mask", cells_per_image=5)
 
     # self-training from this FOLD=0 run: only fold-0 images get pseudo-labels (the tool end to end)
     tool = load_script("tools/make_pseudo_labels.py")
@@ -203,7 +205,8 @@ def test_pseudo_labels_never_come_from_a_model_that_trained_on_the_image(tmp_pat
         io.write_rgby(tmp_path / "train" / f"{iid}.png", np.full((16, 16, 4), i, np.uint8))
         io.save_masks(tmp_path / "mask" / f"{iid}.npz", lab)
     runs = [_FakeRun(0, 0.2), _FakeRun(1, 0.6), _FakeRun(0, 0.4), _FakeRun(-1, 0.9)]
-    out = pseudo.make_pseudo_labels(df, runs, tmp_path / "train", tmp_path / "mask", normalize="none")
+    tool = load_script("tools/make_pseudo_labels.py")
+    out = tool.make_pseudo_labels(df, runs, tmp_path / "train", tmp_path / "mask", normalize="none")
     for r in runs:  # a run of FOLD k trained on the rows with fold != k: it never scored one of those
         trained_on = set(np.flatnonzero(df["fold"] != r.cfg["FOLD"])) if r.cfg["FOLD"] >= 0 else set(range(n))
         assert not trained_on & set(r.seen)
@@ -214,7 +217,7 @@ def test_pseudo_labels_never_come_from_a_model_that_trained_on_the_image(tmp_pat
     np.testing.assert_allclose(f1[["t0", "t3"]].to_numpy(), 0.6, atol=1e-6)
     assert (out[[f"t{c}" for c in range(NUM_CLASSES) if c not in (0, 3)]].to_numpy() == 0).all()
     assert (f0["n_runs"] == 2).all()
-    t = pseudo.soft_targets(np.array([[0.2, 0.5], [0.4, 0.1]]), np.array([1.0, 0.0]), "max")
+    t = tool.soft_targets(np.array([[0.2, 0.5], [0.4, 0.1]]), np.array([1.0, 0.0]), "max")
     np.testing.assert_allclose(t, [[0.5, 0.0], [1.0, 0.0]])
 
 
@@ -231,11 +234,11 @@ def test_pseudo_bags_and_loss(tmp_path):
     target = np.zeros(NUM_CLASSES, np.float32)
     target[3] = 0.7
     pl = pd.DataFrame([["a", 2, 0, 1, *target]],
-                      columns=["ID", "cell_id", "fold", "n_runs", *pseudo.TARGET_COLS])
+                      columns=["ID", "cell_id", "fold", "n_runs", *TARGET_COLS])
     pl.to_csv(tmp_path / "pl.csv", index=False)
-    table = pseudo.read_pseudo_labels(tmp_path / "pl.csv")
-    ds = pseudo.PseudoBagDataset(df, tmp_path, index, cells_per_image=3, cell_size=16, augment=False,
-                                 pseudo=table)
+    table = read_pseudo_labels(tmp_path / "pl.csv")
+    ds = PseudoBagDataset(df, tmp_path, index, cells_per_image=3, cell_size=16, augment=False,
+                          pseudo=table)
     item = ds[0]
     has = item["cell_has_target"].numpy()
     assert has.sum() == (item["cell_ids"].numpy() == 2).sum() >= 1
@@ -261,7 +264,7 @@ def test_pseudo_bags_and_loss(tmp_path):
     bad["t3"] = 1.5
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="bad.csv"):
-        pseudo.read_pseudo_labels(tmp_path / "bad.csv")
+        read_pseudo_labels(tmp_path / "bad.csv")
 
 
 def test_cellpool_model_names_the_missing_constants():
@@ -270,4 +273,4 @@ def test_cellpool_model_names_the_missing_constants():
     with pytest.raises(KeyError, match="CELLPOOL_STRIDE"):
         cellpool.CellPoolModel(models.build_classifier(P1), mil)
     model = cellpool.CellPoolModel(models.build_classifier(P1), {**mil, "CELLPOOL_STRIDE": 0})
-    assert model.pool == "max"
+    assert model.mil.mode == "max"

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import torch
 from test_s4 import _s41_args, make_data, run_s41
+from toy_data import make_toy_dataset
 
 from common import metric, models
-from common.datasets import ImageDataset, make_toy_dataset
+from common.datasets import ImageDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 S3 = importlib.import_module("S3_train_pipeline1")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import demo_data, metric, pseudo
+from common import bag_datasets, demo_data, metric
 from common.constants import NUM_CLASSES
 
 IDS = ["NA", "nan"]  # pandas' default reader turns both into NaN
@@ -19,9 +19,9 @@ def test_pseudo_labels_keep_ids_na_and_nan(tmp_path):
     t = np.zeros((2, NUM_CLASSES))
     t[0, 3], t[1, 5] = 0.7, 0.4
     pl = pd.DataFrame({"ID": IDS, "cell_id": [2, 1], "fold": 0, "n_runs": 1})
-    pl = pl.join(pd.DataFrame(t, columns=pseudo.TARGET_COLS))
+    pl = pl.join(pd.DataFrame(t, columns=bag_datasets.TARGET_COLS))
     pl.to_csv(tmp_path / "pl.csv", index=False)
-    table = pseudo.read_pseudo_labels(tmp_path / "pl.csv")
+    table = bag_datasets.read_pseudo_labels(tmp_path / "pl.csv")
     assert sorted(table) == [("NA", 2), ("nan", 1)]
     assert table[("NA", 2)][3] == pytest.approx(0.7) and table[("nan", 1)][5] == pytest.approx(0.4)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_data import make_toy_dataset
 
 from common import models
-from common.datasets import make_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 S3 = importlib.import_module("S3_train_pipeline1")

@@ -20,7 +20,7 @@ from common.augment import LabelAugment
 from common.bag_datasets import BagDataset
 from common.cells import crop_path
 from common.constants import NEGATIVE, NUM_CLASSES
-from common.mil import BagModel, mil_loss, pool_cells
+from common.mil import BagModel, MILHead, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -231,20 +231,36 @@ def test_mil_loss_equals_hand_computed_value():
     bce_max = (sp(-1.0) + sp(2.0)) / 2                     # max over cells: [1, 2]
     bce_mean = (sp(-0.5) + sp(0.5)) / 2                    # mean over cells: [0.5, 0.5]
     expected = (4 * bce_max + 1 * bce_mean) / 5
-    assert mil_loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
+    head = MILHead.from_config(MIL)
+    assert mil_loss(cell, target, "max", 4.0, 1.0, 4, 5.0).item() == pytest.approx(expected, rel=1e-6)
+    assert head.loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
     bag = torch.randn(2, 3, 4, 8, 8)
     label = (torch.rand(2, NUM_CLASSES) > 0.5).float()
     out = BagModel(_Echo(), {**MIL, "MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
-    torch.testing.assert_close(out["loss"], mil_loss(out["cell_logits"], label))
-    assert mil_loss(cell, target, w_max=1, w_mean=0).item() == pytest.approx(bce_max, rel=1e-6)
+    torch.testing.assert_close(out["loss"], head.loss(out["cell_logits"], label))
+    torch.testing.assert_close(out["logits"], head.pool(out["cell_logits"]))
+    assert mil_loss(cell, target, "max", 1, 0, 4, 5.0).item() == pytest.approx(bce_max, rel=1e-6)
+
+
+def test_pseudo_w_is_read_only_when_bags_carry_targets():
+    """An older run's config without PSEUDO_W still builds and scores; training on pseudo-labels
+    without it stops naming the key (no fallback weight in common/)."""
+    bag, label = torch.randn(1, 3, 4, 8, 8), torch.zeros(1, NUM_CLASSES)
+    model = BagModel(_Echo(), MIL)
+    assert model({"image": bag, "label": label})["loss"].ndim == 0
+    targets = {"cell_target": torch.full((1, 3, NUM_CLASSES), 0.5), "cell_has_target": torch.ones(1, 3)}
+    with pytest.raises(KeyError, match="PSEUDO_W"):
+        model({"image": bag, "label": label, **targets})
+    out = BagModel(_Echo(), {**MIL, "PSEUDO_W": 0.0})({"image": bag, "label": label, **targets})
+    torch.testing.assert_close(out["loss"], model({"image": bag, "label": label})["loss"])
 
 
 def test_pools():
     x = torch.randn(2, 5, NUM_CLASSES)
-    torch.testing.assert_close(pool_cells(x, "topk", k=1), x.amax(1))
-    torch.testing.assert_close(pool_cells(x, "topk", k=99), x.mean(1))
-    torch.testing.assert_close(pool_cells(x, "lse", r=1e4), x.amax(1), atol=1e-3, rtol=0)
-    torch.testing.assert_close(pool_cells(x, "lse", r=1e-2), x.mean(1), atol=3e-2, rtol=0)
+    torch.testing.assert_close(pool_cells(x, "topk", k=1, r=5.0), x.amax(1))
+    torch.testing.assert_close(pool_cells(x, "topk", k=99, r=5.0), x.mean(1))
+    torch.testing.assert_close(pool_cells(x, "lse", k=4, r=1e4), x.amax(1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(pool_cells(x, "lse", k=4, r=1e-2), x.mean(1), atol=3e-2, rtol=0)
     with pytest.raises(ValueError, match="MIL_POOL"):
         BagModel(_Echo(), {**MIL, "MIL_POOL": "median"})
 

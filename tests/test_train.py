@@ -4,9 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from toy_data import make_toy_dataset
 
 from common import augment, config, models, train
-from common.datasets import ImageDataset, make_toy_dataset
+from common.datasets import ImageDataset
 
 torch.set_num_threads(1)
 

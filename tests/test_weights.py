@@ -217,7 +217,8 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
     assert calls[2:] == ["test_resnet.r160_in1k"]
     # the fetched file is a PRETRAINED_DIR for the scripts' model builder
     clf = models.build_classifier({"MODEL_NAME": "resnet18", "PRETRAINED": True, "PRETRAINED_DIR": str(out),
-                                   "PRETRAINED_FILE": "", "DROPOUT": 0.5, "MSD_SAMPLES": 5})
+                                   "PRETRAINED_FILE": "", "STEM_INIT": "timm", "DROPOUT": 0.5,
+                                   "MSD_SAMPLES": 5})
     torch.manual_seed(1)
     ref = timm.create_model("resnet18", pretrained=False).state_dict()["conv1.weight"]
     torch.testing.assert_close(clf.backbone.conv1.weight[:, :3].detach(), ref * 0.75)
