@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from toy_data import make_toy_dataset
 
 from common import io, models, train
-from common.datasets import make_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",
