@@ -5,12 +5,13 @@ Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's CELLS_DIR/
         cell-level validation (demo data only) the competition folder's train_cells.csv,
         train_cell_truth/{ID}.png and train/ originals
 Writes  output/<RUN_NAME>/fold<FOLD>/  best.pth last.pth config.json summary.csv train.log curves.png
+        (and at the best epoch oof.csv, and oof_cells.csv with the cell-level validation)
 
 Model: common.models.build_model with PIPELINE=2 -> common.mil.BagModel (cell classifier on every
 cell, "logits" = MIL_POOL over the bag, loss (MIL_W_MAX*BCE(pool) + MIL_W_MEAN*BCE(mean)) / sum).
 Validation: image-level mAP of the pooled logits on the fold's bags (val_mAP), and, when the
 per-cell truth exists, cell_mAP_strict / cell_mAP_lenient of every TRUE cell of the fold's
-images (cropped with common.cells exactly like S4.1 crops, scored with metric.score_cells).
+images (common.cell_validation: cropped exactly like S4.1 crops, scored with metric.score_cells).
 
     python S4.2_train_pipeline2.py --FOLD 0
     python S4.2_train_pipeline2.py --CELL_SIZE 128 --MODEL_NAME resnet18 --EPOCHS 2 --DEVICE cpu
@@ -89,14 +90,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, cells, config, constants, io, metric, models, recipes, train, weights
+from common import augment, config, constants, io, models, recipes, train, weights
 from common.bag_datasets import BagDataset, PseudoBagDataset, read_pseudo_labels
+from common.cell_validation import CellValidation
 from common.datasets import external_flags
-from common.resize import resize_labels
 
 log = logging.getLogger("hpa.s42")
 
@@ -117,86 +116,6 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
     if missing:
         raise SystemExit(f"{path}: no {missing} (run S4.1 --CELL_SIZE {cfg['CELL_SIZE']} again)")
     cfg["CROP_MARGIN"], cfg["FROM_ORIGINAL"] = float(s41["CROP_MARGIN"]), bool(s41["FROM_ORIGINAL"])
-
-
-# ----------------------------------------------------------------------------- cell-level validation
-def _truth_map(comp: Path, image_id: str, rows: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
-    """The true cell label map of an image at ``shape`` (truth PNG, else decoded EncodedMasks)."""
-    png = comp / "train_cell_truth" / f"{image_id}.png"
-    if png.is_file():
-        lab = io.read_label_png(png)
-    else:
-        from common import encoding
-
-        h, w = int(rows["ImageHeight"].iloc[0]), int(rows["ImageWidth"].iloc[0])
-        lab = np.zeros((h, w), np.uint16)
-        for cid, mask in rows.groupby("cell_id", sort=False)["EncodedMask"].first().items():
-            lab[encoding.decode_binary_mask(mask, h, w)] = int(cid)
-    return resize_labels(lab, shape) if lab.shape != tuple(shape) else lab
-
-
-class CellValidation:
-    """``extra_metrics`` of train.fit: cell mAP (strict, lenient) on the true cells of the fold.
-
-    The crops are built once (uint8, in memory), each from the original image with the true map
-    when FROM_ORIGINAL and the original is there, else from the 512-px image with the true map
-    resized with nearest neighbour; each image's cells are one bag through the BagModel.
-    """
-
-    def __init__(self, cfg: dict, val_ids: list[str], hpa: Path, comp: Path, sources: dict[str, str]):
-        truth_df = io.read_id_table(comp / "train_cells.csv", ("ID", "cell_id", "Label"), unique=False)
-        truth_df = truth_df[truth_df["ID"].isin(set(val_ids))]
-        keep = list(dict.fromkeys(truth_df["ID"]))
-        if cfg["CELL_VAL_MAX_IMAGES"]:
-            keep = keep[:cfg["CELL_VAL_MAX_IMAGES"]]
-        truth_df = truth_df[truth_df["ID"].isin(set(keep))]
-        self.truth: dict = {}
-        for (iid, cid), labs in truth_df.groupby(["ID", "cell_id"], sort=False)["Label"]:
-            self.truth[(iid, int(cid))] = sorted({x for lab in labs for x in constants.parse_labels(lab)})
-        self.bags: list[tuple[str, list[int], np.ndarray, str]] = []
-        size, margin = int(cfg["CELL_SIZE"]), float(cfg["CROP_MARGIN"])
-        for iid, rows in truth_df.groupby("ID", sort=False):
-            orig = comp / "train"
-            if cfg["FROM_ORIGINAL"] and io.channel_path(orig, iid, "red").is_file():
-                img = io.read_image(orig, iid)
-            else:
-                img = io.read_rgby(hpa / "train" / f"{iid}.png")
-            lab = _truth_map(comp, iid, rows, img.shape[:2])
-            ids = [c for c in cells.cell_ids(lab) if (iid, c) in self.truth]
-            if ids:
-                crops = cells.crop_cells(img, lab, ids, size, margin)
-                self.bags.append((iid, ids, crops, sources.get(iid, "competition")))
-        self.n_cells = sum(len(b[1]) for b in self.bags)
-
-    def write_oof(self, out_dir: Path) -> None:
-        """The cell-level out-of-fold predictions of the last call: ``oof_cells.csv`` (ID, cell_id, the
-        cell's true labels, p0..p18); train.fit calls it when an epoch becomes best."""
-        if getattr(self, "last", None) is None:
-            return
-        image_ids, cell_ids, probs = self.last
-        labels = ["|".join(map(str, self.truth[(i, c)])) for i, c in zip(image_ids, cell_ids)]
-        df = pd.DataFrame({"ID": image_ids, "cell_id": cell_ids, "Label": labels})
-        df = df.join(pd.DataFrame(np.round(probs, 6), columns=[f"p{c}" for c in range(probs.shape[1])]))
-        io.atomic_to_csv(df, out_dir / "oof_cells.csv")
-
-    @torch.no_grad()
-    def __call__(self, model, device) -> dict:
-        was_training = model.training
-        model.eval()
-        image_ids, cell_ids, probs = [], [], []
-        for iid, ids, crops, source in self.bags:
-            x = augment.normalize(crops, source).unsqueeze(0).to(device)
-            p = torch.sigmoid(model({"image": x})["cell_logits"][0].float()).cpu().numpy()
-            image_ids += [iid] * len(ids)
-            cell_ids += ids
-            probs.append(p)
-        model.train(was_training)
-        if not probs:
-            return {}
-        probs = np.concatenate(probs)
-        self.last = (image_ids, cell_ids, probs)
-        return {f"cell_mAP_{mode}": metric.score_cells(image_ids, cell_ids, probs, self.truth, mode)["mAP"]
-                for mode in ("strict", "lenient")}
 
 
 # ----------------------------------------------------------------------------- main

@@ -61,6 +61,7 @@ FAIL_ON_ERRORS = False            # exit with status 3 (after writing everything
 
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -197,10 +198,21 @@ class ImageSource:
         return f.image, f.cell, f.cell_full, original
 
 
-# comparison submissions S5 may write beside SUBMISSION (``{stem}_{name}.csv``), with VARIANTS
-_COMPARISONS = ("cells", "pipeline1", "pipeline2", "image_level", "x_image")
 # the essential outputs besides SUBMISSION (the previous run's are removed before the new are written)
 _ESSENTIAL_EXTRAS = ("cell_predictions.csv", "s5_config.json", "s5_failures.csv")
+
+
+@dataclass
+class Results:
+    """What S5 gathers over the test images before it writes anything."""
+
+    names: list[str]                              # the submissions: ensemble, then the comparisons
+    strings: dict[str, dict[str, str]]            # {name: {ID: PredictionString}}
+    rows: list = field(default_factory=list)      # cell_predictions.csv
+    failures: list = field(default_factory=list)  # s5_failures.csv
+    overlays: list = field(default_factory=list)  # (ID, image, labels, ids, probs) of the first N_OVERLAYS
+    n_cells: int = 0
+    n_dropped: int = 0                            # cells lost at the original size
 
 
 def main(argv=None):
@@ -216,6 +228,40 @@ def main(argv=None):
 
 
 def _run(cfg, sample: pd.DataFrame, out_dir: Path, t_start: float) -> Path:
+    """Score the test images with every run, then write the outputs (essential ones first)."""
+    predictors, weights = _predictors(cfg)
+    source = ImageSource(cfg)
+    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(out_dir / "overlays")
+    if n_stale:
+        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
+    names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
+    res = Results(names, {n: {} for n in names})
+    todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
+    for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
+        _predict_image(cfg, predictors, weights, source, row, res, overlay=k < cfg.N_OVERLAYS)
+    sub_path = out_dir / cfg.SUBMISSION
+    disk_full = _write(cfg, sample, out_dir, sub_path, predictors, res)
+
+    seconds = time.time() - t_start
+    n_img = len(todo)
+    print(f"S5: {n_img} images, {res.n_cells} cells ({res.n_dropped} dropped: lost at the original size), "
+          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
+          f"segmented here: {source.n_segmented}", flush=True)
+    extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
+    failed = (f"{len(res.failures)} of {n_img} images FAILED (empty rows; listed in "
+              f"{out_dir / 's5_failures.csv'})" if res.failures else "0 images failed")
+    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
+    if disk_full is not None:
+        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete; "
+                         "the optional outputs after it were not written")
+    if res.failures and cfg.FAIL_ON_ERRORS:
+        raise SystemExit(3)
+    return sub_path
+
+
+def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
+    """The runs (RUNS, the named ENSEMBLE, or every run found), each rebuilt from its checkpoint, and
+    their ensemble weights."""
     if cfg.ENSEMBLE:
         _ensemble(cfg)
     runs = _runs(cfg)
@@ -226,116 +272,72 @@ def _run(cfg, sample: pd.DataFrame, out_dir: Path, t_start: float) -> Path:
                   for r, t in zip(runs, ttas)]
     for p, w in zip(predictors, weights):
         print(f"S5: {p} weight {w}", flush=True)
-    need_original = any(p.pipeline == 2 and p.from_original for p in predictors)
-    pipelines = sorted({p.pipeline for p in predictors})
-    source = ImageSource(cfg)
+    return predictors, weights
+
+
+def _predict_image(cfg, predictors: list, weights: list[float], source: ImageSource, row, res: Results,
+                   overlay: bool) -> None:
+    """Score the cells of one test image (a ``sample_submission`` row) and add its prediction strings,
+    cell rows and overlay to ``res``; an image that cannot be read or segmented is listed instead."""
+    image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
+    try:
+        image, labels, labels_full, original = source.load(image_id)
+        if original is None and any(p.from_original for p in predictors):
+            original = source.original(image_id)
+    except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
+        res.failures.append({"ID": image_id, "reason": str(e)})
+        tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
+        return
+    ids = cells.cell_ids(labels)
+    if not ids:  # no cells: the row stays, with an empty PredictionString
+        return
+    # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
+    # else the working map resized (a cell lost that way is dropped, counted)
+    masks = encoding.encode_label_map(fov.labels_at((height, width), labels, labels_full))
+    kept = [c for c in ids if c in masks]
+    res.n_dropped += len(ids) - len(kept)
+    ids = kept
+    if not ids:
+        return
+    boxes = cells.bounding_boxes(labels)
+    border = np.array([cells.touches_border(boxes[c], labels.shape) for c in ids])
+    cell_p, image_p = predict.score_runs(predictors, image, labels, ids, original, labels_full)
+    variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border,
+                               image_pred=cfg.IMAGE_PRED, multiply=cfg.MULTIPLY_IMAGE_PRED,
+                               border_weight=cfg.BORDER_WEIGHT, comparisons=cfg.VARIANTS)
+    ens = variants["ensemble"]
+    cell_masks = [masks[c] for c in ids]
+    for name, probs in variants.items():
+        res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
+    for c, b, pr in zip(ids, border, ens):
+        res.rows.append([image_id, c, int(b), *np.round(pr, 6)])
+    res.n_cells += len(ids)
+    if overlay:  # drawn after the essential outputs are written
+        res.overlays.append((image_id, image, labels, ids, ens))
+
+
+def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors: list,
+           res: Results) -> io.WriteError | None:
+    """Remove the previous run's files, write the essential outputs (each complete or absent: a full disk
+    stops S5 with the file's name), then the optional ones; returns the error that stopped those."""
     overlay_dir = out_dir / "overlays"
-    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(overlay_dir)
-    if n_stale:
-        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
-
-    names = ["ensemble"]
-    if cfg.VARIANTS:
-        names += (["cells"] + [f"pipeline{k}" for k in pipelines if len(pipelines) > 1]
-                  + ["image_level", "x_image"])
-    strings: dict[str, dict[str, str]] = {n: {} for n in names}
-    pred_rows, n_cells_total, n_dropped, failures, overlays = [], 0, 0, [], []
-    todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
-    for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
-        image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
-        try:
-            image, labels, labels_full, original = source.load(image_id)
-            if need_original and original is None:
-                original = source.original(image_id)
-        except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
-            failures.append({"ID": image_id, "reason": str(e)})
-            tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
-            continue
-        ids = cells.cell_ids(labels)
-        if not ids:  # no cells: the row stays, with an empty PredictionString
-            continue
-        # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
-        # else the working map resized (a cell lost that way is dropped, counted)
-        full = fov.labels_at((height, width), labels, labels_full)
-        masks = encoding.encode_label_map(full)
-        kept = [c for c in ids if c in masks]
-        n_dropped += len(ids) - len(kept)
-        ids = kept
-        if not ids:
-            continue
-        boxes = cells.bounding_boxes(labels)
-        border = np.array([cells.touches_border(boxes[c], labels.shape) for c in ids])
-
-        cell_p, image_p, views = [], [], {}
-        for p in predictors:  # runs with the same views (variant, size) share them, normalised once
-            if p.view_key not in views:
-                views[p.view_key] = p.prepare(image, labels, ids, original, labels_full)
-            cp, ip = p.predict(image, labels, ids, original, views=views[p.view_key], labels_full=labels_full)
-            cell_p.append(cp)
-            image_p.append(ip)
-        ens = predict.ensemble(cell_p, weights)
-        img_ens = predict.image_prediction(predict.ensemble(image_p, weights), ens, cfg.IMAGE_PRED)
-        variants = {"ensemble": ens}
-        if cfg.VARIANTS:
-            variants["cells"] = ens
-            for pl in pipelines:
-                if len(pipelines) > 1:
-                    sel = [i for i, p in enumerate(predictors) if p.pipeline == pl]
-                    variants[f"pipeline{pl}"] = predict.ensemble([cell_p[i] for i in sel],
-                                                                 [weights[i] for i in sel])
-            variants["image_level"] = np.broadcast_to(img_ens, ens.shape)
-            variants["x_image"] = ens * img_ens[None]
-        if cfg.MULTIPLY_IMAGE_PRED:
-            variants["ensemble"] = ens = ens * img_ens[None]
-        if cfg.BORDER_WEIGHT != 1.0:
-            for v in variants:
-                variants[v] = np.where(border[:, None], variants[v] * cfg.BORDER_WEIGHT, variants[v])
-            ens = variants["ensemble"]
-        cell_masks = [masks[c] for c in ids]
-        for name, probs in variants.items():
-            strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
-        for c, b, pr in zip(ids, border, ens):
-            pred_rows.append([image_id, c, int(b), *np.round(pr, 6)])
-        n_cells_total += len(ids)
-        if k < cfg.N_OVERLAYS:  # drawn after the essential outputs are written
-            overlays.append((image_id, image, labels, ids, ens))
-
-    sub_path = out_dir / cfg.SUBMISSION
-    owned = ([sub_path.with_name(f"{sub_path.stem}_{n}.csv") for n in _COMPARISONS]
+    owned = ([sub_path.with_name(f"{sub_path.stem}_{n}.csv") for n in predict.COMPARISONS]
              + sorted(overlay_dir.glob("*.png")) + [out_dir / n for n in _ESSENTIAL_EXTRAS])
     for path in owned:  # the previous run's files go first: the folder never mixes two runs
         path.unlink(missing_ok=True)
-    # essential outputs first, each complete or absent (a full disk stops S5 with the file's name)
-    encoding.write_submission(strings["ensemble"], sample, sub_path)
+    encoding.write_submission(res.strings["ensemble"], sample, sub_path)
     cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
-    io.atomic_to_csv(pd.DataFrame(pred_rows, columns=cols), out_dir / "cell_predictions.csv")
+    io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), out_dir / "cell_predictions.csv")
     config.save(dict(cfg, RUNS_USED=[str(p.path) for p in predictors]), out_dir / "s5_config.json")
-    fail_path = out_dir / "s5_failures.csv"
-    io.atomic_to_csv(pd.DataFrame(failures, columns=["ID", "reason"]), fail_path)
+    io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), out_dir / "s5_failures.csv")
     optional = [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
-                 lambda path, name=name: encoding.write_submission(strings[name], sample, path))
-                for name in names[1:]]
+                 lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
+                for name in res.names[1:]]
     optional += [(overlay_dir / f"{image_id}.png",
                   lambda path, o=(image_id, image, labels, ids, ens): plots.plot_cell_overlay(
                       o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))
-                 for image_id, image, labels, ids, ens in overlays]
-    disk_full = _write_optional(optional)
-
-    seconds = time.time() - t_start
-    n_img = len(todo)
-    print(f"S5: {n_img} images, {n_cells_total} cells ({n_dropped} dropped: lost at the original size), "
-          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
-          f"segmented here: {source.n_segmented}", flush=True)
-    extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
-    failed = (f"{len(failures)} of {n_img} images FAILED (empty rows; listed in {fail_path})" if failures
-              else "0 images failed")
-    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
-    if disk_full is not None:
-        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete; "
-                         "the optional outputs after it were not written")
-    if failures and cfg.FAIL_ON_ERRORS:
-        raise SystemExit(3)
-    return sub_path
+                 for image_id, image, labels, ids, ens in res.overlays]
+    return _write_optional(optional)
 
 
 def _write_optional(outputs: list) -> io.WriteError | None:

@@ -8,8 +8,8 @@ which is the identity for average pooling and keeps any conv head after the pool
 classifier head. With a linear head this equals the class-activation map averaged over the cell;
 a one-cell image whose cell is the whole image gives exactly the plain image prediction.
 
-* Test time (no retraining): ``RunPredictor(..., variant="cellpool")`` (S5 ``P1_VARIANT``) calls
-  :func:`predict_image` for any pipeline-1 checkpoint. ``stride`` rebuilds the backbone with timm's
+* Test time (no retraining): ``RunPredictor(..., variant="cellpool")`` (S5 ``P1_VARIANT``) scores
+  any pipeline-1 checkpoint so (``predict.CellPoolView``). ``stride`` rebuilds the backbone with timm's
   ``output_stride`` (8 | 16, dilated; same weights) and ``size`` changes the input side, for a grid
   that resolves cells (stride 32 at 128 px is a 4 x 4 grid).
 * Training (S3 ``VARIANT="cellpool"``): ``datasets.CellPoolDataset`` returns the image, its augmented
@@ -22,14 +22,10 @@ Model code only (torch): no dataset, no file reading here.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
-import numpy as np
 import timm
 import torch
 from torch import nn
 
-from common import augment
 from common.mil import HEAD_KEYS, MILHead
 
 # S3's constants that VARIANT="cellpool" needs (the values live in S3's constants block only)
@@ -103,46 +99,6 @@ def pooled_logits(classifier: nn.Module, fmap: torch.Tensor, weights: torch.Tens
     pooled = torch.einsum("bfhw,bnhw->bnf", fmap, weights.to(fmap.dtype))
     feats = classifier.backbone.forward_head(pooled.reshape(b * n, -1, 1, 1))  # global pool of 1x1 = id
     return classifier.head_logits(feats).reshape(b, n, -1)
-
-
-# ----------------------------------------------------------------------------- test time
-@torch.no_grad()
-def predict_image(predictor, image: np.ndarray, labels: np.ndarray, ids: list[int],
-                  views: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Cell and image probabilities of one image with cell pooling -> ``(cells (n, 19), image (19,))``.
-
-    ``predictor``: a ``predict.RunPredictor`` (its model, device, AMP, ``tta`` and ``size``);
-    ``views``: its :meth:`prepare` output (the normalised whole image ``(1, 4, S, S)``) when already
-    built. One batch of the ``tta`` variants of the image goes through the backbone; each variant's
-    weights are the same dihedral transform of the cell weights. The image prediction is the
-    whole-grid average of the same pass (the plain image prediction at the trained stride and size);
-    with a stride override it is one more pass of the run at its trained stride
-    (``predictor.image_classifier``): the dilated model's whole-image average is a worse image
-    prediction than the model's own.
-    """
-    if views is None:
-        views = predictor.prepare(image, labels, ids)
-    x = views if isinstance(views, torch.Tensor) else augment.normalize(views, "competition")
-    dev = predictor.device
-    batch = torch.cat([augment.dihedral(x, k) for k in range(predictor.tta)]).to(dev)
-    if predictor.cuda:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    clf = predictor.model.classifier
-    ctx = torch.autocast("cuda", dtype=torch.float16) if predictor.amp else nullcontext()
-    with ctx:
-        fmap = feature_map(clf, batch)
-        grid = tuple(fmap.shape[-2:])
-        lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(dev)
-        cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=dev)[None]  # -1: whole image
-        w = cell_weights(lab, cid, grid)[0]
-        w[-1] = 1.0 / (grid[0] * grid[1])
-        ws = torch.stack([augment.dihedral(w, k) for k in range(predictor.tta)])       # (T, n+1, h, w)
-        logits = pooled_logits(clf, fmap, ws).float()                              # (T, n+1, 19)
-        probs = torch.sigmoid(logits).mean(0).cpu().numpy()
-        image_clf = getattr(predictor, "image_classifier", None)
-        if image_clf is not None:  # a stride override: the image prediction of the run as trained
-            probs[-1] = torch.sigmoid(image_clf.logits(batch).float()).mean(0).cpu().numpy()
-    return probs[:-1].astype(np.float32), probs[-1].astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- training

@@ -306,3 +306,16 @@ def image_level_map(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, dic
     per = {c: float(average_precision_score(y_true[:, c], y_score[:, c]))
            for c in range(y_true.shape[1]) if y_true[:, c].sum() > 0}
     return (float(np.mean(list(per.values()))) if per else float("nan")), per
+
+
+# ----------------------------------------------------------------------------- out-of-fold tables
+def write_oof(path: str | Path, columns: dict, probs: np.ndarray, truth: np.ndarray | None = None) -> None:
+    """An out-of-fold table (read by ``tools/compare_oof.py``): ``columns`` (``ID`` first), the true
+    labels ``y0..y18`` when ``truth`` (multi-hot, one row per row) is given, the probabilities
+    ``p0..p18``; values rounded to 6 decimals, written atomically. train's ``oof.csv`` (ID, y, p) and
+    the cell-level validation's ``oof_cells.csv`` (ID, cell_id, Label, p)."""
+    df = pd.DataFrame(columns)
+    arrays = ([("y", truth)] if truth is not None else []) + [("p", probs)]
+    for name, arr in arrays:
+        df = df.join(pd.DataFrame(np.round(arr, 6), columns=[f"{name}{c}" for c in range(arr.shape[1])]))
+    io.atomic_to_csv(df, Path(path))

@@ -1,26 +1,35 @@
-"""Test-time scoring of cells by one trained run (used by S5 and benchmarks/bench_predict.py).
+"""Test-time scoring of cells by trained runs, and the ensemble S5 writes (used by S5, tools and
+benchmarks/bench_predict.py).
 
 A :class:`RunPredictor` rebuilds a run from its checkpoint (``models.load_checkpoint``: the
-constants saved at training time decide the model, the pipeline and its views) and scores all
-cells of an image in as few forward passes as ``batch_size`` allows:
+constants saved at training time decide the model, the pipeline and its view) and scores all cells
+of an image in as few forward passes as ``batch_size`` allows. How it sees the cells is its
+test-time view, one class per name in :data:`VIEWS`, chosen once when the run is loaded:
 
-* pipeline 1, ``VARIANT="masked"``: :func:`cells.masked_views` (the whole image with only this
-  cell kept), resized to the run's ``IMAGE_SIZE``;
-* pipeline 1, ``VARIANT="center_cells"``: :func:`cells.centered_views` at ``IMAGE_SIZE``;
-* pipeline 1, ``VARIANT="cellpool"`` (trained so, or asked for with ``variant=``): the whole image
-  once per TTA variant, each cell pooled from the feature map (:mod:`common.cellpool`;
-  ``cellpool_stride`` / ``cellpool_size`` for a finer feature grid);
-* pipeline 2: :func:`cells.crop_cells` at the run's ``CELL_SIZE`` and ``CROP_MARGIN``, from the
-  original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and it is
-  given, else from the 512-px image.
+* ``masked`` (pipeline 1): :func:`cells.masked_views` (the whole image with only this cell kept),
+  resized to the run's ``IMAGE_SIZE``;
+* ``center_cells`` (pipeline 1): :func:`cells.centered_views` at ``IMAGE_SIZE``;
+* ``cellpool`` (pipeline 1, trained so or asked for with ``variant=``): the whole image once per TTA
+  variant, each cell pooled from the feature map (:mod:`common.cellpool`; ``cellpool_stride`` /
+  ``cellpool_size`` for a finer feature grid);
+* ``crop`` (pipeline 2): :func:`cells.crop_cells` at the run's ``CELL_SIZE`` and ``CROP_MARGIN``,
+  from the original-resolution image when the run was trained on such crops (``FROM_ORIGINAL``) and
+  it is given, else from the 512-px image.
 
-Each view is also seen under ``tta`` of the 8 flip/transpose variants (:func:`augment.dihedral`, a
-fixed order, so results are deterministic); the sigmoid outputs are averaged. The image-level
-prediction of a run is the whole image through a pipeline-1 model, or the pooled cell logits of a
-pipeline-2 model.
+A view builds the uint8 views of an image's cells (:meth:`View.views`; runs of equal
+:attr:`View.key` share them, S5 builds them once per image) and scores them with a run
+(:meth:`View.score` -> cell and image probabilities). Each view is also seen under ``tta`` of the 8
+flip/transpose variants (:func:`augment.dihedral`, a fixed order, so results are deterministic);
+the sigmoid outputs are averaged. The image-level prediction of a run is the whole image through a
+pipeline-1 model, or the pooled cell logits of a pipeline-2 model.
+
+:func:`score_runs` scores an image with every run (shared views); :func:`combine` turns the runs'
+outputs into S5's submissions: the weighted ensemble, the image prediction it may be multiplied by
+(``IMAGE_PRED``), the border weight, and the comparison variants.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,12 +37,204 @@ import numpy as np
 import torch
 
 from common import augment, cells, config, io, models
+from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
 from common.constants import NUM_CLASSES
 from common.fov import labels_at
+from common.mil import pool_cells
 
 P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
 
 
+# ----------------------------------------------------------------------------- test-time views
+class View:
+    """How a run sees the cells of an image: ``name`` (the variant), ``size`` (a view's side).
+
+    The interface: :meth:`views` (uint8 ``(n, S, S, 4)``), :meth:`prepare` (normalised), :attr:`key`
+    (equal keys, equal views), :meth:`score` (a run's probabilities of the cells and of the image),
+    ``from_original`` (whether the views read the original-resolution image)."""
+
+    name = ""
+    from_original = False
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    @classmethod
+    def for_run(cls, cfg: dict, model, cellpool_stride: int, cellpool_size: int) -> View:
+        """The view of a pipeline-1 run (only the cell-pool view reads the ``cellpool_*`` options)."""
+        return cls(int(cfg["IMAGE_SIZE"]))
+
+    @property
+    def key(self) -> tuple:
+        """Runs with equal keys score the same views: S5 builds them once per image for all of them."""
+        return (self.name, self.size)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.size}px"
+
+    def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
+              original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
+                original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
+        """The normalised views ``(n, 4, S, S)``."""
+        return augment.normalize(self.views(image, labels, ids, original, labels_full), "competition")
+
+    def score(self, run: RunPredictor, prepared: np.ndarray | torch.Tensor | None, image: np.ndarray,
+              labels: np.ndarray, ids: list[int], original: np.ndarray | None = None,
+              labels_full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``run``'s ``(cell_probs (n, 19), image_probs (19,))``: each cell's view in batches
+        (:meth:`RunPredictor.score_views`); ``prepared``: these views (or :meth:`prepare`'s) when built."""
+        cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
+        cell_logits = None
+        if ids:
+            if prepared is None:
+                prepared = self.prepare(image, labels, ids, original, labels_full)
+            cell_probs, cell_logits = run.score_views(prepared)
+        return cell_probs, self.image_probs(run, image, cell_logits)
+
+    def image_probs(self, run: RunPredictor, image: np.ndarray, cell_logits: np.ndarray | None) -> np.ndarray:
+        """The image prediction of a pipeline-1 run: the whole image at the view's size."""
+        return run.score_views(io.resize_image(image, self.size)[None])[0][0]
+
+
+class MaskedView(View):
+    """The whole image with only the cell kept (:func:`cells.masked_views`), resized to ``size``."""
+
+    name = "masked"
+
+    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
+        views = cells.masked_views(image, labels, ids)
+        return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
+            np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
+
+
+class CenteredView(View):
+    """A window of ``size`` centred on the cell (:func:`cells.centered_views`)."""
+
+    name = "center_cells"
+
+    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
+        return cells.centered_views(image, labels, ids, self.size)
+
+
+class CellPoolView(View):
+    """The whole image once (at ``size``); each cell pooled from the feature map (:mod:`common.cellpool`).
+
+    ``stride``: the backbone's output stride set at loading (0 = as trained); with one, the image
+    prediction is one more pass of the run as trained (``image_classifier``, a copy made before)."""
+
+    name = "cellpool"
+
+    def __init__(self, size: int, stride: int = 0, image_classifier: torch.nn.Module | None = None):
+        super().__init__(size)
+        self.stride = int(stride)
+        self.image_classifier = image_classifier
+
+    @classmethod
+    def for_run(cls, cfg: dict, model, cellpool_stride: int, cellpool_size: int) -> CellPoolView:
+        """Sets ``model``'s output stride to ``cellpool_stride`` (0: as trained); ``cellpool_size``: the
+        input side (0: the run's ``IMAGE_SIZE``)."""
+        size = int(cellpool_size) or int(cfg["IMAGE_SIZE"])
+        # the image prediction stays the run's own (at its trained stride): one more pass
+        image_classifier = copy.deepcopy(model.classifier) if int(cellpool_stride) else None
+        set_output_stride(model.classifier, cellpool_stride)
+        return cls(size, int(cellpool_stride), image_classifier)
+
+    def __str__(self) -> str:
+        return f"{self.name}{f'/{self.stride}' if self.stride else ''} @ {self.size}px"
+
+    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
+        return io.resize_image(image, self.size)[None]  # the whole image once; the cells are pooled
+
+    @torch.no_grad()
+    def score(self, run, prepared, image, labels, ids, original=None, labels_full=None):
+        """One batch of the ``tta`` variants of the image goes through the backbone; each variant's
+        weights are the same dihedral transform of the cell weights. The image prediction is the
+        whole-grid average of the same pass (the plain image prediction at the trained stride and
+        size); with a stride override it is one more pass of the run at its trained stride: the dilated
+        model's whole-image average is a worse image prediction than the model's own."""
+        if prepared is None:
+            prepared = self.prepare(image, labels, ids)
+        x = prepared if isinstance(prepared, torch.Tensor) else augment.normalize(prepared, "competition")
+        dev = run.device
+        batch = torch.cat([augment.dihedral(x, k) for k in range(run.tta)]).to(dev)
+        if run.cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        clf = run.model.classifier
+        ctx = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
+        with ctx:
+            fmap = feature_map(clf, batch)
+            grid = tuple(fmap.shape[-2:])
+            lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(dev)
+            cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=dev)[None]  # -1: whole image
+            w = cell_weights(lab, cid, grid)[0]
+            w[-1] = 1.0 / (grid[0] * grid[1])
+            ws = torch.stack([augment.dihedral(w, k) for k in range(run.tta)])       # (T, n+1, h, w)
+            logits = pooled_logits(clf, fmap, ws).float()                          # (T, n+1, 19)
+            probs = torch.sigmoid(logits).mean(0).cpu().numpy()
+            if self.image_classifier is not None:  # a stride override: the image prediction as trained
+                probs[-1] = torch.sigmoid(self.image_classifier.logits(batch).float()).mean(0).cpu().numpy()
+        return probs[:-1].astype(np.float32), probs[-1].astype(np.float32)
+
+
+class CropView(View):
+    """Pipeline 2: square crops of ``size`` around each cell with ``margin`` (:func:`cells.crop_cells`),
+    from the original image when ``from_original`` and it is given (S4.1's crops)."""
+
+    name = "crop"
+
+    def __init__(self, size: int, margin: float, from_original: bool):
+        super().__init__(size)
+        self.margin = float(margin)
+        self.from_original = bool(from_original)
+
+    @classmethod
+    def for_run(cls, cfg: dict, model, cellpool_stride: int, cellpool_size: int) -> CropView:
+        # S4.1's crop settings, saved by S4.2
+        return cls(int(cfg["CELL_SIZE"]), float(cfg["CROP_MARGIN"]), bool(cfg["FROM_ORIGINAL"]))
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.size, self.margin, self.from_original)
+
+    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
+        """``labels_full``: the original-size label map when there is one (else ``labels`` resized, as
+        S4.1 does)."""
+        if self.from_original and original is not None and original.shape[:2] != labels.shape:
+            big = labels_at(original.shape[:2], labels, labels_full)
+            return cells.crop_cells(original, big, ids, self.size, self.margin)
+        src = original if (self.from_original and original is not None) else image
+        return cells.crop_cells(src, labels, ids, self.size, self.margin)
+
+    def image_probs(self, run, image, cell_logits) -> np.ndarray:
+        """The run's pool (``MIL_POOL``) of the cell logits; zeros without cells."""
+        if cell_logits is None:
+            return np.zeros(NUM_CLASSES, np.float32)
+        pooled = pool_cells(torch.from_numpy(cell_logits)[None], run.model.pool, run.model.topk,
+                            run.model.lse_r)[0]
+        return torch.sigmoid(pooled).numpy()
+
+
+VIEWS: dict[str, type[View]] = {"masked": MaskedView, "center_cells": CenteredView, "cellpool": CellPoolView,
+                                "crop": CropView}
+
+
+def make_view(pipeline: int, cfg: dict, model, variant: str, cellpool_stride: int,
+              cellpool_size: int) -> View:
+    """The view of a run: pipeline 2 crops; pipeline 1 ``variant``, else the one it was trained with
+    (its ``VARIANT``). A checkpoint's config lacking a key raises ``KeyError`` naming it."""
+    if pipeline == 2:
+        name = "crop"
+    else:
+        name = str(variant or cfg["VARIANT"])
+        if name not in P1_VARIANTS:
+            raise ValueError(f"pipeline-1 variant {name!r}: expected one of {P1_VARIANTS}")
+    return VIEWS[name].for_run(cfg, model, cellpool_stride, cellpool_size)
+
+
+# ----------------------------------------------------------------------------- one run
 class RunPredictor:
     """One trained run, ready to score cells. ``path``: a checkpoint file or a folder with ``best.pth``."""
 
@@ -53,39 +254,34 @@ class RunPredictor:
         self.amp = bool(amp) and self.cuda
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.pipeline == 1:
-            self.variant = str(variant or self.cfg.get("VARIANT", "masked"))
-            if self.variant not in P1_VARIANTS:
-                raise ValueError(f"pipeline-1 variant {self.variant!r}: expected one of {P1_VARIANTS}")
-            self.size = int(self.cfg["IMAGE_SIZE"])
-            if self.variant == "cellpool":  # one pass per image, cells pooled (common/cellpool.py)
-                import copy
-
-                from common.cellpool import set_output_stride
-
-                # the image prediction stays the run's own (at its trained stride): one more pass
-                self.image_classifier = copy.deepcopy(self.model.classifier) if int(cellpool_stride) else None
-                set_output_stride(self.model.classifier, cellpool_stride)
-                self.size = int(cellpool_size) or self.size
-                self.stride = int(cellpool_stride)
-        else:
-            self.variant = "crop"
-            self.size = int(self.cfg["CELL_SIZE"])
-            self.margin = float(self.cfg["CROP_MARGIN"])  # S4.1's, saved by S4.2
-            self.from_original = bool(self.cfg.get("FROM_ORIGINAL", False))
+        try:
+            self.view = make_view(self.pipeline, self.cfg, self.model, variant, cellpool_stride,
+                                  cellpool_size)
+        except KeyError as e:
+            raise KeyError(f"{self.path}: the checkpoint's config has no {e.args[0]!r} "
+                           f"(pipeline {self.pipeline}; saved by S3 / S4.2)") from None
         self.name = self.path.parent.parent.name + "/" + self.path.parent.name
+
+    @property
+    def variant(self) -> str:
+        return self.view.name
+
+    @property
+    def size(self) -> int:
+        return self.view.size
+
+    @property
+    def from_original(self) -> bool:
+        return self.view.from_original
 
     @property
     def view_key(self) -> tuple:
         """Runs with equal keys score the same views: S5 builds them once per image for all of them."""
-        if self.pipeline == 2:
-            return ("crop", self.size, self.margin, self.from_original)
-        return (self.variant, self.size)
+        return self.view.key
 
     def __repr__(self) -> str:
-        return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg.get('MODEL_NAME')}, "
-                f"{self.variant}{f'/{self.stride}' if getattr(self, 'stride', 0) else ''} @ {self.size}px, "
-                f"tta {self.tta})")
+        return (f"RunPredictor({self.name}: pipeline {self.pipeline}, {self.cfg['MODEL_NAME']}, "
+                f"{self.view}, tta {self.tta})")
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
@@ -97,7 +293,7 @@ class RunPredictor:
         with ctx:
             return self.model.classifier.logits(x).float()
 
-    def _score_views(self, views: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score_views(self, views: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``(n, S, S, 4)`` uint8 views, or :meth:`prepare`'s tensor -> (sigmoid averaged over TTA
         (n, 19), mean logits (n, 19))."""
         x = views if isinstance(views, torch.Tensor) else augment.normalize(views, "competition")
@@ -117,26 +313,13 @@ class RunPredictor:
     # ------------------------------------------------------------------ views
     def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
               original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4). ``labels_full``: the
-        original-size label map when there is one (else ``labels`` resized, as S4.1 does)."""
-        if self.pipeline == 2:
-            if self.from_original and original is not None and original.shape[:2] != labels.shape:
-                big = labels_at(original.shape[:2], labels, labels_full)
-                return cells.crop_cells(original, big, ids, self.size, self.margin)
-            src = original if (self.from_original and original is not None) else image
-            return cells.crop_cells(src, labels, ids, self.size, self.margin)
-        if self.variant == "center_cells":
-            return cells.centered_views(image, labels, ids, self.size)
-        if self.variant == "cellpool":  # the whole image once; the cells are pooled in predict
-            return io.resize_image(image, self.size)[None]
-        views = cells.masked_views(image, labels, ids)
-        return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
-            np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
+        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4) (:meth:`View.views`)."""
+        return self.view.views(image, labels, ids, original, labels_full)
 
     def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
                 original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
         """The normalised views ``(n, 4, S, S)`` of the cells ``ids``, ready for :meth:`predict`."""
-        return augment.normalize(self.views(image, labels, ids, original, labels_full), "competition")
+        return self.view.prepare(image, labels, ids, original, labels_full)
 
     def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
                 original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None,
@@ -149,27 +332,7 @@ class RunPredictor:
         (by a run of the same :attr:`view_key`: S5 builds and normalises them once per image).
         """
         ids = cells.cell_ids(labels) if ids is None else list(ids)
-        if self.variant == "cellpool":
-            from common.cellpool import predict_image
-
-            return predict_image(self, image, labels, ids, views)
-        cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
-        if ids:
-            if views is None:
-                views = self.prepare(image, labels, ids, original, labels_full)
-            cell_probs, cell_logits = self._score_views(views)
-        if self.pipeline == 1:
-            whole = io.resize_image(image, self.size)[None]
-            image_probs = self._score_views(whole)[0][0]
-        elif ids:
-            from common.mil import pool_cells
-
-            pooled = pool_cells(torch.from_numpy(cell_logits)[None], self.model.pool,
-                                self.model.topk, self.model.lse_r)[0]
-            image_probs = torch.sigmoid(pooled).numpy()
-        else:
-            image_probs = np.zeros(NUM_CLASSES, np.float32)
-        return cell_probs, image_probs
+        return self.view.score(self, views, image, labels, ids, original, labels_full)
 
     def predict_per_cell(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
                          original: np.ndarray | None = None) -> np.ndarray:
@@ -177,7 +340,7 @@ class RunPredictor:
         ids = cells.cell_ids(labels) if ids is None else list(ids)
         keep, self.batch_size = self.batch_size, self.tta
         try:
-            return np.concatenate([self._score_views(self.views(image, labels, [c], original))[0]
+            return np.concatenate([self.score_views(self.views(image, labels, [c], original))[0]
                                    for c in ids]) if ids else np.zeros((0, NUM_CLASSES), np.float32)
         finally:
             self.batch_size = keep
@@ -186,6 +349,22 @@ class RunPredictor:
 def find_runs(output_dir: str | Path, checkpoint: str = "best.pth") -> list[Path]:
     """Every run folder under ``output_dir`` holding ``checkpoint`` (sorted)."""
     return sorted(p.parent for p in Path(output_dir).rglob(checkpoint))
+
+
+# ----------------------------------------------------------------------------- the ensemble
+def score_runs(runs: list[RunPredictor], image: np.ndarray, labels: np.ndarray, ids: list[int],
+               original: np.ndarray | None = None, labels_full: np.ndarray | None = None
+               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every run's cell probabilities and image probabilities of one image; runs of the same
+    :attr:`RunPredictor.view_key` share the views, built and normalised once."""
+    cell_probs, image_probs, views = [], [], {}
+    for run in runs:
+        if run.view_key not in views:
+            views[run.view_key] = run.prepare(image, labels, ids, original, labels_full)
+        cp, ip = run.predict(image, labels, ids, original, views=views[run.view_key], labels_full=labels_full)
+        cell_probs.append(cp)
+        image_probs.append(ip)
+    return cell_probs, image_probs
 
 
 def ensemble(per_run: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -207,3 +386,49 @@ def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str =
         raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
     mean = cell_probs.mean(0).astype(np.float32)
     return mean if how == "cells" else ((model_image + mean) / 2).astype(np.float32)
+
+
+# the comparison submissions :func:`combine` may return besides ``ensemble``
+COMPARISONS = ("cells", "pipeline1", "pipeline2", "image_level", "x_image")
+
+
+def variant_names(pipelines: list[int], comparisons: bool) -> list[str]:
+    """The names :func:`combine` returns for runs of these ``pipelines``: ``ensemble``, and with
+    ``comparisons`` ``cells``, ``pipeline{k}`` (when the runs are of several pipelines),
+    ``image_level`` and ``x_image``."""
+    kinds = sorted(set(pipelines))
+    names = ["ensemble"]
+    if comparisons:
+        names += ["cells"] + [f"pipeline{k}" for k in kinds if len(kinds) > 1] + ["image_level", "x_image"]
+    return names
+
+
+def combine(cell_probs: list[np.ndarray], image_probs: list[np.ndarray], weights: list[float],
+            pipelines: list[int], border: np.ndarray, *, image_pred: str, multiply: bool,
+            border_weight: float, comparisons: bool) -> dict[str, np.ndarray]:
+    """The cell probabilities ``(n, 19)`` S5 writes for one image, by name (:func:`variant_names`).
+
+    ``cell_probs``/``image_probs``/``weights``/``pipelines``: one per run; ``border``: (n,) bool,
+    the cells touching the image's edge. ``ensemble`` is the weighted mean of the runs, multiplied
+    by the image prediction (:func:`image_prediction` of the weighted mean of the runs' image
+    outputs, ``image_pred``) when ``multiply``; ``cells`` the mean alone, ``pipeline{k}`` the mean of
+    one pipeline's runs, ``image_level`` every cell at the image prediction, ``x_image`` their
+    product. Last, every one's border cells are multiplied by ``border_weight`` (unless 1)."""
+    ens = ensemble(cell_probs, weights)
+    img_ens = image_prediction(ensemble(image_probs, weights), ens, image_pred)
+    out = {"ensemble": ens}
+    if comparisons:
+        out["cells"] = ens
+        kinds = sorted(set(pipelines))
+        for pl in kinds:
+            if len(kinds) > 1:
+                sel = [i for i, p in enumerate(pipelines) if p == pl]
+                out[f"pipeline{pl}"] = ensemble([cell_probs[i] for i in sel], [weights[i] for i in sel])
+        out["image_level"] = np.broadcast_to(img_ens, ens.shape)
+        out["x_image"] = ens * img_ens[None]
+    if multiply:
+        out["ensemble"] = ens * img_ens[None]
+    if border_weight != 1.0:
+        for name in out:
+            out[name] = np.where(border[:, None], out[name] * border_weight, out[name])
+    return out

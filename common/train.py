@@ -634,10 +634,8 @@ def write_oof(out_dir: Path, parts: Parts, extra_metrics) -> None:
     cell-level ``oof_cells.csv``)."""
     if parts.oof is not None:
         ids, probs, labels = parts.oof
-        df = pd.DataFrame({"ID": ids if len(ids) == len(probs) else range(len(probs))})
-        for name, arr in (("y", labels), ("p", probs)):
-            df = df.join(pd.DataFrame(np.round(arr, 6), columns=[f"{name}{c}" for c in range(arr.shape[1])]))
-        io.atomic_to_csv(df, out_dir / "oof.csv")
+        metric.write_oof(out_dir / "oof.csv", {"ID": ids if len(ids) == len(probs) else range(len(probs))},
+                         probs, labels)
     if hasattr(extra_metrics, "write_oof"):
         extra_metrics.write_oof(out_dir)
 

@@ -116,6 +116,14 @@ def test_cell_weights_are_area_fractions():
         cellpool.cell_weights(lab[0], ids, (4, 4))
 
 
+def test_a_checkpoint_without_its_variant_is_named(tmp_path):
+    cfg = {k: v for k, v in P1.items() if k != "VARIANT"}
+    ckpt = _checkpoint(tmp_path / "r" / "fold0" / "best.pth", cfg)
+    with pytest.raises(KeyError, match=r"best\.pth: the checkpoint's config has no 'VARIANT'"):
+        predict.RunPredictor(ckpt, "cpu")
+    assert predict.RunPredictor(ckpt, "cpu", variant="center_cells").view_key == ("center_cells", 128)
+
+
 def test_output_stride_refused_clearly():
     clf = models.build_classifier(dict(P1))
     with pytest.raises(ValueError, match="output stride"):

@@ -82,8 +82,7 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
             "margin": 0.05, "overwrite": True}
     res = cells.crop_image_cells(task)
     assert res["from_original"] and res["written"] == len(cells.cell_ids(lab))
-    run = object.__new__(predict.RunPredictor)  # S5's view code of a pipeline-2 run trained on originals
-    run.pipeline, run.from_original, run.size, run.margin, run.variant = 2, True, 128, 0.05, None
+    run = predict.CropView(128, 0.05, from_original=True)  # the view of a p2 run trained on originals
     ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)
     test_crops = run.views(fov.working_image(original, 512), lab, ids, original, labels_full=full)
     for c, crop in zip(ids, test_crops):

@@ -386,6 +386,30 @@ def test_image_size_zero_stops_s5_at_start(e2e, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_combine_ensembles_then_multiplies_then_weights_the_border():
+    rng = np.random.default_rng(0)
+    cell = [rng.random((3, NUM_CLASSES), dtype=np.float32) for _ in range(3)]
+    image = [rng.random(NUM_CLASSES, dtype=np.float32) for _ in range(3)]
+    weights, pipelines, border = [1.0, 2.0, 1.0], [1, 2, 1], np.array([True, False, False])
+    out = predict.combine(cell, image, weights, pipelines, border, image_pred="both", multiply=True,
+                          border_weight=0.5, comparisons=True)
+    assert list(out) == predict.variant_names(pipelines, True) == \
+        ["ensemble", "cells", "pipeline1", "pipeline2", "image_level", "x_image"]
+    ens = predict.ensemble(cell, weights)
+    img = predict.image_prediction(predict.ensemble(image, weights), ens, "both")
+    edge = np.where(border[:, None], 0.5, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(out["ensemble"], ens * img[None] * edge)
+    np.testing.assert_array_equal(out["cells"], ens * edge)
+    np.testing.assert_array_equal(out["pipeline1"], predict.ensemble([cell[0], cell[2]], [1.0, 1.0]) * edge)
+    np.testing.assert_array_equal(out["pipeline2"], cell[1] * edge)
+    np.testing.assert_array_equal(out["image_level"], np.broadcast_to(img, ens.shape) * edge)
+    assert all(v.dtype == np.float32 for v in out.values())
+    plain = predict.combine(cell, image, weights, [1, 1, 1], border, image_pred="model", multiply=False,
+                            border_weight=1.0, comparisons=False)
+    assert list(plain) == ["ensemble"] and plain["ensemble"] is not None
+    np.testing.assert_array_equal(plain["ensemble"], ens)
+
+
 # ----------------------------------------------------------------------------- batched inference
 @pytest.mark.parametrize("pipeline", [1, 2])
 def test_batched_and_per_cell_inference_agree(e2e, pipeline):
