@@ -269,7 +269,8 @@ def test_a_second_s3_into_a_busy_run_folder_stops_at_once(data, tmp_path):
     run = tmp_path / "r" / "all"
     try:
         deadline = time.time() + 240
-        while not ((run / ".lock").is_file() and (run / ".lock").read_text().strip()):
+        while not ((run / ".lock").is_file() and (run / ".lock").read_text().strip()
+                   and (run / "config.json").is_file()):                 # training has started
             assert first.poll() is None, first.stderr.read()[-2000:]
             assert time.time() < deadline, "the first S3 never took the lock"
             time.sleep(0.5)
