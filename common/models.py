@@ -12,19 +12,16 @@ channels by ``adapt_input_conv`` either way), ``DROPOUT`` (p of each dropout mas
 """
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import timm
 import torch
 from torch import nn
 
-from common import io, weights
+from common import weights
 from common.cellpool import CellPoolModel
-from common.config import Config
 from common.constants import NUM_CLASSES
 from common.losses import build_loss
 from common.mil import BagModel
+from common.weights import load_error
 
 
 def _get(cfg: dict, key: str):
@@ -143,118 +140,3 @@ def new_model(cfg: dict) -> nn.Module:
     of a training run depend on SEED only (S3 and S4.2 build their models here)."""
     torch.manual_seed(int(_get(cfg, "SEED")))
     return build_model(cfg)
-
-
-SLIM_KEYS = ("epoch", "best_metric", "best_epoch", "metrics", "model_name")  # small facts kept in best.pth
-
-
-def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
-    """What S5 needs of a training checkpoint: the evaluated weights (EMA when present) as ``model``,
-    the ``config``, and a few small facts (:data:`SLIM_KEYS`); no optimizer, scheduler, RNG or history.
-    A checkpoint that is slim already comes back unchanged."""
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
-    which = ckpt.get("weights_from") or ("ema" if ckpt.get("ema") else "model")
-    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
-    return {"model": weights, "config": ckpt["config"], "weights_from": which,
-            **{k: ckpt[k] for k in SLIM_KEYS if k in ckpt}}
-
-
-# ----------------------------------------------------------------------------- reading checkpoints
-def _first_problem(error: BaseException) -> str:
-    """The first line of ``load_state_dict``'s error that says what is wrong (e.g. a size mismatch)."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    detail = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or [type(error).__name__]
-    return detail[0] if len(detail[0]) <= 300 else detail[0][:297] + "..."
-
-
-def _refused_pickle(error: BaseException | None) -> BaseException | None:
-    """torch's refusal of a pickle under ``weights_only=True``, when ``error`` is it or was raised
-    from it (timm wraps it in a RuntimeError with advice of its own)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """``torch.save(state)`` to ``path`` through :func:`io.atomic_path` and a file object: the bytes do
-    not depend on the temporary's name, and a write error (a full disk) is :class:`io.WriteError`
-    (one line: the file, the free space) rather than torch's zip-writer error."""
-    with io.atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-        except RuntimeError as e:  # torch ends the archive after the failed write and raises over it
-            cause = e.__context__
-            while cause is not None and not isinstance(cause, OSError):
-                cause = cause.__context__
-            if cause is None:
-                raise
-            raise cause from None
-    return Path(path)
-
-
-def load_error(path: str | Path, error: BaseException, what: str, remedy: str) -> str:
-    """The one line for a weights file that cannot be used: ``what`` (e.g. ``"RESUME: "``) and ``path``,
-    then why, then ``remedy``. A pickle that ``weights_only=True`` refuses gets the opposite of
-    torch's advice: the file holds more than tensors and plain values, and loading it with
-    ``weights_only=False`` would run code from the file."""
-    text = str(error)
-    refused = _refused_pickle(error)
-    if refused is not None:
-        reason = [ln.strip() for ln in str(refused).splitlines() if ln.strip() and not ln.startswith(
-            ("Weights only load failed", "Check the documentation")) and "weights_only" not in ln]
-        reason = (reason[0].split(". ")[0].rstrip(".") if reason else "refused by torch.load")[:200]
-        return (f"{what}{path}: holds objects beyond tensors and plain values ({reason}); loading it with "
-                "weights_only=False would run code from the file: do not, unless you made the file yourself")
-    if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
-        return f"{what}{path}: its weights do not fit the model ({_first_problem(error)}): {remedy}"
-    reason = _first_problem(error) if text.strip() else type(error).__name__
-    return f"{what}{path} cannot be read (truncated or corrupt: {reason}): {remedy}"
-
-
-def read_checkpoint(path: str | Path, what: str, remedy: str) -> dict:
-    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line SystemExit (:func:`load_error`)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip (OSError, RuntimeError), EOFError, refused pickle
-        raise SystemExit(load_error(path, e, what, remedy)) from None
-
-
-def load_weights(module: nn.Module, state: dict, path: str | Path, what: str, remedy: str) -> None:
-    """``module.load_state_dict(state)``, or a one-line SystemExit naming ``path`` and the first mismatch."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise SystemExit(load_error(path, e, what, remedy)) from None
-
-
-CHECKPOINT_REMEDY = "give a checkpoint written by S3 / S4.2 (best.pth or last.pth of a run)"
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
-    """Rebuild the model of a checkpoint written by ``train.fit`` -> ``(model, cfg)`` in eval mode.
-
-    The model is rebuilt from the checkpoint's saved ``config`` with ``PRETRAINED`` forced off
-    (no download; the weights come from the checkpoint). The EMA weights are loaded when the
-    checkpoint has them and ``use_ema``, else the raw weights; ``model.loaded_weights`` says which
-    ("ema" | "model").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = read_checkpoint(path, "", CHECKPOINT_REMEDY)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a training checkpoint (needs 'model' and 'config')")
-    cfg = Config(ckpt["config"])
-    cfg["PRETRAINED"] = False
-    cfg["PRETRAINED_FILE"] = ""
-    model = build_model(cfg)
-    which = "ema" if use_ema and ckpt.get("ema") else "model"
-    load_weights(model, ckpt[which], path, "", CHECKPOINT_REMEDY)
-    model.loaded_weights = ckpt.get("weights_from", which)  # a slim best.pth holds the EMA as "model"
-    return model.to(device).eval(), cfg

@@ -1,7 +1,7 @@
 """Test-time scoring of cells by trained runs, and the ensemble S5 writes (used by S5, tools and
 benchmarks/bench_predict.py).
 
-A :class:`RunPredictor` rebuilds a run from its checkpoint (``models.load_checkpoint``: the
+A :class:`RunPredictor` rebuilds a run from its checkpoint (``checkpoints.load_checkpoint``: the
 constants saved at training time decide the model, the pipeline and its view) and scores all cells
 of an image in as few forward passes as ``batch_size`` allows. How it sees the cells is its
 test-time view, one class per name in :data:`VIEWS`, chosen once when the run is loaded:
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import augment, cells, config, io, models
+from common import augment, cells, checkpoints, config, io
 from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
 from common.constants import NUM_CLASSES
 from common.fov import labels_at
@@ -244,7 +244,7 @@ class RunPredictor:
         path = Path(path)
         self.path = path / checkpoint if path.is_dir() else path
         self.device = config.resolve_device(device)
-        self.model, self.cfg = models.load_checkpoint(self.path, self.device)
+        self.model, self.cfg = checkpoints.load_checkpoint(self.path, self.device)
         self.pipeline = int(self.cfg["PIPELINE"])
         self.tta = int(tta)
         if not 1 <= self.tta <= augment.N_DIHEDRAL:

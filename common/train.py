@@ -60,8 +60,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
+from common import checkpoints, io, lock, metric, schedules
 from common import config as config_mod
-from common import io, lock, metric, models, schedules
 
 REQUIRED = ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
             "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS", "LR_STEP_VALUES", "ACCUM_STEPS",
@@ -400,22 +400,22 @@ class CheckpointSaver:
                 log.info(f"removed {n} temporary file(s) left by an interrupted run in {self.dir}")
 
     def _write(self, state: dict, path: Path) -> None:
-        models.save_checkpoint(state, path)  # atomic; a full disk is io.WriteError
+        checkpoints.save_checkpoint(state, path)  # atomic; a full disk is io.WriteError
 
     def save(self, state: dict, improved: bool) -> None:
         """``best.pth`` (slim: the evaluated weights and the constants, for S5 and Kaggle) when
         ``improved``, then ``last.pth`` (everything a resume needs)."""
         if self.main:
             if improved:  # best first: a crash between the two writes never loses the best epoch
-                self._write(models.slim_checkpoint(state, self.best), self.best)
+                self._write(checkpoints.slim_checkpoint(state, self.best), self.best)
             self._write(state, self.last)
         self.last_epoch = int(state["epoch"])
 
     def finish(self) -> None:
         """No epoch ever improved (e.g. every MONITOR value was NaN): best.pth is the slim last.pth."""
         if self.main and not self.best.is_file() and self.last.is_file():
-            state = models.read_checkpoint(self.last, "", "run the step again with --OVERWRITE true")
-            self._write(models.slim_checkpoint(state, self.last), self.best)
+            state = checkpoints.read_checkpoint(self.last, "", "run the step again with --OVERWRITE true")
+            self._write(checkpoints.slim_checkpoint(state, self.last), self.best)
 
 
 def checkpoint_state(cfg: dict, parts: Parts, prog: Progress, loaders: Loaders, env: _Dist) -> dict:
@@ -444,7 +444,7 @@ def check_resume(cfg: dict, path: Path, n_train: int) -> dict | None:
     be this run's (else one line, the differences). None when there is nothing to resume."""
     if not bool(cfg["RESUME"]) or not path.is_file():
         return None
-    ckpt = models.read_checkpoint(path, "RESUME: ", RESUME_REMEDY)
+    ckpt = checkpoints.read_checkpoint(path, "RESUME: ", RESUME_REMEDY)
     if not isinstance(ckpt, dict) or not {"model", "config", "epoch", "optimizer"} <= set(ckpt):
         raise SystemExit(f"RESUME: {path} is no last.pth of a run (no model, optimizer or epoch): "
                          f"{RESUME_REMEDY}")
@@ -469,7 +469,7 @@ def resume(cfg: dict, parts: Parts, ckpt: dict | None, path: Path, env: _Dist) -
     state); a fresh :class:`Progress` without one. Writes nothing."""
     if ckpt is None:
         return Progress()
-    models.load_weights(parts.model, ckpt["model"], path, "RESUME: ", RESUME_REMEDY)
+    checkpoints.load_weights(parts.model, ckpt["model"], path, "RESUME: ", RESUME_REMEDY)
     try:
         parts.optimizer.load_state_dict(ckpt["optimizer"])
         parts.scheduler.load_state_dict(ckpt["scheduler"])
@@ -479,7 +479,7 @@ def resume(cfg: dict, parts: Parts, ckpt: dict | None, path: Path, env: _Dist) -
         raise SystemExit(f"RESUME: {path}: its optimizer state does not fit this model ({e}): "
                          f"{RESUME_REMEDY}") from None
     if parts.ema is not None and ckpt.get("ema"):
-        models.load_weights(parts.ema.module, ckpt["ema"], path, "RESUME: ", RESUME_REMEDY)
+        checkpoints.load_weights(parts.ema.module, ckpt["ema"], path, "RESUME: ", RESUME_REMEDY)
     set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[env.rank])
     return Progress(int(ckpt["epoch"]), int(ckpt["num_updates"]), ckpt.get("best_metric"),
                     int(ckpt.get("best_epoch", 0)), [dict(r) for r in ckpt.get("history", [])])

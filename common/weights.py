@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import socket
 import tempfile
 import threading
@@ -400,3 +401,42 @@ def fetch(model_names: Iterable[str], out_dir: str | Path,
         raise RuntimeError(f"could not fetch {len(failed)} model(s): {', '.join(failed)} "
                            f"(the others are in {out})")
     return [rows[full_name(m)] for m in model_names]
+
+
+# ----------------------------------------------------------------------------- unusable weights files
+def _first_problem(error: BaseException) -> str:
+    """The first line of ``load_state_dict``'s error that says what is wrong (e.g. a size mismatch)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or [type(error).__name__]
+    return detail[0] if len(detail[0]) <= 300 else detail[0][:297] + "..."
+
+
+def _refused_pickle(error: BaseException | None) -> BaseException | None:
+    """torch's refusal of a pickle under ``weights_only=True``, when ``error`` is it or was raised
+    from it (timm wraps it in a RuntimeError with advice of its own)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def load_error(path: str | Path, error: BaseException, what: str, remedy: str) -> str:
+    """The one line for a weights file that cannot be used: ``what`` (e.g. ``"RESUME: "``) and ``path``,
+    then why, then ``remedy``. A pickle that ``weights_only=True`` refuses gets the opposite of
+    torch's advice: the file holds more than tensors and plain values, and loading it with
+    ``weights_only=False`` would run code from the file."""
+    text = str(error)
+    refused = _refused_pickle(error)
+    if refused is not None:
+        reason = [ln.strip() for ln in str(refused).splitlines() if ln.strip() and not ln.startswith(
+            ("Weights only load failed", "Check the documentation")) and "weights_only" not in ln]
+        reason = (reason[0].split(". ")[0].rstrip(".") if reason else "refused by torch.load")[:200]
+        return (f"{what}{path}: holds objects beyond tensors and plain values ({reason}); loading it with "
+                "weights_only=False would run code from the file: do not, unless you made the file yourself")
+    if isinstance(error, RuntimeError) and ("size mismatch" in text or "state_dict" in text):
+        return f"{what}{path}: its weights do not fit the model ({_first_problem(error)}): {remedy}"
+    reason = _first_problem(error) if text.strip() else type(error).__name__
+    return f"{what}{path} cannot be read (truncated or corrupt: {reason}): {remedy}"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import load_script
 from toy_data import make_toy_dataset
 
-from common import augment, cellpool, io, models, predict
+from common import augment, cellpool, checkpoints, io, models, predict
 from common.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
 from common.constants import NUM_CLASSES
 from common.datasets import CellPoolDataset
@@ -155,7 +155,7 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     res = s3.main(args)
     run = tmp_path / "p1_resnet10t_48_cellpool_lovasz" / "fold0"
     assert (run / "best.pth").is_file() and "val_mAP" in res["metrics"]
-    model, cfg = models.load_checkpoint(run / "best.pth")
+    model, cfg = checkpoints.load_checkpoint(run / "best.pth")
     assert isinstance(model, cellpool.CellPoolModel) and cfg["CELLPOOL_STRIDE"] == 16
     init = models.new_model(dict(cfg, PRETRAINED=False))
     moved = [not torch.equal(a, b) for a, b in zip(init.state_dict().values(), model.state_dict().values())

@@ -16,7 +16,7 @@ import torch
 from test_s4 import _s41_args, make_data, run_s41
 from toy_data import make_toy_dataset
 
-from common import metric, models
+from common import checkpoints, metric
 from common.datasets import ImageDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,8 @@ def p1(tmp_path_factory):
 
 def _rescore(ckpt: Path, data: Path) -> tuple[float, float]:
     """(val_loss, val_mAP) of a checkpoint on fold 0, in one process, as S3 splits it."""
-    model, cfg = models.load_checkpoint(ckpt)
-    _, val_df = S3.split(pd.read_csv(data / "train_all.csv"), cfg)
+    model, cfg = checkpoints.load_checkpoint(ckpt)
+    _, val_df = S3.split(pd.read_csv(data / "train_all.csv"), cfg, data / "train_all.csv")
     ds = ImageDataset(val_df, data / "train", image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
     probs, labels, losses = [], [], []
     with torch.no_grad():

@@ -20,7 +20,7 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import io, models, train
+from common import checkpoints, io, models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",
@@ -175,8 +175,8 @@ def test_a_checkpoint_with_10_classes_is_one_line_naming_the_file(data, finished
     assert msg == f"RESUME: {last}: {mismatch}: remove it to start over, or restore it"
     assert _untouched(run, before)
     with pytest.raises(SystemExit) as e:  # what S5 does
-        models.load_checkpoint(best)
-    assert e.value.code == f"{best}: {mismatch}: {models.CHECKPOINT_REMEDY}"
+        checkpoints.load_checkpoint(best)
+    assert e.value.code == f"{best}: {mismatch}: {checkpoints.CHECKPOINT_REMEDY}"
     # PRETRAINED_FILE: weights of another model (resnet18 for resnet10t); a refused pickle
     import timm
 
@@ -192,7 +192,7 @@ def test_a_checkpoint_with_10_classes_is_one_line_naming_the_file(data, finished
                                          r"would run code from the file: do not, unless you made the file"):
         models.Classifier("resnet10t", pretrained_file=str(evil))
     with pytest.raises(SystemExit, match=r"evil.pth: holds objects beyond tensors"):
-        models.load_checkpoint(evil)
+        checkpoints.load_checkpoint(evil)
 
 
 # ----------------------------------------------------------------------------- checkpoints on a full disk
@@ -224,7 +224,8 @@ def test_checkpoint_bytes_depend_only_on_the_state(tmp_path):
 def test_a_full_disk_while_saving_is_one_line_naming_the_file(tmp_path, monkeypatch):
     saver = train.CheckpointSaver(tmp_path, True)
     # ENOSPC: the bytes go to /dev/full, as on a disk with no space left
-    monkeypatch.setattr(models, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    to_dev_full = lambda path, mode: builtins.open("/dev/full", mode)  # noqa: E731
+    monkeypatch.setattr(checkpoints, "open", to_dev_full, raising=False)
     with pytest.raises(io.WriteError) as e:
         saver._write(_state(), tmp_path / "last.pth")
     assert e.value.disk_full and str(e.value).startswith(f"cannot write {tmp_path / 'last.pth'}: No space")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from common import constants, models
+from common import checkpoints, constants
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -137,14 +137,14 @@ def test_packed_runs_are_slim_and_load(demo):
     for run in demo["runs"]:
         dst = packed / run.parent.name / run.name / "best.pth"
         ck = torch.load(dst, map_location="cpu", weights_only=True)
-        assert {"config", "model"} <= set(ck) <= {"config", "model", "weights_from", *models.SLIM_KEYS}
+        assert {"config", "model"} <= set(ck) <= {"config", "model", "weights_from", *checkpoints.SLIM_KEYS}
         assert dst.stat().st_size < (run / "last.pth").stat().st_size  # best.pth is slim already
         assert (dst.parent / "config.json").is_file()
-        slim, _ = models.load_checkpoint(dst)
-        full, _ = models.load_checkpoint(run / "best.pth")
+        slim, _ = checkpoints.load_checkpoint(dst)
+        full, _ = checkpoints.load_checkpoint(run / "best.pth")
         for (k, a), b in zip(slim.state_dict().items(), full.state_dict().values()):
             assert torch.equal(a, b), k
-        again = models.slim_checkpoint(ck)                         # a slim checkpoint passes through
+        again = checkpoints.slim_checkpoint(ck)                         # a slim checkpoint passes through
         assert again.keys() == ck.keys()
     with pytest.raises(SystemExit, match="no such run"):
         pack_runs.main([str(demo["root"] / "nothing"), "--OUT", str(demo["root"] / "p2")])
@@ -185,7 +185,7 @@ def test_s3_notebook_trains_one_step_from_read_only_inputs(demo, tmp_path, monke
                                       "4", "--RUN_NAME", "nb", "--CACHE_GB", "0", *TINY])
         _execute(nb, tmp_path)
     run = tmp_path / "working" / "nb" / "all"
-    model, cfg = models.load_checkpoint(run / "best.pth")
+    model, cfg = checkpoints.load_checkpoint(run / "best.pth")
     assert cfg["MODEL_NAME"] == "test_resnet" and cfg["RUN_NAME"] == "nb"
     assert cfg["DATA_DIR"] == str(ro / "hpa")
     assert "S3 done" in _outputs(nb)

@@ -6,7 +6,7 @@ import timm
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from common import losses, models
+from common import checkpoints, losses, models
 from common.constants import NUM_CLASSES
 
 torch.set_num_threads(1)
@@ -126,17 +126,17 @@ def test_load_checkpoint_round_trip_and_errors(tmp_path):
     torch.save({"model": m.state_dict(), "config": cfg, "ema": ema}, tmp_path / "b.pth")
     x = torch.randn(1, 4, 64, 64)
     m.eval()
-    a, acfg = models.load_checkpoint(tmp_path / "a.pth")
+    a, acfg = checkpoints.load_checkpoint(tmp_path / "a.pth")
     assert a.loaded_weights == "model" and acfg["PRETRAINED"] is False and acfg.MSD_SAMPLES == 2
     torch.testing.assert_close(a({"image": x})["logits"], m({"image": x})["logits"])
-    b, _ = models.load_checkpoint(tmp_path / "b.pth")
+    b, _ = checkpoints.load_checkpoint(tmp_path / "b.pth")
     assert b.loaded_weights == "ema"
     torch.testing.assert_close(b.classifier.head.bias, m.classifier.head.bias + 1)
     with pytest.raises(FileNotFoundError, match="none.pth"):
-        models.load_checkpoint(tmp_path / "none.pth")
+        checkpoints.load_checkpoint(tmp_path / "none.pth")
     torch.save({"weights": 1}, tmp_path / "c.pth")
     with pytest.raises(ValueError, match="c.pth"):
-        models.load_checkpoint(tmp_path / "c.pth")
+        checkpoints.load_checkpoint(tmp_path / "c.pth")
 
 
 @pytest.mark.parametrize("name", ["lcnet_050", "mobilenetv3_small_050"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import models
+from common import checkpoints, models
 
 ROOT = Path(__file__).resolve().parents[1]
 S3 = importlib.import_module("S3_train_pipeline1")
@@ -36,7 +36,7 @@ def test_s3_main_writes_a_loadable_run(data, tmp_path):
     assert Path(res["out_dir"]) == run and (run / "best.pth").is_file()
     saved = json.loads((run / "config.json").read_text())
     assert saved["PIPELINE"] == 1 and saved["VARIANT"] == "center_cells" and saved["FOLD"] == 0
-    model, cfg = models.load_checkpoint(run / "best.pth")
+    model, cfg = checkpoints.load_checkpoint(run / "best.pth")
     assert cfg["IMAGE_SIZE"] == 48 and isinstance(model, models.ImageModel)
     out = model({"image": torch.zeros(1, 4, 48, 48)})
     assert out["logits"].shape == (1, 19)
@@ -72,6 +72,6 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     ck = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 2 and not any(k.startswith("module.") for k in ck["model"])
     assert "device cpu x2" in (run / "train.log").read_text()
-    model, _ = models.load_checkpoint(run / "last.pth")
+    model, _ = checkpoints.load_checkpoint(run / "last.pth")
     assert model.loaded_weights == "ema"
     assert model({"image": torch.zeros(1, 4, 48, 48)})["logits"].shape == (1, 19)

@@ -268,7 +268,7 @@ def test_pools():
 # ----------------------------------------------------------------------------- S4.2
 @pytest.mark.slow
 def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
-    from common.models import load_checkpoint
+    from common.checkpoints import load_checkpoint
 
     crops = run_s41(_s41_args(data, size=64))
     assert crops["failed"] == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import augment, config, models, train
+from common import augment, checkpoints, config, models, train
 from common.datasets import ImageDataset
 
 torch.set_num_threads(1)
@@ -67,7 +67,7 @@ def test_fit_learns_and_writes_outputs(toy, tmp_path):
     best = torch.load(tmp_path / "best.pth", map_location="cpu", weights_only=True)
     assert best["epoch"] == res["best_epoch"]
     assert best["metrics"]["val_mAP"] == pytest.approx(res["best_metric"])
-    model, mcfg = models.load_checkpoint(tmp_path / "last.pth")
+    model, mcfg = checkpoints.load_checkpoint(tmp_path / "last.pth")
     assert model.loaded_weights == "model" and mcfg["LOSS"] == "bce"
 
 
@@ -100,7 +100,7 @@ def test_resume_after_kill_equals_uninterrupted(toy, tmp_path):
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert a["metrics"]["val_mAP"] == pytest.approx(b["metrics"]["val_mAP"])
     assert len(pd.read_csv(tmp_path / "cut" / "summary.csv")) == 3
-    m, _ = models.load_checkpoint(tmp_path / "cut" / "best.pth")
+    m, _ = checkpoints.load_checkpoint(tmp_path / "cut" / "best.pth")
     assert m.loaded_weights == "ema"
     # resuming a finished run does nothing more
     again = train.fit({**cfg, "RESUME": True}, _model(cfg), tr, va, tmp_path / "cut")
@@ -254,7 +254,7 @@ def test_best_is_slim_last_resumes_and_oof_is_written(toy, tmp_path):
     assert not {"optimizer", "scheduler", "scaler", "rng", "history", "ema"} & set(best)
     assert {"optimizer", "scheduler", "rng", "ema"} <= set(last)
     assert (tmp_path / "best.pth").stat().st_size < 0.6 * (tmp_path / "last.pth").stat().st_size
-    m, mcfg = models.load_checkpoint(tmp_path / "best.pth")  # what S5 does
+    m, mcfg = checkpoints.load_checkpoint(tmp_path / "best.pth")  # what S5 does
     assert m.loaded_weights == "ema" and mcfg["MODEL_NAME"] == "resnet10t"
     oof = pd.read_csv(tmp_path / "oof.csv")
     assert len(oof) == len(va) and sorted(oof["ID"].astype(str)) == sorted(va.ids)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import constants, io, models, predict
+from common import checkpoints, constants, io, predict
 
-KEEP = ("model", "config")           # what a slim checkpoint holds (models.load_checkpoint needs these)
+KEEP = ("model", "config")           # what a slim checkpoint holds (checkpoints.load_checkpoint needs these)
 COPY = ("config.json", "summary.csv")  # small files of a run copied beside the slim checkpoint
 
 
@@ -73,15 +73,15 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         if name in seen:
             raise SystemExit(f"{src} and {seen[name]} would both be packed as {name}: pack them separately")
         seen[name] = src
-        ckpt = models.read_checkpoint(src, "", "leave this run out, or train it again")
+        ckpt = checkpoints.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        slim = models.slim_checkpoint(ckpt, src)
+        slim = checkpoints.slim_checkpoint(ckpt, src)
         if set(slim) == set(ckpt):  # slim already (S3 / S4.2's best.pth): the same bytes
             with io.atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
         else:
-            models.save_checkpoint(slim, dst)  # a full disk: io.WriteError
+            checkpoints.save_checkpoint(slim, dst)  # a full disk: io.WriteError
         for extra in COPY:
             if (src.parent / extra).is_file():
                 with io.atomic_path(dst.parent / extra) as tmp:  # a full disk: io.WriteError
