@@ -20,6 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from common.constants import paths_line
+from common.io import atomic_write_text
+
 
 class Config(dict):
     """A dict of resolved constants that also allows ``cfg.NAME``."""
@@ -115,8 +118,6 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     if update:
         namespace.update(cfg)
     if not quiet:
-        from common.constants import paths_line
-
         print(paths_line(), flush=True)  # how relative paths resolve (KAGGLE, common/constants.py)
         print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
@@ -309,8 +310,6 @@ def environment(device: str | None = None) -> dict:
 
 def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:
     """Write the resolved constants as JSON (atomically), with ``environment`` (see :func:`environment`)."""
-    from common.io import atomic_write_text
-
     path = Path(path)
     data = to_jsonable(cfg)
     if record_environment:

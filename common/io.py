@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.constants import CHANNELS
+from common.constants import CHANNELS, id_problem
 from common.resize import resize_image  # noqa: F401 - the one image resize, re-exported
 
 cv2.setNumThreads(0)
@@ -260,8 +260,6 @@ def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID"
     or ``nan`` stays that string; an empty Label stays ""); other empty cells are NaN. Anything else
     is a SystemExit naming the file and the row (line numbers of the file: the header is line 1)."""
     import pandas as pd
-
-    from common.constants import id_problem
 
     path = Path(path)
     if not path.is_file():

@@ -60,7 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
-from common import checkpoints, io, lock, metric, schedules
+from common import checkpoints, io, lock, metric, plots, schedules
 from common import config as config_mod
 
 REQUIRED = ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
@@ -644,9 +644,7 @@ def write_logs(out_dir: Path, row: dict, history: list, improved: bool) -> None:
     """summary.csv, curves.png and the epoch's line of train.log (rank 0)."""
     io.atomic_to_csv(pd.DataFrame(history), out_dir / "summary.csv")
     try:
-        from common.plots import plot_training_curves
-
-        plot_training_curves(out_dir / "summary.csv", out_dir / "curves.png")
+        plots.plot_training_curves(out_dir / "summary.csv", out_dir / "curves.png")
     except Exception as e:  # noqa: BLE001 - a plot never stops training
         log.warning(f"curves.png not written: {e}")
     msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from common.constants import CHANNELS
+from common import recipes
+from common.constants import CHANNELS, resolve
 
 
 # ----------------------------------------------------------------------------- the original's models
@@ -45,8 +46,6 @@ def recipe_model_lists() -> dict[str, list[str]]:
     """``name -> timm model names`` that ``--RECIPES`` of tools/fetch_weights.py accepts: every named
     recipe of :mod:`common.recipes`, plus ``original_pipeline1`` / ``original_pipeline2`` (their
     backbones; the current timm names with the tags of the weights the original loaded)."""
-    from common import recipes
-
     out = {n: [r["constants"]["MODEL_NAME"]] for n, r in recipes.RECIPES.items()}
     for script, key in (("S3", "original_pipeline1"), ("S4.2", "original_pipeline2")):
         out[key] = list(dict.fromkeys(c["MODEL_NAME"] for c in recipes.for_script(script).values()))
@@ -135,8 +134,6 @@ def local_source(model_name: str, pretrained: bool, pretrained_file: str = "",
 
 
 def _resolve(path: str | Path) -> Path:
-    from common.constants import resolve
-
     return resolve(path)
 
 
