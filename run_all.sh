@@ -69,10 +69,6 @@ if [ "$MODE" = demo ]; then
   S5_ARGS=(--TTA 2 --RUNS output/demo_p1/fold0,output/demo_p2/fold0 --MULTIPLY_IMAGE_PRED true
            --CHECKPOINT last.pth)
   if [ -n "$SEED" ]; then S3_ARGS+=(--SEED "$SEED"); S42_ARGS+=(--SEED "$SEED"); fi
-  # What the demo gives on any machine: mean ± spread over training seeds and hosts, measured by
-  # benchmarks/demo_expected.sh (docs/EXPERIMENTS.md has each run's figures and CPU capability).
-  EXPECTED_STRICT="0.46 ± 0.02"
-  EXPECTED_LENIENT="0.88 ± 0.01"
   if [ -f "$DATA/train.csv" ] && [ ! -f "$DATA/demo_config.json" ]; then
     echo "run_all.sh: real data found in $DATA; the demo constants still apply (use --real for the full setup)"
   else
@@ -153,10 +149,6 @@ if [ -f "$TRUTH" ]; then
               "broadcast of the true image labels" "truth (sanity check, must be 1)"; do
     [ -n "${SCORES[$name]:-}" ] && printf '  %-38s %s\n' "$name" "${SCORES[$name]}"
   done
-  if [ "$MODE" = demo ]; then
-    echo "  expected on any machine: mAP_strict=$EXPECTED_STRICT mAP_lenient=$EXPECTED_LENIENT" \
-         "(mean ± spread over seeds; an ensemble outside it means something went wrong)"
-  fi
   if [ -n "$ENSEMBLE_DELTAS" ]; then
     echo
     echo "Ensemble minus image-level broadcast (paired bootstrap over the test images):"
