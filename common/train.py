@@ -208,8 +208,10 @@ class _Dist:
         if use_cuda and not torch.cuda.is_available():
             raise RuntimeError(f"DEVICE={device_pref} but CUDA is not available")
         if use_cuda:
-            chosen = device.index if device.index is not None else torch.cuda.current_device()
-            idx = self.local_rank if self.enabled else chosen
+            if self.enabled:  # torchrun: one GPU per local rank
+                idx = self.local_rank
+            else:  # current_device() only here: asked on a rank, it would open a context on GPU 0
+                idx = device.index if device.index is not None else torch.cuda.current_device()
             torch.cuda.set_device(idx)
             self.device = torch.device("cuda", idx)
         else:
