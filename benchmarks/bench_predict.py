@@ -62,8 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from common import augment, cells, config, demo_data, encoding, io, models, predict
+from common import augment, cells, config, demo_data, encoding, models, predict
 from common.constants import NUM_CLASSES
+from common.resize import resize_image
 from common.segmentation import resize_labels
 
 
@@ -86,7 +87,7 @@ def make_checkpoint(folder: Path, model_name: str, size: int, images, seed: int)
     model = models.build_model(cfg)
     image, labels = images[0]
     ids = cells.cell_ids(labels)[:8]
-    views = np.stack([io.resize_image(v, size) for v in cells.masked_views(image, labels, ids)])
+    views = np.stack([resize_image(v, size) for v in cells.masked_views(image, labels, ids)])
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.momentum = None  # cumulative average over the calibration batch
@@ -198,7 +199,7 @@ def view_prep_seconds(images, size: int) -> tuple[float, float]:
     build = norm = 0.0
     for image, labels in images:
         t0 = time.perf_counter()
-        views = np.stack([io.resize_image(v, size) for v in cells.masked_views(image, labels)])
+        views = np.stack([resize_image(v, size) for v in cells.masked_views(image, labels)])
         t1 = time.perf_counter()
         augment.normalize(views, "competition")
         build, norm = build + t1 - t0, norm + time.perf_counter() - t1

@@ -75,7 +75,7 @@ def bench_steps(cfg, device: str) -> tuple[str, float]:
     torch.manual_seed(0)
     keys = ("PIPELINE", "PRETRAINED_FILE", "LOSS", "DROPOUT", "MSD_SAMPLES")
     model = models.build_model({**{k: getattr(S3, k) for k in keys}, "MODEL_NAME": cfg["MODEL_NAME"],
-                                "PRETRAINED": False}).to(device).to(device)
+                                "VARIANT": "masked", "PRETRAINED": False}).to(device).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -26,10 +26,8 @@ import timm
 import torch
 from torch import nn
 
-from common.mil import HEAD_KEYS, MILHead
-
-# S3's constants that VARIANT="cellpool" needs (the values live in S3's constants block only)
-CONFIG_KEYS = (*HEAD_KEYS, "CELLPOOL_STRIDE")
+from common.config import need
+from common.mil import MILHead
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -113,11 +111,9 @@ class CellPoolModel(nn.Module):
 
     def __init__(self, classifier: nn.Module, cfg: dict):
         super().__init__()
-        missing = [k for k in CONFIG_KEYS if k not in cfg]
-        if missing:
-            raise KeyError(f"CellPoolModel: the config lacks {missing} (S3's cell-pooling constants)")
+        need(cfg, "cell pooling")  # S3's cell-pooling constants (config.NEEDS)
         self.classifier = set_output_stride(classifier, int(cfg["CELLPOOL_STRIDE"]))
-        self.mil = MILHead.from_config(cfg, "CellPoolModel")
+        self.mil = MILHead.from_config(cfg)
 
     def cell_logits(self, image: torch.Tensor, cell_map: torch.Tensor,
                     cell_ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from common import io
-from common.config import Config
+from common.config import Config, MissingConstants
 from common.models import build_model
 from common.weights import load_error
 
@@ -26,6 +26,7 @@ def slim_checkpoint(ckpt: dict, path: Path | str = "checkpoint") -> dict:
     A checkpoint that is slim already comes back unchanged."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
+    # ckpt.get: a checkpoint file's optional parts (no EMA; weights_from only in a slim one), not config
     which = ckpt.get("weights_from") or ("ema" if ckpt.get("ema") else "model")
     weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
     return {"model": weights, "config": ckpt["config"], "weights_from": which,
@@ -72,7 +73,8 @@ CHECKPOINT_REMEDY = "give a checkpoint written by S3 / S4.2 (best.pth or last.pt
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True):
     """Rebuild the model of a checkpoint written by ``train.fit`` -> ``(model, cfg)`` in eval mode.
 
-    The model is rebuilt from the checkpoint's saved ``config`` with ``PRETRAINED`` forced off
+    The model is rebuilt from the checkpoint's saved ``config`` (a constant it lacks is a ``KeyError``
+    naming the file and the constant) with ``PRETRAINED`` forced off
     (no download; the weights come from the checkpoint). The EMA weights are loaded when the
     checkpoint has them and ``use_ema``, else the raw weights; ``model.loaded_weights`` says which
     ("ema" | "model").
@@ -86,8 +88,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", use_em
     cfg = Config(ckpt["config"])
     cfg["PRETRAINED"] = False
     cfg["PRETRAINED_FILE"] = ""
-    model = build_model(cfg)
-    which = "ema" if use_ema and ckpt.get("ema") else "model"
+    try:
+        model = build_model(cfg)
+    except MissingConstants as e:  # a config saved without a constant the model needs
+        raise KeyError(f"{path}: the checkpoint's config has no {', '.join(map(repr, e.names))} "
+                       f"({e.part}; saved by S3 / S4.2)") from None
+    which = "ema" if use_ema and ckpt.get("ema") else "model"  # .get: the file's optional parts
     load_weights(model, ckpt[which], path, "", CHECKPOINT_REMEDY)
     model.loaded_weights = ckpt.get("weights_from", which)  # a slim best.pth holds the EMA as "model"
     return model.to(device).eval(), cfg

@@ -22,6 +22,7 @@ from typing import Any
 
 from common.constants import paths_line
 from common.io import atomic_write_text
+from common.provenance import environment
 
 
 class Config(dict):
@@ -203,129 +204,61 @@ def require_number(cfg: dict, *names: str, minimum: float = 0.0, above: bool = F
                              f"{'>' if above else '>='} {minimum:g}")
 
 
+# ---- which constants each part of common/ needs: the one list per part, checked by :func:`need`
+# (the values live in the scripts' constants blocks only; common/ keeps no defaults)
+CLASSIFIER = ("MODEL_NAME", "PRETRAINED", "PRETRAINED_FILE", "DROPOUT", "MSD_SAMPLES")
+MIL_HEAD = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")
+NEEDS: dict[str, tuple[str, ...]] = {
+    # train.fit (S3 and S4.2 define them all)
+    "training": ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
+                 "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS", "LR_STEP_VALUES",
+                 "ACCUM_STEPS", "EMA_DECAY", "AMP", "NUM_WORKERS", "SEED", "DEVICE", "RESUME", "OVERWRITE",
+                 "MONITOR", "MAX_TRAIN_STEPS", "VAL_EVERY", "GRAD_CLIP", "MODEL_NAME"),
+    # models.build_classifier (the backbone and its head), models.build_model (any pipeline)
+    "classifier": CLASSIFIER,
+    "model": ("PIPELINE", *CLASSIFIER),
+    "pretrained weights": ("PRETRAINED_DIR",),     # read when PRETRAINED (where to look)
+    "weight loading": ("STEM_INIT",),              # read when PRETRAINED or a PRETRAINED_FILE
+    "image model": ("LOSS", "VARIANT"),            # pipeline 1 (S3)
+    "MIL head": MIL_HEAD,                          # mil.MILHead
+    "bag model": (*MIL_HEAD, "MIL_CHUNK"),         # pipeline 2, mil.BagModel (S4.2)
+    "cell pooling": (*MIL_HEAD, "CELLPOOL_STRIDE"),  # cellpool.CellPoolModel (S3 VARIANT="cellpool")
+    "new model": ("SEED",),                        # models.new_model
+}
+
+
+class MissingConstants(KeyError):
+    """Constants a part needs are not in the config: ``part`` and the missing ``names``."""
+
+    def __init__(self, part: str, names: list[str]):
+        super().__init__(f"{part} needs {', '.join(names)}: define them in the script's constants")
+        self.part, self.names = part, tuple(names)
+
+
+def need(cfg, part: str) -> None:
+    """Raise :class:`MissingConstants` (a ``KeyError``: "<part> needs X, Y: define them in the
+    script's constants") unless ``cfg`` holds every constant :data:`NEEDS` lists for ``part``."""
+    missing = [k for k in NEEDS[part] if k not in cfg]
+    if missing:
+        raise MissingConstants(part, missing)
+
+
 def to_jsonable(cfg: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-# the packages whose versions change results (recorded with every saved config)
-RECORDED_PACKAGES = ("torch", "torchvision", "timm", "numpy", "opencv-python-headless", "opencv-python",
-                     "albumentations", "albucore", "pandas", "scikit-image", "scipy", "scikit-learn",
-                     "tifffile", "pycocotools", "safetensors", "iterative-stratification", "matplotlib",
-                     "pillow")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-# CPU features that pick the floating-point kernels (torch's ATen dispatch, oneDNN, numpy's SIMD loops)
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",   # x86 (/proc/cpuinfo flags)
-             "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")                   # arm64 (Features)
-
-
-def _cpu_flags() -> list[str] | None:
-    """The :data:`CPU_FLAGS` this CPU has (None where /proc/cpuinfo does not list them)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            have = set(value.split())
-            return [f for f in CPU_FLAGS if f in have]
-    return None
-
-
-def _cpu_capability() -> str | None:
-    """torch's CPU kernel level (``DEFAULT`` | ``AVX2`` | ``AVX512`` | ``SVE256`` ...; the
-    ``ATEN_CPU_CAPABILITY`` variable lowers it), importing torch where it is installed."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def _gpu_names(torch) -> list[str]:
-    """GPU names without creating a CUDA context when there is none yet (forked workers stay safe)."""
-    import shutil
-    import subprocess
-
-    if torch is not None and torch.cuda.is_initialized():
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
-            return [n.strip() for n in out.splitlines() if n.strip()]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return []
-
-
-def environment(device: str | None = None) -> dict:
-    """What made a result besides the constants: package versions, Python, OS, CPU model, what
-    decides the floating-point path on the CPU (torch's ``cpu_capability``, the :data:`CPU_FLAGS`
-    present, ``OMP_NUM_THREADS`` and torch's thread count), the device (``auto`` resolved) and the
-    GPU names when CUDA is used. Seeded runs repeat exactly only with the
-    same versions (requirements-lock.txt) on the same kind of machine."""
-    import os
-    import platform
-    from importlib import metadata
-
-    versions = {}
-    for name in RECORDED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    torch = sys.modules.get("torch")  # not imported here: a step without torch records no CUDA
-    cuda = bool(torch is not None and torch.cuda.is_available())
-    dev = str(device or "auto").lower()
-    if dev == "auto":
-        dev = "cuda" if cuda else "cpu"
-    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
-           "cpu_count": os.cpu_count(), "cpu_capability": _cpu_capability(), "cpu_flags": _cpu_flags(),
-           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "device": dev, "packages": versions}
-    if "torch" in sys.modules:  # imported by the step or for cpu_capability
-        env["torch_threads"] = sys.modules["torch"].get_num_threads()
-    if torch is not None:
-        if dev.startswith("cuda") and cuda:
-            env["cuda"] = torch.version.cuda
-            if torch.cuda.is_initialized():  # asking cuDNN earlier would create a CUDA context
-                env["cudnn"] = torch.backends.cudnn.version()
-            env["gpu"] = _gpu_names(torch)
-    return env
-
-
 def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:
-    """Write the resolved constants as JSON (atomically), with ``environment`` (see :func:`environment`)."""
+    """Write the resolved constants as JSON (atomically), with ``environment``
+    (:func:`common.provenance.environment`)."""
     path = Path(path)
     data = to_jsonable(cfg)
     if record_environment:
-        data["environment"] = environment(cfg.get("DEVICE"))
+        # DEVICE is a constant of the steps that compute with torch only (S2, S3, S4.2, S5); the
+        # others record the device torch would pick ("auto")
+        data["environment"] = environment(cfg["DEVICE"] if "DEVICE" in cfg else "auto")
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
 def load(path: str | Path) -> Config:
     return Config(json.loads(Path(path).read_text()))
-
-
-def resolve_device(device="auto"):
-    """A DEVICE constant ("auto" | "cpu" | "cuda" | "cuda:1" | torch.device) -> ``torch.device``."""
-    import torch
-
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

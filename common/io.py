@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from common.constants import CHANNELS, id_problem
-from common.resize import resize_image  # noqa: F401 - the one image resize, re-exported
 
 cv2.setNumThreads(0)
 

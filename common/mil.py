@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import need
+
 POOLS = ("max", "topk", "lse", "mean")
-HEAD_KEYS = ("MIL_POOL", "MIL_W_MAX", "MIL_W_MEAN", "MIL_TOPK", "MIL_LSE_R")  # the MIL head's constants
-MIL_KEYS = (*HEAD_KEYS, "MIL_CHUNK")  # S4.2 constants of the bag model
 
 
 def pool_cells(cell_logits: torch.Tensor, mode: str, k: int, r: float) -> torch.Tensor:
@@ -83,11 +83,9 @@ class MILHead:
     lse_r: float   # MIL_LSE_R
 
     @classmethod
-    def from_config(cls, cfg: dict, who: str = "MILHead") -> MILHead:
-        """From a config holding :data:`HEAD_KEYS` (a missing one is a ``KeyError`` naming it)."""
-        missing = [k for k in HEAD_KEYS if k not in cfg]
-        if missing:
-            raise KeyError(f"{who}: the config lacks {missing} (the script's MIL constants)")
+    def from_config(cls, cfg: dict) -> MILHead:
+        """From a config holding ``config.NEEDS["MIL head"]`` (a missing one is a ``KeyError`` naming it)."""
+        need(cfg, "MIL head")
         mode = str(cfg["MIL_POOL"]).lower()
         if mode not in POOLS:
             raise ValueError(f"MIL_POOL {mode!r}: expected one of {POOLS}")
@@ -108,13 +106,12 @@ class BagModel(nn.Module):
 
     def __init__(self, classifier: nn.Module, cfg: dict):
         super().__init__()
-        missing = [k for k in MIL_KEYS if k not in cfg]
-        if missing:
-            raise KeyError(f"BagModel: the config lacks {missing} (S4.2's constants)")
+        need(cfg, "bag model")
         self.classifier = classifier
-        self.mil = MILHead.from_config(cfg, "BagModel")
+        self.mil = MILHead.from_config(cfg)
         self.chunk = int(cfg["MIL_CHUNK"])
-        # weight of the per-cell pseudo-label BCE: read only when a bag carries targets (training)
+        # weight of the per-cell pseudo-label BCE: read only when a bag carries targets (training), so
+        # an optional key: a run rebuilt for scoring from an older run's config has none
         self.pseudo_w = float(cfg["PSEUDO_W"]) if "PSEUDO_W" in cfg else None
 
     # the pooling constants, as read by test-time scoring (predict pools cell logits it computed)

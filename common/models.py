@@ -1,14 +1,16 @@
 """The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
 ``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
 
-Config keys read (all required, no defaults here): ``PIPELINE`` (1 image model | 2 bag model),
+Config keys read (all required, no defaults here; ``config.NEEDS`` lists them per part: "model",
+"image model", "bag model", "cell pooling", ...): ``PIPELINE`` (1 image model | 2 bag model),
 ``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
 ``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
 loading from that file instead of the hub), ``PRETRAINED_DIR`` (a folder of ``<model>.safetensors``
 looked in before the hub), ``STEM_INIT`` (timm | original; see :mod:`common.weights`: local files
 and the hub both go through timm's ``load_pretrained``, so the 3-channel stem is widened to 4
 channels by ``adapt_input_conv`` either way), ``DROPOUT`` (p of each dropout mask),
-``MSD_SAMPLES`` (number of masks averaged), ``LOSS`` (see :func:`common.losses.build_loss`).
+``MSD_SAMPLES`` (number of masks averaged), pipeline 1: ``LOSS`` (see :func:`common.losses.build_loss`)
+and ``VARIANT`` ("cellpool" builds ``cellpool.CellPoolModel``).
 """
 from __future__ import annotations
 
@@ -18,17 +20,11 @@ from torch import nn
 
 from common import weights
 from common.cellpool import CellPoolModel
+from common.config import need
 from common.constants import NUM_CLASSES
 from common.losses import build_loss
 from common.mil import BagModel
 from common.weights import load_error
-
-
-def _get(cfg: dict, key: str):
-    """``cfg[key]``; the script's constants block is the one source of every value."""
-    if key not in cfg:
-        raise KeyError(f"model config lacks {key!r} (define it in the script's constants)")
-    return cfg[key]
 
 
 class Classifier(nn.Module):
@@ -111,25 +107,30 @@ def build_classifier(cfg: dict) -> Classifier:
     to look for the weights) and ``STEM_INIT`` only when weights are loaded (``PRETRAINED`` or a
     ``PRETRAINED_FILE``): a run rebuilt from its checkpoint (:func:`load_checkpoint` turns both off)
     needs neither, so configs saved before those constants existed still load."""
-    pretrained = bool(_get(cfg, "PRETRAINED"))
-    pretrained_file = str(_get(cfg, "PRETRAINED_FILE") or "")
+    need(cfg, "classifier")
+    pretrained = bool(cfg["PRETRAINED"])
+    pretrained_file = str(cfg["PRETRAINED_FILE"] or "")
     loading = {}
     if pretrained:
-        loading["pretrained_dir"] = str(_get(cfg, "PRETRAINED_DIR") or "")
+        need(cfg, "pretrained weights")
+        loading["pretrained_dir"] = str(cfg["PRETRAINED_DIR"] or "")
     if pretrained or pretrained_file:
-        loading["stem_init"] = str(_get(cfg, "STEM_INIT"))
-    return Classifier(_get(cfg, "MODEL_NAME"), pretrained=pretrained, pretrained_file=pretrained_file,
-                      dropout=float(_get(cfg, "DROPOUT")), n_dropout=int(_get(cfg, "MSD_SAMPLES")), **loading)
+        need(cfg, "weight loading")
+        loading["stem_init"] = str(cfg["STEM_INIT"])
+    return Classifier(cfg["MODEL_NAME"], pretrained=pretrained, pretrained_file=pretrained_file,
+                      dropout=float(cfg["DROPOUT"]), n_dropout=int(cfg["MSD_SAMPLES"]), **loading)
 
 
 def build_model(cfg: dict) -> nn.Module:
     """PIPELINE 1 -> :class:`ImageModel` (``VARIANT="cellpool"``: ``common.cellpool.CellPoolModel``);
     PIPELINE 2 -> ``common.mil.BagModel(Classifier, cfg)``."""
-    pipeline = int(_get(cfg, "PIPELINE"))
-    if pipeline == 1 and str(cfg.get("VARIANT", "")) == "cellpool":  # cells pooled from one pass
-        return CellPoolModel(build_classifier(cfg), cfg)
+    need(cfg, "model")
+    pipeline = int(cfg["PIPELINE"])
     if pipeline == 1:
-        return ImageModel(build_classifier(cfg), build_loss(str(_get(cfg, "LOSS"))))
+        need(cfg, "image model")
+        if str(cfg["VARIANT"]) == "cellpool":  # cells pooled from one pass
+            return CellPoolModel(build_classifier(cfg), cfg)
+        return ImageModel(build_classifier(cfg), build_loss(str(cfg["LOSS"])))
     if pipeline == 2:
         return BagModel(build_classifier(cfg), cfg)
     raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
@@ -138,5 +139,6 @@ def build_model(cfg: dict) -> nn.Module:
 def new_model(cfg: dict) -> nn.Module:
     """:func:`build_model` with torch's RNG seeded from ``cfg["SEED"]`` first: the initial weights
     of a training run depend on SEED only (S3 and S4.2 build their models here)."""
-    torch.manual_seed(int(_get(cfg, "SEED")))
+    need(cfg, "new model")
+    torch.manual_seed(int(cfg["SEED"]))
     return build_model(cfg)

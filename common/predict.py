@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import augment, cells, checkpoints, config, io
+from common import augment, cells, checkpoints
 from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
 from common.constants import NUM_CLASSES
+from common.device import resolve_device
 from common.fov import labels_at
 from common.mil import pool_cells
+from common.resize import resize_image
 
 P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
 
@@ -96,7 +98,7 @@ class View:
 
     def image_probs(self, run: RunPredictor, image: np.ndarray, cell_logits: np.ndarray | None) -> np.ndarray:
         """The image prediction of a pipeline-1 run: the whole image at the view's size."""
-        return run.score_views(io.resize_image(image, self.size)[None])[0][0]
+        return run.score_views(resize_image(image, self.size)[None])[0][0]
 
 
 class MaskedView(View):
@@ -106,7 +108,7 @@ class MaskedView(View):
 
     def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
         views = cells.masked_views(image, labels, ids)
-        return np.stack([io.resize_image(v, self.size) for v in views]) if len(views) else \
+        return np.stack([resize_image(v, self.size) for v in views]) if len(views) else \
             np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
 
 
@@ -146,7 +148,7 @@ class CellPoolView(View):
         return f"{self.name}{f'/{self.stride}' if self.stride else ''} @ {self.size}px"
 
     def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
-        return io.resize_image(image, self.size)[None]  # the whole image once; the cells are pooled
+        return resize_image(image, self.size)[None]  # the whole image once; the cells are pooled
 
     @torch.no_grad()
     def score(self, run, prepared, image, labels, ids, original=None, labels_full=None):
@@ -243,7 +245,7 @@ class RunPredictor:
                  cellpool_stride: int = 0, cellpool_size: int = 0):
         path = Path(path)
         self.path = path / checkpoint if path.is_dir() else path
-        self.device = config.resolve_device(device)
+        self.device = resolve_device(device)
         self.model, self.cfg = checkpoints.load_checkpoint(self.path, self.device)
         self.pipeline = int(self.cfg["PIPELINE"])
         self.tta = int(tta)

@@ -110,7 +110,8 @@ def table(script: str | None = None) -> str:
             continue
         c = r["constants"]
         aug = f"{c['P_GREEN_TO_NEGATIVE']:g}/{c['P_GREEN_FROM_OTHER']:g}/{c['P_INTENSITY']:g}"
-        loss = c.get("LOSS", f"mil {c.get('MIL_W_MAX', 4):g}:{c.get('MIL_W_MEAN', 1):g}")
+        # pipeline 1 names its LOSS; pipeline 2's loss is the MIL weighting its recipes set
+        loss = c["LOSS"] if r["script"] == "S3" else f"mil {c['MIL_W_MAX']:g}:{c['MIL_W_MEAN']:g}"
         rows.append((n, r["script"], c["MODEL_NAME"], r["input"], str(c["FOLD"]), loss, c["SCHEDULE"], aug,
                      str(r["tta"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

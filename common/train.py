@@ -7,12 +7,13 @@
       CheckpointSaver                               best.pth / last.pth, atomic, stale temps removed
 
 The caller builds the model (``models.new_model(cfg)``) and the datasets. ``cfg`` is the script's
-constants block; every key of :data:`REQUIRED` must be there (no defaults live here): EPOCHS,
+constants block; every key of ``config.NEEDS["training"]`` must be there (no defaults live here): EPOCHS,
 BATCH_SIZE (per process), LR, WEIGHT_DECAY, OPTIMIZER ("adamw" | "adam"), WARMUP_EPOCHS, MIN_LR,
 ACCUM_STEPS, EMA_DECAY (0 = off), AMP, NUM_WORKERS, SEED, DEVICE ("auto" | "cpu" | "cuda"),
 RESUME, MONITOR ("val_mAP", "val_loss" or an extra metric; higher is better unless the name
 contains "loss"), MAX_TRAIN_STEPS (0 = all batches per epoch), VAL_EVERY (validate every N epochs
-and after the last; other epochs have empty val columns and never become best.pth), GRAD_CLIP.
+and after the last; other epochs have empty val columns and never become best.pth), GRAD_CLIP,
+MODEL_NAME (recorded in the checkpoints).
 
 Schedule: linear warm-up from LR/100 over WARMUP_EPOCHS, then cosine down to MIN_LR at the end
 of EPOCHS (timm ``CosineLRScheduler``), stepped per optimizer update. Weight decay applies to
@@ -62,11 +63,8 @@ from tqdm import tqdm
 
 from common import checkpoints, io, lock, metric, plots, schedules
 from common import config as config_mod
+from common.device import resolve_device
 
-REQUIRED = ("EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "OPTIMIZER", "ADAM_EPS", "SCHEDULE",
-            "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS", "LR_STEP_VALUES", "ACCUM_STEPS",
-            "EMA_DECAY", "AMP", "NUM_WORKERS", "SEED", "DEVICE", "RESUME", "OVERWRITE", "MONITOR",
-            "MAX_TRAIN_STEPS", "VAL_EVERY", "GRAD_CLIP")
 # a resume must see these as the checkpoint saw them: they fix the schedule and the data order
 SCHEDULE_KEYS = ("EPOCHS", "LR", "SCHEDULE", "WARMUP_EPOCHS", "WARMUP_MULT", "MIN_LR", "LR_STEP_EPOCHS",
                  "LR_STEP_VALUES", "OPTIMIZER", "ADAM_EPS", "WEIGHT_DECAY", "BATCH_SIZE", "ACCUM_STEPS",
@@ -87,10 +85,8 @@ class StopTraining(Exception):
 # ----------------------------------------------------------------------------- small helpers
 def check_config(cfg: dict, step: str) -> None:
     """The constants of a run, checked before anything is written: each bad value stops ``step``
-    with one line naming the constant."""
-    missing = [k for k in REQUIRED if k not in cfg]
-    if missing:
-        raise KeyError(f"train.fit: the config lacks {missing} (define them in the script's constants)")
+    with one line naming the constant; a missing one is a ``KeyError`` naming it (``config.NEEDS``)."""
+    config_mod.need(cfg, "training")
     config_mod.require_positive(cfg, "EPOCHS", "VAL_EVERY", "BATCH_SIZE", "ACCUM_STEPS", step=step)
     config_mod.require_number(cfg, "LR", above=True, step=step)
     config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", step=step)
@@ -114,7 +110,7 @@ def check_run_folder(cfg: dict, out_dir: Path) -> None:
     saved_path = out_dir / "config.json"
     if not saved_path.is_file() or bool(cfg["RESUME"]) or bool(cfg["OVERWRITE"]):
         return
-    saved, new = config_mod.load(saved_path), _jsonable(cfg)
+    saved, new = config_mod.load(saved_path), _jsonable(cfg)  # .get: a constant only one of them has
     diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
             for k in sorted(set(saved) | set(new)) if k not in RUN_MECHANICS and saved.get(k) != new.get(k)]
     if diff:
@@ -207,11 +203,15 @@ class _Dist:
     def __init__(self, device_pref: str):
         self.rank, self.world, self.enabled = launch()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+        device = resolve_device(device_pref)
+        use_cuda = device.type == "cuda"
         if use_cuda and not torch.cuda.is_available():
-            raise RuntimeError("DEVICE=cuda but CUDA is not available")
+            raise RuntimeError(f"DEVICE={device_pref} but CUDA is not available")
         if use_cuda:
-            idx = self.local_rank if self.enabled else torch.cuda.current_device()
+            if self.enabled:  # torchrun: one GPU per local rank
+                idx = self.local_rank
+            else:  # current_device() only here: asked on a rank, it would open a context on GPU 0
+                idx = device.index if device.index is not None else torch.cuda.current_device()
             torch.cuda.set_device(idx)
             self.device = torch.device("cuda", idx)
         else:
@@ -424,7 +424,7 @@ def checkpoint_state(cfg: dict, parts: Parts, prog: Progress, loaders: Loaders, 
     model = unwrap(parts.model)
     return {
         "model": model.state_dict(), "config": _jsonable(cfg),
-        "model_name": str(cfg.get("MODEL_NAME", type(model).__name__)),
+        "model_name": str(cfg["MODEL_NAME"]),
         "epoch": prog.epoch, "num_updates": prog.num_updates,
         "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict() if parts.amp else None,
@@ -448,6 +448,7 @@ def check_resume(cfg: dict, path: Path, n_train: int) -> dict | None:
     if not isinstance(ckpt, dict) or not {"model", "config", "epoch", "optimizer"} <= set(ckpt):
         raise SystemExit(f"RESUME: {path} is no last.pth of a run (no model, optimizer or epoch): "
                          f"{RESUME_REMEDY}")
+    # ckpt.get: optional contents of a checkpoint file (older ones lack some), not config defaults
     saved = ckpt.get("config", {})
     diff = [f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in SCHEDULE_KEYS
             if k in saved and saved[k] != cfg[k]]
@@ -470,6 +471,7 @@ def resume(cfg: dict, parts: Parts, ckpt: dict | None, path: Path, env: _Dist) -
     if ckpt is None:
         return Progress()
     checkpoints.load_weights(parts.model, ckpt["model"], path, "RESUME: ", RESUME_REMEDY)
+    # ckpt.get below: parts a last.pth may lack (no AMP, no EMA, written before rng_ranks / best_epoch)
     try:
         parts.optimizer.load_state_dict(ckpt["optimizer"])
         parts.scheduler.load_state_dict(ckpt["scheduler"])

@@ -30,14 +30,13 @@ import json
 import os
 import pickle
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-from common import recipes
+from common import io, recipes
 from common.constants import CHANNELS, resolve
 
 
@@ -319,17 +318,6 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def read_manifest(out_dir: str | Path) -> dict[str, dict]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
@@ -343,7 +331,7 @@ def read_manifest(out_dir: str | Path) -> dict[str, dict]:
 
 def _write_manifest(out_dir: Path, rows: dict[str, dict]) -> None:
     text = json.dumps(sorted(rows.values(), key=lambda r: r["model"]), indent=1) + "\n"
-    _atomic_write(out_dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+    io.atomic_write_text(out_dir / MANIFEST, text)
 
 
 def _plain_state_dict(sd) -> dict[str, torch.Tensor]:
@@ -388,7 +376,8 @@ def fetch(model_names: Iterable[str], out_dir: str | Path,
             log(f"{name}: FAILED ({_first_line(e)})")
             failed.append(name)
             continue
-        _atomic_write(path, lambda tmp, sd=sd, name=name: save_file(sd, tmp, metadata={"model": name}))
+        with io.atomic_path(path) as tmp:
+            save_file(sd, str(tmp), metadata={"model": name})
         rows[name] = {"model": name, "file": path.name, "source": location(name), "sha256": sha256(path),
                       "bytes": path.stat().st_size, "tensors": len(sd),
                       "elements": int(sum(v.numel() for v in sd.values()))}

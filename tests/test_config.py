@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from common import config
+from common import config, device, provenance
 
 
 def _ns():
@@ -91,7 +91,7 @@ def test_every_saved_environment_holds_the_cpu_capability(tmp_path):
 
     import torch
 
-    code = ("import sys; from common import config; assert 'torch' not in sys.modules; "
+    code = ("import sys; from common import config, device; assert 'torch' not in sys.modules; "
             f"config.save({{'A': 1}}, {str(tmp_path / 'c.json')!r})")
     env = {**os.environ, "PYTHONPATH": str(config.Path(config.__file__).resolve().parents[1]),
            "OMP_NUM_THREADS": "1"}
@@ -103,8 +103,8 @@ def test_every_saved_environment_holds_the_cpu_capability(tmp_path):
         cap = e["cpu_capability"]
         assert cap in ("DEFAULT", "AVX2", "AVX512", "NO AVX") or cap.startswith(("SVE", "VSX", "ZVECTOR"))
         assert e["torch_threads"] >= 1
-        flags = config._cpu_flags()
-        assert e["cpu_flags"] == flags and (flags is None or set(flags) <= set(config.CPU_FLAGS))
+        flags = provenance._cpu_flags()
+        assert e["cpu_flags"] == flags and (flags is None or set(flags) <= set(provenance.CPU_FLAGS))
     assert saved[0]["omp_num_threads"] == "1" and saved[0]["torch_threads"] == 1
     if config.Path("/proc/cpuinfo").is_file() and "avx2" in config.Path("/proc/cpuinfo").read_text():
         assert "avx2" in saved[0]["cpu_flags"]
@@ -118,6 +118,41 @@ def test_environment_names_the_gpu_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA Test GPU")
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
-    env = config.environment("auto")
+    env = provenance.environment("auto")
     assert env["device"] == "cuda" and env["gpu"] == ["NVIDIA Test GPU"] and "cuda" in env
-    assert "gpu" not in config.environment("cpu")                # CUDA present but not used
+    assert "gpu" not in provenance.environment("cpu")            # CUDA present but not used
+
+
+def test_need_names_the_part_and_every_missing_constant():
+    """One table says which constants a part of common/ needs; a missing one is a KeyError naming it."""
+    config.need({k: 1 for k in config.NEEDS["MIL head"]}, "MIL head")
+    cfg = {k: 1 for k in config.NEEDS["cell pooling"] if k not in ("MIL_TOPK", "CELLPOOL_STRIDE")}
+    with pytest.raises(KeyError, match="cell pooling needs MIL_TOPK, CELLPOOL_STRIDE: define them in "
+                                       "the script's constants") as e:
+        config.need(cfg, "cell pooling")
+    assert e.value.names == ("MIL_TOPK", "CELLPOOL_STRIDE") and e.value.part == "cell pooling"
+
+
+def test_common_reads_no_config_key_with_a_default():
+    """No ``cfg.get(key, default)`` in common/: every default lives in a script's constants block."""
+    import ast
+
+    root = config.Path(config.__file__).resolve().parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            f = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(f, ast.Attribute) and f.attr == "get" and isinstance(f.value, ast.Name)
+                    and f.value.id in ("cfg", "config", "c")):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, f"config read with a default: {found}"
+
+
+def test_one_device_rule():
+    import torch
+
+    assert device.device_name("auto", True) == "cuda" and device.device_name("auto", False) == "cpu"
+    assert device.device_name("cuda:1", False) == "cuda:1"
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert device.resolve_device("auto") == torch.device(want)
+    assert device.resolve_device("cpu") == device.resolve_device(torch.device("cpu")) == torch.device("cpu")

@@ -89,7 +89,7 @@ def test_classifier_msd_and_image_model():
     torch.testing.assert_close(a, torch.stack([clf.head(m) for m in masks]).mean(0))
 
     cfg = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "PRETRAINED_FILE": "",
-           "LOSS": "bce", "DROPOUT": 0.5, "MSD_SAMPLES": 5}
+           "LOSS": "bce", "VARIANT": "masked", "DROPOUT": 0.5, "MSD_SAMPLES": 5}
     m = models.build_model(cfg)
     assert isinstance(m, models.ImageModel)
     o = m({"image": x, "label": torch.zeros(2, NUM_CLASSES)})
@@ -118,7 +118,7 @@ def test_pretrained_file_adapts_3_to_4_channels(tmp_path):
 
 def test_load_checkpoint_round_trip_and_errors(tmp_path):
     cfg = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": True, "PRETRAINED_FILE": "/x/y.pth",
-           "LOSS": "focal", "DROPOUT": 0.3, "MSD_SAMPLES": 2}
+           "LOSS": "focal", "VARIANT": "masked", "DROPOUT": 0.3, "MSD_SAMPLES": 2}
     torch.manual_seed(0)
     m = models.build_model({**cfg, "PRETRAINED": False, "PRETRAINED_FILE": ""})
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in m.state_dict().items()}

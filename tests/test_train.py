@@ -12,7 +12,7 @@ from common.datasets import ImageDataset
 torch.set_num_threads(1)
 
 BASE = {"PIPELINE": 1, "MODEL_NAME": "resnet10t", "PRETRAINED": False, "PRETRAINED_FILE": "",
-        "LOSS": "lovasz", "DROPOUT": 0.5, "MSD_SAMPLES": 5,
+        "LOSS": "lovasz", "VARIANT": "masked", "DROPOUT": 0.5, "MSD_SAMPLES": 5,
         "EPOCHS": 3, "BATCH_SIZE": 8, "LR": 2e-3, "WEIGHT_DECAY": 1e-4, "OPTIMIZER": "adamw",
         "ADAM_EPS": 1e-8, "SCHEDULE": "cosine", "WARMUP_MULT": 10.0, "LR_STEP_EPOCHS": [4, 7, 10],
         "LR_STEP_VALUES": [3e-4, 1.5e-4, 7.5e-5, 3e-5], "WARMUP_EPOCHS": 0.5, "MIN_LR": 1e-5,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import config
 from common.augment import dihedral, undo_dihedral
 from common.constants import BLUE, HPA_SEG_DIR, RED, YELLOW
+from common.device import resolve_device
 from common.segmentation.dpn_unet import normalize
 from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_from_maps
 from common.segmentation.hpa.weights import available, load_hpa_model
@@ -131,7 +131,7 @@ class HPASegmenter:
             raise ValueError("scale must be > 0 and batch_size >= 1")
         if label_at not in ("original", "working"):
             raise ValueError(f"label_at {label_at!r}: choose original or working")
-        self.device = config.resolve_device(device)
+        self.device = resolve_device(device)
         self.tta, self.batch_size, self.scale = bool(tta), int(batch_size), float(scale)
         self.label_at = label_at
         self.post_workers, self._pool = max(1, int(post_workers)), None
