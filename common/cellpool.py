@@ -26,8 +26,8 @@ import timm
 import torch
 from torch import nn
 
-from common.config import need
 from common.mil import MILHead
+from common.needs import need
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -111,7 +111,7 @@ class CellPoolModel(nn.Module):
 
     def __init__(self, classifier: nn.Module, cfg: dict):
         super().__init__()
-        need(cfg, "cell pooling")  # S3's cell-pooling constants (config.NEEDS)
+        need(cfg, "cell pooling")  # S3's cell-pooling constants (needs.NEEDS)
         self.classifier = set_output_stride(classifier, int(cfg["CELLPOOL_STRIDE"]))
         self.mil = MILHead.from_config(cfg)
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from common import io
-from common.config import Config, MissingConstants
+from common.config import Config
 from common.models import build_model
+from common.needs import MissingConstants
 from common.weights import load_error
 
 SLIM_KEYS = ("epoch", "best_metric", "best_epoch", "metrics", "model_name")  # small facts kept in best.pth

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import need
+from common.needs import need
 
 POOLS = ("max", "topk", "lse", "mean")
 
@@ -84,7 +84,7 @@ class MILHead:
 
     @classmethod
     def from_config(cls, cfg: dict) -> MILHead:
-        """From a config holding ``config.NEEDS["MIL head"]`` (a missing one is a ``KeyError`` naming it)."""
+        """From a config holding ``needs.NEEDS["MIL head"]`` (a missing one is a ``KeyError`` naming it)."""
         need(cfg, "MIL head")
         mode = str(cfg["MIL_POOL"]).lower()
         if mode not in POOLS:

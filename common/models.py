@@ -1,7 +1,7 @@
 """The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
 ``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
 
-Config keys read (all required, no defaults here; ``config.NEEDS`` lists them per part: "model",
+Config keys read (all required, no defaults here; ``needs.NEEDS`` lists them per part: "model",
 "image model", "bag model", "cell pooling", ...): ``PIPELINE`` (1 image model | 2 bag model),
 ``MODEL_NAME`` (any timm name, tags allowed: ``tf_efficientnet_b0.ns_jft_in1k``), ``PRETRAINED``,
 ``PRETRAINED_FILE`` (a local state_dict / timm checkpoint / .safetensors; implies pretrained
@@ -20,10 +20,10 @@ from torch import nn
 
 from common import weights
 from common.cellpool import CellPoolModel
-from common.config import need
 from common.constants import NUM_CLASSES
 from common.losses import build_loss
 from common.mil import BagModel
+from common.needs import need
 from common.weights import load_error
 
 

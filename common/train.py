@@ -7,7 +7,7 @@
       CheckpointSaver                               best.pth / last.pth, atomic, stale temps removed
 
 The caller builds the model (``models.new_model(cfg)``) and the datasets. ``cfg`` is the script's
-constants block; every key of ``config.NEEDS["training"]`` must be there (no defaults live here): EPOCHS,
+constants block; every key of ``needs.NEEDS["training"]`` must be there (no defaults live here): EPOCHS,
 BATCH_SIZE (per process), LR, WEIGHT_DECAY, OPTIMIZER ("adamw" | "adam"), WARMUP_EPOCHS, MIN_LR,
 ACCUM_STEPS, EMA_DECAY (0 = off), AMP, NUM_WORKERS, SEED, DEVICE ("auto" | "cpu" | "cuda"),
 RESUME, MONITOR ("val_mAP", "val_loss" or an extra metric; higher is better unless the name
@@ -61,7 +61,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
-from common import checkpoints, io, lock, metric, plots, schedules
+from common import checkpoints, io, lock, metric, needs, plots, schedules
 from common import config as config_mod
 from common.device import resolve_device
 
@@ -85,8 +85,8 @@ class StopTraining(Exception):
 # ----------------------------------------------------------------------------- small helpers
 def check_config(cfg: dict, step: str) -> None:
     """The constants of a run, checked before anything is written: each bad value stops ``step``
-    with one line naming the constant; a missing one is a ``KeyError`` naming it (``config.NEEDS``)."""
-    config_mod.need(cfg, "training")
+    with one line naming the constant; a missing one is a ``KeyError`` naming it (``needs.NEEDS``)."""
+    needs.need(cfg, "training")
     config_mod.require_positive(cfg, "EPOCHS", "VAL_EVERY", "BATCH_SIZE", "ACCUM_STEPS", step=step)
     config_mod.require_number(cfg, "LR", above=True, step=step)
     config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", step=step)

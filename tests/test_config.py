@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from common import config, device, provenance
+from common import config, device, needs, provenance
 
 
 def _ns():
@@ -125,11 +125,11 @@ def test_environment_names_the_gpu_on_cuda(monkeypatch):
 
 def test_need_names_the_part_and_every_missing_constant():
     """One table says which constants a part of common/ needs; a missing one is a KeyError naming it."""
-    config.need({k: 1 for k in config.NEEDS["MIL head"]}, "MIL head")
-    cfg = {k: 1 for k in config.NEEDS["cell pooling"] if k not in ("MIL_TOPK", "CELLPOOL_STRIDE")}
+    needs.need({k: 1 for k in needs.NEEDS["MIL head"]}, "MIL head")
+    cfg = {k: 1 for k in needs.NEEDS["cell pooling"] if k not in ("MIL_TOPK", "CELLPOOL_STRIDE")}
     with pytest.raises(KeyError, match="cell pooling needs MIL_TOPK, CELLPOOL_STRIDE: define them in "
                                        "the script's constants") as e:
-        config.need(cfg, "cell pooling")
+        needs.need(cfg, "cell pooling")
     assert e.value.names == ("MIL_TOPK", "CELLPOOL_STRIDE") and e.value.part == "cell pooling"
 
 
