@@ -22,6 +22,7 @@ import logging
 import random
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pandas as pd
@@ -48,8 +49,6 @@ def cell_augmentation(p_flip: float = 0.5, p_ssr: float = 0.5, shift: float = 0.
     The defaults are albumentations' ShiftScaleRotate defaults (milder than pipeline 1's 0.2/0.2:
     a crop is tight around its cell, a 20% shift would push part of the cell out).
     """
-    import albumentations as A
-
     return A.Compose([
         A.HorizontalFlip(p=p_flip),
         A.VerticalFlip(p=p_flip),

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 from skimage.segmentation import find_boundaries, watershed
+from tqdm import tqdm
 
 from common import io, parallel
 from common.constants import CHANNELS, CLASS_NAMES, NEGATIVE, NUM_CLASSES, format_labels
@@ -757,8 +758,6 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
 def _progress(it, total, on):
     if not on:
         return it
-    from tqdm import tqdm
-
     return tqdm(it, total=total, desc="demo images")
 
 

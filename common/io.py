@@ -22,6 +22,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+import tifffile
 
 from common.constants import CHANNELS, id_problem
 
@@ -258,8 +260,6 @@ def read_id_table(path: str | Path, columns: tuple[str, ...] | list[str] = ("ID"
     positive integers. IDs and ``str_columns`` are read as strings with no NA parsing (an ID ``NA``
     or ``nan`` stays that string; an empty Label stays ""); other empty cells are NaN. Anything else
     is a SystemExit naming the file and the row (line numbers of the file: the header is line 1)."""
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"{path}: not found")
@@ -308,8 +308,6 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 def _decode(data: bytes, path: Path) -> np.ndarray:
     name = target_name(path).lower()
     if name.endswith((".tif", ".tiff", ".tif.gz", ".tiff.gz")):
-        import tifffile
-
         if name.endswith(".gz"):
             data = gzip.decompress(data)
         return tifffile.imread(_io.BytesIO(data))

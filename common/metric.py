@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_util
+from sklearn.metrics import average_precision_score
 
 from common import encoding, io
 from common.constants import NUM_CLASSES, parse_labels
@@ -298,8 +299,6 @@ def score_cells(image_ids, cell_ids, probs: np.ndarray, truth: dict, mode: str =
 
 def image_level_map(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, dict[int, float]]:
     """Macro average precision (sklearn) over the classes that have at least one positive."""
-    from sklearn.metrics import average_precision_score
-
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, np.float64)
     if y_true.shape != y_score.shape or y_true.ndim != 2:
         raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} must be the same (N, C)")

@@ -113,7 +113,7 @@ def _worker_init(parent_pid: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     try:
-        import cv2
+        import cv2  # here: the worker initializer runs in the new process; OpenCV is optional for a pool
 
         cv2.setNumThreads(0)
     except ImportError:  # pragma: no cover

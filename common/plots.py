@@ -8,13 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
 
 from common.constants import CLASS_NAMES, NUM_CLASSES
 from common.io import atomic_path
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # here: only a step that draws loads it, and the Agg backend is set before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,8 +92,6 @@ def plot_pr_curves(pr: dict[int, tuple[np.ndarray, np.ndarray]], path: str | Pat
 def plot_training_curves(summary_csv: str | Path, out_png: str | Path) -> Path:
     """Loss (train/val) and metric (val_mAP and any extra ``*mAP*``/``*AP*`` column) per epoch,
     plus the learning rate, from a ``summary.csv`` written by ``train.fit``."""
-    import pandas as pd
-
     df = pd.read_csv(summary_csv)
     if "epoch" not in df.columns:
         raise ValueError(f"{summary_csv}: no 'epoch' column")
@@ -132,9 +133,6 @@ def false_colour(image: np.ndarray) -> np.ndarray:
 def plot_cell_overlay(image: np.ndarray, labels: np.ndarray, cell_ids, probs: np.ndarray,
                       path: str | Path, top: int = 2, min_prob: float = 0.2, title: str = "") -> Path:
     """The image in false colour, every cell outlined and labelled with its top classes."""
-    from scipy import ndimage
-    from skimage.segmentation import find_boundaries
-
     plt = _pyplot()
     rgb = false_colour(image)
     rgb[find_boundaries(labels, mode="inner")] = (255, 255, 255)

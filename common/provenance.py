@@ -58,7 +58,7 @@ def _cpu_capability() -> str | None:
     """torch's CPU kernel level (``DEFAULT`` | ``AVX2`` | ``AVX512`` | ``SVE256`` ...; the
     ``ATEN_CPU_CAPABILITY`` variable lowers it), importing torch where it is installed."""
     try:
-        import torch
+        import torch  # here: steps that never compute with torch (S0, S6) do not load it at start
     except ImportError:
         return None
     return torch.backends.cpu.get_cpu_capability()

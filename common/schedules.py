@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from timm.scheduler import CosineLRScheduler
+
 SCHEDULES = ("cosine", "A", "B")
 
 
@@ -70,8 +72,6 @@ def build_scheduler(cfg: dict, optimizer, updates_per_epoch: int):
     lrs = epoch_lrs(cfg)
     if lrs is not None:
         return EpochTableScheduler(optimizer, lrs, updates_per_epoch)
-    from timm.scheduler import CosineLRScheduler
-
     epochs = int(cfg["EPOCHS"])
     warm = int(round(float(cfg["WARMUP_EPOCHS"]) * updates_per_epoch))
     total = max(1, epochs * updates_per_epoch)

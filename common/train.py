@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
@@ -359,8 +360,6 @@ def build_parts(cfg: dict, model: nn.Module, env: _Dist, updates_per_epoch: int)
         model = model.to(memory_format=torch.channels_last)
     ema = None
     if float(cfg["EMA_DECAY"]) > 0:
-        from timm.utils import ModelEmaV3
-
         ema = ModelEmaV3(model, decay=float(cfg["EMA_DECAY"]))
     optimizer = build_optimizer(cfg, model)
     return Parts(model, model, optimizer, build_scheduler(cfg, optimizer, updates_per_epoch),

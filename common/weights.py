@@ -33,8 +33,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from safetensors.torch import save_file
+from timm.models import get_pretrained_cfg
 
 from common import io, recipes
 from common.constants import CHANNELS, resolve
@@ -84,8 +87,6 @@ def recipe_models(recipes: str = "", models: str = "") -> list[str]:
 # ----------------------------------------------------------------------------- names and sources
 def pretrained_cfg(model_name: str):
     """timm's pretrained config of ``model_name`` (tag optional: timm's default tag) or None."""
-    from timm.models import get_pretrained_cfg
-
     try:
         return get_pretrained_cfg(model_name)
     except (RuntimeError, KeyError):
@@ -138,7 +139,7 @@ def _resolve(path: str | Path) -> Path:
 
 def hub_location(model_name: str) -> str:
     """Where timm takes the weights from (``hf-hub:timm/...`` or the URL), for messages and manifests."""
-    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._builder import _resolve_pretrained_source  # timm's private API: read when asked
 
     cfg = pretrained_cfg(model_name)
     if cfg is None:
@@ -152,8 +153,8 @@ def hub_location(model_name: str) -> str:
 def hub_state_dict(model_name: str) -> dict[str, torch.Tensor]:
     """The checkpoint timm's ``load_pretrained`` would load for ``model_name`` (hub or URL, through
     the local cache; downloads when online), before timm's filter and stem adaptation."""
-    from timm.models._builder import _resolve_pretrained_source
-    from timm.models._hub import load_state_dict_from_hf
+    from timm.models._builder import _resolve_pretrained_source  # timm's private API: read when asked
+    from timm.models._hub import load_state_dict_from_hf  # timm's private API: read when asked
 
     cfg = pretrained_cfg(model_name)
     if cfg is None:
@@ -169,12 +170,10 @@ def hub_state_dict(model_name: str) -> dict[str, torch.Tensor]:
 
 def hub_host(model_name: str) -> tuple[str, int] | None:
     """``(host, port)`` timm downloads ``model_name``'s weights from (None: no download)."""
-    from urllib.parse import urlparse
-
     loc = hub_location(model_name)
     kind, _, where = loc.partition(":")
     if kind == "hf-hub":
-        from huggingface_hub import constants as hf
+        from huggingface_hub import constants as hf  # here: its constants follow HF_HUB_* set before
 
         where = hf.ENDPOINT
     elif kind != "url":
@@ -208,7 +207,7 @@ def go_offline_unless_reachable(model_name: str) -> str:
     Hugging Face hub to offline mode (its cache only: no retries) and say why -> "" when reachable,
     already offline, or no download applies."""
     try:
-        from huggingface_hub import constants as hf
+        from huggingface_hub import constants as hf  # here: its constants follow HF_HUB_* set before
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub
         hf = None
     if hf is not None and hf.HF_HUB_OFFLINE:
@@ -224,7 +223,7 @@ def go_offline_unless_reachable(model_name: str) -> str:
 
 def _cache_dirs() -> str:
     try:
-        from huggingface_hub import constants as hf
+        from huggingface_hub import constants as hf  # here: its constants follow HF_HUB_* set before
 
         hf_cache = hf.HF_HUB_CACHE
         offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
@@ -337,7 +336,7 @@ def _write_manifest(out_dir: Path, rows: dict[str, dict]) -> None:
 def _plain_state_dict(sd) -> dict[str, torch.Tensor]:
     """Unwrap {'state_dict' | 'model': ...} checkpoints and strip DataParallel prefixes, the way
     timm's file loader does, so the saved file loads to the same tensors."""
-    from timm.models._helpers import clean_state_dict
+    from timm.models._helpers import clean_state_dict  # timm's private API: read when asked
 
     if isinstance(sd, dict):
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
@@ -356,8 +355,6 @@ def fetch(model_names: Iterable[str], out_dir: str | Path,
     the same sha256 is skipped; a missing or changed one is fetched again. Writes are atomic (a
     temporary name, then a rename), the manifest after every model. ``download`` (the hub by
     default) is injectable so tests never touch the network. Returns the manifest rows."""
-    from safetensors.torch import save_file
-
     model_names = list(model_names)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

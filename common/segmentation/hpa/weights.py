@@ -25,6 +25,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from common.io import atomic_path
 from common.segmentation.dpn_unet import DPNUNet
@@ -432,8 +434,6 @@ def load_state_dict_file(path: str | Path, kind: str = "nuclei") -> tuple[Ordere
     path = _resolve(path, kind)
     info: dict = {"path": str(path)}
     if path.suffix == SAFETENSORS_EXT:
-        from safetensors import safe_open
-
         if not path.is_file():
             raise HPAWeightsError(f"{path}: weight file is missing")
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -476,8 +476,6 @@ def convert_to_safetensors(pth: str | Path, out_path: str | Path | None = None,
     ``kind`` defaults to the one the file name says (cell when the name contains "cell"). The file is
     written atomically and its metadata records the kind, source name and format.
     """
-    from safetensors.torch import save_file  # only for converting: loading needs no safetensors writer
-
     pth = Path(pth)
     kind = kind or ("cell" if "cell" in pth.name else "nuclei")
     sd, info = load_state_dict_file(pth, kind)
