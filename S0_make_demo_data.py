@@ -3,10 +3,10 @@
     python S0_make_demo_data.py                       # 160 train + 24 test images, 512 px
     python S0_make_demo_data.py --IMAGE_SIZE 2048     # real-size images
 
-Writes OUT_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv,
+Writes COMPETITION_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv,
 {train,test}_cell_truth/{ID}.png, {train,test}_nucleus_truth/{ID}.png (uint16 label maps, same
 ids), {train,test}_cells.csv (one row per cell and label) and demo_config.json (written last).
-Skips when OUT_DIR already holds a demo made with the same config (unless OVERWRITE). Every file
+Skips when COMPETITION_DIR already holds a demo made with the same config (unless OVERWRITE). Every file
 it writes is listed first in demo_manifest.json; OVERWRITE deletes only those, and S0 refuses to
 write over any file it did not make (a train.csv of the real data, say), OVERWRITE or not.
 """
@@ -21,7 +21,7 @@ LABEL_TEMPER = 0.5        # label-combo weight = real count ** LABEL_TEMPER (1 =
 RARE_BOOST = 0.5          # chance an image's combo is drawn among those holding a uniformly chosen class
 # ---------------------------------------------------------------------------- run
 SEED = 2021               # everything (ids, labels, pixels) follows from this seed
-OUT_DIR = "input/hpa-single-cell-image-classification"  # where the competition layout is written
+COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # where the competition layout is written
 NUM_WORKERS = 2           # processes generating images (1 = in this process)
 OVERWRITE = False         # regenerate even when the same demo already exists
 
@@ -32,14 +32,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, constants, demo_data, io, lock
 
+# constants renamed in this release: an old name on the command line stops with the new one
+_RENAMED = {"OUT_DIR": "COMPETITION_DIR"}
+
 # constants that change the generated data (the rest only change how it is made)
 _DATA_KEYS = ("N_TRAIN", "N_TEST", "IMAGE_SIZE", "MIN_CELLS", "MAX_CELLS", "FRAC_16BIT", "LABEL_TEMPER",
               "RARE_BOOST", "SEED")
 
 
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
-    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR")
+    cfg = config.parse(globals(), argv, renamed=_RENAMED)
+    out_dir = constants.output_folder(cfg.COMPETITION_DIR, "COMPETITION_DIR")
     with lock.hold(out_dir, "S0"):  # one writer of the demo data at a time
         return _make(cfg, out_dir)
 
@@ -53,14 +56,14 @@ def _make(cfg, out_dir: Path) -> Path:
         raise SystemExit(f"{out_dir} holds a train.csv that S0 did not make (not in "
                          f"{demo_data.MANIFEST_NAME}): it may be real competition data; S0 never writes over "
                          "or deletes files it did not "
-                         "make, even with --OVERWRITE: choose another OUT_DIR")
+                         "make, even with --OVERWRITE: choose another COMPETITION_DIR")
     if old is not None and {k: old.get(k) for k in wanted} == wanted and not cfg.OVERWRITE:
         missing = [p for p in demo_data.demo_outputs(out_dir) if not p.exists()]
         if not missing:
             print(f"demo data with the same config already in {out_dir}; skipping (--OVERWRITE true to redo)")
             return out_dir
     io.remove_stale_temps(out_dir, recursive=True)  # temporaries of a killed run
-    if own:  # only what S0 wrote (its manifest); anything else in OUT_DIR stays
+    if own:  # only what S0 wrote (its manifest); anything else in COMPETITION_DIR stays
         demo_data.remove_outputs(out_dir)
     if cfg.N_TRAIN < 1 or cfg.N_TEST < 0:
         raise SystemExit(f"need N_TRAIN >= 1 and N_TEST >= 0, got {cfg.N_TRAIN}, {cfg.N_TEST}")
@@ -71,7 +74,7 @@ def _make(cfg, out_dir: Path) -> Path:
             max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
             rare_boost=cfg.RARE_BOOST, num_workers=cfg.NUM_WORKERS, progress=True)
     except FileExistsError as e:
-        raise SystemExit(f"S0: {e}: choose another OUT_DIR") from None
+        raise SystemExit(f"S0: {e}: choose another COMPETITION_DIR") from None
     config.save(dict(cfg) | wanted, out_dir / demo_data.CONFIG_NAME)  # last: marks the dataset complete
     counts = ", ".join(f"{c}:{n}" for c, n in enumerate(summary["class_images"]))
     print(f"wrote {summary['n_train']} train + {summary['n_test']} test images ({summary['n_cells']} cells) "

@@ -1,23 +1,23 @@
 """S2: resize every image to IMAGE_SIZE, segment its cells, assign folds.
 
-Reads   DATA_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv
-        (+ DATA_DIR/train_external/ and train_external.csv from S1, when present)
-Writes  OUT_DIR/{train,test}/{ID}.png                 4-channel RGBY PNG, IMAGE_SIZE x IMAGE_SIZE
-        OUT_DIR/{train,test}_cell_mask/{ID}.npz       keys cell, nucleus (uint16, same ids, 0 = background)
-        OUT_DIR/{split}_cell_mask_full/{ID}.npz       the same at the original size (FULL_MASKS splits): the
+Reads   COMPETITION_DIR/{train,test}/{ID}_{red,green,blue,yellow}.png, train.csv, sample_submission.csv
+        (+ COMPETITION_DIR/train_external/ and train_external.csv from S1, when present)
+Writes  HPA512_DIR/{train,test}/{ID}.png              4-channel RGBY PNG, IMAGE_SIZE x IMAGE_SIZE
+        HPA512_DIR/{train,test}_cell_mask/{ID}.npz    keys cell, nucleus (uint16, same ids, 0 = background)
+        HPA512_DIR/{split}_cell_mask_full/{ID}.npz    the same at the original size (FULL_MASKS splits): the
                                                       cells exactly as labelled, for S5's submission masks
-        OUT_DIR/meta/{train,test}/{ID}.json           one record per finished image (sizes, n_cells)
-        OUT_DIR/train_all.csv, OUT_DIR/test.csv       rebuilt from all records at the end of every run
-        OUT_DIR/s2_failures.csv                       images that could not be processed, with the reason
+        HPA512_DIR/meta/{train,test}/{ID}.json        one record per finished image (sizes, n_cells)
+        HPA512_DIR/train_all.csv, test.csv            rebuilt from all records at the end of every run
+        HPA512_DIR/s2_failures.csv                    images that could not be processed, with the reason
 
 Finished images are skipped (resume after an interruption; --OVERWRITE redoes them). --SHARD i/n does
 every n-th image so a cluster array can split the work; any shard's end rebuilds the CSVs from the
 records present. Run:  python S2_data_process.py [--SEGMENTER builtin] [--NUM_WORKERS 8] [--SHARD 0/4]
 """
 # ---------------------------------------------------------------------------- data
-DATA_DIR = "input/hpa-single-cell-image-classification"  # competition layout (or S0's demo data)
-OUT_DIR = "input/hpa-512"                                 # where the processed images, masks, CSVs go
-EXTERNAL = True                                           # include DATA_DIR/train_external (S1) if present
+COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # competition layout (or S0's demo data)
+HPA512_DIR = "input/hpa-512"                              # where the processed images, masks, CSVs go
+EXTERNAL = True                                           # include COMPETITION_DIR/train_external (S1)
 # ---------------------------------------------------------------------------- images
 IMAGE_SIZE = 512                                          # side of the written images and masks (px)
 # ---------------------------------------------------------------------------- folds
@@ -50,6 +50,8 @@ import pandas as pd
 from common import config, constants, fov, io, lock, parallel, segmentation
 
 _SPLITS = ("train", "test")
+# constants renamed in this release: an old name on the command line stops with the new one
+_RENAMED = {"DATA_DIR": "COMPETITION_DIR", "OUT_DIR": "HPA512_DIR"}
 
 
 # ----------------------------------------------------------------------------- layout
@@ -206,7 +208,7 @@ def _records(folder: Path) -> pd.DataFrame:
 
 
 def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds: int, seed: int) -> dict:
-    """(Re)write train_all.csv, test.csv and s2_failures.csv from every record under OUT_DIR/meta."""
+    """(Re)write train_all.csv, test.csv and s2_failures.csv from every record under HPA512_DIR/meta."""
     counts = {}
     train = train.assign(fold=assign_folds(train, n_folds, seed))
     for split, table, cols in (
@@ -231,9 +233,9 @@ def build_tables(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, n_folds
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
-    data_dir = constants.resolve(cfg.DATA_DIR)
-    out_dir = constants.output_folder(cfg.OUT_DIR, "OUT_DIR", keep=False)  # made when S2 writes
+    cfg = config.parse(globals(), argv, renamed=_RENAMED)
+    data_dir = constants.resolve(cfg.COMPETITION_DIR)
+    out_dir = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR", keep=False)  # made when S2 writes
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     try:

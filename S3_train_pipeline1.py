@@ -1,7 +1,7 @@
 """S3 - pipeline 1: train an image-level classifier on whole 4-channel images with the HPA
 augmentations ("masked" or "center_cells" variant), one fold at a time.
 
-Reads  DATA_DIR/train_all.csv (ID, Label, is_ext, fold, ...) and DATA_DIR/train/{ID}.png (S2).
+Reads  HPA512_DIR/train_all.csv (ID, Label, is_ext, fold, ...) and HPA512_DIR/train/{ID}.png (S2).
 Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
        best.pth last.pth config.json summary.csv train.log curves.png
 
@@ -12,16 +12,15 @@ Writes OUTPUT_DIR/<RUN_NAME>/fold<FOLD>/ (all/ when FOLD=-1):
 # ---------------------------------------------------------------------------- recipe
 RECIPE = ""                                # one of the original's models (--RECIPE list); overrides win
 # ---------------------------------------------------------------------------- data
-DATA_DIR = "input/hpa-512"                 # S2 output folder
-TRAIN_CSV = "train_all.csv"                # table inside DATA_DIR
-IMAGE_SUBDIR = "train"                     # 4-channel PNGs inside DATA_DIR
+HPA512_DIR = "input/hpa-512"               # S2's output folder
+TRAIN_CSV = "train_all.csv"                # table inside HPA512_DIR
+IMAGE_SUBDIR = "train"                     # 4-channel PNGs inside HPA512_DIR
 FOLD = 0                                   # validation fold; -1 = train on everything, no validation
 USE_EXTERNAL = True                        # train on the external (is_ext=1) images too
 VAL_EXTERNAL = False                       # validate on external images of the fold too
 MAX_IMAGES = 0                             # keep only the first N rows (0 = all), for smoke runs
 CACHE_GB = 4.0                             # RAM cache of the resized images, if they fit (GB; 0 = off)
 # ---------------------------------------------------------------------------- model
-PIPELINE = 1                               # saved so S5 knows how to rebuild the model (do not change)
 VARIANT = "masked"                         # masked | center_cells | cellpool: augmentations, S5 views
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm model name (tag optional)
 PRETRAINED = True                          # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
@@ -33,7 +32,7 @@ MSD_SAMPLES = 5                            # dropout masks averaged by the head
 IMAGE_SIZE = 512                           # training resolution (images resized when different)
 LOSS = "lovasz"                            # bce | focal | lovasz (focal+Lovász+hard log, 0.5 each) | spec
 # ---------------------------------------------------------------------------- cell pooling (VARIANT cellpool)
-MASK_SUBDIR = "train_cell_mask"            # S2's cell label maps {ID}.npz inside DATA_DIR
+MASK_SUBDIR = "train_cell_mask"            # S2's cell label maps {ID}.npz inside HPA512_DIR
 CELLPOOL_CELLS = 16                        # cells pooled from each image's feature map per step
 CELLPOOL_STRIDE = 0                        # backbone output_stride (0 = native 32; 8 | 16 dilated)
 MIL_POOL = "max"                           # image logit from the cell logits: max | topk | lse | mean
@@ -88,6 +87,11 @@ import pandas as pd
 from common import augment, config, constants, io, models, recipes, train, weights
 from common.datasets import CellPoolDataset, ImageDataset, external_flags
 
+# constants renamed or removed in this release: an old name on the command line stops with one line
+_RENAMED = {"DATA_DIR": "HPA512_DIR"}
+_REMOVED = {"PIPELINE": "S3 always trains pipeline 1 (it saves PIPELINE=1 in the run's config for S5)"}
+_PIPELINE = 1  # saved as the run's PIPELINE: S5 (models.build_model) rebuilds the image model by it
+
 
 def run_name(cfg: dict) -> str:
     if cfg["RUN_NAME"]:
@@ -114,10 +118,9 @@ def split(df: pd.DataFrame, cfg: dict, table: Path) -> tuple[pd.DataFrame, pd.Da
 
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
-                       recipe_table=recipes.table("S3"))
+                       recipe_table=recipes.table("S3"), renamed=_RENAMED, removed=_REMOVED)
+    cfg["PIPELINE"] = _PIPELINE
     config.require_positive(cfg, "IMAGE_SIZE", step="S3")
-    if cfg["PIPELINE"] != 1:
-        raise SystemExit("S3 trains pipeline 1 only (PIPELINE must stay 1)")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
     if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")
@@ -126,7 +129,7 @@ def main(argv=None):
         print(f"S3: initial weights: {weights.require(cfg)}")
     except weights.PretrainedUnavailable as e:
         raise SystemExit(f"S3: {e}") from None
-    data_dir = constants.resolve(cfg["DATA_DIR"])
+    data_dir = constants.resolve(cfg["HPA512_DIR"])
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():
         raise SystemExit(f"{csv}: not found (run S2 first)")

@@ -2,7 +2,7 @@
 
 Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's CELLS_DIR/cells_{CELL_SIZE}/ crops and
         cells_{CELL_SIZE}.csv index (and cells_{CELL_SIZE}.json, S4.1's settings); for the
-        cell-level validation (demo data only) the competition folder's train_cells.csv,
+        cell-level validation (demo data only) COMPETITION_DIR's train_cells.csv,
         train_cell_truth/{ID}.png and train/ originals
 Writes  output/<RUN_NAME>/fold<FOLD>/  best.pth last.pth config.json summary.csv train.log curves.png
         (and at the best epoch oof.csv, and oof_cells.csv with the cell-level validation)
@@ -22,7 +22,7 @@ RECIPE = ""                  # one of the original's models (--RECIPE list); exp
 HPA512_DIR = "input/hpa-512"                            # S2's output folder (train images and masks)
 CELLS_DIR = ""                                          # S4.1's CELLS_DIR: crops, index ("" = HPA512_DIR)
 TRAIN_CSV = "input/hpa-512/train_all.csv"               # image table with folds
-COMP_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
+COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # per-cell truth for the cell-level validation
 FOLD = 0                     # validation fold (the others train); -1: train on all, no validation
 CELL_SIZE = 256              # crop side: reads cells_{CELL_SIZE}/ (saved in the config for S5)
 CELLS_PER_IMAGE = 16         # cells per bag (with replacement when an image has fewer)
@@ -34,7 +34,6 @@ P_GREEN_FROM_OTHER = 0.05    # per bag: green <- red (Microtubules) or yellow (E
 P_INTENSITY = 0.0            # per bag: per-channel intensity scaling (pipeline 1 uses 0.5)
 INTENSITY_RANGE = [0.6, 1.1] # range of the per-channel factor
 # ---------------------------------------------------------------------------- model
-PIPELINE = 2                 # the bag model (common.mil.BagModel); do not change
 MODEL_NAME = "tf_efficientnet_b0.ns_jft_in1k"  # timm backbone of the cell classifier
 PRETRAINED = True            # ImageNet weights (PRETRAINED_DIR, else the timm hub / its cache)
 PRETRAINED_FILE = ""         # one local weights file instead of the hub
@@ -42,7 +41,6 @@ PRETRAINED_DIR = "input/timm-weights"  # <model>.safetensors folder, tried first
 STEM_INIT = "timm"           # 4-channel stem: timm (RGBR x 3/4) | original (common/weights)
 DROPOUT = 0.5                # multi-sample-dropout p
 MSD_SAMPLES = 5              # multi-sample-dropout masks
-LOSS = "bce"                 # (the MIL loss is BCE; kept for the config of S5)
 MIL_POOL = "max"             # image logit from the cells: max | topk | lse | mean
 MIL_W_MAX = 4.0              # weight of BCE(pooled logit)
 MIL_W_MEAN = 1.0             # weight of BCE(mean cell logit)
@@ -98,6 +96,11 @@ from common.cell_validation import CellValidation
 from common.datasets import external_flags
 
 log = logging.getLogger("hpa.s42")
+# constants renamed or removed in this release: an old name on the command line stops with one line
+_RENAMED = {"COMP_DIR": "COMPETITION_DIR"}
+_REMOVED = {"PIPELINE": "S4.2 always trains pipeline 2 (it saves PIPELINE=2 in the run's config for S5)",
+            "LOSS": "S4.2's loss is the MIL loss (MIL_POOL, MIL_W_MAX, MIL_W_MEAN)"}
+_PIPELINE = 2  # saved as the run's PIPELINE: S5 (models.build_model) rebuilds the bag model by it
 
 
 def run_name(cfg: dict) -> str:
@@ -121,7 +124,8 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
-                       recipe_table=recipes.table("S4.2"))
+                       recipe_table=recipes.table("S4.2"), renamed=_RENAMED, removed=_REMOVED)
+    cfg["PIPELINE"] = _PIPELINE
     config.require_positive(cfg, "CELL_SIZE", step="S4.2")
     constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
@@ -129,7 +133,7 @@ def main(argv=None):
     except weights.PretrainedUnavailable as e:
         raise SystemExit(f"S4.2: {e}") from None
     hpa = constants.resolve(cfg.HPA512_DIR)
-    comp = constants.resolve(cfg.COMP_DIR)
+    comp = constants.resolve(cfg.COMPETITION_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
     cells_root = constants.resolve(cfg.CELLS_DIR) if cfg.CELLS_DIR else hpa
     cells_dir = cells_root / f"cells_{cfg.CELL_SIZE}"

@@ -1,9 +1,9 @@
 """S5: score every cell of every test image with every trained run and write submission.csv.
 
-Reads   DATA_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
+Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: order and original sizes)
         HPA512_DIR/test/{ID}.png, test_cell_mask/{ID}.npz and test_cell_mask_full/{ID}.npz from S2
-        (when the mask is absent: the original DATA_DIR/test/{ID}_{red,green,blue,yellow}.png is read
-        and prepared here by common.fov, exactly as S2 does it)
+        (when the mask is absent: the original COMPETITION_DIR/test/{ID}_{red,green,blue,yellow}.png is
+        read and prepared here by common.fov, exactly as S2 does it)
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
                                          RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
@@ -23,7 +23,7 @@ folder never mixes two runs. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock w
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
 """
 # ---------------------------------------------------------------------------- input
-DATA_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
+COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
 HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
 # ---------------------------------------------------------------------------- models
 OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
@@ -72,6 +72,9 @@ from tqdm import tqdm
 
 from common import cells, config, constants, encoding, fov, io, lock, plots, predict, recipes, segmentation
 from common.constants import NUM_CLASSES
+
+# constants renamed in this release: an old name on the command line stops with the new one
+_RENAMED = {"DATA_DIR": "COMPETITION_DIR"}
 
 
 def _load_sample(path: Path) -> pd.DataFrame:
@@ -134,7 +137,7 @@ class ImageSource:
 
     def __init__(self, cfg):
         self.hpa = constants.resolve(cfg.HPA512_DIR)
-        self.test_dir = constants.resolve(cfg.DATA_DIR) / "test"
+        self.test_dir = constants.resolve(cfg.COMPETITION_DIR) / "test"
         self.size = int(cfg.IMAGE_SIZE)
         self.segmenter_name = cfg.SEGMENTER
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
@@ -216,13 +219,14 @@ class Results:
 
 
 def main(argv=None):
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
     config.require_positive(cfg, "IMAGE_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
     out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
-    sample = _load_sample(constants.resolve(cfg.DATA_DIR) / "sample_submission.csv")  # IDs, sizes checked
+    # IDs and sizes checked
+    sample = _load_sample(constants.resolve(cfg.COMPETITION_DIR) / "sample_submission.csv")
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
         return _run(cfg, sample, out_dir, t_start)
 

@@ -73,9 +73,10 @@ def bench_steps(cfg, device: str) -> tuple[str, float]:
     cuda = device == "cuda"
     size = 512 if cuda else cfg["STEP_SIZE"]
     torch.manual_seed(0)
-    keys = ("PIPELINE", "PRETRAINED_FILE", "LOSS", "DROPOUT", "MSD_SAMPLES")
-    model = models.build_model({**{k: getattr(S3, k) for k in keys}, "MODEL_NAME": cfg["MODEL_NAME"],
-                                "VARIANT": "masked", "PRETRAINED": False}).to(device).to(device)
+    keys = ("PRETRAINED_FILE", "LOSS", "DROPOUT", "MSD_SAMPLES")
+    model = models.build_model({**{k: getattr(S3, k) for k in keys}, "PIPELINE": S3._PIPELINE,
+                                "MODEL_NAME": cfg["MODEL_NAME"], "VARIANT": "masked",
+                                "PRETRAINED": False}).to(device).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -41,14 +41,14 @@ t0=$SECONDS
 log() { echo "=== [$((SECONDS - t0)) s] $*"; }
 
 P1=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 128 --EPOCHS 7 --BATCH_SIZE 16 --LR 1e-3
-    --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --LOSS bce --DATA_DIR "$HPA" --OUTPUT_DIR "$OUT")
+    --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --LOSS bce --HPA512_DIR "$HPA" --OUTPUT_DIR "$OUT")
 P2=(--MODEL_NAME resnet18 --PRETRAINED false --CELL_SIZE 64 --CELLS_PER_IMAGE 8 --EPOCHS 14 --BATCH_SIZE 8
     --LR 2e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --VAL_EVERY 2 --CELL_VAL_MAX_IMAGES 32
-    --HPA512_DIR "$HPA" --TRAIN_CSV "$HPA/train_all.csv" --COMP_DIR "$COMP" --OUTPUT_DIR "$OUT")
-S5=(--TTA 2 --MULTIPLY_IMAGE_PRED true --DATA_DIR "$COMP" --HPA512_DIR "$HPA" --N_OVERLAYS 0 --CHECKPOINT "$CKPT")
+    --HPA512_DIR "$HPA" --TRAIN_CSV "$HPA/train_all.csv" --COMPETITION_DIR "$COMP" --OUTPUT_DIR "$OUT")
+S5=(--TTA 2 --MULTIPLY_IMAGE_PRED true --COMPETITION_DIR "$COMP" --HPA512_DIR "$HPA" --N_OVERLAYS 0 --CHECKPOINT "$CKPT")
 
-log S0; $PY S0_make_demo_data.py --SEED "$SEED" --N_TRAIN "$N_TRAIN" --N_TEST "$N_TEST" --OUT_DIR "$COMP" >/dev/null
-log S2; $PY S2_data_process.py --DATA_DIR "$COMP" --OUT_DIR "$HPA" --NUM_WORKERS 2 >/dev/null
+log S0; $PY S0_make_demo_data.py --SEED "$SEED" --N_TRAIN "$N_TRAIN" --N_TEST "$N_TEST" --COMPETITION_DIR "$COMP" >/dev/null
+log S2; $PY S2_data_process.py --COMPETITION_DIR "$COMP" --HPA512_DIR "$HPA" --NUM_WORKERS 2 >/dev/null
 log "S3 masked"; $PY S3_train_pipeline1.py "${P1[@]}" --RUN_NAME demo_p1 | tail -1
 log "S3 cellpool"; $PY S3_train_pipeline1.py "${P1[@]}" --VARIANT cellpool --CELLPOOL_STRIDE "$CP_STRIDE" \
   --RUN_NAME demo_p1cp | tail -1
@@ -85,7 +85,7 @@ if [ "$SELF_TRAIN" = 1 ] || [ "$ST_CP" = 1 ]; then
 fi
 if [ "$ST_CP" = 1 ]; then
   log "pseudo-labels of the cell-pool-trained pipeline 1 (fold 0 labels fold-0 images)"
-  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
+  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --COMPETITION_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
     --RUNS "$OUT/demo_p1cp/fold0" --OUT_CSV "$W/pseudo_labels_cp.csv" | tail -1
   log "S4.2 fold 1 + cell-pool pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 \
     --RUN_NAME p2_f1_cp --PSEUDO_LABELS "$W/pseudo_labels_cp.csv" | tail -1
@@ -94,7 +94,7 @@ if [ "$ST_CP" = 1 ]; then
 fi
 if [ "$SELF_TRAIN" = 1 ]; then
   log "pseudo-labels (fold-0 runs label fold-0 images)"
-  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --DATA_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
+  $PY tools/make_pseudo_labels.py --HPA512_DIR "$HPA" --COMPETITION_DIR "$COMP" --TTA 2 --CHECKPOINT "$CKPT" \
     --RUNS "$OUT/demo_p1/fold0,$OUT/demo_p2/fold0" --OUT_CSV "$W/pseudo_labels.csv" | tail -1
   log "S4.2 fold 1 + pseudo-labels"; $PY S4.2_train_pipeline2.py "${P2[@]}" --FOLD 1 --RUN_NAME p2_f1_pl \
     --PSEUDO_LABELS "$W/pseudo_labels.csv" | tail -1

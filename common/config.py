@@ -9,7 +9,9 @@ which returns a :class:`Config` holding every constant, with ``--NAME value`` (o
 default: int, float, str, bool (true/false/1/0/yes/no; a bare ``--FLAG`` means true), None
 (accepts any string, "none" stays None), list/tuple (JSON ``[1,2]`` or comma-separated
 ``1,2``, items typed like the default's first item). Unknown names are rejected with the list
-of valid ones. ``config.save(cfg, path)`` writes the resolved values as JSON.
+of valid ones; a renamed or removed constant (``renamed=``, ``removed=``: a script's ``_RENAMED``,
+``_REMOVED``) stops with one line naming the new name or why it went. ``config.save(cfg, path)``
+writes the resolved values as JSON.
 """
 from __future__ import annotations
 
@@ -92,13 +94,17 @@ def _convert(name: str, text: str, default: Any) -> Any:
 
 def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = True,
           quiet: bool = False, recipes: dict[str, dict] | None = None,
-          recipe_table: str = "") -> Config:
+          recipe_table: str = "", renamed: dict[str, str] | None = None,
+          removed: dict[str, str] | None = None) -> Config:
     """Apply ``--NAME value`` overrides to the constants of ``namespace`` and return them.
 
     ``recipes`` (``name -> constants``): when the script has a ``RECIPE`` constant and it names
     one (``--RECIPE name``), that recipe's constants are applied first and the explicit overrides
     after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
     ``--RECIPE list`` prints ``recipe_table`` and exits.
+    ``renamed`` (``old name -> new name``) and ``removed`` (``old name -> why``): the constants a
+    script renamed or dropped in this release; an override of an old name stops with one line
+    instead of "unknown constant".
     ``update=True`` also writes the new values back into ``namespace`` (the script's globals),
     so module-level code sees them. Unless ``quiet``, prints first how relative paths resolve
     (``constants.paths_line``: the repository root, or Kaggle mode), then the resolved values.
@@ -107,7 +113,7 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     # process (tests, notebooks) starts from the constants block, not from the last overrides.
     defaults = namespace.setdefault("_CONFIG_DEFAULTS", constants_of(namespace))
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = _read_overrides(defaults, argv)
+    overrides = _read_overrides(defaults, argv, _retired(defaults, renamed or {}, removed or {}))
     cfg = Config(defaults)
     if "RECIPE" in defaults:
         cfg.update(_recipe(overrides.get("RECIPE", defaults["RECIPE"]), recipes or {}, defaults,
@@ -149,8 +155,24 @@ def _recipe(name: str, recipes: dict[str, dict], defaults: dict, table: str) -> 
     return out
 
 
-def _read_overrides(defaults: dict, argv: list[str]) -> dict:
-    """``--NAME value`` pairs of ``argv``, each typed like its default."""
+def _retired(defaults: dict, renamed: dict[str, str], removed: dict[str, str]) -> dict[str, str]:
+    """``old name -> the one line an override of it stops with`` (the maps checked against the
+    script's constants: a programming error is a ValueError)."""
+    out = {}
+    for old, new in renamed.items():
+        if old in defaults or new not in defaults:
+            raise ValueError(f"renamed {old} -> {new}: the old name must be gone and the new one a constant")
+        out[old] = f"--{old} was renamed --{new} (default {defaults[new]!r}); use the new name"
+    for old, why in removed.items():
+        if old in defaults:
+            raise ValueError(f"removed {old}: it is still a constant")
+        out[old] = f"--{old} was removed: {why}"
+    return out
+
+
+def _read_overrides(defaults: dict, argv: list[str], retired: dict[str, str] | None = None) -> dict:
+    """``--NAME value`` pairs of ``argv``, each typed like its default (``retired``: old names and
+    the line each stops with)."""
     cfg: dict = {}
     i = 0
     while i < len(argv):
@@ -159,6 +181,8 @@ def _read_overrides(defaults: dict, argv: list[str]) -> dict:
             print("constants (override with --NAME value):")
             for k, v in defaults.items():
                 print(f"  --{k} {v!r}  ({type(v).__name__})")
+            for line in (retired or {}).values():
+                print(f"  ({line})")
             raise SystemExit(0)
         if not tok.startswith("--"):
             raise SystemExit(f"unexpected argument {tok!r}: overrides are --NAME value")
@@ -167,6 +191,8 @@ def _read_overrides(defaults: dict, argv: list[str]) -> dict:
         if "=" in key:
             key, value = key.split("=", 1)
         name = key.upper().replace("-", "_")
+        if retired and name in retired:
+            raise SystemExit(retired[name])
         if name not in defaults:
             raise SystemExit(f"unknown constant --{key}; valid: {', '.join('--' + k for k in defaults)}")
         default = defaults[name]

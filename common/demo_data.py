@@ -43,7 +43,7 @@ CELL_EXPRESS_PROB = 0.7        # chance a cell shows each class of its image (at
 NEG_IMAGE_PROB = 0.35          # chance an image (not all-Negative) has some Negative cells
 NEG_CELL_FRAC = (0.1, 0.4)     # fraction of Negative cells in such an image
 DISTRACTOR_MITOSIS_PROB = 0.3  # chance of one mitotic cell that does not show class 11
-CONFIG_NAME = "demo_config.json"  # written last in OUT_DIR: the config that made the dataset
+CONFIG_NAME = "demo_config.json"  # written last in COMPETITION_DIR (S0): the config that made the dataset
 MANIFEST_NAME = "demo_manifest.json"  # written first: every file the generator writes (all it may delete)
 
 GREEN_PATTERNS = {

@@ -155,10 +155,10 @@ def cell_data(tmp_path_factory):
 def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     root, lab = cell_data
     s3 = load_script("S3_train_pipeline1.py")
-    args = ["--DATA_DIR", str(root), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "1", "--VARIANT", "cellpool",
-            "--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",
-            "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--WARMUP_EPOCHS", "0", "--CELLPOOL_CELLS", "3",
-            "--CELLPOOL_STRIDE", "16", "--LR", "1e-2"]
+    args = ["--HPA512_DIR", str(root), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "1",
+            "--VARIANT", "cellpool", "--MODEL_NAME", "resnet10t", "--PRETRAINED", "false",
+            "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4", "--NUM_WORKERS", "0", "--DEVICE", "cpu",
+            "--WARMUP_EPOCHS", "0", "--CELLPOOL_CELLS", "3", "--CELLPOOL_STRIDE", "16", "--LR", "1e-2"]
     res = s3.main(args)
     run = tmp_path / "p1_resnet10t_48_cellpool_lovasz" / "fold0"
     assert (run / "best.pth").is_file() and "val_mAP" in res["metrics"]
@@ -190,7 +190,7 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
 
     # self-training from this FOLD=0 run: only fold-0 images get pseudo-labels (the tool end to end)
     tool = load_script("tools/make_pseudo_labels.py")
-    out = tool.main(["--HPA512_DIR", str(root), "--DATA_DIR", str(root), "--RUNS", str(run),
+    out = tool.main(["--HPA512_DIR", str(root), "--COMPETITION_DIR", str(root), "--RUNS", str(run),
                      "--DEVICE", "cpu", "--OUT_CSV", str(tmp_path / "pl.csv"), "--TTA", "1"])
     pl = pd.read_csv(out, dtype={"ID": str})
     df = pd.read_csv(root / "train_all.csv", dtype={"ID": str})

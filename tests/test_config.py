@@ -46,6 +46,26 @@ def test_bad_overrides_are_rejected(argv, message):
         assert "--EPOCHS" in str(e.value) and "--LR" in str(e.value), "lists the valid names"
 
 
+def test_renamed_and_removed_constants_stop_with_one_line(capsys):
+    renamed, removed = {"OLD_DIR": "NAME", "EPOCH": "EPOCHS"}, {"PIPELINE": "it is always 1"}
+    for argv, message in (
+            (["--OLD_DIR", "x"], "--OLD_DIR was renamed --NAME (default 'run'); use the new name"),
+            (["--epoch=4"], "--EPOCH was renamed --EPOCHS (default 3); use the new name"),
+            (["--EPOCHS", "2", "--PIPELINE", "2"], "--PIPELINE was removed: it is always 1")):
+        with pytest.raises(SystemExit) as e:
+            config.parse(_ns(), argv, quiet=True, renamed=renamed, removed=removed)
+        assert str(e.value) == message and e.value.code == message  # one line: exit status 1
+    cfg = config.parse(_ns(), ["--NAME", "x", "--EPOCHS", "4"], quiet=True, renamed=renamed, removed=removed)
+    assert cfg.NAME == "x" and cfg.EPOCHS == 4 and "OLD_DIR" not in cfg and "PIPELINE" not in cfg
+    with pytest.raises(SystemExit):
+        config.parse(_ns(), ["--help"], renamed=renamed, removed=removed)
+    assert "(--OLD_DIR was renamed --NAME" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="NOPE"):    # a map that does not fit the constants: the script's bug
+        config.parse(_ns(), [], quiet=True, renamed={"X": "NOPE"})
+    with pytest.raises(ValueError, match="EPOCHS"):
+        config.parse(_ns(), [], quiet=True, removed={"EPOCHS": "gone"})
+
+
 def test_save_and_load_round_trip(tmp_path):
     cfg = config.parse(_ns(), ["--EPOCHS", "5"], quiet=True)
     path = config.save(cfg, tmp_path / "run" / "config.json")

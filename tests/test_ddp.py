@@ -48,7 +48,7 @@ def p1(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = root / "data"
     make_toy_dataset(data, n=16, size=40, seed=1)
-    common = ["--DATA_DIR", str(data), "--OUTPUT_DIR", str(root), *TINY]
+    common = ["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(root), *TINY]
     full = torchrun("S3_train_pipeline1.py", [*common, "--RUN_NAME", "full"], root)
     torchrun("S3_train_pipeline1.py", [*common, "--RUN_NAME", "cut"], root, HPA_STOP_AFTER_EPOCH="1")
     cut_epoch = torch.load(root / "cut" / "fold0" / "last.pth", weights_only=True)["epoch"]
@@ -101,8 +101,8 @@ def test_ddp_cell_metric_as_monitor(tmp_path):
     d = make_data(tmp_path / "s4")
     assert run_s41(_s41_args(d, size=32))["failed"] == 0
     args = ["--HPA512_DIR", str(d["hpa"]), "--TRAIN_CSV", str(d["hpa"] / "train_all.csv"),
-            "--COMP_DIR", str(d["comp"]), "--OUTPUT_DIR", str(tmp_path), "--RUN_NAME", "r", "--FOLD", "0",
-            "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4", "--MODEL_NAME", "test_convnext",
+            "--COMPETITION_DIR", str(d["comp"]), "--OUTPUT_DIR", str(tmp_path), "--RUN_NAME", "r",
+            "--FOLD", "0", "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4", "--MODEL_NAME", "test_convnext",
             "--PRETRAINED", "false", "--EPOCHS", "3", "--BATCH_SIZE", "1", "--LR", "3e-3",
             "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--MONITOR", "cell_mAP_strict"]
     p = torchrun("S4.2_train_pipeline2.py", args, tmp_path)

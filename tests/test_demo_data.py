@@ -215,8 +215,8 @@ def test_dataset_matches_make_image_and_is_deterministic(dataset, tmp_path):
 def test_s0_skips_same_config_and_refuses_real_data(tmp_path, capsys):
     import S0_make_demo_data as s0
 
-    args = ["--OUT_DIR", str(tmp_path / "d"), "--N_TRAIN", "2", "--N_TEST", "1", "--IMAGE_SIZE", "128",
-            "--NUM_WORKERS", "1"]
+    args = ["--COMPETITION_DIR", str(tmp_path / "d"), "--N_TRAIN", "2", "--N_TEST", "1",
+            "--IMAGE_SIZE", "128", "--NUM_WORKERS", "1"]
     out = s0.main(args)
     saved = json.loads((out / dd.CONFIG_NAME).read_text())
     assert saved["SEED"] == s0.SEED and saved["GENERATOR_VERSION"] == dd.VERSION
@@ -230,7 +230,7 @@ def test_s0_skips_same_config_and_refuses_real_data(tmp_path, capsys):
     real.mkdir()
     (real / "train.csv").write_text("ID,Label\nx,0\n")
     with pytest.raises(SystemExit, match="real"):
-        s0.main(["--OUT_DIR", str(real), "--N_TRAIN", "1", "--N_TEST", "0", "--IMAGE_SIZE", "128"])
+        s0.main(["--COMPETITION_DIR", str(real), "--N_TRAIN", "1", "--N_TEST", "0", "--IMAGE_SIZE", "128"])
 
 
 def test_s0_overwrite_never_deletes_files_it_did_not_make(tmp_path):
@@ -243,16 +243,16 @@ def test_s0_overwrite_never_deletes_files_it_did_not_make(tmp_path):
     (real / "train" / "abc_red.png").write_bytes(b"not really a png")
     before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit, match="did not make"):
-        s0.main(["--OUT_DIR", str(real), "--OVERWRITE", "true", *small])
+        s0.main(["--COMPETITION_DIR", str(real), "--OVERWRITE", "true", *small])
     assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
 
     demo = tmp_path / "demo"                      # a demo beside which the user put a file of their own
-    s0.main(["--OUT_DIR", str(demo), *small])
+    s0.main(["--COMPETITION_DIR", str(demo), *small])
     own = set(dd.read_manifest(demo))
     assert "train.csv" in own and len([f for f in own if f.startswith("train/")]) == 8
     mine = demo / "train" / "mine_red.png"
     mine.write_bytes(b"mine")
-    s0.main(["--OUT_DIR", str(demo), "--OVERWRITE", "true", "--SEED", "3", *small])
+    s0.main(["--COMPETITION_DIR", str(demo), "--OVERWRITE", "true", "--SEED", "3", *small])
     assert mine.read_bytes() == b"mine"           # kept; the old demo images are gone, new ones there
     assert not any((demo / f).exists() for f in own - set(dd.read_manifest(demo)))
     assert len(list((demo / "train").glob("*.png"))) == 9

@@ -31,14 +31,15 @@ def demo(tmp_path_factory) -> dict:
     data = root / "data"
     demo_data.make_dataset(data, n_train=6, n_test=2, size=256, seed=3, min_cells=6, max_cells=12)
     hpa = root / "hpa"
-    S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(hpa), "--IMAGE_SIZE", str(SIZE),
+    S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(hpa), "--IMAGE_SIZE", str(SIZE),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
     return {"data": data, "hpa": hpa}
 
 
 def _s2_argv(data: Path, out: Path, workers: int = 2) -> list[str]:
-    return [sys.executable, str(ROOT / "S2_data_process.py"), "--DATA_DIR", str(data), "--OUT_DIR", str(out),
-            "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--NUM_WORKERS", str(workers)]
+    return [sys.executable, str(ROOT / "S2_data_process.py"), "--COMPETITION_DIR", str(data),
+            "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin",
+            "--NUM_WORKERS", str(workers)]
 
 
 def _no_partial_files(folder: Path) -> int:
@@ -108,13 +109,14 @@ def test_s2_second_writer_stops_at_once_and_a_killed_holder_is_taken_over(demo, 
         t0 = time.monotonic()
         busy = rf"S2: {out} is being written by S2 \(pid {holder.pid} on "
         with pytest.raises(lock.FolderBusy, match=busy):
-            S2.main(["--DATA_DIR", str(demo["data"]), "--OUT_DIR", str(out), "--SEGMENTER", "builtin"])
+            S2.main(["--COMPETITION_DIR", str(demo["data"]), "--HPA512_DIR", str(out),
+                     "--SEGMENTER", "builtin"])
         assert time.monotonic() - t0 < 10 and not (out / "train").exists()
     finally:
         holder.kill()
         holder.wait()
-    res = S2.main(["--DATA_DIR", str(demo["data"]), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
-                   "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    res = S2.main(["--COMPETITION_DIR", str(demo["data"]), "--HPA512_DIR", str(out),
+                   "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
     assert res["failed"] == 0 and res["processed"] == 8
     err = capsys.readouterr().err
     assert f"took over the lock of {out} left by S2 (pid {holder.pid}" in err
@@ -125,11 +127,11 @@ def test_shards_lock_separately(demo, tmp_path):
     """Two shards of one S2 may run at once; the same shard twice may not."""
     out = tmp_path / "out"
     with lock.hold(out, "S2", "shard0of2"):
-        S2.main(["--DATA_DIR", str(demo["data"]), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+        S2.main(["--COMPETITION_DIR", str(demo["data"]), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
                  "--SEGMENTER", "builtin", "--NUM_WORKERS", "1", "--SHARD", "1/2"])
         with pytest.raises(lock.FolderBusy, match=r"\(shard0of2\) is being written by S2"):
-            S2.main(["--DATA_DIR", str(demo["data"]), "--OUT_DIR", str(out), "--SEGMENTER", "builtin",
-                     "--SHARD", "0/2"])
+            S2.main(["--COMPETITION_DIR", str(demo["data"]), "--HPA512_DIR", str(out),
+                     "--SEGMENTER", "builtin", "--SHARD", "0/2"])
     assert len(pd.read_csv(out / "train_all.csv")) == 3
 
 
@@ -139,8 +141,8 @@ def test_a_read_error_stays_a_failure_of_that_image(demo, tmp_path):
     shutil.copytree(demo["data"], data)
     bad = pd.read_csv(data / "train.csv", dtype=str)["ID"][0]
     (data / "train" / f"{bad}_red.png").write_bytes(b"not a png")
-    res = S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(tmp_path / "out"), "--IMAGE_SIZE", str(SIZE),
-                   "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    res = S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(tmp_path / "out"),
+                   "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
     assert res["failed"] == 1 and res["processed"] == 7
     fails = pd.read_csv(tmp_path / "out" / "s2_failures.csv", dtype=str)
     assert fails["ID"].tolist() == [bad] and "ImageReadError" in fails["reason"][0]
@@ -163,7 +165,7 @@ def _raise_write_error(path: str):
 
 
 @pytest.mark.parametrize("script, args", [
-    ("S0_make_demo_data.py", ["--OUT_DIR", "{out}", "--N_TRAIN", "1", "--N_TEST", "0"]),
+    ("S0_make_demo_data.py", ["--COMPETITION_DIR", "{out}", "--N_TRAIN", "1", "--N_TEST", "0"]),
     ("S6_evaluate.py", ["--SUBMISSION", "{out}/submission.csv", "--TRUTH", "{out}/none.csv"]),
     ("S4.1_crop_cells.py", ["--HPA512_DIR", "{out}", "--TRAIN_CSV", "{train_csv}", "--CELL_SIZE", "32"]),
 ])

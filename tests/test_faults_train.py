@@ -42,7 +42,7 @@ def data(tmp_path_factory):
 
 
 def _args(data, out, *more):
-    return ["--DATA_DIR", str(data), "--OUTPUT_DIR", str(out), "--RUN_NAME", "r", *TINY, *more]
+    return ["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(out), "--RUN_NAME", "r", *TINY, *more]
 
 
 def _refused(args) -> str:
@@ -253,7 +253,7 @@ def test_s3_trains_on_images_named_na_and_nan(tmp_path):
         (root / "train" / f"{old}.png").rename(root / "train" / f"{new}.png")
     csv = root / "train_all.csv"
     csv.write_text(csv.read_text().replace("toy0000,", "nan,").replace("toy0001,", "NA,"))
-    s3(["--DATA_DIR", str(root), "--OUTPUT_DIR", str(tmp_path / "out"), "--RUN_NAME", "r", *TINY,
+    s3(["--HPA512_DIR", str(root), "--OUTPUT_DIR", str(tmp_path / "out"), "--RUN_NAME", "r", *TINY,
         "--EPOCHS", "1", "--FOLD", "0"])
     run = tmp_path / "out" / "r" / "fold0"
     assert "train=8 val=6" in (run / "train.log").read_text()  # fold 1: 8 images; fold 0: 6 not external

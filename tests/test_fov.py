@@ -25,8 +25,9 @@ def demo(tmp_path_factory):
 
 
 def _source(S5, data, hpa, tmp_path):
-    cfg = types.SimpleNamespace(HPA512_DIR=str(hpa), DATA_DIR=str(data), IMAGE_SIZE=SIZE, SEGMENTER="builtin",
-                                HPA_SEG_DIR=str(tmp_path / "no-weights"), DEVICE="cpu", SEG_AT="auto")
+    cfg = types.SimpleNamespace(HPA512_DIR=str(hpa), COMPETITION_DIR=str(data), IMAGE_SIZE=SIZE,
+                                SEGMENTER="builtin", HPA_SEG_DIR=str(tmp_path / "no-weights"), DEVICE="cpu",
+                                SEG_AT="auto")
     return S5.ImageSource(cfg)
 
 
@@ -35,7 +36,7 @@ def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo, data)
     out = tmp_path / "hpa"
-    S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+    S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
     with_s2 = _source(S5, data, out, tmp_path)
     alone = _source(S5, data, tmp_path / "nothing", tmp_path)
@@ -99,7 +100,7 @@ def test_seg_at_and_s2_choices_are_checked(demo, tmp_path):
     S2 = load_script("S2_data_process.py")
     for name, bad in (("SEG_AT", "half"), ("LABEL_AT", "sometimes"), ("FULL_MASKS", "train")):
         with pytest.raises(SystemExit, match=name):
-            S2.main(["--DATA_DIR", str(demo), "--OUT_DIR", str(tmp_path / "o"), "--SEGMENTER", "builtin",
-                     f"--{name}", bad])
+            S2.main(["--COMPETITION_DIR", str(demo), "--HPA512_DIR", str(tmp_path / "o"),
+                     "--SEGMENTER", "builtin", f"--{name}", bad])
     full = fov.full_mask_path(tmp_path / "test_cell_mask" / "a.npz")
     assert full == tmp_path / "test_cell_mask_full" / "a.npz"

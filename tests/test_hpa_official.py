@@ -98,7 +98,7 @@ def test_default_path_with_a_stand_in_network(ref):
 def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
     S5 = load_script("S5_predict.py")
     blank_fov(tmp_path / "data" / "test", "fov1")
-    cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), DATA_DIR=str(tmp_path / "data"),
+    cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), COMPETITION_DIR=str(tmp_path / "data"),
                                 IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu",
                                 SEG_AT="auto")
     source = S5.ImageSource(cfg)
@@ -119,7 +119,7 @@ def test_s2_seg_at_resized_keeps_the_official_cells(ref, tmp_path, monkeypatch):
     seg = stand_in_segmenter(ref)
     monkeypatch.setattr(S2.segmentation, "get_segmenter", lambda *a, **k: seg)
     out = tmp_path / "out"
-    res = S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--SEGMENTER", "hpa",
+    res = S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--SEGMENTER", "hpa",
                    "--SEG_AT", "resized", "--NUM_WORKERS", "1"])
     assert res["processed"] == 1 and res["failed"] == 0
     cell, nucleus = io.load_masks(out / "test_cell_mask_full" / "fov1.npz")

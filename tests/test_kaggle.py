@@ -53,19 +53,20 @@ def demo(tmp_path_factory) -> dict:
     src, out = root / "src", root / "runs"
     comp, hpa = src / "comp", src / "hpa"
     load_script("S0_make_demo_data.py").main(
-        ["--OUT_DIR", str(comp), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
+        ["--COMPETITION_DIR", str(comp), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
          "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1", "--SEED", "3"])
-    load_script("S2_data_process.py").main(["--DATA_DIR", str(comp), "--OUT_DIR", str(hpa), "--IMAGE_SIZE",
-                                            str(SIZE), "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
+    load_script("S2_data_process.py").main(["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa),
+                                            "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin",
+                                            "--NUM_WORKERS", "1"])
     r1 = load_script("S3_train_pipeline1.py").main(
-        ["--DATA_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
+        ["--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
          "--CACHE_GB", "0", *TINY])
     load_script("S4.1_crop_cells.py").main(
         ["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMP_TRAIN_DIR",
          str(comp / "train"), "--EXT_TRAIN_DIR", str(comp / "none"), "--CELL_SIZE", "32",
          "--NUM_WORKERS", "1"])
     r2 = load_script("S4.2_train_pipeline2.py").main(
-        ["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMP_DIR", str(comp),
+        ["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMPETITION_DIR", str(comp),
          "--OUTPUT_DIR", str(out), "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4", "--BATCH_SIZE", "2", *TINY])
     runs = [Path(r1["out_dir"]), Path(r2["out_dir"])]
     pack_runs.main([str(out), "--OUT", str(src / "packed")])
@@ -108,15 +109,15 @@ def test_s5_notebook_on_read_only_inputs_matches_the_script(demo, tmp_path, monk
     with read_only(demo["src"], ro):
         comp, hpa, packed = ro / "comp", ro / "hpa", ro / "packed"
         # the script directly, on the original (full) checkpoints
-        p = subprocess.run([sys.executable, str(ROOT / "S5_predict.py"), "--DATA_DIR", str(comp),
+        p = subprocess.run([sys.executable, str(ROOT / "S5_predict.py"), "--COMPETITION_DIR", str(comp),
                             "--HPA512_DIR", str(hpa), "--RUNS_DIR", str(demo["out"]),
                             "--OUTPUT_DIR", str(ref_out), *S5_ARGS], capture_output=True, text=True,
                            cwd=tmp_path, timeout=300)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         # the generated notebook, on the packed (slim) checkpoints read from the read-only mount
         nb = make_notebook.make_notebook(
-            "S5_predict.py", ["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--RUNS_DIR", str(packed),
-                              "--OUTPUT_DIR", str(nb_out), *S5_ARGS])
+            "S5_predict.py", ["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa), "--RUNS_DIR",
+                              str(packed), "--OUTPUT_DIR", str(nb_out), *S5_ARGS])
         _where_common(nb)
         t0 = time.time()
         _execute(nb, tmp_path)
@@ -180,26 +181,26 @@ def test_s3_notebook_trains_one_step_from_read_only_inputs(demo, tmp_path, monke
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     with read_only(demo["src"], ro):
         nb = make_notebook.make_notebook(
-            "S3_train_pipeline1.py", ["--DATA_DIR", str(ro / "hpa"), "--OUTPUT_DIR",
+            "S3_train_pipeline1.py", ["--HPA512_DIR", str(ro / "hpa"), "--OUTPUT_DIR",
                                       str(tmp_path / "working"), "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE",
                                       "4", "--RUN_NAME", "nb", "--CACHE_GB", "0", *TINY])
         _execute(nb, tmp_path)
     run = tmp_path / "working" / "nb" / "all"
     model, cfg = checkpoints.load_checkpoint(run / "best.pth")
     assert cfg["MODEL_NAME"] == "test_resnet" and cfg["RUN_NAME"] == "nb"
-    assert cfg["DATA_DIR"] == str(ro / "hpa")
+    assert cfg["HPA512_DIR"] == str(ro / "hpa")
     assert "S3 done" in _outputs(nb)
     assert torch.load(run / "last.pth", map_location="cpu", weights_only=True)["epoch"] == 1
 
 
 # ----------------------------------------------------------------------------- read-only outputs
 STEPS = {  # script: (output constant, other arguments: inputs that do not exist)
-    "S0_make_demo_data.py": ("OUT_DIR", []),
-    "S2_data_process.py": ("OUT_DIR", ["--DATA_DIR", "{missing}"]),
-    "S3_train_pipeline1.py": ("OUTPUT_DIR", ["--DATA_DIR", "{missing}"]),
+    "S0_make_demo_data.py": ("COMPETITION_DIR", []),
+    "S2_data_process.py": ("HPA512_DIR", ["--COMPETITION_DIR", "{missing}"]),
+    "S3_train_pipeline1.py": ("OUTPUT_DIR", ["--HPA512_DIR", "{missing}"]),
     "S4.1_crop_cells.py": ("HPA512_DIR", ["--TRAIN_CSV", "{missing}/t.csv"]),
     "S4.2_train_pipeline2.py": ("OUTPUT_DIR", ["--TRAIN_CSV", "{missing}/t.csv"]),
-    "S5_predict.py": ("OUTPUT_DIR", ["--DATA_DIR", "{missing}"]),
+    "S5_predict.py": ("OUTPUT_DIR", ["--COMPETITION_DIR", "{missing}"]),
     "S6_evaluate.py": ("SUBMISSION", ["--TRUTH", "{missing}/t.csv"]),
 }
 
@@ -422,8 +423,9 @@ def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))          # where the notebooks unpack common/
     monkeypatch.delenv("KAGGLE", raising=False)           # each notebook turns Kaggle mode on itself
     load_script("S0_make_demo_data.py").main(
-        ["--OUT_DIR", str(datasets / COMP), "--N_TRAIN", "6", "--N_TEST", "2", "--IMAGE_SIZE", str(SIZE),
-         "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1", "--SEED", "3"])
+        ["--COMPETITION_DIR", str(datasets / COMP), "--N_TRAIN", "6", "--N_TEST", "2",
+         "--IMAGE_SIZE", str(SIZE), "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1",
+         "--SEED", "3"])
     tiny = {"S2_data_process.py": ["--IMAGE_SIZE", str(SIZE), "--NUM_WORKERS", "1"],
             "S3_train_pipeline1.py": [*TINY, "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
                                       "--CACHE_GB", "0"],

@@ -108,8 +108,10 @@ def _recipe_cfg(name: str, *extra: str):
     from conftest import load_script
 
     mod = load_script(_SCRIPTS[R[name]["script"]])
-    return config.parse(vars(mod), ["--RECIPE", name, *extra], recipes=recipes.for_script(R[name]["script"]),
-                        quiet=True)
+    cfg = config.parse(vars(mod), ["--RECIPE", name, *extra], recipes=recipes.for_script(R[name]["script"]),
+                       quiet=True)
+    cfg["PIPELINE"] = mod._PIPELINE  # as the script's main sets it
+    return cfg
 
 
 def test_every_recipe_is_accepted_by_its_script():

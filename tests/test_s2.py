@@ -38,7 +38,7 @@ def data(demo_dir, tmp_path):
 
 
 def run(data, out, *extra):
-    return S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+    return S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
                     "--SEGMENTER", "builtin", "--NUM_WORKERS", "1", *extra])
 
 
@@ -319,7 +319,7 @@ def test_network_segmenter_gets_batches_of_originals(data, tmp_path, monkeypatch
     _FakeNetworks.calls = []
     out = tmp_path / "out"
     n = len(pd.read_csv(data / "train.csv")) + len(pd.read_csv(data / "sample_submission.csv"))
-    res = S2.main(["--DATA_DIR", str(data), "--OUT_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
+    res = S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
                    "--SEG_BATCH", "4", "--NUM_WORKERS", "2"])
     assert [len(c) for c in _FakeNetworks.calls] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
     assert all(shape[0] > SIZE for call in _FakeNetworks.calls for shape in call)  # SEG_AT auto: original

@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 
 def test_s3_main_writes_a_loadable_run(data, tmp_path):
     torch.set_num_threads(1)
-    res = S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "2", "--VARIANT",
+    res = S3.main(["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "2", "--VARIANT",
                    "center_cells", *TINY])
     run = tmp_path / "p1_resnet10t_48_center_cells_lovasz" / "fold0"
     assert Path(res["out_dir"]) == run and (run / "best.pth").is_file()
@@ -44,13 +44,13 @@ def test_s3_main_writes_a_loadable_run(data, tmp_path):
 
 def test_s3_all_folds_and_bad_input(data, tmp_path):
     torch.set_num_threads(1)
-    res = S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "1", "--FOLD", "-1",
+    res = S3.main(["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--EPOCHS", "1", "--FOLD", "-1",
                    "--RUN_NAME", "r", "--MAX_TRAIN_STEPS", "1", *TINY])
     assert Path(res["out_dir"]) == tmp_path / "r" / "all" and res["last_epoch"] == 1
     with pytest.raises(SystemExit, match="train_all.csv"):
-        S3.main(["--DATA_DIR", str(tmp_path / "nothing"), *TINY])
+        S3.main(["--HPA512_DIR", str(tmp_path / "nothing"), *TINY])
     with pytest.raises(SystemExit, match=r"--FOLD 7: .* folds present: \[0, 1\]"):
-        S3.main(["--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "7", *TINY])
+        S3.main(["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "7", *TINY])
 
 
 def _free_port() -> int:
@@ -64,7 +64,7 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            str(ROOT / "S3_train_pipeline1.py"),
-           "--DATA_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--RUN_NAME", "ddp", "--EPOCHS", "2",
+           "--HPA512_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--RUN_NAME", "ddp", "--EPOCHS", "2",
            "--EMA_DECAY", "0.5", *TINY]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

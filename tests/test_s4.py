@@ -273,7 +273,7 @@ def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
     crops = run_s41(_s41_args(data, size=64))
     assert crops["failed"] == 0
     args = ["--HPA512_DIR", str(data["hpa"]), "--TRAIN_CSV", str(data["hpa"] / "train_all.csv"),
-            "--COMP_DIR", str(data["comp"]), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "0",
+            "--COMPETITION_DIR", str(data["comp"]), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "0",
             "--CELL_SIZE", "64", "--MODEL_NAME", "test_convnext", "--PRETRAINED", "false",
             "--EPOCHS", "2", "--BATCH_SIZE", "2", "--LR", "3e-3", "--WARMUP_EPOCHS", "0",
             "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--DROPOUT", "0.0"]
@@ -314,7 +314,7 @@ def test_s42_trains_and_validates_images_named_na_and_nan(tmp_path, capsys):
         csv.write_text(text)
     run_s41(_s41_args(d))
     run_s42(["--HPA512_DIR", str(d["hpa"]), "--TRAIN_CSV", str(d["hpa"] / "train_all.csv"),
-             "--COMP_DIR", str(d["comp"]), "--OUTPUT_DIR", str(tmp_path / "out"), "--FOLD", "0",
+             "--COMPETITION_DIR", str(d["comp"]), "--OUTPUT_DIR", str(tmp_path / "out"), "--FOLD", "0",
              "--CELL_SIZE", "32", "--MODEL_NAME", "test_convnext", "--PRETRAINED", "false", "--EPOCHS", "1",
              "--BATCH_SIZE", "2", "--MAX_TRAIN_STEPS", "1", "--NUM_WORKERS", "0", "--DEVICE", "cpu"])
     out = capsys.readouterr().out

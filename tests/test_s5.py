@@ -62,22 +62,22 @@ def e2e(tmp_path_factory) -> dict:
     """S0..S4.2 once (two 1-step runs), then S5 on the 3 test images (TTA 2, both runs)."""
     root = tmp_path_factory.mktemp("s5")
     comp, hpa, out = root / "comp", root / "hpa", root / "out"
-    S0.main(["--OUT_DIR", str(comp), "--N_TRAIN", "8", "--N_TEST", "3", "--IMAGE_SIZE", str(ORIG),
+    S0.main(["--COMPETITION_DIR", str(comp), "--N_TRAIN", "8", "--N_TEST", "3", "--IMAGE_SIZE", str(ORIG),
              "--MIN_CELLS", "4", "--MAX_CELLS", "8", "--NUM_WORKERS", "1", "--SEED", "5"])
     _cut_first_test_image(comp)
-    S2.main(["--DATA_DIR", str(comp), "--OUT_DIR", str(hpa), "--IMAGE_SIZE", str(WORK),
+    S2.main(["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa), "--IMAGE_SIZE", str(WORK),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
-    r1 = S3.main(["--DATA_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(WORK),
+    r1 = S3.main(["--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--IMAGE_SIZE", str(WORK),
                   "--BATCH_SIZE", "4", *TINY])
     S41.main(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"),
               "--COMP_TRAIN_DIR", str(comp / "train"), "--EXT_TRAIN_DIR", str(comp / "train_external"),
               "--CELL_SIZE", "32", "--NUM_WORKERS", "1"])
     r2 = S42.main(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"),
-                   "--COMP_DIR", str(comp), "--OUTPUT_DIR", str(out), "--CELL_SIZE", "32",
+                   "--COMPETITION_DIR", str(comp), "--OUTPUT_DIR", str(out), "--CELL_SIZE", "32",
                    "--CELLS_PER_IMAGE", "4", "--BATCH_SIZE", "2", *TINY])
     runs = {1: Path(r1["out_dir"]), 2: Path(r2["out_dir"])}
     assert all((r / "best.pth").is_file() for r in runs.values())
-    sub = S5.main(["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out),
+    sub = S5.main(["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out),
                    "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "1"])
     sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
     return dict(comp=comp, hpa=hpa, out=out, runs=runs, sub=Path(sub), sample=sample)
@@ -125,8 +125,8 @@ def _copy_inputs(e2e: dict, dst: Path) -> tuple[Path, Path]:
 
 def _s5_args(e2e: dict, comp: Path, hpa: Path, out: Path, *extra: str) -> list[str]:
     runs = ",".join(str(e2e["runs"][k]) for k in (1, 2))
-    return ["--DATA_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out), "--RUNS", runs,
-            "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "0", *extra]
+    return ["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out),
+            "--RUNS", runs, "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "0", *extra]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -352,8 +352,8 @@ def test_empty_or_too_long_sample_id_stops_before_any_image(tmp_path, bad_id, wh
     sample.write_text(f"ID,ImageWidth,ImageHeight,PredictionString\nimg1,8,8,\n{bad_id},8,8,\n")
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=rf"^{re.escape(str(sample))}: row 3: {why}") as e:
-        S5.main(["--DATA_DIR", str(comp), "--HPA512_DIR", str(tmp_path / "hpa"), "--OUTPUT_DIR", str(out),
-                 "--RUNS", str(tmp_path / "no_run"), "--DEVICE", "cpu"])
+        S5.main(["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(tmp_path / "hpa"), "--OUTPUT_DIR",
+                 str(out), "--RUNS", str(tmp_path / "no_run"), "--DEVICE", "cpu"])
     assert "\n" not in str(e.value) and not out.exists()
 
 

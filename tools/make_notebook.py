@@ -7,7 +7,7 @@ Meant for S2, S3, S4.1, S4.2 and S5 (any numbered script of the same shape works
 generated from the code as it is, so regenerate it after a change rather than editing it. Cells:
 
 1. a note: which datasets to attach, under which names (``/kaggle/input/<name>``, see STEPS and
-   DATASETS), what the step writes for the next notebook and how it becomes a dataset, then the
+   DATASETS) and which constants point at each, what the step writes for the next notebook and how it becomes a dataset, then the
    script's docstring;
 2. an import check: every package the step imports is looked up; a missing one is named with the
    offline install line ``pip install --no-index --find-links <WHEELS> ...`` (run for you when
@@ -70,8 +70,8 @@ DATASETS = {
 STEPS = {
     "S2_data_process.py": dict(
         optional={"hpa-seg": "without it the built-in watershed segments"},
-        values={"OUT_DIR": "working"},
-        writes="its outputs straight into `{working}` (OUT_DIR). Save this notebook's output as a dataset "
+        values={"HPA512_DIR": "working"},
+        writes="its outputs straight into `{working}` (HPA512_DIR). Save this notebook's output as a dataset "
                "named `hpa-512`: the S3, S4.1, S4.2 and S5 notebooks attach it."),
     "S3_train_pipeline1.py": dict(
         optional={}, values={},
@@ -152,13 +152,13 @@ def kaggle_values(script: str, defaults: dict, root: Path | None = None) -> dict
     return out
 
 
-def attached(values: dict, root: Path) -> list[str]:
-    """The dataset names the constants point at (``<root>/input/<name>``), in order of appearance."""
-    names = []
-    for v in values.values():
+def attached(values: dict, root: Path) -> dict[str, list[str]]:
+    """``dataset name -> the constants pointing into it`` (``<root>/input/<name>``), in order."""
+    names: dict[str, list[str]] = {}
+    for k, v in values.items():
         if isinstance(v, str) and Path(v).is_relative_to(root / "input") and Path(v) != root / "input":
-            names.append(Path(v).relative_to(root / "input").parts[0])
-    return list(dict.fromkeys(names))
+            names.setdefault(Path(v).relative_to(root / "input").parts[0], []).append(k)
+    return names
 
 
 def note_cell(script: Path, values: dict, doc: str, commit: str, wheels: str, root: Path) -> str:
@@ -169,10 +169,11 @@ def note_cell(script: Path, values: dict, doc: str, commit: str, wheels: str, ro
              "regenerate it rather than editing the code cells.", "",
              f"**Attach** these datasets (Add data); each appears at `{root}/input/<name>`, where the "
              "constants cell already points:"]
-    for name in attached(values, root):
+    for name, keys in attached(values, root).items():
         why = DATASETS.get(name, "a dataset of yours")
         opt = step["optional"].get(name)
-        lines.append(f"- `{root}/input/{name}`: {why}" + (f" (optional: {opt})" if opt else ""))
+        lines.append(f"- `{root}/input/{name}` ({', '.join(keys)}): {why}"
+                     + (f" (optional: {opt})" if opt else ""))
     lines += [f"- `{wheels}`: the wheels dataset, only if the import check asks for it", "",
               "**Writes** " + step["writes"].format(working=root / "working", runs=DATASETS["hpa-runs"]), "",
               "Then edit the constants cell if needed and run all. The setup cell turns Kaggle mode on "

@@ -2,8 +2,8 @@
 """Soft per-cell pseudo-labels of the training images from out-of-fold scores (a self-training round).
 
 Reads   HPA512_DIR/train_all.csv (ID, Label, fold), HPA512_DIR/train/{ID}.png, train_cell_mask/{ID}.npz
-        (S2), the original DATA_DIR/train/ for pipeline-2 runs trained on original-resolution crops,
-        and the RUNS (S3 / S4.2 run folders; each keeps its saved constants, among them its FOLD)
+        (S2), the original COMPETITION_DIR/train/ for pipeline-2 runs trained on original-resolution
+        crops, and the RUNS (S3 / S4.2 run folders; each keeps its saved constants, among them its FOLD)
 Writes  OUT_CSV: ID, cell_id, fold, n_runs, t0..t18 (read by common.bag_datasets.read_pseudo_labels),
         then train on it with
         python S4.2_train_pipeline2.py --PSEUDO_LABELS input/hpa-512/pseudo_labels.csv
@@ -24,8 +24,8 @@ largest cell score in the image (the image label says at least one cell has it).
 eligible run get no rows.
 """
 # ---------------------------------------------------------------------------- input
-HPA512_DIR = "input/hpa-512"                             # S2's images, masks and train_all.csv
-DATA_DIR = "input/hpa-single-cell-image-classification"  # original train/ (for FROM_ORIGINAL pipeline-2 runs)
+HPA512_DIR = "input/hpa-512"                                    # S2's images, masks and train_all.csv
+COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # original train/ (FROM_ORIGINAL p2 runs)
 RUNS = []                        # run folders or checkpoints; [] = every run under OUTPUT_DIR
 OUTPUT_DIR = "output"            # where runs are found when RUNS is empty
 CHECKPOINT = "best.pth"          # checkpoint of a run folder
@@ -51,6 +51,8 @@ from common import bag_datasets, cells, config, constants, io, predict
 from common.datasets import labels_to_multihot
 
 # (no upper-case names below the constants block: config.parse would read them as constants)
+# constants renamed in this release: an old name on the command line stops with the new one
+_RENAMED = {"DATA_DIR": "COMPETITION_DIR"}
 
 
 def run_fold(predictor) -> int:
@@ -100,7 +102,7 @@ def make_pseudo_labels(train_df: pd.DataFrame, predictors: list, image_dir: str 
 
 
 def main(argv=None) -> Path:
-    cfg = config.parse(globals(), argv)
+    cfg = config.parse(globals(), argv, renamed=_RENAMED)
     hpa = constants.resolve(cfg.HPA512_DIR)
     table = hpa / "train_all.csv"
     if not table.is_file():
@@ -121,7 +123,7 @@ def main(argv=None) -> Path:
         raise SystemExit("make_pseudo_labels: every run was trained on all folds (FOLD=-1): none can "
                          "label training images it did not see")
     out = make_pseudo_labels(df, predictors, hpa / "train", hpa / "train_cell_mask",
-                             constants.resolve(cfg.DATA_DIR) / "train", cfg.NORMALIZE, progress=True)
+                             constants.resolve(cfg.COMPETITION_DIR) / "train", cfg.NORMALIZE, progress=True)
     path = constants.resolve(cfg.OUT_CSV)
     io.atomic_to_csv(out, path)
     print(f"make_pseudo_labels: {out['ID'].nunique()} images ({len(out)} cells) of folds {folds} -> {path}",
