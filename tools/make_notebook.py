@@ -7,8 +7,8 @@ Meant for S2, S3, S4.1, S4.2 and S5 (any numbered script of the same shape works
 generated from the code as it is, so regenerate it after a change rather than editing it. Cells:
 
 1. a note: which datasets to attach, under which names (``/kaggle/input/<name>``, see STEPS and
-   DATASETS) and which constants point at each, what the step writes for the next notebook and how it becomes a dataset, then the
-   script's docstring;
+   DATASETS) and which constants point at each, what the step writes for the next notebook and
+   how it becomes a dataset, then the script's docstring;
 2. an import check: every package the step imports is looked up; a missing one is named with the
    offline install line ``pip install --no-index --find-links <WHEELS> ...`` (run for you when
    that folder exists; tools/make_wheelhouse.sh makes it). Versions outside requirements.txt are
