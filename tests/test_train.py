@@ -1,6 +1,8 @@
 """train.fit on tiny data on CPU: learning, outputs, checkpoints, exact resume after a kill."""
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -261,8 +263,12 @@ def test_best_is_slim_last_resumes_and_oof_is_written(toy, tmp_path):
     assert {"y0", "p18"} <= set(oof.columns) and oof.filter(like="p").stack().between(0, 1).all()
     from conftest import load_script  # the OOF comparison tool reads it back
 
-    table = load_script("tools/compare_oof.py").main([str(tmp_path.parent), "--CSV", str(tmp_path / "t.csv")])
-    row = table[table["fold"] == tmp_path.name].iloc[0]
+    runs = tmp_path / "runs" / "run" / "fold0"                          # this run alone, as its own tree
+    runs.mkdir(parents=True)
+    shutil.copy(tmp_path / "oof.csv", runs / "oof.csv")
+    compare = load_script("tools/compare_oof.py")
+    table = compare.main([str(tmp_path / "runs"), "--CSV", str(tmp_path / "t.csv")])
+    row = table[table["fold"] == "fold0"].iloc[0]
     assert row["images"] == len(va) and 0 <= row["image_mAP"] <= 1 and (tmp_path / "t.csv").is_file()
 
 
