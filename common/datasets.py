@@ -151,7 +151,8 @@ class CellPoolDataset(ImageDataset):
         if i in self._maps:
             return self._maps[i]
         lab = io.load_masks(self.mask_dir / f"{self.ids[i]}.npz")[0]
-        if lab.shape != (self.image_size, self.image_size):
+        if lab.shape != (self.image_size, self.image_size):  # not resize.resize_labels (NEAREST_EXACT):
+            # cell-pool runs were trained with this kernel; switching would change their results
             lab = cv2.resize(lab, (self.image_size, self.image_size), interpolation=cv2.INTER_NEAREST)
         if self._cache_maps:
             self._maps[i] = lab
