@@ -69,15 +69,21 @@ def touches_border(box: Box, shape: Sequence[int]) -> bool:
 
 
 def cell_table(labels: np.ndarray) -> list[dict]:
-    """One dict per cell: cell_id, x0, y0, x1, y1, area (pixels), border (bool)."""
+    """One dict per cell: cell_id, x0, y0, x1, y1, area (pixels), border (bool), and the centroid
+    x, y (the mean column and row of the cell's pixels)."""
     labels = _check_labels(labels)
     boxes = bounding_boxes(labels)
     if not boxes:
         return []
     ids = np.fromiter(boxes, dtype=np.int64)
-    areas = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=int(ids.max()) + 1)
+    flat = labels.ravel().astype(np.int64, copy=False)
+    n = int(ids.max()) + 1
+    areas = np.bincount(flat, minlength=n)
+    rows, cols = np.divmod(np.arange(flat.size, dtype=np.int64), labels.shape[1])
+    sum_x, sum_y = np.bincount(flat, cols, minlength=n), np.bincount(flat, rows, minlength=n)
     return [dict(cell_id=c, x0=b[0], y0=b[1], x1=b[2], y1=b[3], area=int(areas[c]),
-                 border=touches_border(b, labels.shape)) for c, b in boxes.items()]
+                 border=touches_border(b, labels.shape), x=float(sum_x[c] / areas[c]),
+                 y=float(sum_y[c] / areas[c])) for c, b in boxes.items()]
 
 
 # ----------------------------------------------------------------------------- the window

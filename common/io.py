@@ -317,15 +317,43 @@ def _decode(data: bytes, path: Path) -> np.ndarray:
     return arr
 
 
-def read_channel(path: str | Path) -> np.ndarray:
-    """One grayscale channel file (PNG 8/16-bit, JPG, TIF, TIF.GZ) as a 2-D uint8 array."""
+def read_array(path: str | Path) -> np.ndarray:
+    """An image file (PNG, JPG, TIF, TIF.GZ) as decoded, dtype and axes unchanged; a missing or
+    undecodable file is an :class:`ImageReadError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: channel file is missing")
     try:
-        arr = _decode(path.read_bytes(), path)
+        return _decode(path.read_bytes(), path)
     except Exception as e:  # noqa: BLE001 - any decoder failure is reported with the file name
         raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """An image (uint8 or uint16; 1, 3 (BGR) or 4 channels) as PNG bytes, e.g. to hold many in memory."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise ValueError(f"cannot encode a {img.shape} {img.dtype} array as PNG")
+    return buf.tobytes()
+
+
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    """A uint8 image (gray or BGR) as JPEG bytes of ``quality`` (0..100)."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"cannot encode a {img.shape} {img.dtype} array as JPEG")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """The array of :func:`encode_png` (or any PNG/JPG bytes), unchanged."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def read_channel(path: str | Path) -> np.ndarray:
+    """One grayscale channel file (PNG 8/16-bit, JPG, TIF, TIF.GZ) as a 2-D uint8 array."""
+    path = Path(path)
+    arr = read_array(path)
     if arr.ndim == 3:  # RGB(A) saved channel (some external JPGs): take the brightest plane
         arr = arr.max(axis=2) if arr.shape[2] in (3, 4) else arr[..., 0]
     if arr.ndim != 2:
