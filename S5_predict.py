@@ -4,6 +4,9 @@ Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: orde
         HPA512_DIR/test/{ID}.png, test_cell_mask/{ID}.npz and test_cell_mask_full/{ID}.npz from S2
         (when the mask is absent: the original COMPETITION_DIR/test/{ID}_{red,green,blue,yellow}.png is
         read and prepared here by common.fov, exactly as S2 does it)
+        or, with --IMAGES, a folder of one's own fields of view (no sample submission; common.fields):
+        {ID}{CHANNEL_SUFFIXES}.{png,jpg,tif,...} (one file per channel, 8/16-bit) or one multi-channel
+        {ID}.tif/.tiff (TIFF_PLANES), any size (non-square padded square for the models), segmented here
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
                                          RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
@@ -15,16 +18,36 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/s5_failures.csv       ID, reason: test images that could not be read or segmented
                                          (their rows stay, empty; the last line counts them)
         OUTPUT_DIR/s5_config.json        the resolved constants, the runs used and the environment
-The essential files (submission, cell predictions, config, failures) are written first, the overlays
-and comparison submissions after them; the previous run's files are removed just before, so the
-folder never mixes two runs. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock while it runs).
+        OUTPUT_DIR/cells.csv             with CELL_TABLES: image, cell_id, x, y (centroid), area,
+                                         touches_border, top_class, top_prob, one column per class name
+        OUTPUT_DIR/images.csv            with CELL_TABLES: image, width, height, n_cells, per class the
+                                         fraction of the cells at >= THRESHOLD (common.cell_tables)
+        OUTPUT_DIR/labels/{ID}.png       with CELL_TABLES: the 16-bit label map at the original size, ids
+                                         as in cells.csv (opens as labels in Fiji and napari)
+        OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report)
+        With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
+        field that could not be read is only in s5_failures.csv.
+The essential files (submission, cell predictions, cells, images, config, failures) are written first,
+the label maps, report, overlays and comparison submissions after them; the previous run's files are
+removed just before, so the folder never mixes two runs. One S5 at a time per OUTPUT_DIR
+(OUTPUT_DIR/.lock while it runs).
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
+    python S5_predict.py --IMAGES my_fields --CHANNEL_SUFFIXES _ch00,_ch01,_ch02,_ch03 --OUTPUT_DIR out/mine
 """
 # ---------------------------------------------------------------------------- input
 COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
 HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
+# ---------------------------------------------------------------------------- your own images
+IMAGES = ""                       # a folder of your own fields of view ("" = the competition test set above)
+CHANNEL_SUFFIXES = ["_red", "_green", "_blue", "_yellow"]  # IMAGES: file-name endings (before the extension)
+                                  # of the microtubule, protein, nucleus and ER channel files of a field
+TIFF_PLANES = [0, 1, 2, 3]        # IMAGES, one multi-channel {ID}.tif per field: the planes of microtubules,
+                                  # protein, nucleus and ER
+RESCALE = False                   # IMAGES: stretch each channel from RESCALE_PERCENTILES to 0..255 (dim
+                                  # 12-bit data); False = 16 -> 8 bit proportionally, as everywhere else
+RESCALE_PERCENTILES = [0.1, 99.9]  # RESCALE: the low and high percentiles of a channel that become 0 and 255
 # ---------------------------------------------------------------------------- models
 OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
 RUNS_DIR = ""                     # runs are found under here ("" = OUTPUT_DIR; or a pack_runs.py folder)
@@ -58,7 +81,13 @@ VARIANTS = True                   # also write per-pipeline / image-level submis
 SUBMISSION = "submission.csv"     # file name of the submission inside OUTPUT_DIR
 LIMIT = 0                         # only the first LIMIT test images (0 = all); rows kept, strings empty
 FAIL_ON_ERRORS = False            # exit with status 3 (after writing everything) if an image failed
+# ---------------------------------------------------------------------------- per-cell results
+CELL_TABLES = True                # write cells.csv, images.csv and labels/{ID}.png
+THRESHOLD = 0.5                   # images.csv: a cell counts for a class from this probability on
+REPORT = True                     # write report.html (and its pictures under report/)
+THUMB_SIZE = 512                  # report pictures: longest side in pixels
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,7 +99,22 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, encoding, fov, io, lock, plots, predict, recipes, segmentation
+from common import (
+    cell_tables,
+    cells,
+    config,
+    constants,
+    encoding,
+    fields,
+    fov,
+    io,
+    lock,
+    plots,
+    predict,
+    recipes,
+    report,
+    segmentation,
+)
 from common.constants import NUM_CLASSES
 
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -128,8 +172,7 @@ def _per_run(values: list, n: int, default, name: str) -> list:
     return list(values)
 
 
-class ImageFailed(Exception):
-    """One test image could not be read or segmented; S5 keeps its row empty and lists it."""
+ImageFailed = fields.FieldFailed  # one image could not be read or segmented: listed, its row stays empty
 
 
 class ImageSource:
@@ -169,9 +212,9 @@ class ImageSource:
         full = io.load_masks(full_path)[0] if full_path.is_file() else None
         if labels.shape != image.shape[:2]:
             labels = segmentation.resize_labels(labels, image.shape[:2])
-        return image, labels, full, None
+        return fields.Loaded(image, labels, full, None)
 
-    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def load(self, image_id: str) -> fields.Loaded:
         """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
         made here; None when S2 kept none), and the original image if read. S2's files when they are
         there and readable, else prepared from the original (a corrupt cache file is noted and made
@@ -198,11 +241,11 @@ class ImageSource:
         except Exception as e:  # noqa: BLE001
             raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
         self.n_segmented += 1
-        return f.image, f.cell, f.cell_full, original
+        return fields.Loaded(f.image, f.cell, f.cell_full, original)
 
 
 # the essential outputs besides SUBMISSION (the previous run's are removed before the new are written)
-_ESSENTIAL_EXTRAS = ("cell_predictions.csv", "s5_config.json", "s5_failures.csv")
+_ESSENTIAL_EXTRAS = ("cell_predictions.csv", "cells.csv", "images.csv", "s5_config.json", "s5_failures.csv")
 
 
 @dataclass
@@ -214,6 +257,7 @@ class Results:
     rows: list = field(default_factory=list)      # cell_predictions.csv
     failures: list = field(default_factory=list)  # s5_failures.csv
     overlays: list = field(default_factory=list)  # (ID, image, labels, ids, probs) of the first N_OVERLAYS
+    tables: cell_tables.CellTables | None = None  # cells.csv, images.csv, labels/, the report's pictures
     n_cells: int = 0
     n_dropped: int = 0                            # cells lost at the original size
 
@@ -221,28 +265,50 @@ class Results:
 def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
-    config.require_positive(cfg, "IMAGE_SIZE", step="S5")
+    config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
     out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
-    # IDs and sizes checked
-    sample = _load_sample(constants.resolve(cfg.COMPETITION_DIR) / "sample_submission.csv")
+    sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
-        return _run(cfg, sample, out_dir, t_start)
+        return _run(cfg, sample, found, out_dir, t_start)
 
 
-def _run(cfg, sample: pd.DataFrame, out_dir: Path, t_start: float) -> Path:
+def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:
+    """``(sample submission, None)``, or with IMAGES ``(None, (fields found, failures of discovery))``."""
+    if not cfg.IMAGES:
+        return _load_sample(constants.resolve(cfg.COMPETITION_DIR) / "sample_submission.csv"), None
+    try:
+        found = fields.discover(constants.resolve(cfg.IMAGES), list(cfg.CHANNEL_SUFFIXES))
+    except ValueError as e:
+        raise SystemExit(f"S5: --IMAGES {e}") from None
+    print(f"S5: --IMAGES: {len(found[0])} field(s) of view, {len(found[1])} unusable", flush=True)
+    return None, found
+
+
+def _own_sample(found: list, sizes: dict) -> pd.DataFrame:
+    """IMAGES' submission rows: every field that was read, in ID order, with its size."""
+    rows = [(f.image_id, sizes[f.image_id][1], sizes[f.image_id][0]) for f in found if f.image_id in sizes]
+    return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
+
+
+def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, out_dir: Path, t_start: float) -> Path:
     """Score the test images with every run, then write the outputs (essential ones first)."""
     predictors, weights = _predictors(cfg)
-    source = ImageSource(cfg)
+    source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg)
     n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(out_dir / "overlays")
     if n_stale:
         print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
     names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
-    res = Results(names, {n: {} for n in names})
-    todo = sample if not cfg.LIMIT else sample.head(int(cfg.LIMIT))
+    tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
+              if cfg.CELL_TABLES or cfg.REPORT else None)
+    res = Results(names, {n: {} for n in names}, failures=list(found[1]) if found else [], tables=tables)
+    todo = sample if found is None else pd.DataFrame({"ID": [f.image_id for f in found[0]],
+                                                      "ImageWidth": 0, "ImageHeight": 0})
+    todo = todo if not cfg.LIMIT else todo.head(int(cfg.LIMIT))
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         _predict_image(cfg, predictors, weights, source, row, res, overlay=k < cfg.N_OVERLAYS)
+    sample = sample if found is None else _own_sample(found[0], source.sizes)
     sub_path = out_dir / cfg.SUBMISSION
     disk_full = _write(cfg, sample, out_dir, sub_path, predictors, res)
 
@@ -256,8 +322,8 @@ def _run(cfg, sample: pd.DataFrame, out_dir: Path, t_start: float) -> Path:
               f"{out_dir / 's5_failures.csv'})" if res.failures else "0 images failed")
     print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
     if disk_full is not None:
-        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete; "
-                         "the optional outputs after it were not written")
+        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete (and the "
+                         "other essential outputs); the optional outputs after them were not written")
     if res.failures and cfg.FAIL_ON_ERRORS:
         raise SystemExit(3)
     return sub_path
@@ -279,64 +345,89 @@ def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     return predictors, weights
 
 
-def _predict_image(cfg, predictors: list, weights: list[float], source: ImageSource, row, res: Results,
+def _predict_image(cfg, predictors: list, weights: list[float], source, row, res: Results,
                    overlay: bool) -> None:
-    """Score the cells of one test image (a ``sample_submission`` row) and add its prediction strings,
-    cell rows and overlay to ``res``; an image that cannot be read or segmented is listed instead."""
-    image_id, width, height = str(row.ID), int(row.ImageWidth), int(row.ImageHeight)
+    """Score the cells of one test image (a ``sample_submission`` row; IMAGES: the size is the field's)
+    and add its prediction strings, cell rows, per-cell results and overlay to ``res``; an image that
+    cannot be read or segmented is listed instead."""
+    image_id = str(row.ID)
     try:
-        image, labels, labels_full, original = source.load(image_id)
+        got = source.load(image_id)
+        image, labels, labels_full, original = got[:4]
         if original is None and any(p.from_original for p in predictors):
             original = source.original(image_id)
     except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
         res.failures.append({"ID": image_id, "reason": str(e)})
         tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
         return
-    ids = cells.cell_ids(labels)
-    if not ids:  # no cells: the row stays, with an empty PredictionString
-        return
+    hw = got.hw or (int(row.ImageHeight), int(row.ImageWidth))
     # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
     # else the working map resized (a cell lost that way is dropped, counted)
-    masks = encoding.encode_label_map(fov.labels_at((height, width), labels, labels_full))
+    full = fov.labels_at(hw, labels, labels_full)
+    ids = cells.cell_ids(labels)
+    masks = encoding.encode_label_map(full) if ids else {}
     kept = [c for c in ids if c in masks]
     res.n_dropped += len(ids) - len(kept)
     ids = kept
-    if not ids:
-        return
+    ens = np.zeros((0, NUM_CLASSES))
+    if ids:
+        ens = _score_cells(cfg, predictors, weights, image, labels, ids, original, labels_full,
+                           got.region or labels.shape, [masks[c] for c in ids], image_id, res)
+    if res.tables is not None:
+        res.tables.add(image_id, hw, full, ids, ens, image, labels, got.region)
+    if overlay and ids:  # drawn after the essential outputs are written
+        res.overlays.append((image_id, image, labels, ids, ens))
+
+
+def _score_cells(cfg, predictors: list, weights: list[float], image, labels, ids, original, labels_full,
+                 region, cell_masks: list[str], image_id: str, res: Results) -> np.ndarray:
+    """The ensemble's probabilities of the cells ``ids``; adds their strings and cell rows to ``res``.
+    A cell touches the border when its box reaches the edge of ``region`` (the field's part of the
+    working map)."""
     boxes = cells.bounding_boxes(labels)
-    border = np.array([cells.touches_border(boxes[c], labels.shape) for c in ids])
+    border = np.array([cells.touches_border(boxes[c], region) for c in ids])
     cell_p, image_p = predict.score_runs(predictors, image, labels, ids, original, labels_full)
     variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border,
                                image_pred=cfg.IMAGE_PRED, multiply=cfg.MULTIPLY_IMAGE_PRED,
                                border_weight=cfg.BORDER_WEIGHT, comparisons=cfg.VARIANTS)
     ens = variants["ensemble"]
-    cell_masks = [masks[c] for c in ids]
     for name, probs in variants.items():
         res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
     for c, b, pr in zip(ids, border, ens):
         res.rows.append([image_id, c, int(b), *np.round(pr, 6)])
     res.n_cells += len(ids)
-    if overlay:  # drawn after the essential outputs are written
-        res.overlays.append((image_id, image, labels, ids, ens))
+    return ens
 
 
 def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors: list,
            res: Results) -> io.WriteError | None:
     """Remove the previous run's files, write the essential outputs (each complete or absent: a full disk
     stops S5 with the file's name), then the optional ones; returns the error that stopped those."""
-    overlay_dir = out_dir / "overlays"
+    overlay_dir, label_dir = out_dir / "overlays", out_dir / "labels"
     owned = ([sub_path.with_name(f"{sub_path.stem}_{n}.csv") for n in predict.COMPARISONS]
-             + sorted(overlay_dir.glob("*.png")) + [out_dir / n for n in _ESSENTIAL_EXTRAS])
+             + sorted(overlay_dir.glob("*.png")) + sorted(label_dir.glob("*.png"))
+             + [out_dir / n for n in (*_ESSENTIAL_EXTRAS, "report.html")])
     for path in owned:  # the previous run's files go first: the folder never mixes two runs
         path.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "report", ignore_errors=True)
     encoding.write_submission(res.strings["ensemble"], sample, sub_path)
     cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
     io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), out_dir / "cell_predictions.csv")
+    if cfg.CELL_TABLES:
+        io.atomic_to_csv(res.tables.cells_frame(), out_dir / "cells.csv")
+        io.atomic_to_csv(res.tables.images_frame(), out_dir / "images.csv")
     config.save(dict(cfg, RUNS_USED=[str(p.path) for p in predictors]), out_dir / "s5_config.json")
     io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), out_dir / "s5_failures.csv")
-    optional = [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
-                 lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
-                for name in res.names[1:]]
+    optional = [(label_dir / f"{image_id}.png", lambda path, b=png: io.atomic_write_bytes(path, b))
+                for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
+    if cfg.REPORT:
+        title = f"S5: {cfg.IMAGES or 'competition test set'}"
+        optional.append((out_dir / "report.html", lambda path: report.write_report(
+            path.parent, cell_tables.ReportFields(res.tables.report_fields), res.tables.cells_frame(),
+            res.failures, threshold=cfg.THRESHOLD, title=title)))
+    optional += [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
+                  lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
+                 for name in res.names[1:]]
     optional += [(overlay_dir / f"{image_id}.png",
                   lambda path, o=(image_id, image, labels, ids, ens): plots.plot_cell_overlay(
                       o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))

@@ -557,7 +557,8 @@ def test_s5_full_disk_writes_the_essential_outputs_first(e2e, tmp_path):
     comp, hpa = _copy_inputs(e2e, tmp_path)
     ref = tmp_path / "ref"
     S5.main(_s5_args(e2e, comp, hpa, ref, "--N_OVERLAYS", "3"))
-    essential = ["submission.csv", "cell_predictions.csv", "s5_config.json", "s5_failures.csv"]
+    essential = ["submission.csv", "cell_predictions.csv", "cells.csv", "images.csv", "s5_config.json",
+                 "s5_failures.csv"]
     pages = sum(-(-(ref / n).stat().st_size // 4096) for n in essential) + 2  # + the lock, a margin
     out, snap = tmp_path / "out", tmp_path / "snap"
     proc = tmpfs_run({out: pages * 4096}, _s5_cmd(e2e, comp, hpa, out, "--N_OVERLAYS", "3"), snapshot=snap,
@@ -566,7 +567,7 @@ def test_s5_full_disk_writes_the_essential_outputs_first(e2e, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"S5: cannot write {out}/") and "No space left on device" in last
     assert "submission.csv and cell_predictions.csv are complete" in last and "Traceback" not in proc.stderr
-    for name in ("submission.csv", "cell_predictions.csv"):
+    for name in ("submission.csv", "cell_predictions.csv", "cells.csv", "images.csv"):
         assert (snap / name).read_bytes() == (ref / name).read_bytes()
     assert not [p for p in snap.rglob("*") if p.name.endswith(".tmp")]
 

@@ -1,0 +1,119 @@
+"""Per-cell results a person can use: cells.csv, images.csv, label maps and the report's thumbnails.
+
+Gathered field by field (:meth:`CellTables.add`), written after every field was scored. Memory stays
+small: a field's original-size label map is held as its 16-bit PNG bytes and its report thumbnail
+as JPEG (picture) and PNG (labels) bytes, decoded again one field at a time when the report is
+written (:class:`ReportFields`).
+
+* ``cells.csv``: ``image, cell_id, x, y, area, touches_border, top_class, top_prob`` and one column
+  per class (``constants.CLASS_NAMES``), the ensemble's probabilities rounded to 6 decimals (as
+  cell_predictions.csv). ``x`` / ``y`` is the centroid (mean column / row of the cell's pixels) and
+  ``area`` its pixel count in the written label map; ``touches_border`` is read on that map.
+* ``labels/{ID}.png``: the original-size (H x W) uint16 label map holding exactly the cells of
+  ``cells.csv`` (any other id zeroed): Fiji and napari open it as labels.
+* ``images.csv``: ``image, width, height, n_cells`` and per class the fraction of the field's cells
+  whose probability is >= ``threshold`` (empty for a field without cells).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from common import cells, io, plots, report
+from common.constants import CLASS_NAMES
+from common.resize import resize_image, resize_labels
+
+CELL_COLUMNS = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob", *CLASS_NAMES]
+IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
+THUMB_JPEG_QUALITY = 90  # report thumbnails are held as JPEG bytes until the report is written
+
+
+def only(labels: np.ndarray, ids) -> np.ndarray:
+    """``labels`` as uint16 with every id not in ``ids`` set to 0."""
+    keep = np.isin(labels, np.asarray(list(ids), dtype=np.int64))
+    return np.where(keep, labels, 0).astype(np.uint16)
+
+
+def cell_rows(image_id: str, labels: np.ndarray, ids: list[int], probs: np.ndarray) -> list[list]:
+    """The cells.csv rows of one field: ``labels`` is the written (original-size) map, ``probs`` one row
+    per id of ``ids`` (all present in ``labels``)."""
+    geo = {r["cell_id"]: r for r in cells.cell_table(labels)}
+    rows = []  # rounded in the probabilities' own dtype and read back as written: cell_predictions' values
+    for c, p in zip(ids, np.round(np.asarray(probs), 6).astype(str).astype(np.float64)):
+        g, top = geo[int(c)], int(np.argmax(p))
+        rows.append([image_id, int(c), round(g["x"], 3), round(g["y"], 3), g["area"], int(g["border"]),
+                     CLASS_NAMES[top], float(p[top]), *p.tolist()])
+    return rows
+
+
+def image_row(image_id: str, hw: tuple[int, int], probs: np.ndarray, threshold: float) -> list:
+    """The images.csv row of one field (``probs``: one row per cell, rounded as in cells.csv)."""
+    probs = np.round(np.asarray(probs), 6).astype(str).astype(np.float64).reshape(-1, len(CLASS_NAMES))
+    frac = (probs >= threshold).mean(axis=0).tolist() if len(probs) else [np.nan] * len(CLASS_NAMES)
+    return [image_id, int(hw[1]), int(hw[0]), len(probs), *frac]
+
+
+def thumbnail(image: np.ndarray, labels: np.ndarray, hw: tuple[int, int], region: tuple[int, int],
+              thumb_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The report's picture (false colour RGB) and label map of a field: the working image and map cut
+    to ``region`` (the field's part), at the original's aspect ratio, longest side <= ``thumb_size``."""
+    h, w = int(hw[0]), int(hw[1])
+    scale = min(1.0, thumb_size / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    rgb = resize_image(plots.false_colour(image[: region[0], : region[1]]), size)
+    return rgb, resize_labels(labels[: region[0], : region[1]], size).astype(np.uint16)
+
+
+@dataclass
+class CellTables:
+    """What S5 gathers for cells.csv, images.csv, labels/ and the report (``maps`` / ``thumbs``: keep
+    the label-map PNGs / the report's thumbnails)."""
+
+    threshold: float
+    thumb_size: int
+    maps: bool
+    thumbs: bool
+    rows: list = field(default_factory=list)          # cells.csv
+    images: list = field(default_factory=list)        # images.csv
+    pngs: dict = field(default_factory=dict)          # {ID: 16-bit PNG bytes of labels/{ID}.png}
+    report_fields: list = field(default_factory=list)  # (ID, JPEG bytes, PNG bytes, (H, W))
+
+    def add(self, image_id: str, hw, full: np.ndarray, ids: list[int], probs: np.ndarray,
+            image: np.ndarray, labels: np.ndarray, region=None) -> None:
+        """One scored field: ``full`` its original-size map, ``ids`` / ``probs`` the cells scored (all in
+        ``full``), ``image`` / ``labels`` the working image and map, ``region`` the field's part of
+        them (None: all)."""
+        written = only(full, ids)
+        self.rows += cell_rows(image_id, written, ids, probs)
+        self.images.append(image_row(image_id, hw, probs, self.threshold))
+        if self.maps:
+            self.pngs[image_id] = io.encode_png(written)
+        if self.thumbs:
+            rgb, lab = thumbnail(image, only(labels, ids), hw, region or labels.shape[:2], self.thumb_size)
+            jpeg = io.encode_jpeg(rgb[..., ::-1], THUMB_JPEG_QUALITY)
+            self.report_fields.append((image_id, jpeg, io.encode_png(lab), (int(hw[0]), int(hw[1]))))
+
+    def cells_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=CELL_COLUMNS)
+
+    def images_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.images, columns=IMAGE_COLUMNS)
+
+
+class ReportFields(Sequence):
+    """The report's fields, each decoded into a ``report.ReportField`` only when it is read."""
+
+    def __init__(self, held: list):
+        self.held = list(held)
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        image_id, jpeg, png, hw = self.held[i]
+        return report.ReportField(image_id, io.decode_png(jpeg)[..., ::-1].copy(), io.decode_png(png), hw)
