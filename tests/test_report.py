@@ -204,3 +204,19 @@ def test_screenshot_tool_writes_a_png(built, browser, tmp_path):
     tool.main(["--REPORT_HTML", str(folder / "report.html"), "--OUT_PNG", str(png), "--WIDTH", "800",
                "--HEIGHT", "600"])
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_cells_and_failures_as_a_table(tmp_path):
+    """Every field failed or empty: the page still writes (no browser needed)."""
+    columns = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob",
+               *constants.CLASS_NAMES]
+    field = report.ReportField("empty", np.zeros((8, 12, 3), np.uint8), np.zeros((8, 12), np.uint16),
+                               (32, 48))
+    page = report.write_report(tmp_path, [field], pd.DataFrame(columns=columns),
+                               pd.DataFrame({"ID": ["a"], "reason": ["no cells"]}), threshold=0.5, title="")
+    text = page.read_text()
+    assert "<b>a</b>: no cells" in text and "class='cell" not in text
+    assert report.read_model(tmp_path)["failures"] == [["a", "no cells"]]
+    with pytest.raises(ValueError, match="neither PNG nor JPEG"):
+        report.write_report(tmp_path, [report.ReportField("x", b"GIF89a", np.zeros((8, 8)), (8, 8))],
+                            pd.DataFrame(columns=columns), [], threshold=0.5, title="")
