@@ -5,7 +5,10 @@ Reads a submission (ID,ImageWidth,ImageHeight,PredictionString) and the per-cell
 common/metric.py), prints a per-class AP table and ends with exactly two lines
 ``mAP_strict=<x>`` and ``mAP_lenient=<x>``. Beside the submission it writes
 ``<stem>_scores.csv``, ``<stem>_ap.png`` (per-class AP bars), ``<stem>_pr.png`` (lenient
-precision-recall envelopes) and ``<stem>_eval_config.json``.
+precision-recall envelopes) and ``<stem>_eval_config.json``. ``--REPORT`` re-renders S5's
+``report.html`` (beside SUBMISSION, from its ``report/data.json`` and ``labels/``) with the
+per-class AP table, each cell's true labels and a gallery of the most confident mistakes per
+class (``common.report_truth``).
 
 ``--MAKE truth`` first writes ``submission_truth.csv`` (beside SUBMISSION) from the truth: each
 true cell with its true labels at confidence 1 (must score 1.0). ``--MAKE broadcast`` writes
@@ -32,6 +35,8 @@ N_BOOT = 1000  # bootstrap resamples of the test images for that interval
 LEVEL = 0.95  # coverage of the interval
 # ---------------------------------------------------------------------------- output
 PLOTS = True  # write <stem>_ap.png and <stem>_pr.png beside the submission
+REPORT = False  # re-render S5's report.html (beside SUBMISSION) with per-class AP and confident mistakes
+REPORT_MISTAKES = 8  # cells per class in the report's gallery of the most confident mistakes
 
 import sys
 from pathlib import Path
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, io, lock, metric
+from common import config, constants, encoding, io, lock, metric, report_truth
 from common.io import atomic_to_csv
 
 _MAKE_CHOICES = ("", "truth", "broadcast")
@@ -123,6 +128,13 @@ def _evaluate(cfg, sub_path: Path) -> dict:
                             f"{stem}_ap.png", title=f"per-class AP: {sub_path.name}")
         plots.plot_pr_curves(lenient["pr"], f"{stem}_pr.png",
                              title=f"precision-recall (lenient): {sub_path.name}")
+    if cfg.REPORT:
+        maps = {"strict": strict["mAP"], "lenient": lenient["mAP"]}
+        try:
+            page = report_truth.add_truth(sub_path.parent, table, maps, truth, cfg.IOU, cfg.REPORT_MISTAKES)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"S6 --REPORT: {e}") from None
+        print(f"wrote {page} (with the truth)")
     if matched["ignored"]:
         print(f"note: {len(matched['ignored'])} submission row(s) have no truth and were ignored: "
               f"{_first(matched['ignored'])}")
