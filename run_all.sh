@@ -58,8 +58,8 @@ if [ "$MODE" = demo ]; then
   # Demo constants: small CNNs from scratch (no download), CPU-sized: pipeline 1 sees the masked
   # 512-px image at 128 px, pipeline 2 sees 64-px cell crops. Submission = cell x image prediction.
   # Pipeline 1 learns little here after 3 epochs, so its CPU time goes to pipeline 2 (16 epochs), and
-  # S5 reads each run's last epoch: a 32-image validation fold picks best.pth by noise (README,
-  # "Beyond the original"; issue 16).
+  # S5 reads each run's last epoch: a 32-image validation fold picks best.pth by noise
+  # (docs/EXPERIMENTS.md).
   S3_ARGS=(--MODEL_NAME resnet18 --PRETRAINED false --IMAGE_SIZE 128 --EPOCHS 3 --BATCH_SIZE 16
            --LR 1e-3 --WARMUP_EPOCHS 1 --NUM_WORKERS 0 --LOSS bce --RUN_NAME demo_p1)
   S41_ARGS=(--CELL_SIZE 64 --NUM_WORKERS 2)

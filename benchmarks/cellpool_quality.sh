@@ -7,7 +7,7 @@
 #   SEED=11 N_TRAIN=320 N_TEST=64 bash benchmarks/cellpool_quality.sh
 #   SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh     # skip the S4.2 run of today's-teacher self-training
 #   ST_CP=0 ...                                          # skip the cell-pool-teacher rows (and the p2f1 control)
-#   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # README's seed 23
+#   WORK=/tmp/cq23 SEED=23 N_TEST=128 STRIDES=8 SELF_TRAIN=0 bash benchmarks/cellpool_quality.sh  # docs/EXPERIMENTS.md's seed 23
 #   WORK=/tmp/cq41 SEED=41 N_TEST=128 STRIDES=8 SELF_TRAIN=0 CKPT=last.pth bash benchmarks/cellpool_quality.sh  # seed 41
 #   WORK=/tmp/cq53 SEED=53 N_TEST=256 ST_CP=0 SELF_TRAIN=0 CKPT=last.pth bash benchmarks/cellpool_quality.sh   # seed 53
 #

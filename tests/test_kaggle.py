@@ -293,7 +293,7 @@ def test_no_albumentations_update_check(script):
 
 # ----------------------------------------------------------------------------- the generator
 COMP = "hpa-single-cell-image-classification"
-ATTACH = {  # what each notebook reads (README, Kaggle notebooks)
+ATTACH = {  # what each notebook reads (README, Kaggle, step by step)
     "S2_data_process.py": [COMP, "hpa-seg"],
     "S3_train_pipeline1.py": ["hpa-512", "timm-weights"],
     "S4.1_crop_cells.py": ["hpa-512", COMP],

@@ -37,7 +37,7 @@ def main(argv=None) -> list[Path]:
             continue
         if not src.is_file():
             raise SystemExit(f"{src}: missing. Download it from https://zenodo.org/record/4665863 "
-                             f"into {folder} (see README, 'Official HPA segmentation').")
+                             f"into {folder} (see docs/SEGMENTATION.md).")
         out = convert_to_safetensors(src, dst, kind=kind)
         if cfg.VERIFY:
             a, info = load_state_dict_file(src, kind)

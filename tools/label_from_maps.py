@@ -14,7 +14,7 @@ For maps made elsewhere (another GPU job, an exported model). Bad input is refus
 """
 # ---------------------------------------------------------------------------- post-processing
 LABEL_AT = "original"   # original (the official label_cell, the default path) | working (fast, not the truth)
-CORRECTED = False       # True: the "meant" behaviour instead of the official quirks (README)
+CORRECTED = False       # True: the "meant" behaviour instead of the official quirks (docs/SEGMENTATION.md)
 
 import sys
 from pathlib import Path

@@ -62,7 +62,7 @@ DATASETS = {
     "hpa-runs": ("trained runs: the S3 / S4.2 notebooks' outputs, downloaded and packed with `python "
                  "tools/pack_runs.py <runs> --OUT packed_runs --DATASET_ID <you>/hpa-runs`, then `kaggle "
                  "datasets create -p packed_runs`"),
-    "hpa-seg": "the official HPA segmentation weights (README, Official HPA segmentation)",
+    "hpa-seg": "the official HPA segmentation weights (docs/SEGMENTATION.md)",
 }
 # Per script: the datasets that are optional, the Kaggle values of constants other than the default
 # mapping (input/<name> -> /kaggle/input/<name>, output -> /kaggle/working; "working" and "input/<name>"

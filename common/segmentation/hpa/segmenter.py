@@ -140,7 +140,7 @@ class HPASegmenter:
             if not available(weights_dir):
                 raise FileNotFoundError(
                     f"HPA segmentation weights not found in {weights_dir}: need dpn_unet_nuclei_v1 and "
-                    "dpn_unet_cell_3ch_v1 (.safetensors or .pth); see README 'Official HPA segmentation'")
+                    "dpn_unet_cell_3ch_v1 (.safetensors or .pth); see docs/SEGMENTATION.md")
             models = (load_hpa_model(weights_dir, "nuclei", self.device),
                       load_hpa_model(weights_dir, "cell", self.device))
         self.nuclei_model, self.cell_model = (m.to(self.device).eval() for m in models)
