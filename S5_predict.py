@@ -421,10 +421,7 @@ def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors:
     optional = [(label_dir / f"{image_id}.png", lambda path, b=png: io.atomic_write_bytes(path, b))
                 for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
     if cfg.REPORT:
-        title = f"S5: {cfg.IMAGES or 'competition test set'}"
-        optional.append((out_dir / "report.html", lambda path: report.write_report(
-            path.parent, cell_tables.ReportFields(res.tables.report_fields), res.tables.cells_frame(),
-            res.failures, threshold=cfg.THRESHOLD, title=title)))
+        optional.append((out_dir / "report.html", lambda path: _write_report(cfg, res, path)))
     optional += [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
                   lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
                  for name in res.names[1:]]
@@ -433,6 +430,19 @@ def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors:
                       o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))
                  for image_id, image, labels, ids, ens in res.overlays]
     return _write_optional(optional)
+
+
+def _write_report(cfg, res: Results, path: Path) -> None:
+    """report.html beside the submission, with the time it took and its size on disk."""
+    t0 = time.time()
+    title = f"S5: {cfg.IMAGES or 'competition test set'}"
+    fields = cell_tables.ReportFields(res.tables.report_fields)
+    report.write_report(path.parent, fields, res.tables.cells_frame(), res.failures, threshold=cfg.THRESHOLD,
+                        title=title)
+    pictures = [f for f in (path.parent / "report").rglob("*") if f.is_file()]
+    size = path.stat().st_size + sum(f.stat().st_size for f in pictures)
+    print(f"S5: wrote {path} ({len(fields)} fields, {size / 2**20:.1f} MB with report/) in "
+          f"{time.time() - t0:.1f} s: open it in a browser", flush=True)
 
 
 def _write_optional(outputs: list) -> io.WriteError | None:
