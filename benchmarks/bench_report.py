@@ -1,10 +1,11 @@
 """Benchmark of report.html: ``report.write_report`` on synthetic fields.
 
-Makes synthetic fields (THUMB-px false-colour thumbnails, ~CELLS_PER_IMAGE disc cells each, random
-probabilities) for each size in N_IMAGES (32: the demo set; 559: the competition's test set), times
-``write_report`` (thumbnails handed as arrays, encoded as JPEG by the report) and prints one table
-row per size: images, cells, seconds, MB on disk of report.html + report/. Target: < 60 s for 559
-images on 2 CPU cores.
+Makes synthetic fields (ORIGINAL-px label maps with ~CELLS_PER_IMAGE disc cells, a 512-px working
+image, random probabilities) for each size in N_IMAGES (32: the demo set; 559: the competition's test
+set) and times what S5 adds to the scoring, as S5 does it: per field ``cell_tables.CellTables.add``
+(cells.csv rows, the label map's PNG, the report's thumbnail), then the label maps written and
+``write_report``. Prints one row per size: images, cells, seconds of each part and in all, MB on
+disk of report.html + report/ and of labels/. Target: < 60 s for 559 images on 2 CPU cores.
 
     python benchmarks/bench_report.py
     python benchmarks/bench_report.py --N_IMAGES 559 --BENCH_DIR /tmp/report559
@@ -13,6 +14,7 @@ images on 2 CPU cores.
 N_IMAGES = [32, 559]         # fields per run (the demo set, the test set)
 CELLS_PER_IMAGE = 22         # disc cells drawn per field (some overlap and merge)
 THUMB = 512                  # thumbnail side (px)
+WORK = 512                   # working image side (S2/S5 IMAGE_SIZE)
 ORIGINAL = 2048              # side of the (pretended) originals
 SEED = 0
 # ---------------------------------------------------------------------------- output
@@ -27,47 +29,46 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
-import pandas as pd
 
-from common import config, constants, report
+from common import cell_tables, config, constants, io, report
+from common.resize import resize_labels
 
 
-def synthetic_field(rng, image_id: str, n_cells: int, thumb: int, original: int):
-    """A ReportField with disc cells and the cells.csv rows of its cells."""
-    labels = np.zeros((thumb, thumb), np.uint16)
-    img = np.zeros((thumb, thumb, 3), np.uint8)
+def synthetic_field(rng, n_cells: int, work: int, original: int):
+    """(original-size label map, working image, working label map, cell ids, probabilities)."""
+    full = np.zeros((original, original), np.uint16)
     for c in range(1, n_cells + 1):
-        x, y, r = (int(v) for v in (*rng.integers(20, thumb - 20, 2), rng.integers(12, 40)))
-        cv2.circle(labels, (x, y), r, c, -1)
-        cv2.circle(img, (x, y), r, tuple(int(v) for v in rng.integers(40, 255, 3)), -1)
-    ids = [c for c in np.unique(labels).tolist() if c]
-    p = rng.random((len(ids), constants.NUM_CLASSES)) ** 3
-    s = original / thumb
-    ys, xs = [np.array(v) for v in zip(*[np.argwhere(labels == c).mean(0) for c in ids])]
-    names = constants.CLASS_NAMES
-    rows = pd.DataFrame({"image": image_id, "cell_id": ids, "x": xs * s, "y": ys * s,
-                         "area": [int((labels == c).sum() * s * s) for c in ids], "touches_border": False,
-                         "top_class": [names[j] for j in p.argmax(1)], "top_prob": p.max(1)})
-    rows = pd.concat([rows, pd.DataFrame(p, columns=list(constants.CLASS_NAMES))], axis=1)
-    return report.ReportField(image_id, img, labels, (original, original)), rows
+        x, y = (int(v) for v in rng.integers(80, original - 80, 2))
+        cv2.circle(full, (x, y), int(rng.integers(50, 160)), c, -1)
+    ids = [c for c in np.unique(full).tolist() if c]
+    labels = resize_labels(full, (work, work))
+    ids = [c for c in ids if (labels == c).any()]
+    image = rng.integers(0, 255, (work, work, 4), dtype=np.uint8)
+    return full, image, labels, ids, rng.random((len(ids), constants.NUM_CLASSES)) ** 3
 
 
-def disk_mb(folder: Path) -> float:
-    files = [folder / "report.html", *(folder / report.REPORT_DIR).rglob("*")]
-    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
+def disk_mb(paths) -> float:
+    return sum(f.stat().st_size for f in paths if f.is_file()) / 2**20
 
 
 def bench(n: int, cfg, folder: Path) -> dict:
     rng = np.random.default_rng(cfg.SEED)
-    made = [synthetic_field(rng, f"img{i:04d}", cfg.CELLS_PER_IMAGE, cfg.THUMB, cfg.ORIGINAL)
-            for i in range(n)]
-    fields, cells = [m[0] for m in made], pd.concat([m[1] for m in made], ignore_index=True)
+    made = [synthetic_field(rng, cfg.CELLS_PER_IMAGE, cfg.WORK, cfg.ORIGINAL) for _ in range(n)]
+    tables = cell_tables.CellTables(threshold=0.5, thumb_size=cfg.THUMB, maps=True, thumbs=True)
     t0 = time.perf_counter()
-    report.write_report(folder, fields, cells, [("bad0001", "unreadable")], threshold=0.5,
-                        title=f"bench {n}")
-    seconds = time.perf_counter() - t0
-    return {"images": n, "cells": len(cells), "seconds": seconds, "MB": disk_mb(folder),
-            "html_MB": (folder / "report.html").stat().st_size / 2**20}
+    for i, (full, image, labels, ids, probs) in enumerate(made):
+        tables.add(f"img{i:04d}", full.shape, full, ids, probs, image, labels)
+    t1 = time.perf_counter()
+    for image_id, png in tables.pngs.items():
+        io.atomic_write_bytes(folder / "labels" / f"{image_id}.png", png)
+    t2 = time.perf_counter()
+    report.write_report(folder, cell_tables.ReportFields(tables.report_fields), tables.cells_frame(),
+                        [("bad0001", "unreadable")], threshold=0.5, title=f"bench {n}")
+    t3 = time.perf_counter()
+    pages = [folder / "report.html", *(folder / report.REPORT_DIR).rglob("*")]
+    return {"images": n, "cells": len(tables.rows), "gather": t1 - t0, "labels": t2 - t1, "report": t3 - t2,
+            "total": t3 - t0, "MB": disk_mb(pages),
+            "labels_MB": disk_mb((folder / "labels").glob("*.png"))}
 
 
 def main(argv=None):
@@ -78,9 +79,12 @@ def main(argv=None):
     finally:
         if not cfg.BENCH_DIR:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"{'images':>6} {'cells':>7} {'seconds':>8} {'MB':>7} {'html MB':>8}")
+    print("| images | cells | gather in S5's loop (s) | labels/ written (s) | report written (s) | total (s) "
+          "| report MB | labels/ MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"{r['images']:>6} {r['cells']:>7} {r['seconds']:>8.2f} {r['MB']:>7.1f} {r['html_MB']:>8.1f}")
+        print(f"| {r['images']} | {r['cells']} | {r['gather']:.1f} | {r['labels']:.1f} | {r['report']:.1f} "
+              f"| {r['total']:.1f} | {r['MB']:.1f} | {r['labels_MB']:.1f} |")
     return rows
 
 

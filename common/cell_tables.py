@@ -33,8 +33,10 @@ THUMB_JPEG_QUALITY = 90  # report thumbnails are held as JPEG bytes until the re
 
 def only(labels: np.ndarray, ids) -> np.ndarray:
     """``labels`` as uint16 with every id not in ``ids`` set to 0."""
-    keep = np.isin(labels, np.asarray(list(ids), dtype=np.int64))
-    return np.where(keep, labels, 0).astype(np.uint16)
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.uint16)  # id -> id if kept, else 0: one lookup
+    kept = [int(c) for c in ids if 0 < int(c) < lut.size]
+    lut[kept] = kept
+    return lut[labels]
 
 
 def cell_rows(image_id: str, labels: np.ndarray, ids: list[int], probs: np.ndarray) -> list[list]:
@@ -116,4 +118,4 @@ class ReportFields(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         image_id, jpeg, png, hw = self.held[i]
-        return report.ReportField(image_id, io.decode_png(jpeg)[..., ::-1].copy(), io.decode_png(png), hw)
+        return report.ReportField(image_id, jpeg, io.decode_png(png), hw)  # the JPEG as it is, no re-encoding

@@ -75,15 +75,14 @@ def cell_table(labels: np.ndarray) -> list[dict]:
     boxes = bounding_boxes(labels)
     if not boxes:
         return []
-    ids = np.fromiter(boxes, dtype=np.int64)
-    flat = labels.ravel().astype(np.int64, copy=False)
-    n = int(ids.max()) + 1
-    areas = np.bincount(flat, minlength=n)
-    rows, cols = np.divmod(np.arange(flat.size, dtype=np.int64), labels.shape[1])
-    sum_x, sum_y = np.bincount(flat, cols, minlength=n), np.bincount(flat, rows, minlength=n)
-    return [dict(cell_id=c, x0=b[0], y0=b[1], x1=b[2], y1=b[3], area=int(areas[c]),
-                 border=touches_border(b, labels.shape), x=float(sum_x[c] / areas[c]),
-                 y=float(sum_y[c] / areas[c])) for c, b in boxes.items()]
+    rows = []
+    for c, b in boxes.items():  # each cell's own box: a few cells of a large map cost little
+        ys, xs = np.nonzero(labels[b[1]:b[3], b[0]:b[2]] == c)
+        n = int(ys.size)  # centroid: the exact integer sums, one division
+        rows.append(dict(cell_id=c, x0=b[0], y0=b[1], x1=b[2], y1=b[3], area=n,
+                         border=touches_border(b, labels.shape), x=(int(xs.sum()) + b[0] * n) / n,
+                         y=(int(ys.sum()) + b[1] * n) / n))
+    return rows
 
 
 # ----------------------------------------------------------------------------- the window
