@@ -43,7 +43,10 @@ def synthetic_field(rng, n_cells: int, work: int, original: int):
     ids = [c for c in np.unique(full).tolist() if c]
     labels = resize_labels(full, (work, work))
     ids = [c for c in ids if (labels == c).any()]
-    image = rng.integers(0, 255, (work, work, 4), dtype=np.uint8)
+    colours = rng.integers(20, 230, (int(labels.max()) + 1, 4), dtype=np.uint8)  # each cell a flat colour,
+    colours[0] = 0                                                                 # with mild noise: a JPEG
+    noise = rng.integers(0, 24, (work, work, 4), dtype=np.uint8)                 # of it weighs about as
+    image = np.clip(colours[labels].astype(np.int16) + noise, 0, 255).astype(np.uint8)  # much as a real one
     return full, image, labels, ids, rng.random((len(ids), constants.NUM_CLASSES)) ** 3
 
 
