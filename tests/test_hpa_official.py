@@ -103,7 +103,7 @@ def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
                                 SEG_AT="auto")
     source = S5.ImageSource(cfg)
     source._segmenter = stand_in_segmenter(ref)
-    image, labels, labels_full, _ = source.load("fov1")
+    image, labels, labels_full = source.load("fov1")[:3]
     assert image.shape == (512, 512, 4) and labels.shape == (512, 512) and source.n_segmented == 1
     check(ref, labels_full, None)  # S5 keeps the cells only
     # what S5 encodes into the submission: the cells exactly as labelled at the original size
