@@ -28,7 +28,6 @@ from common.resize import resize_image, resize_labels
 
 CELL_COLUMNS = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob", *CLASS_NAMES]
 IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
-THUMB_JPEG_QUALITY = 90  # report thumbnails are held as JPEG bytes until the report is written
 
 
 def only(labels: np.ndarray, ids) -> np.ndarray:
@@ -39,12 +38,18 @@ def only(labels: np.ndarray, ids) -> np.ndarray:
     return lut[labels]
 
 
+def as_written(probs: np.ndarray) -> np.ndarray:
+    """Probabilities rounded to 6 decimals in their own dtype and read back as written: the values of
+    cell_predictions.csv (one row per cell)."""
+    return np.round(np.asarray(probs), 6).astype(str).astype(np.float64).reshape(-1, len(CLASS_NAMES))
+
+
 def cell_rows(image_id: str, labels: np.ndarray, ids: list[int], probs: np.ndarray) -> list[list]:
-    """The cells.csv rows of one field: ``labels`` is the written (original-size) map, ``probs`` one row
-    per id of ``ids`` (all present in ``labels``)."""
+    """The cells.csv rows of one field: ``labels`` is the written (original-size) map, ``probs``
+    (:func:`as_written`) one row per id of ``ids`` (all present in ``labels``)."""
     geo = {r["cell_id"]: r for r in cells.cell_table(labels)}
-    rows = []  # rounded in the probabilities' own dtype and read back as written: cell_predictions' values
-    for c, p in zip(ids, np.round(np.asarray(probs), 6).astype(str).astype(np.float64)):
+    rows = []
+    for c, p in zip(ids, probs):
         g, top = geo[int(c)], int(np.argmax(p))
         rows.append([image_id, int(c), round(g["x"], 3), round(g["y"], 3), g["area"], int(g["border"]),
                      CLASS_NAMES[top], float(p[top]), *p.tolist()])
@@ -52,8 +57,7 @@ def cell_rows(image_id: str, labels: np.ndarray, ids: list[int], probs: np.ndarr
 
 
 def image_row(image_id: str, hw: tuple[int, int], probs: np.ndarray, threshold: float) -> list:
-    """The images.csv row of one field (``probs``: one row per cell, rounded as in cells.csv)."""
-    probs = np.round(np.asarray(probs), 6).astype(str).astype(np.float64).reshape(-1, len(CLASS_NAMES))
+    """The images.csv row of one field (``probs``: :func:`as_written`, one row per cell)."""
     frac = (probs >= threshold).mean(axis=0).tolist() if len(probs) else [np.nan] * len(CLASS_NAMES)
     return [image_id, int(hw[1]), int(hw[0]), len(probs), *frac]
 
@@ -88,14 +92,14 @@ class CellTables:
         """One scored field: ``full`` its original-size map, ``ids`` / ``probs`` the cells scored (all in
         ``full``), ``image`` / ``labels`` the working image and map, ``region`` the field's part of
         them (None: all)."""
-        written = only(full, ids)
+        written, probs = only(full, ids), as_written(probs)
         self.rows += cell_rows(image_id, written, ids, probs)
         self.images.append(image_row(image_id, hw, probs, self.threshold))
         if self.maps:
             self.pngs[image_id] = io.encode_png(written)
         if self.thumbs:
             rgb, lab = thumbnail(image, only(labels, ids), hw, region or labels.shape[:2], self.thumb_size)
-            jpeg = io.encode_jpeg(rgb[..., ::-1], THUMB_JPEG_QUALITY)
+            jpeg = io.encode_jpeg(rgb[..., ::-1], report.JPEG_QUALITY)
             self.report_fields.append((image_id, jpeg, io.encode_png(lab), (int(hw[0]), int(hw[1]))))
 
     def cells_frame(self) -> pd.DataFrame:

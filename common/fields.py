@@ -172,15 +172,7 @@ def _channels(f: Field, planes: list[int]) -> list[np.ndarray]:
             raise io.ImageReadError(f"{f.files[0].name}: {len(stack)} plane(s) of {stack.shape[1]} x "
                                     f"{stack.shape[2]}; TIFF_PLANES asks for planes {list(planes)}")
         return [stack[p] for p in planes]
-    out = []
-    for path in f.files:
-        arr = io.read_array(path)
-        if arr.ndim == 3 and arr.shape[2] in (3, 4):  # an RGB(A)-saved channel: its brightest plane
-            arr = arr.max(axis=2)
-        if arr.ndim != 2:
-            raise io.ImageReadError(f"{path.name}: expected a 2-D grayscale image, got shape {arr.shape}")
-        out.append(arr)
-    return out
+    return [io.read_gray(path) for path in f.files]
 
 
 def read_field(f: Field, planes: list[int], rescale: list[float] | None) -> np.ndarray:

@@ -350,14 +350,21 @@ def decode_png(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def read_channel(path: str | Path) -> np.ndarray:
-    """One grayscale channel file (PNG 8/16-bit, JPG, TIF, TIF.GZ) as a 2-D uint8 array."""
+def read_gray(path: str | Path) -> np.ndarray:
+    """One grayscale channel file as a 2-D array, dtype unchanged (8/16-bit, float)."""
     path = Path(path)
     arr = read_array(path)
     if arr.ndim == 3:  # RGB(A) saved channel (some external JPGs): take the brightest plane
         arr = arr.max(axis=2) if arr.shape[2] in (3, 4) else arr[..., 0]
     if arr.ndim != 2:
         raise ImageReadError(f"{path}: expected a 2-D grayscale image, got shape {arr.shape}")
+    return arr
+
+
+def read_channel(path: str | Path) -> np.ndarray:
+    """One grayscale channel file (PNG 8/16-bit, JPG, TIF, TIF.GZ) as a 2-D uint8 array."""
+    path = Path(path)
+    arr = read_gray(path)
     try:
         return to_uint8(arr)
     except ImageReadError as e:

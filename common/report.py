@@ -35,7 +35,7 @@ from common.constants import CLASS_NAMES, NUM_CLASSES
 
 REPORT_DIR = "report"          # the page's pictures and data, beside report.html
 DATA_FILE = "data.json"        # what the page shows (S6 re-renders from it)
-JPEG_QUALITY = 85              # thumbnails handed as arrays
+JPEG_QUALITY = 90              # thumbnails (encoded here, or by S5 while it holds them)
 OUTLINE_EPS = 1.0              # approxPolyDP tolerance of the outlines (thumbnail pixels)
 DIGITS = 4                     # decimals of the probabilities kept for the page (cells.csv's "%.4f")
 _PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8"
@@ -123,11 +123,7 @@ def _encoded(thumb, shape: tuple, image_id: str) -> tuple[bytes, str]:
     if thumb.shape != (*shape, 3) or thumb.dtype != np.uint8:
         raise ValueError(f"report: thumbnail of {image_id} is {thumb.shape} {thumb.dtype}; "
                          f"expected {(*shape, 3)} uint8 (the label map's size)")
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise OSError(f"report: cannot encode the thumbnail of {image_id}")
-    return buf.tobytes(), ".jpg"
+    return io.encode_jpeg(thumb[..., ::-1], JPEG_QUALITY), ".jpg"
 
 
 def _outline(mask: np.ndarray, x0: int, y0: int) -> str:
