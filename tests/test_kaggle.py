@@ -389,6 +389,27 @@ def test_a_missing_dataset_is_named_in_kaggle_mode_with_what_is_attached(tmp_pat
     assert msg == f"{csv}: not found (run S2 first: python S2_data_process.py)"
 
 
+@pytest.mark.slow
+def test_a_stop_in_a_notebook_is_its_one_line(tmp_path, monkeypatch):
+    """S4.1's notebook with nothing attached: the last cell shows the step's line (the dataset to attach),
+    no traceback and no IPython "To exit" warning; Run all ends there."""
+    import nbclient
+
+    root = tmp_path / "kaggle"
+    _kaggle_tree(root, ["hpa512"])
+    monkeypatch.setenv("KAGGLE_ROOT", str(root))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("KAGGLE", raising=False)
+    nb = make_notebook.make_notebook("S4.1_crop_cells.py", [])
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        _execute(nb, tmp_path)
+    error = next(o for o in nb.cells[-1].outputs if o.output_type == "error")
+    assert len(error.traceback) == 1 and error.traceback[0].startswith(
+        f"stopped: {root / 'input' / 'hpa-512' / 'train_all.csv'}: not found: attach the dataset `hpa-512`")
+    assert "`hpa512` looks like it" in error.traceback[0]
+    assert "To exit" not in _outputs(nb) and "IProgress" not in _outputs(nb)
+
+
 # ----------------------------------------------------------------------------- the generator
 ATTACH = {  # what each notebook reads (README, Kaggle, step by step)
     "S2_data_process.py": [COMP, "hpa-seg"],
