@@ -89,8 +89,9 @@ def list_images(data_dir: Path, external: bool = True) -> tuple[pd.DataFrame, pd
         s = io.read_id_table(data_dir / "sample_submission.csv", ["ID"])
         test = pd.DataFrame({"ID": s["ID"], "folder": str(data_dir / "test")})
     if train.empty and test.empty:
-        raise SystemExit(f"{data_dir}: found neither train.csv nor sample_submission.csv "
-                         "(run S0_make_demo_data.py for demo data, or download the competition data)")
+        raise SystemExit(constants.missing_input(
+            f"{data_dir}: train.csv and sample_submission.csv", "hpa-single-cell-image-classification",
+            "run S0_make_demo_data.py for demo data, or download the competition data"))
     return train, test
 
 
@@ -256,7 +257,14 @@ def main(argv=None):
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
 
+    if seg_name == "hpa" and not why and not segmentation.hpa.available(seg_dir):  # named, not auto
+        raise SystemExit(constants.missing_input(f"S2: --SEGMENTER hpa: {seg_dir}: the HPA weights",
+                                                 "hpa-seg", "docs/SEGMENTATION.md says where to get them"))
     train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
+    if len(train) >= cfg.N_FOLDS:  # the folds (at the end) need iterstrat: checked before the first image
+        missing = constants.missing_package("iterstrat", "S2: the folds (MultilabelStratifiedKFold)")
+        if missing:
+            raise SystemExit(missing)
     tag = f"shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""  # shards write disjoint images
     with lock.hold(out_dir, "S2", tag):  # one writer (per shard) for the whole run
         return _run(cfg, data_dir, out_dir, seg_dir, seg_name, seg_at, shard, train, test)

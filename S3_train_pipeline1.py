@@ -120,6 +120,8 @@ def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
                        recipe_table=recipes.table("S3"), renamed=_RENAMED, removed=_REMOVED)
     cfg["PIPELINE"] = _PIPELINE
+    s2 = config.saved_s2(constants.resolve(cfg["HPA512_DIR"]))  # S5 segments unseen test images at this size
+    cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
     config.require_positive(cfg, "IMAGE_SIZE", step="S3")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
     if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
@@ -132,7 +134,7 @@ def main(argv=None):
     data_dir = constants.resolve(cfg["HPA512_DIR"])
     csv = data_dir / cfg["TRAIN_CSV"]
     if not csv.is_file():
-        raise SystemExit(f"{csv}: not found (run S2 first)")
+        raise SystemExit(constants.missing_input(csv, "hpa-512", "run S2 first: python S2_data_process.py"))
     df = io.read_id_table(csv, ("ID", "Label"))  # IDs as strings: an image "NA" stays "NA"
     if cfg["MAX_IMAGES"] > 0:
         df = df.iloc[: cfg["MAX_IMAGES"]]

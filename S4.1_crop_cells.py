@@ -54,7 +54,8 @@ def main(argv=None):
     hpa = constants.resolve(cfg.HPA512_DIR)
     train_csv = constants.resolve(cfg.TRAIN_CSV)
     if not train_csv.is_file():
-        raise SystemExit(f"{train_csv}: not found (run S2 first)")
+        raise SystemExit(constants.missing_input(train_csv, "hpa-512",
+                                                 "run S2 first: python S2_data_process.py"))
     df = io.read_id_table(train_csv, ["ID"])  # IDs name the crop files: plain names only
     try:
         i, n = parallel.parse_shard(cfg.SHARD)
@@ -63,6 +64,30 @@ def main(argv=None):
     tag = f"cells_{cfg.CELL_SIZE}" + (f".shard{i}of{n}" if n > 1 else "")  # shards: disjoint images
     with lock.hold(cells, "S4.1", tag):  # one writer of these crops for the whole run
         return _run(cfg, hpa, cells, df, (i, n))
+
+
+def _originals(cfg, tasks: list[dict]) -> None:
+    """Where the crops come from, said before any image: with FROM_ORIGINAL and no original image at all
+    (no competition data), from S2's 512-px copies, with a warning, and FROM_ORIGINAL recorded false in
+    cells_<S>.json (S4.2 and S5 then crop the same way); a few images without their original too."""
+    if not cfg.FROM_ORIGINAL or not tasks:
+        return
+    found = sum(io.channel_path(t["original_dir"], t["image_id"], "red").is_file() for t in tasks)
+    if found == len(tasks):
+        print(f"S4.1: cropping from the original images ({found} found)", flush=True)
+        return
+    if found:
+        print(f"S4.1: warning: {len(tasks) - found} of {len(tasks)} images have no original image: those are "
+              "cropped from S2's resized copies in HPA512_DIR", flush=True)
+        return
+    cfg.FROM_ORIGINAL = False
+    for t in tasks:
+        t["original_dir"] = ""
+    where = constants.missing_input(f"the original images ({constants.resolve(cfg.COMP_TRAIN_DIR)})",
+                                    "hpa-single-cell-image-classification",
+                                    "put the competition data there to crop from the originals")
+    print(f"S4.1: warning: cropping from S2's resized copies (HPA512_DIR), recorded as FROM_ORIGINAL false "
+          f"in cells_{cfg.CELL_SIZE}.json (S4.2 and S5 crop the same way): {where}", flush=True)
 
 
 def _run(cfg, hpa: Path, cells: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
@@ -88,6 +113,7 @@ def _run(cfg, hpa: Path, cells: Path, df: pd.DataFrame, shard: tuple[int, int]) 
         tasks = tasks[:cfg.LIMIT]
     i, n = shard
     tasks = parallel.shard(tasks, shard)
+    _originals(cfg, tasks)
     print(f"S4.1: {len(tasks)} images to crop at {cfg.CELL_SIZE} px (shard {i}/{n}; "
           f"{n_no_mask} of {len(df)} images have no mask) -> {out_dir}", flush=True)
 

@@ -119,6 +119,9 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
     if missing:
         raise SystemExit(f"{path}: no {missing} (run S4.1 --CELL_SIZE {cfg['CELL_SIZE']} again)")
     cfg["CROP_MARGIN"], cfg["FROM_ORIGINAL"] = float(s41["CROP_MARGIN"]), bool(s41["FROM_ORIGINAL"])
+    where = "the original images" if cfg["FROM_ORIGINAL"] else "S2's resized copies (no originals at S4.1)"
+    print(f"S4.2: the crops of {path.name}: from {where} (FROM_ORIGINAL {cfg['FROM_ORIGINAL']}), CROP_MARGIN "
+          f"{cfg['CROP_MARGIN']:g}; S5 crops test cells the same way", flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -126,6 +129,8 @@ def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
                        recipe_table=recipes.table("S4.2"), renamed=_RENAMED, removed=_REMOVED)
     cfg["PIPELINE"] = _PIPELINE
+    s2 = config.saved_s2(constants.resolve(cfg.HPA512_DIR))  # S5 segments an unseen test image at this size
+    cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
     config.require_positive(cfg, "CELL_SIZE", step="S4.2")
     constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
@@ -138,9 +143,11 @@ def main(argv=None):
     cells_root = constants.resolve(cfg.CELLS_DIR) if cfg.CELLS_DIR else hpa
     cells_dir = cells_root / f"cells_{cfg.CELL_SIZE}"
     index_csv = cells_root / f"cells_{cfg.CELL_SIZE}.csv"
-    for p, what in ((train_csv, "run S2 first"), (index_csv, f"run S4.1 --CELL_SIZE {cfg.CELL_SIZE} first")):
+    for p, dataset, what in (
+            (train_csv, "hpa-512", "run S2 first: python S2_data_process.py"),
+            (index_csv, "hpa-cells", f"run S4.1: python S4.1_crop_cells.py --CELL_SIZE {cfg.CELL_SIZE}")):
         if not p.is_file():
-            raise SystemExit(f"{p}: not found ({what})")
+            raise SystemExit(constants.missing_input(p, dataset, what))
     _read_crop_settings(cfg, cells_root)
     df = io.read_id_table(train_csv, ("ID", "Label", "fold"))  # IDs as strings: "NA" stays "NA"
     train.check_fold(cfg, df["fold"], train_csv, "S4.2")

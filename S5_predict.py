@@ -123,8 +123,9 @@ _RENAMED = {"DATA_DIR": "COMPETITION_DIR"}
 
 def _load_sample(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise SystemExit(f"S5: {path}: sample submission not found (run S0 for demo data, or put the "
-                         f"competition data in {path.parent})")
+        raise SystemExit(constants.missing_input(
+            f"S5: {path}: the sample submission", "hpa-single-cell-image-classification",
+            f"run S0 for demo data, or put the competition data in {path.parent}"))
     size = ("ImageWidth", "ImageHeight")  # IDs are plain names, sizes positive integers, else it stops
     return io.read_id_table(path, ("ID", *size), int_columns=size)
 
@@ -156,7 +157,8 @@ def _runs(cfg) -> list[Path]:
     out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
     runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else predict.find_runs(out, cfg.CHECKPOINT)
     if not runs:
-        raise SystemExit(f"S5: no trained run ({cfg.CHECKPOINT}) under {out}: run S3 and/or S4.2 first")
+        raise SystemExit(constants.missing_input(f"S5: a trained run ({cfg.CHECKPOINT}) under {out}",
+                                                 "hpa-runs", "run S3 and/or S4.2 first"))
     for r in runs:
         ckpt = r / cfg.CHECKPOINT if r.is_dir() else r
         if not ckpt.is_file():
@@ -176,9 +178,11 @@ ImageFailed = fields.FieldFailed  # one image could not be read or segmented: li
 
 
 class ImageSource:
-    """The working-resolution image and mask of a test image, from S2 or made here."""
+    """The working-resolution image and mask of a test image, from S2 or made here (at S2's working size:
+    from S2's saved constants under HPA512_DIR, else the runs' ``S2_IMAGE_SIZE``, else IMAGE_SIZE)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, run_configs: list[dict] | tuple = ()):
+        self.run_configs = list(run_configs)  # the runs' saved constants (their S2_IMAGE_SIZE)
         self.hpa = constants.resolve(cfg.HPA512_DIR)
         self.test_dir = constants.resolve(cfg.COMPETITION_DIR) / "test"
         self.size = int(cfg.IMAGE_SIZE)
@@ -192,6 +196,23 @@ class ImageSource:
             raise SystemExit(f"S5: --{e}") from None
         self._segmenter = None
         self.n_segmented = 0
+
+    def _s2_size(self) -> int:
+        """S2's working size, and where it comes from, said once; another IMAGE_SIZE is a warning."""
+        s2 = config.saved_s2(self.hpa)
+        # S2_IMAGE_SIZE: in the config of runs trained since S3 / S4.2 recorded it (an older run's lacks it)
+        sizes = [int(c["S2_IMAGE_SIZE"]) for c in self.run_configs if c.get("S2_IMAGE_SIZE")]
+        if s2:
+            size, src = int(s2[0]["IMAGE_SIZE"]), f"S2's saved constants ({s2[1]})"
+        elif sizes:
+            size, src = sizes[0], f"the runs' configs (S2_IMAGE_SIZE {sorted(set(sizes))})"
+        else:
+            size, src = self.size, "IMAGE_SIZE (S2's saved constants and the runs' configs lack it)"
+        if size != self.size:
+            print(f"S5: warning: S2 worked at {size} px ({src}), IMAGE_SIZE is {self.size}: segmenting at "
+                  f"{size} px, as S2 did", flush=True)
+        print(f"S5: segmenting at {size} px: S2's working size, from {src}", flush=True)
+        return size
 
     def original(self, image_id: str) -> np.ndarray | None:
         if io.channel_path(self.test_dir, image_id, "red").is_file():
@@ -234,6 +255,7 @@ class ImageSource:
         if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
             self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
                                                          device=self.device)
+            self.size = self._s2_size()
             print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
                   f"(common.fov, as S2)", flush=True)
         try:
@@ -295,7 +317,7 @@ def _own_sample(found: list, sizes: dict) -> pd.DataFrame:
 def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, out_dir: Path, t_start: float) -> Path:
     """Score the test images with every run, then write the outputs (essential ones first)."""
     predictors, weights = _predictors(cfg)
-    source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg)
+    source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg, [p.cfg for p in predictors])
     n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(out_dir / "overlays")
     if n_stale:
         print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)

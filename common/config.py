@@ -100,7 +100,9 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
 
     ``recipes`` (``name -> constants``): when the script has a ``RECIPE`` constant and it names
     one (``--RECIPE name``), that recipe's constants are applied first and the explicit overrides
-    after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones.
+    after them, so an override always wins; ``cfg["OVERRIDES"]`` records the explicit ones. A block
+    that holds :data:`RESOLVED_RECIPE` equal to its ``RECIPE`` (a generated notebook's constants cell)
+    has the recipe's values written in already: they run as the block shows them.
     ``--RECIPE list`` prints ``recipe_table`` and exits.
     ``renamed`` (``old name -> new name``) and ``removed`` (``old name -> why``): the constants a
     script renamed or dropped in this release; an override of an old name stops with one line
@@ -114,10 +116,15 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
     defaults = namespace.setdefault("_CONFIG_DEFAULTS", constants_of(namespace))
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = _read_overrides(defaults, argv, _retired(defaults, renamed or {}, removed or {}))
-    cfg = Config(defaults)
+    cfg, said = Config(defaults), ""
     if "RECIPE" in defaults:
-        cfg.update(_recipe(overrides.get("RECIPE", defaults["RECIPE"]), recipes or {}, defaults,
-                           recipe_table))
+        name = overrides.get("RECIPE", defaults["RECIPE"])
+        if name and "RECIPE" not in overrides and namespace.get(RESOLVED_RECIPE) == name:
+            said = f"recipe {name}: resolved into the constants block when it was made; its values as shown"
+            _recipe(name, recipes or {}, defaults, recipe_table)  # still a known recipe
+        else:
+            cfg.update(_recipe(name, recipes or {}, defaults, recipe_table))
+            said = f"recipe {name}: its constants, then the overrides {sorted(overrides)}" if name else ""
         cfg.update(overrides)
         cfg["OVERRIDES"] = dict(overrides)
     else:
@@ -126,8 +133,15 @@ def parse(namespace: dict, argv: Iterable[str] | None = None, *, update: bool = 
         namespace.update(cfg)
     if not quiet:
         print(paths_line(), flush=True)  # how relative paths resolve (KAGGLE, common/constants.py)
+        if said:
+            print(said, flush=True)
         print("config: " + ", ".join(f"{k}={v!r}" for k, v in cfg.items()), flush=True)
     return cfg
+
+
+# A constants block whose recipe was resolved into it (a notebook of tools/make_notebook.py) holds this name
+# equal to its RECIPE: the recipe is recorded, not applied again over the values as edited.
+RESOLVED_RECIPE = "_RECIPE_RESOLVED"
 
 
 def _recipe(name: str, recipes: dict[str, dict], defaults: dict, table: str) -> dict:
@@ -245,6 +259,20 @@ def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:
         data["environment"] = environment(cfg["DEVICE"] if "DEVICE" in cfg else "auto")
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+# S2's saved constants under HPA512_DIR, one file per shard (S2 writes meta/s2_config_shard{i}of{n}.json)
+S2_SAVED = "meta/s2_config_shard*of*.json"
+
+
+def saved_s2(hpa512_dir: str | Path) -> tuple[dict, Path] | None:
+    """S2's saved constants under ``hpa512_dir`` and their file (the first readable shard's), or None."""
+    for path in sorted(Path(hpa512_dir).glob(S2_SAVED)):
+        try:
+            return json.loads(path.read_text()), path
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 def load(path: str | Path) -> Config:

@@ -10,6 +10,7 @@ default ``/kaggle``) moves the whole tree (tests use a temporary one). The mere 
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tempfile
@@ -113,6 +114,67 @@ def resolve(path: str | Path) -> Path:
     if len(p.parts) > 1 and p.parts[0] == "input" and (kaggle_input() / p.parts[1]).is_dir():
         return kaggle_input().joinpath(*p.parts[1:])
     return kaggle_working() / p
+
+
+# ----------------------------------------------------------------------------- what a step misses
+# The datasets a notebook attaches, by their name under /kaggle/input: what each holds, how it is made.
+KAGGLE_DATASETS = {
+    "hpa-single-cell-image-classification": "the competition data (Add data, Competitions)",
+    "hpa-512": "S2's output: run the S2 notebook, then save its output as a dataset named `hpa-512`",
+    "hpa-cells": "S4.1's output: run the S4.1 notebook, then save its output as a dataset named "
+                 "`hpa-cells`",
+    "timm-weights": ("pretrained backbones: where there is internet, `python tools/fetch_weights.py "
+                     "--RECIPES all --DATASET_ID <you>/timm-weights input/timm-weights`, then `kaggle "
+                     "datasets create -p input/timm-weights` (or set PRETRAINED = False)"),
+    "hpa-runs": ("trained runs: the S3 / S4.2 notebooks' outputs, downloaded and packed with `python "
+                 "tools/pack_runs.py <runs> --OUT packed_runs --DATASET_ID <you>/hpa-runs`, then `kaggle "
+                 "datasets create -p packed_runs`"),
+    "hpa-seg": "the official HPA segmentation weights (docs/SEGMENTATION.md)",
+}
+WHEELS_DATASET = "hpa-wheels"                     # the wheels dataset (tools/make_wheelhouse.sh)
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {"cv2": "opencv-python-headless", "skimage": "scikit-image", "sklearn": "scikit-learn",
+                 "iterstrat": "iterative-stratification", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def _alike(a: str, b: str) -> bool:
+    a, b = (re.sub(r"[^a-z0-9]", "", x.lower()) for x in (a, b))
+    return bool(a and b) and (a in b or b in a)
+
+
+def missing_input(what: str | Path, dataset: str, command: str) -> str:
+    """The one line a step stops with when an input is missing, in the words of where the user is.
+
+    Kaggle mode: the dataset to attach (``dataset``, a key of :data:`KAGGLE_DATASETS`, and how it is
+    made), what ``<KAGGLE_ROOT>/input`` holds, and any dataset there under a name like it (``hpa512``,
+    ``hpa-runs-v1``): attach it under ``dataset``, or point the constants cell at it. In a shell:
+    ``command``, what to run (e.g. "run S2 first: python S2_data_process.py")."""
+    if not on_kaggle():
+        return f"{what}: not found ({command})"
+    held = sorted(p.name for p in kaggle_input().iterdir() if p.is_dir()) if kaggle_input().is_dir() else []
+    line = (f"{what}: not found: attach the dataset `{dataset}` ({KAGGLE_DATASETS[dataset]}). "
+            f"{kaggle_input()} holds: {', '.join(held) or 'nothing'}")
+    for name in (n for n in held if n != dataset and _alike(n, dataset)):
+        line += (f"; `{name}` looks like it: attach it under the name `{dataset}`, or replace "
+                 f"{kaggle_input() / dataset} by {kaggle_input() / name} in the constants cell")
+    return line
+
+
+def missing_package(module: str, why: str) -> str | None:
+    """None when ``module`` imports; else the one line naming its distribution and how to install it:
+    in Kaggle mode offline from the wheels dataset (:data:`WHEELS_DATASET`), in a shell with pip."""
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError:
+        pass
+    dist = DISTRIBUTIONS.get(module, module)
+    if on_kaggle():
+        how = (f"attach the wheels dataset `{WHEELS_DATASET}` (tools/make_wheelhouse.sh) and run: "
+               f"!pip install --no-index --find-links {kaggle_input() / WHEELS_DATASET} {dist}")
+    else:
+        how = f"pip install -r requirements.txt -c requirements-lock.txt (or pip install {dist})"
+    return f"{why}: the package {dist} (import {module}) is not installed: {how}"
 
 
 def output_folder(path: str | Path, name: str, *, file: bool = False, keep: bool = True) -> Path:

@@ -201,6 +201,9 @@ class CropView(View):
     def key(self) -> tuple:
         return (self.name, self.size, self.margin, self.from_original)
 
+    def __str__(self) -> str:  # where S4.1 cropped (its FROM_ORIGINAL, saved by S4.2): the same here
+        return f"{super().__str__()} from the {'original' if self.from_original else 'working-size'} images"
+
     def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
         """``labels_full``: the original-size label map when there is one (else ``labels`` resized, as
         S4.1 does)."""

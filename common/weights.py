@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
 from common import io, recipes
-from common.constants import CHANNELS, resolve
+from common.constants import CHANNELS, missing_input, on_kaggle, resolve
 
 
 # ----------------------------------------------------------------------------- the original's models
@@ -250,10 +250,13 @@ def unavailable_message(model_name: str, pretrained_dir: str | Path, error: Base
     err = _first_line(error)
     src = hub_location(model_name) or "no timm download"
     name = full_name(model_name)
-    return (f"pretrained weights for {model_name!r} are not available here.\n"
+    said = (f"pretrained weights for {model_name!r} are not available here.\n"
             f"  tried: {tried_dir}\n"
-            f"  tried: the timm hub ({src}) and the local caches ({_cache_dirs()}): {err}\n"
-            f"  ways out: --PRETRAINED_DIR <folder> holding {name}.safetensors (fill one with "
+            f"  tried: the timm hub ({src}) and the local caches ({_cache_dirs()}): {err}\n")
+    if on_kaggle():  # a notebook: the dataset to attach, what is attached, or no pretrained weights
+        return (said + f"  way out: {missing_input(f'{name}.safetensors', 'timm-weights', '')}; or set "
+                "PRETRAINED = False in the constants cell (random initial weights)")
+    return (said + f"  ways out: --PRETRAINED_DIR <folder> holding {name}.safetensors (fill one with "
             f"`python tools/fetch_weights.py --MODELS {name} <folder>` where there is internet; a "
             f"Kaggle dataset can hold the folder), or --PRETRAINED_FILE <weights file>, "
             f"or --PRETRAINED false (random initial weights)")

@@ -187,3 +187,29 @@ def test_no_history_narration(word):
             if re.search(rf"\b{word}\b", line, re.I)]
     assert not hits, (f"'{word}' narrates history; say what is, and the command that measures it:\n"
                       + "\n".join(hits))
+
+
+# ----------------------------------------------------------------------------- the first screen
+FIRST_SCREEN = 20  # the README lines a newcomer sees first
+FIRST_COMMANDS = ["pip install -r requirements.txt -c requirements-lock.txt && bash run_all.sh",
+                  "pip install -r requirements.txt -c requirements-lock.txt && python -m pytest -q"]
+
+
+def test_the_first_screen_shows_the_two_commands_each_on_one_line_in_one_block():
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:FIRST_SCREEN])
+    blocks = [b.strip().splitlines() for b in re.findall(r"```[^\n]*\n(.*?)```", head, re.S)]
+    assert FIRST_COMMANDS in blocks, blocks
+    rows = [line for line in head.splitlines() if line.startswith("| ")]
+    assert any("`python -m pytest -q`" in r and "min" in r and "(#tests)" in r for r in rows)  # tests row
+    assert any("`bash run_all.sh`" in r and "CPU" in r for r in rows)                           # demo time
+    assert any("five notebooks, then pack your runs" in r and "(#kaggle-step-by-step)" in r for r in rows)
+
+
+def test_each_own_images_example_writes_to_its_own_folder():
+    """README examples with other IMAGES never share an OUTPUT_DIR (the second would replace the first)."""
+    folders: dict[str, set[str]] = {}
+    for cmd in commands((ROOT / "README.md").read_text()):
+        if cmd[0] == "S5_predict.py" and "--IMAGES" in cmd:
+            out = cmd[cmd.index("--OUTPUT_DIR") + 1] if "--OUTPUT_DIR" in cmd else "output"
+            folders.setdefault(out, set()).add(cmd[cmd.index("--IMAGES") + 1])
+    assert len(folders) >= 2 and all(len(images) == 1 for images in folders.values()), folders

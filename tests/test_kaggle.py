@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from common import checkpoints, constants
+from common import checkpoints, constants, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -27,6 +28,9 @@ SIZE = 64        # demo images and S2's working size
 TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1", "--MAX_TRAIN_STEPS", "1",
         "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--FOLD", "-1"]
 S5_ARGS = ["--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "0"]
+# the notebook sequence trains by recipe, with the constants cell edited to EPOCHS = 1, PRETRAINED = False
+RECIPES = {"S3_train_pipeline1.py": "p1_effb0_masked_f3", "S4.2_train_pipeline2.py": "p2_effb0_c256_f0"}
+EDITS = {"EPOCHS": 1, "PRETRAINED": False}
 
 
 @contextlib.contextmanager
@@ -168,11 +172,34 @@ def test_packing_says_what_it_saved_and_keeps_no_local_path(demo, tmp_path, caps
     assert json.loads((out / "dataset-metadata.json").read_text()) == {
         "title": "hpa-runs", "id": "me/hpa-runs", "licenses": [{"name": "CC0-1.0"}]}
     pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "again")])   # best.pth: slim already
-    assert "saved nothing" not in said
-    assert capsys.readouterr().out.count("saved nothing: slim already") == 3
+    assert "slim already" not in said
+    assert capsys.readouterr().out.count("(slim already; its paths made portable)") == 2
     with pytest.raises(SystemExit, match="--DATASET_ID 'hpa-runs': expected owner/slug"):
         pack_runs.main([str(demo["out"]), "--OUT", str(tmp_path / "p3"), "--DATASET_ID", "hpa-runs"])
     assert not (tmp_path / "p3").exists()                                   # checked before any work
+
+
+def test_packed_runs_carry_no_path_of_the_packing_machine(demo, tmp_path, tmp_path_factory, monkeypatch):
+    """config.json and the constants inside best.pth: paths inside the run relative to it, inside the
+    repository relative to its root, any other dropped; relative arguments taken from the current folder."""
+    monkeypatch.chdir(tmp_path)
+    rows = pack_runs.main([os.path.relpath(demo["out"], tmp_path), "--OUT", "packed"])
+    out = tmp_path / "packed"
+    assert (out / "runs.json").is_file() and not (ROOT / "packed").exists()
+    machine = [str(tmp_path_factory.getbasetemp()), str(demo["root"]), str(ROOT), str(tmp_path)]
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert {f.name for f in files} >= {"best.pth", "config.json", "runs.json"}
+    for f in files:
+        data = f.read_bytes()
+        assert not [m for m in machine if m.encode() in data], f
+    for row, run in zip(rows, sorted(demo["runs"])):
+        assert {"HPA512_DIR", "OUTPUT_DIR"} <= set(row["dropped"])
+        model, cfg = checkpoints.load_checkpoint(out / row["file"])     # still loads
+        saved = json.loads((run / "config.json").read_text())
+        assert cfg["HPA512_DIR"] == "" and cfg["MODEL_NAME"] == saved["MODEL_NAME"] == "test_resnet"
+        packed = json.loads((out / row["run"] / "config.json").read_text())
+        assert packed["environment"] == saved["environment"] and packed["OUTPUT_DIR"] == ""
+    assert constants.resolve("x") == ROOT / "x"                    # the repository's rule is unchanged
 
 
 @pytest.mark.slow
@@ -291,8 +318,99 @@ def test_no_albumentations_update_check(script):
     assert "version info" not in p.stderr and "albumentations" not in p.stderr.lower(), p.stderr
 
 
-# ----------------------------------------------------------------------------- the generator
+# ----------------------------------------------------------------------------- messages in Kaggle mode
 COMP = "hpa-single-cell-image-classification"
+STOPS = {  # a dataset missing: the steps that stop on it (with their notebook's other constants)
+    COMP: [("S2_data_process.py", []), ("S5_predict.py", [])],
+    "hpa-512": [("S3_train_pipeline1.py", ["--PRETRAINED", "false"]), ("S4.1_crop_cells.py", []),
+                ("S4.2_train_pipeline2.py", ["--PRETRAINED", "false"])],
+    "hpa-cells": [("S4.2_train_pipeline2.py", ["--PRETRAINED", "false"])],
+    "hpa-runs": [("S5_predict.py", [])],
+    "hpa-seg": [("S2_data_process.py", ["--SEGMENTER", "hpa"])],
+}
+
+
+def _kaggle_tree(root: Path, names: list[str]) -> None:
+    """A Kaggle tree whose /kaggle/input holds ``names``, each with what the steps look for first."""
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "working").mkdir(parents=True)
+    files = {COMP: {"sample_submission.csv": "ID,ImageWidth,ImageHeight\na,64,64\n",
+                    "train.csv": "ID,Label\na,0\n"},
+             "hpa-512": {"train_all.csv": "ID,Label,fold\na,0,0\n"}}
+    for name in names:
+        (root / "input" / name).mkdir(parents=True)
+        for file, text in files.get(name.replace("hpa512", "hpa-512"), {}).items():
+            (root / "input" / name / file).write_text(text)
+
+
+def _stop(root: Path, script: str, extra: list[str]) -> str:
+    """The one line ``script`` stops with, run with its notebook's constants (make_notebook)."""
+    block = make_notebook.split_script((ROOT / script).read_text())["constants"]
+    defaults = make_notebook.block_defaults(block)
+    values = make_notebook.kaggle_values(script, defaults, root)
+    with pytest.raises(SystemExit) as e:
+        load_script(script).main([a for k, v in values.items() for a in (f"--{k}", v)] + extra)
+    return str(e.value)
+
+
+def test_a_missing_dataset_is_named_in_kaggle_mode_with_what_is_attached(tmp_path, monkeypatch):
+    root = tmp_path / "kaggle"
+    monkeypatch.setenv("KAGGLE_ROOT", str(root))
+    monkeypatch.setenv("KAGGLE", "1")
+    everything = [COMP, "hpa-512", "hpa-cells", "hpa-runs", "hpa-seg", "timm-weights"]
+    for missing, steps in STOPS.items():
+        attached = [n for n in everything if n != missing]
+        for script, extra in steps:
+            _kaggle_tree(root, attached)
+            msg = _stop(root, script, extra)
+            how = constants.KAGGLE_DATASETS[missing]
+            assert f"attach the dataset `{missing}` ({how})" in msg, (script, msg)
+            assert f"{root / 'input'} holds: {', '.join(sorted(attached))}" in msg, (script, msg)
+    # timm-weights: the weights message of S3 / S4.2
+    attached = [n for n in everything if n != "timm-weights"]
+    _kaggle_tree(root, attached)
+    msg = weights.unavailable_message("resnet18", "input/timm-weights", "offline")
+    assert "attach the dataset `timm-weights`" in msg
+    assert f"{root / 'input'} holds: {', '.join(sorted(attached))}" in msg
+    assert "PRETRAINED = False in the constants cell" in msg and "--PRETRAINED_DIR" not in msg
+    # a dataset attached under another name: listed, and named as the likely one
+    for wrong, right, script in (("hpa512", "hpa-512", "S3_train_pipeline1.py"),
+                                 ("hpa-runs-v1", "hpa-runs", "S5_predict.py")):
+        _kaggle_tree(root, [n if n != right else wrong for n in everything])
+        msg = _stop(root, script, ["--PRETRAINED", "false"] if script.startswith("S3") else [])
+        assert f"attach the dataset `{right}`" in msg and wrong in msg.split("holds: ")[1]
+        assert (f"`{wrong}` looks like it: attach it under the name `{right}`, or replace "
+                f"{root / 'input' / right} by {root / 'input' / wrong} in the constants cell") in msg
+    # in a shell: the command to run, no dataset
+    monkeypatch.delenv("KAGGLE")
+    msg = _stop(root, "S3_train_pipeline1.py", ["--HPA512_DIR", str(tmp_path / "none"), "--OUTPUT_DIR",
+                                                str(tmp_path / "out"), "--PRETRAINED", "false"])
+    csv = tmp_path / "none" / "train_all.csv"
+    assert msg == f"{csv}: not found (run S2 first: python S2_data_process.py)"
+
+
+@pytest.mark.slow
+def test_a_stop_in_a_notebook_is_its_one_line(tmp_path, monkeypatch):
+    """S4.1's notebook with nothing attached: the last cell shows the step's line (the dataset to attach),
+    no traceback and no IPython "To exit" warning; Run all ends there."""
+    import nbclient
+
+    root = tmp_path / "kaggle"
+    _kaggle_tree(root, ["hpa512"])
+    monkeypatch.setenv("KAGGLE_ROOT", str(root))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("KAGGLE", raising=False)
+    nb = make_notebook.make_notebook("S4.1_crop_cells.py", [])
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        _execute(nb, tmp_path)
+    error = next(o for o in nb.cells[-1].outputs if o.output_type == "error")
+    assert len(error.traceback) == 1 and error.traceback[0].startswith(
+        f"stopped: {root / 'input' / 'hpa-512' / 'train_all.csv'}: not found: attach the dataset `hpa-512`")
+    assert "`hpa512` looks like it" in error.traceback[0]
+    assert "To exit" not in _outputs(nb) and "IProgress" not in _outputs(nb)
+
+
+# ----------------------------------------------------------------------------- the generator
 ATTACH = {  # what each notebook reads (README, Kaggle, step by step)
     "S2_data_process.py": [COMP, "hpa-seg"],
     "S3_train_pipeline1.py": ["hpa-512", "timm-weights"],
@@ -333,7 +451,8 @@ def test_notebook_cells_follow_the_script(script, tmp_path, monkeypatch):
 
     assert all(isinstance(n, ast.Assign) and n.targets[0].id.isupper() for n in ast.parse(cells[3]).body)
     assert "__file__" not in cells[4] and '__name__ == "__main__"' not in cells[4]
-    assert "def main(" in cells[4] and cells[5].endswith("result = main([])  # no command line")
+    assert "def main(" in cells[4] and "    result = main([])  # no command line" in cells[5]
+    assert "_render_traceback_" in cells[5] and "IProgress" in cells[2]    # a stop is one line; no tqdm noise
     assert "_CONFIG_DEFAULTS" in cells[5] and "os.environ['KAGGLE'] = '1'" in cells[2]   # Kaggle mode, set
     assert "--find-links" in cells[1] and "'torch'" in cells[1] and "_ZIP" in cells[2]
     # the note names exactly the datasets the constants point at, under /kaggle/input/<name>
@@ -352,6 +471,16 @@ def test_generator_rejects_unknown_constants_and_keeps_comments():
     required, optional = make_notebook.needed_packages((ROOT / "S5_predict.py").read_text())
     assert {"torch", "timm", "pycocotools", "cv2", "albumentations"} <= set(required)
     assert "requests" not in required and "iterstrat" not in required   # S1's and S2's only
+    required, optional = make_notebook.needed_packages((ROOT / "S2_data_process.py").read_text())
+    assert "iterstrat" in required                                      # S2's folds: checked up front
+
+
+def test_a_notebook_made_without_git_names_the_hash_of_its_common_package(tmp_path, monkeypatch):
+    data = make_notebook.common_zip()
+    monkeypatch.setattr(make_notebook, "ROOT", tmp_path)                 # an unpacked archive: no git
+    digest = make_notebook.hashlib.sha256(data).hexdigest()
+    assert make_notebook._commit(data) == f"no git: common/ sha256 {digest[:16]}"
+    assert make_notebook.common_cell(data, "x").count(digest) == 1       # the hash the setup cell checks
 
 
 def test_import_check_names_the_missing_package_and_the_offline_install_line(tmp_path):
@@ -426,18 +555,27 @@ def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
         ["--COMPETITION_DIR", str(datasets / COMP), "--N_TRAIN", "6", "--N_TEST", "2",
          "--IMAGE_SIZE", str(SIZE), "--MIN_CELLS", "3", "--MAX_CELLS", "5", "--NUM_WORKERS", "1",
          "--SEED", "3"])
+    pairs = dict(zip(TINY[::2], TINY[1::2]))
+    by_recipe = [a for k, v in pairs.items() if k[2:] not in EDITS for a in (k, v)]  # the rest: the cell
     tiny = {"S2_data_process.py": ["--IMAGE_SIZE", str(SIZE), "--NUM_WORKERS", "1"],
-            "S3_train_pipeline1.py": [*TINY, "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4",
-                                      "--CACHE_GB", "0"],
+            "S3_train_pipeline1.py": ["--RECIPE", RECIPES["S3_train_pipeline1.py"], *by_recipe,
+                                      "--IMAGE_SIZE", str(SIZE), "--BATCH_SIZE", "4", "--CACHE_GB", "0"],
             "S4.1_crop_cells.py": ["--CELL_SIZE", "32", "--NUM_WORKERS", "1"],
-            "S4.2_train_pipeline2.py": [*TINY, "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4",
-                                        "--BATCH_SIZE", "2"],
+            "S4.2_train_pipeline2.py": ["--RECIPE", RECIPES["S4.2_train_pipeline2.py"], *by_recipe,
+                                        "--CELL_SIZE", "32", "--CELLS_PER_IMAGE", "4", "--BATCH_SIZE", "2"],
             "S5_predict.py": S5_ARGS}
     seconds, notes = {}, {}
 
     def run(script: str, stack: contextlib.ExitStack) -> str:
         nb = make_notebook.make_notebook(script, tiny[script])
         notes[script] = nb.cells[0].source
+        if script in RECIPES:                  # the user's edits of the constants cell, over the recipe's
+            cell = nb.cells[3].source
+            assert "EPOCHS = 15" in cell and "PRETRAINED = True" in cell      # the recipe's, written in
+            for k, v in EDITS.items():
+                cell, n = re.subn(rf"^{k} = \S+", f"{k} = {v!r}", cell, flags=re.M)
+                assert n == 1, k
+            nb.cells[3].source = cell
         for name in ATTACH[script]:                         # attach what the note names, if it exists
             if (datasets / name).is_dir():
                 stack.enter_context(read_only(datasets / name, root / "input" / name))
@@ -448,6 +586,10 @@ def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
         text = _outputs(nb)
         assert re.match(r"imports ok: .*\bnumpy \d", text.splitlines()[0])      # the versions found
         assert f"paths: Kaggle mode (KAGGLE=1): input/<name> from {root}/input/<name>" in text
+        assert "IProgress" not in text and "To exit" not in text              # no notebook noise
+        if script in RECIPES:                                                 # what runs is said first
+            assert (f"recipe {RECIPES[script]}: resolved into the constants block when it was made; its "
+                    "values as shown") in text and "EPOCHS=1," in text and "PRETRAINED=False," in text
         return text
 
     with contextlib.ExitStack() as stack:
@@ -466,6 +608,11 @@ def test_notebook_sequence_on_a_kaggle_tree(tmp_path, monkeypatch):
         text = run("S5_predict.py", stack)
     print("notebooks:", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
           f"(in all {sum(seconds.values()):.1f} s)")
+    for runs, script in ((s3_runs, "S3_train_pipeline1.py"), (s42_runs, "S4.2_train_pipeline2.py")):
+        run_dir = runs / make_notebook.recipes.run_dir(RECIPES[script]).split("/")[0] / "all"
+        saved = json.loads((run_dir / "config.json").read_text())             # the cell's values ran
+        assert {k: saved[k] for k in EDITS} == EDITS and saved["RECIPE"] == RECIPES[script]
+        assert torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)["epoch"] == 1
     assert "2 runs" in text
     sub = (working / "submission.csv").read_text().splitlines()
     sample = (datasets / COMP / "sample_submission.csv").read_text().splitlines()

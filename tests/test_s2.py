@@ -6,12 +6,14 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script, nothing_in
 
 from common import io, parallel
 
@@ -413,3 +415,52 @@ def test_s2_outputs_follow_the_umask(data, tmp_path):
              *(out / "train_cell_mask").glob("*.npz"), *(out / "meta" / "train").glob("*.json")]
     assert len(files) > 5
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+
+
+def test_a_missing_iterstrat_stops_s2_before_its_first_image(data, tmp_path, monkeypatch):
+    """The folds need iterstrat (iterative-stratification): checked before any image, with the install
+    line of where the user is (a shell, or a Kaggle notebook: offline from the wheels dataset)."""
+    monkeypatch.setitem(sys.modules, "iterstrat", None)                 # as if it were not installed
+    out = tmp_path / "out"
+    wheels = tmp_path / "kaggle" / "input" / "hpa-wheels"
+    for kaggle, line in ((False, "pip install -r requirements.txt -c requirements-lock.txt"),
+                         (True, f"!pip install --no-index --find-links {wheels} iterative-stratification")):
+        if kaggle:
+            monkeypatch.setenv("KAGGLE", "1")
+            monkeypatch.setenv("KAGGLE_ROOT", str(tmp_path / "kaggle"))
+        with pytest.raises(SystemExit) as e:
+            run(data, out)
+        assert str(e.value).startswith("S2: the folds (MultilabelStratifiedKFold): the package "
+                                       "iterative-stratification (import iterstrat) is not installed: ")
+        assert line in str(e.value)
+        assert nothing_in(out)                                              # no image was processed
+
+
+def test_s5_segments_an_image_without_an_s2_mask_at_s2s_working_size(data, tmp_path, capsys):
+    """S5 (ImageSource) prepares a test image S2 left no mask for at S2's IMAGE_SIZE: from S2's saved
+    constants, else the runs' S2_IMAGE_SIZE, else its own IMAGE_SIZE; it says which, and warns when its
+    IMAGE_SIZE differs. The cells are then S2's."""
+    out = tmp_path / "out"
+    run(data, out)                                                          # S2 at SIZE (128)
+    test_id = pd.read_csv(data / "sample_submission.csv")["ID"][0]
+    want = io.load_masks(out / "test_cell_mask" / f"{test_id}.npz")[0]
+    for p in (out / "test" / f"{test_id}.png", out / "test_cell_mask" / f"{test_id}.npz"):
+        p.unlink()
+    S5 = load_script("S5_predict.py")
+    cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(out), "--COMPETITION_DIR", str(data),
+                                     "--SEGMENTER", "builtin"], quiet=True)          # IMAGE_SIZE 512
+    capsys.readouterr()
+    got = S5.ImageSource(cfg).load(test_id)
+    assert np.array_equal(got.labels, want)
+    saved = out / "meta" / "s2_config_shard0of1.json"
+    said = capsys.readouterr().out
+    assert (f"S5: warning: S2 worked at {SIZE} px (S2's saved constants ({saved})), IMAGE_SIZE is 512: "
+            f"segmenting at {SIZE} px, as S2 did") in said
+    assert f"S5: segmenting at {SIZE} px: S2's working size, from S2's saved constants ({saved})" in said
+    saved.unlink()                                                          # the runs' record instead
+    got = S5.ImageSource(cfg, [{"S2_IMAGE_SIZE": SIZE, "PIPELINE": 1}]).load(test_id)
+    assert np.array_equal(got.labels, want)
+    assert f"from the runs' configs (S2_IMAGE_SIZE [{SIZE}])" in capsys.readouterr().out
+    got = S5.ImageSource(cfg, [{"PIPELINE": 1}]).load(test_id)            # no record: IMAGE_SIZE
+    assert got.labels.shape == (512, 512)
+    assert "from IMAGE_SIZE (S2's saved constants and the runs' configs lack it)" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -324,3 +325,36 @@ def test_s42_trains_and_validates_images_named_na_and_nan(tmp_path, capsys):
     oof = pd.read_csv(tmp_path / "out" / "p2_test_convnext_32_max" / "fold0" / "oof_cells.csv",
                       dtype={"ID": str}, keep_default_na=False)
     assert set(oof["ID"]) == {"nan", "img01"}
+
+
+def test_s41_without_originals_crops_from_the_copies_says_so_and_records_it(data, tmp_path, capsys):
+    """No competition data: S4.1 crops from S2's resized copies with a warning and records FROM_ORIGINAL
+    false in cells_<S>.json; S4.2 says so and saves it; S5's run line says where its crops come from."""
+    from common import predict
+
+    hpa = tmp_path / "hpa-512"
+    shutil.copytree(data["hpa"], hpa, ignore=shutil.ignore_patterns("cells_*", "s41_*"))
+    d = dict(data, hpa=hpa, comp=tmp_path / "no_competition_data")
+    capsys.readouterr()
+    run_s41(_s41_args(d))
+    out = capsys.readouterr().out
+    assert ("S4.1: warning: cropping from S2's resized copies (HPA512_DIR), recorded as FROM_ORIGINAL "
+            "false in cells_32.json (S4.2 and S5 crop the same way): the original images "
+            f"({d['comp'] / 'train'}): not found (put the competition data there to crop from the "
+            "originals)") in out
+    assert json.loads((hpa / "cells_32.json").read_text())["FROM_ORIGINAL"] is False
+    lab, _ = io.load_masks(hpa / "train_cell_mask" / "img01.npz")              # a competition image
+    c = cells.cell_ids(lab)[0]
+    copy = io.read_rgby(hpa / "train" / "img01.png")
+    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
+                                  cells.crop_cell(copy, lab, c, 32, S41_MARGIN))
+    run_s42(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMPETITION_DIR",
+             str(d["comp"]), "--OUTPUT_DIR", str(tmp_path / "out"), "--FOLD", "-1", "--CELL_SIZE", "32",
+             "--MODEL_NAME", "test_convnext", "--PRETRAINED", "false", "--EPOCHS", "1", "--BATCH_SIZE", "2",
+             "--MAX_TRAIN_STEPS", "1", "--NUM_WORKERS", "0", "--DEVICE", "cpu"])
+    assert ("S4.2: the crops of cells_32.json: from S2's resized copies (no originals at S4.1) "
+            "(FROM_ORIGINAL False)") in capsys.readouterr().out
+    run = tmp_path / "out" / "p2_test_convnext_32_max" / "all"
+    assert json.loads((run / "config.json").read_text())["FROM_ORIGINAL"] is False
+    p = predict.RunPredictor(run, "cpu")
+    assert not p.from_original and "crop @ 32px from the working-size images" in repr(p)

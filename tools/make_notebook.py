@@ -16,15 +16,21 @@ generated from the code as it is, so regenerate it after a change rather than ed
    bit-exact repeats); the versions found are printed;
 3. setup: Kaggle mode on (``KAGGLE=1``, common/constants.py) and the ``common/`` package, carried
    as a base64 zip (deterministic, with its sha256): written once to a temporary folder and put
-   first on ``sys.path``. A zip keeps the notebook one file and one cell for the ~25 modules, byte
+   first on ``sys.path``. A zip keeps the notebook one file and one cell for the ~40 modules, byte
    for byte the repository's code (checked by the hash), and about half the size of the plain
-   sources (a notebook is ~160 kB);
+   sources (a notebook is 265-290 kB, 225 kB of it the zip in base64; this tool prints each size);
 4. the script's constants block, editable and constants only, its paths pointing at the attached
    datasets (``/kaggle/input/<name>``) and outputs under ``/kaggle/working``, with any
-   ``--NAME value`` given to this tool;
+   ``--NAME value`` given to this tool. A ``--RECIPE`` is resolved here, once: its constants are
+   written into the cell, marked (``config.RESOLVED_RECIPE``) so that the run takes the cell as
+   edited instead of applying the recipe again; what runs is printed first;
 5. the rest of the script (imports and functions; the ``sys.path`` line and ``__main__`` guard
    dropped);
-6. ``main([])``: the constants of cell 4 as edited, no command line.
+6. ``main([])``: the constants of cell 4 as edited, no command line. A step that stops shows its one
+   line (no traceback, no IPython "To exit" warning) and ends Run all.
+
+The notebook names the version it is made from: the git commit, or, from an archive without git, the
+sha256 of the ``common/`` zip it carries (the hash its setup cell checks).
 
 The Kaggle tree is ``constants.kaggle_root()`` (``$KAGGLE_ROOT``, default ``/kaggle``): tests
 generate notebooks for a temporary tree.
@@ -49,21 +55,10 @@ sys.path.insert(0, str(ROOT))
 
 from common import config, constants, recipes  # noqa: E402
 
-WHEELS = "hpa-wheels"  # name of the wheels dataset (tools/make_wheelhouse.sh), under <root>/input
-# Datasets a notebook may attach, by their name under /kaggle/input: what each holds, where it comes from.
-DATASETS = {
-    "hpa-single-cell-image-classification": "the competition data (Add data, Competitions)",
-    "hpa-512": "S2's output: run the S2 notebook, then save its output as a dataset named `hpa-512`",
-    "hpa-cells": "S4.1's output: run the S4.1 notebook, then save its output as a dataset named "
-                 "`hpa-cells`",
-    "timm-weights": ("pretrained backbones: where there is internet, `python tools/fetch_weights.py "
-                     "--RECIPES all --DATASET_ID <you>/timm-weights input/timm-weights`, then `kaggle "
-                     "datasets create -p input/timm-weights` (or set PRETRAINED = False)"),
-    "hpa-runs": ("trained runs: the S3 / S4.2 notebooks' outputs, downloaded and packed with `python "
-                 "tools/pack_runs.py <runs> --OUT packed_runs --DATASET_ID <you>/hpa-runs`, then `kaggle "
-                 "datasets create -p packed_runs`"),
-    "hpa-seg": "the official HPA segmentation weights (docs/SEGMENTATION.md)",
-}
+WHEELS = constants.WHEELS_DATASET  # name of the wheels dataset (tools/make_wheelhouse.sh), under <root>/input
+# Datasets a notebook may attach, by their name under /kaggle/input: what each holds, where it comes from
+# (the steps' "missing input" messages name them too: constants.missing_input).
+DATASETS = constants.KAGGLE_DATASETS
 # Per script: the datasets that are optional, the Kaggle values of constants other than the default
 # mapping (input/<name> -> /kaggle/input/<name>, output -> /kaggle/working; "working" and "input/<name>"
 # are taken under the Kaggle root), and what the step leaves for the next notebook.
@@ -95,9 +90,7 @@ STEPS = {
 # The versions a notebook accepts where requirements.txt pins an exact build (the pins are for bit-exact
 # repeats; the code needs torch.amp.GradScaler, torch 2.3): any recent torch of a Kaggle image does.
 NOTEBOOK_RANGES = {"torch": ">=2.3", "torchvision": ">=0.18"}
-# import name -> distribution name, where they differ
-DISTRIBUTIONS = {"cv2": "opencv-python-headless", "skimage": "scikit-image", "sklearn": "scikit-learn",
-                 "iterstrat": "iterative-stratification", "PIL": "pillow", "yaml": "pyyaml"}
+DISTRIBUTIONS = constants.DISTRIBUTIONS  # import name -> distribution name, where they differ
 
 
 # ----------------------------------------------------------------------------- reading a script
@@ -212,6 +205,18 @@ def edit_block(block: str, values: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resolved_recipe(block: str, name: str) -> str:
+    """The constants block, whose values already hold recipe ``name``'s, marked so that the recipe is
+    recorded, not applied again at run time over the cell as edited (``config.RESOLVED_RECIPE``)."""
+    lines = block.splitlines()
+    at = next(i for i, line in enumerate(lines) if re.match(r"RECIPE\s*=", line))
+    lines[at + 1:at + 1] = [
+        f"# recipe {name} resolved when this notebook was made: its constants are the values in this cell,",
+        "# which run as shown (edit any of them); naming another RECIPE above applies that one over the cell",
+        f"{config.RESOLVED_RECIPE} = {literal(name)}"]
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- imports
 def _imports(source: str) -> tuple[set[str], set[str], set[str]]:
     """(module-level imports, imports inside functions, common.* modules named) of a module source."""
@@ -244,13 +249,16 @@ def _imports(source: str) -> tuple[set[str], set[str], set[str]]:
 
 
 def needed_packages(script_source: str) -> tuple[list[str], list[str]]:
-    """Third-party modules the script needs (imported at module level by it or by the common/ modules
-    it reaches), and those only some settings import (inside functions)."""
+    """Third-party modules the script needs (imported by the script itself, in its functions too, or at
+    module level by the common/ modules it reaches), and those only some settings import (inside
+    functions of common/)."""
     required, optional, seen = set(), set(), set()
     todo = [(script_source, True)]
     while todo:
         src, reached_at_top = todo.pop()
         top, lazy, local = _imports(src)
+        if src is script_source:  # the step's own work (S2's folds need iterstrat), checked up front
+            top, lazy = top | lazy, set()
         (required if reached_at_top else optional).update(top)
         optional.update(lazy)
         for mod in sorted(local):
@@ -316,7 +324,10 @@ def check_cell(required: list[str], optional: list[str], wheels: str) -> str:
             _miss = _missing(_NEED)
         if _miss:
             _dists = " ".join(sorted({{_NEED[m][0] + _NEED[m][1] for m in _miss}}))
-            raise ModuleNotFoundError(
+            class _Missing(ModuleNotFoundError):  # shown as its lines alone, and Run all ends here
+                def _render_traceback_(self):
+                    return str(self).splitlines()
+            raise _Missing(
                 f"missing package(s) for this step: {{', '.join(_miss)}}. Attach the wheels dataset "
                 f"(tools/make_wheelhouse.sh) and run:\\n"
                 f"!pip install --no-index --find-links {{_WHEELS}} {{_dists}}")
@@ -351,6 +362,8 @@ def common_cell(data: bytes, commit: str) -> str:
         "# first on sys.path (regenerate the notebook to update it; tools/make_notebook.py).\n"
         "import base64, hashlib, io as _io, os, pathlib, sys, tempfile, zipfile\n"
         "os.environ['KAGGLE'] = '1'  # Kaggle mode: relative paths under /kaggle (common/constants.py)\n"
+        "import warnings  # tqdm.auto (timm's hub code imports it) warns without ipywidgets; bars stay text\n"
+        "warnings.filterwarnings('ignore', message='IProgress not found')\n"
         f"_SHA256 = {digest!r}\n"
         f'_ZIP = """\n{body}\n"""\n'
         "_data = base64.b64decode(_ZIP)\n"
@@ -383,15 +396,22 @@ def _code(text: str) -> dict:
     return nbformat.v4.new_code_cell(text.rstrip("\n"))
 
 
-def _commit() -> str:
+def _commit(common: bytes) -> str:
+    """The version the notebook is made from: the git commit; from an archive (no git) the sha256 of the
+    zipped common/ sources it carries (the setup cell checks the same hash)."""
+    sha = dirty = ""
     try:
-        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        git = ["git", "-C", str(ROOT), "rev-parse", "--show-toplevel", "--short", "HEAD"]
+        said = subprocess.run(git, capture_output=True, text=True, timeout=10).stdout
+        top, _, sha = said.strip().partition("\n")
+        sha = sha if top and Path(top).resolve() == ROOT else ""  # not the repository of a folder above
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "common"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "git commit unknown"
-    return f"git {sha}{' + local changes' if dirty else ''}" if sha else "git commit unknown"
+        pass
+    if sha:
+        return f"git {sha}{' + local changes' if dirty else ''}"
+    return f"no git: common/ sha256 {hashlib.sha256(common).hexdigest()[:16]}"
 
 
 def make_notebook(script: str | Path, overrides: list[str] | None = None, wheels: str = WHEELS):
@@ -415,21 +435,43 @@ def make_notebook(script: str | Path, overrides: list[str] | None = None, wheels
     values.update({k: v for k, v in given.items()
                    if k in defaults and (v != defaults[k] or k in _named(overrides or []))})
     required, optional = needed_packages(source)
-    commit = _commit()
+    common = common_zip()
+    commit = _commit(common)
     wheels_dir = str(root / "input" / wheels) if "/" not in wheels else wheels
     note = note_cell(script, values, parts["doc"], commit, wheels_dir, root)
+    block = edit_block(parts["constants"], values)
+    if "RECIPE" in given and given["RECIPE"]:
+        block = resolved_recipe(block, given["RECIPE"])
     constants_cell = ("# Constants of " + script.name + " (inputs: the attached datasets under "
-                      f"{root / 'input'}; outputs under {root / 'working'}). Edit, then run all.\n"
-                      + edit_block(parts["constants"], values))
+                      f"{root / 'input'}; outputs under {root / 'working'}). Edit, then run all: "
+                      "what this cell shows is what runs.\n" + block)
     nb = nbformat.v4.new_notebook()
     nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                         "language_info": {"name": "python"}})
     nb.cells = [_md(note), _code(check_cell(required, optional, wheels_dir)),
-                _code(common_cell(common_zip(), commit)), _code(constants_cell),
+                _code(common_cell(common, commit)), _code(constants_cell),
                 _code(f"# {script.name} after its constants block\n" + parts["rest"]),
-                _code("globals().pop('_CONFIG_DEFAULTS', None)  # main() starts from the constants cell "
-                      "as edited\nresult = main([])  # no command line")]
+                _code(MAIN_CELL)]
     return nb
+
+
+# The last cell: main() with the constants cell as edited; a step's stop (SystemExit) is shown as its one
+# line (IPython's _render_traceback_: no traceback, no "To exit: use 'exit'" warning) and ends Run all.
+MAIN_CELL = """\
+globals().pop('_CONFIG_DEFAULTS', None)  # main() starts from the constants cell as edited
+
+
+class StepStopped(Exception):  # the step stopped with one line: shown alone, and Run all ends here
+    def _render_traceback_(self):
+        return [f"stopped: {self}"]
+
+
+try:
+    result = main([])  # no command line
+except SystemExit as e:
+    if e.code not in (None, 0):
+        raise StepStopped(e.code) from None
+"""
 
 
 def _named(argv: list[str]) -> set[str]:
