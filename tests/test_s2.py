@@ -413,3 +413,15 @@ def test_s2_outputs_follow_the_umask(data, tmp_path):
              *(out / "train_cell_mask").glob("*.npz"), *(out / "meta" / "train").glob("*.json")]
     assert len(files) > 5
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+
+
+def test_an_image_over_max_pixels_is_listed_from_its_header(data, tmp_path):
+    from own_images_data import png_declaring
+
+    big = pd.read_csv(data / "train.csv")["ID"].tolist()[0]
+    png_declaring(data / "train" / f"{big}_blue.png", 30000, 30000)  # 900 M pixels declared, 4 x 4 inside
+    res = run(data, tmp_path / "out")
+    fails = pd.read_csv(tmp_path / "out" / "s2_failures.csv")
+    assert res["failed"] == 1 and fails["ID"].tolist() == [big]
+    assert (f"{big}_blue.png: too large to decode: {900_000_000 + 2 * 256 * 256} pixels (30000 x 30000 and "
+            f"{2 * 256 * 256} in the other files; MAX_PIXELS {S2.MAX_PIXELS})") in fails["reason"][0]
