@@ -176,7 +176,7 @@ def odd(runs) -> dict:
     UTF-8), 12-bit data beside the same data at full range, and inputs that must be refused."""
     root = runs["root"]
     folder = root / "odd"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     write_channel_files(folder, {n: field(10 + k, *hw) for k, (n, hw) in enumerate(NAMES.items())},
                         COMPETITION_SUFFIXES, ".png")
     write_channel_bytes_name(folder, b"bad\xff", field(20, 64, 64), COMPETITION_SUFFIXES)
