@@ -214,9 +214,11 @@ def _to_uint8(chans: list[np.ndarray], names: list[str], bits: int | None) -> np
     out = np.empty((*chans[0].shape, len(chans)), np.uint8)
     for k, (c, name) in enumerate(zip(chans, names)):
         why = io.value_problem(c, bits or 16)
-        if why:
-            hint = "" if "NaN" in why or "type" in why else ": use --RESCALE true to stretch it to 0..255"
-            raise io.ImageReadError(f"{name}: {why}{hint}")
+        if why:  # RESCALE stretches any finite integers or floats
+            numbers = np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)
+            rescalable = numbers and all(np.isfinite(io.value_range(c)))
+            raise io.ImageReadError(f"{name}: {why}" + (": use --RESCALE true to stretch it to 0..255"
+                                                         if rescalable else ""))
         out[..., k] = io.to_uint8(c, bits or 16)
     top = int(out.max(initial=0))
     if top < DIM_BELOW:
