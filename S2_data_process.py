@@ -20,6 +20,9 @@ HPA512_DIR = "input/hpa-512"                              # where the processed 
 EXTERNAL = True                                           # include COMPETITION_DIR/train_external (S1)
 # ---------------------------------------------------------------------------- images
 IMAGE_SIZE = 512                                          # side of the written images and masks (px)
+MAX_PIXELS = 4096 * 4096 * 4                              # the most pixel values (H x W x planes of its 4
+                                                          # files) an image may hold, read from the headers
+                                                          # before decoding (larger: in s2_failures.csv)
 # ---------------------------------------------------------------------------- folds
 N_FOLDS = 5                                               # MultilabelStratifiedKFold splits
 SEED = 42                                                 # fold shuffling seed
@@ -151,7 +154,7 @@ def _prepare(task: tuple, opts: dict, out_dir: Path):
     split, folder, image_id = task
     paths = out_paths(out_dir, split, image_id)
     try:
-        img = io.read_image(folder, image_id)
+        img = io.read_image(folder, image_id, opts["max_pixels"])
         small = fov.working_image(img, opts["image_size"])
         io.write_rgby(paths["image"], small)
         return split, image_id, paths, img, small
@@ -239,6 +242,7 @@ def main(argv=None):
     out_dir = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR", keep=False)  # made when S2 writes
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
+    config.require_positive(cfg, "MAX_PIXELS", step="S2")
     try:
         shard = parallel.parse_shard(cfg.SHARD)
         seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
@@ -296,7 +300,7 @@ def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_a
 
     opts = {"out_dir": str(out_dir), "image_size": cfg.IMAGE_SIZE, "seg_at": seg_at, "segmenter": seg_name,
             "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1),
-            "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS}
+            "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS, "max_pixels": cfg.MAX_PIXELS}
     if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch and
         # NUM_WORKERS processes post-process it
         step, workers = max(cfg.SEG_BATCH, 1), 1

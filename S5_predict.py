@@ -11,7 +11,7 @@ Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: orde
                                          RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
         OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
-        OUTPUT_DIR/overlays/{ID}.png     the first N_OVERLAYS images, cells outlined and labelled
+        OUTPUT_DIR/overlays/{stem}.png   the first N_OVERLAYS images, cells outlined and labelled
         OUTPUT_DIR/submission_{cells,pipeline1,pipeline2,image_level,x_image}.csv  with VARIANTS (for S6):
                                          cells = the cell-level ensemble alone, image_level = every cell
                                          scored with its image's prediction, x_image = cells x image_level
@@ -22,8 +22,9 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
                                          touches_border, top_class, top_prob, one column per class name
         OUTPUT_DIR/images.csv            with CELL_TABLES: image, width, height, n_cells, per class the
                                          fraction of the cells at >= THRESHOLD (common.cell_tables)
-        OUTPUT_DIR/labels/{ID}.png       with CELL_TABLES: the 16-bit label map at the original size, ids
-                                         as in cells.csv (opens as labels in Fiji and napari)
+        OUTPUT_DIR/labels/{stem}.png     with CELL_TABLES: the 16-bit label map at the original size, ids
+                                         as in cells.csv (opens as labels in Fiji and napari); {stem} =
+                                         constants.file_stem(ID), the ID itself when it is a plain name
         OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report)
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
@@ -39,14 +40,18 @@ removed just before, so the folder never mixes two runs. One S5 at a time per OU
 # ---------------------------------------------------------------------------- input
 COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
 HPA512_DIR = "input/hpa-512"      # S2's resized test images and cell masks
+MAX_PIXELS = 4096 * 4096 * 4      # the most pixel values (height x width x planes, all its files) one image
+                                  # may hold, read from the headers before decoding (larger: a listed failure)
 # ---------------------------------------------------------------------------- your own images
 IMAGES = ""                       # a folder of your own fields of view ("" = the competition test set above)
 CHANNEL_SUFFIXES = ["_red", "_green", "_blue", "_yellow"]  # IMAGES: file-name endings (before the extension)
                                   # of the microtubule, protein, nucleus and ER channel files of a field
 TIFF_PLANES = [0, 1, 2, 3]        # IMAGES, one multi-channel {ID}.tif per field: the planes of microtubules,
                                   # protein, nucleus and ER
-RESCALE = False                   # IMAGES: stretch each channel from RESCALE_PERCENTILES to 0..255 (dim
-                                  # 12-bit data); False = 16 -> 8 bit proportionally, as everywhere else
+TIFF_Z_PLANE = -1                 # IMAGES: the plane to take of a TIFF's Z (depth) or T (time) axis
+                                  # (-1 = refuse such a stack: its planes are never channels)
+RESCALE = False                   # IMAGES: stretch each channel from RESCALE_PERCENTILES to 0..255
+                                  # (any values); False = proportionally at the field's bit depth (fields.py)
 RESCALE_PERCENTILES = [0.1, 99.9]  # RESCALE: the low and high percentiles of a channel that become 0 and 255
 # ---------------------------------------------------------------------------- models
 OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
@@ -190,6 +195,7 @@ class ImageSource:
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
         self.device = cfg.DEVICE
         self.seg_at = cfg.SEG_AT
+        self.max_pixels = cfg.MAX_PIXELS
         try:
             fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
         except ValueError as e:
@@ -217,9 +223,9 @@ class ImageSource:
     def original(self, image_id: str) -> np.ndarray | None:
         if io.channel_path(self.test_dir, image_id, "red").is_file():
             try:
-                return io.read_image(self.test_dir, image_id)
+                return io.read_image(self.test_dir, image_id, self.max_pixels)
             except Exception as e:  # noqa: BLE001 - any reader failure is this image's
-                raise ImageFailed(str(e)) from e
+                raise ImageFailed(fields.reason(e)) from e
         return None
 
     def _cached(self, image_id: str) -> tuple | None:
@@ -246,12 +252,12 @@ class ImageSource:
                 return cached
         except Exception as e:  # noqa: BLE001 - a corrupt cache: the original may still be intact
             if not io.channel_path(self.test_dir, image_id, "red").is_file():
-                raise ImageFailed(str(e)) from e
+                raise ImageFailed(fields.reason(e)) from e
             tqdm.write(f"S5: {image_id}: S2's file is unreadable ({e}); preparing it again from the original")
         try:
-            original = io.read_image(self.test_dir, image_id)  # names a missing channel file
+            original = io.read_image(self.test_dir, image_id, self.max_pixels)  # names a missing file
         except Exception as e:  # noqa: BLE001 - any reader failure is this image's
-            raise ImageFailed(str(e)) from e
+            raise ImageFailed(fields.reason(e)) from e
         if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
             self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
                                                          device=self.device)
@@ -287,7 +293,8 @@ class Results:
 def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
-    config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", step="S5")
+    config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "MAX_PIXELS", step="S5")
+    config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
     out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
@@ -440,14 +447,15 @@ def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors:
         io.atomic_to_csv(res.tables.images_frame(), out_dir / "images.csv")
     config.save(dict(cfg, RUNS_USED=[str(p.path) for p in predictors]), out_dir / "s5_config.json")
     io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), out_dir / "s5_failures.csv")
-    optional = [(label_dir / f"{image_id}.png", lambda path, b=png: io.atomic_write_bytes(path, b))
+    optional = [(label_dir / cell_tables.label_file(image_id),
+                 lambda path, b=png: io.atomic_write_bytes(path, b))
                 for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
     if cfg.REPORT:
         optional.append((out_dir / "report.html", lambda path: _write_report(cfg, res, path)))
     optional += [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
                   lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
                  for name in res.names[1:]]
-    optional += [(overlay_dir / f"{image_id}.png",
+    optional += [(overlay_dir / f"{constants.file_stem(image_id)}.png",
                   lambda path, o=(image_id, image, labels, ids, ens): plots.plot_cell_overlay(
                       o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))
                  for image_id, image, labels, ids, ens in res.overlays]

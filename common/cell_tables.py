@@ -1,5 +1,8 @@
 """Per-cell results a person can use: cells.csv, images.csv, label maps and the report's thumbnails.
 
+Tables hold each image's ID as it is; a file made from an ID is named by ``constants.file_stem`` (the ID
+itself for a plain name, e.g. every competition ID; ``Image 1`` -> ``Image_1~<hash>``).
+
 Gathered field by field (:meth:`CellTables.add`), written after every field was scored. Memory stays
 small: a field's original-size label map is held as its 16-bit PNG bytes and its report thumbnail
 as JPEG (picture) and PNG (labels) bytes, decoded again one field at a time when the report is
@@ -9,8 +12,8 @@ written (:class:`ReportFields`).
   per class (``constants.CLASS_NAMES``), the ensemble's probabilities rounded to 6 decimals (as
   cell_predictions.csv). ``x`` / ``y`` is the centroid (mean column / row of the cell's pixels) and
   ``area`` its pixel count in the written label map; ``touches_border`` is read on that map.
-* ``labels/{ID}.png``: the original-size (H x W) uint16 label map holding exactly the cells of
-  ``cells.csv`` (any other id zeroed): Fiji and napari open it as labels.
+* ``labels/{stem}.png`` (:func:`label_file`): the original-size (H x W) uint16 label map holding exactly
+  the cells of ``cells.csv`` (any other id zeroed): Fiji and napari open it as labels.
 * ``images.csv``: ``image, width, height, n_cells`` and per class the fraction of the field's cells
   whose probability is >= ``threshold`` (empty for a field without cells).
 """
@@ -23,11 +26,16 @@ import numpy as np
 import pandas as pd
 
 from common import cells, io, plots, report
-from common.constants import CLASS_NAMES
+from common.constants import CLASS_NAMES, file_stem
 from common.resize import resize_image, resize_labels
 
 CELL_COLUMNS = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob", *CLASS_NAMES]
 IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
+
+
+def label_file(image_id: str) -> str:
+    """The file name of a field's label map in ``labels/``: ``{constants.file_stem(ID)}.png``."""
+    return f"{file_stem(image_id)}.png"
 
 
 def only(labels: np.ndarray, ids) -> np.ndarray:
@@ -84,7 +92,7 @@ class CellTables:
     thumbs: bool
     rows: list = field(default_factory=list)          # cells.csv
     images: list = field(default_factory=list)        # images.csv
-    pngs: dict = field(default_factory=dict)          # {ID: 16-bit PNG bytes of labels/{ID}.png}
+    pngs: dict = field(default_factory=dict)          # {ID: 16-bit PNG bytes of labels/{label_file(ID)}}
     report_fields: list = field(default_factory=list)  # (ID, JPEG bytes, PNG bytes, (H, W))
 
     def add(self, image_id: str, hw, full: np.ndarray, ids: list[int], probs: np.ndarray,

@@ -10,6 +10,7 @@ default ``/kaggle``) moves the whole tree (tests use a temporary one). The mere 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -229,6 +230,54 @@ def id_problem(image_id) -> str | None:
     if not _SAFE_ID.match(text):
         return "is not a plain name (letters, digits, '_', '-', '.'; starting with a letter or digit)"
     return None
+
+
+# One's own images (S5 --IMAGES) take their ID from the file name: any printable Unicode name (spaces,
+# accents, a leading '-'), never used as a path itself; the files made from it are named by file_stem.
+_PLAIN_STEM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{k}" for p in ("COM", "LPT") for k in range(1, 10))}
+STEM_KEEP = 100                                   # characters of a mapped name kept before its hash
+STEM_HASH = 10                                    # hex digits of the hash that ends a mapped name
+
+
+def shown_name(name: str) -> str:
+    """``name`` as it can be printed and written to a UTF-8 table: bytes that are not UTF-8 (a file name
+    read as str keeps them as surrogates) as ``\\xNN``, other unprintable characters as their escapes."""
+    text = str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def own_id_problem(image_id: str) -> str | None:
+    """Why a file name's ``image_id`` cannot be an own image's ID (S5 --IMAGES), or None: empty, bytes
+    that are not UTF-8, or a character that is not printable (a control character, a line break)."""
+    text = str(image_id)
+    if not text.strip():
+        return "is empty"
+    if shown_name(text) != text:
+        undecodable = text.encode("utf-8", "surrogateescape") != text.encode("utf-8", "replace")
+        return ("is not valid UTF-8 (its bytes shown as \\xNN)" if undecodable
+                else "holds a character that is not printable (shown escaped)")
+    return None
+
+
+def file_stem(image_id: str) -> str:
+    """The stem of every file named after an image (``labels/{stem}.png``, ``overlays/``, ``report/``),
+    the one mapping of a name to a file name that is safe on any filesystem. A plain name (letters,
+    digits, '_', '.', '-', not starting with '-' or '.', not ending in '.', at most MAX_ID_LENGTH
+    characters, no Windows device name such as ``CON``) is its own stem: every competition ID. Any other
+    name has each other character replaced by '_', a '_' put before a leading '-' or '.', is cut to
+    STEM_KEEP characters, and ends in '~' and the first STEM_HASH hex digits of the SHA-256 of the exact
+    name (UTF-8): ``Image 1`` -> ``Image_1~<hash>``. No plain name holds '~', so two names never share
+    a stem. Tables (cells.csv, images.csv, the submission) keep the name itself."""
+    name = str(image_id)
+    if (_PLAIN_STEM.match(name) and not name.endswith(".") and len(name) <= MAX_ID_LENGTH
+            and name.split(".")[0].upper() not in _WINDOWS_DEVICES):
+        return name
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:STEM_KEEP]
+    if safe[:1] in ("", "-", ".") or safe.split(".")[0].upper() in _WINDOWS_DEVICES:
+        safe = "_" + safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:STEM_HASH]
+    return f"{safe}~{digest}"
 
 
 def parse_labels(label: str | float | None) -> list[int]:

@@ -8,11 +8,23 @@ Layouts (one folder, files side by side; hidden files and other extensions are i
 * one multi-channel TIFF per field, ``{ID}.tif`` / ``{ID}.tiff``: ``planes`` says which plane holds
   each channel. The plane axis: the axis that is not Y or X in tifffile's series axes (``CYX``,
   ``QYX``, ``YXS``, ...; singleton axes dropped); when the axes do not name Y and X, the smaller of
-  the first and the last axis (``C x H x W`` or ``H x W x C``).
+  the first and the last axis (``C x H x W`` or ``H x W x C``). An axis tifffile calls Z (depth) or
+  T (time) is never taken as channels: the field is refused, unless ``z_plane`` (TIFF_Z_PLANE >= 0)
+  picks that plane of it.
 
 A file name ending in a suffix is a channel file (the longest matching suffix); another ``.tif`` /
-``.tiff`` is a multi-channel TIFF. 8- or 16-bit (or float in [0, 1]); 16-bit is scaled to 8 bits
-proportionally (``io.to_uint8``) unless ``rescale`` gives percentiles to stretch each channel to.
+``.tiff`` is a multi-channel TIFF. The ID is the rest of the name: any printable name (spaces, accents,
+a leading '-'; ``constants.own_id_problem``); the files made from it are named by
+``constants.file_stem``. A name that is not UTF-8 is a failure shown escaped (``constants.shown_name``).
+
+Pixel values (:func:`read_field`), nothing clipped silently: a field may declare at most
+``max_pixels`` values in its files' headers (``io.PixelBudget``, checked before decoding). 8-bit as
+it is; integer files (16-bit, or signed / 32-bit holding 0..65535) at the field's bit depth, the
+smallest of ``DEPTHS`` above its brightest value, scaled to 16 bits and then proportionally to 8
+(``io.to_uint8``): 12-bit data in 16-bit files read as if scaled to the full range; floats in [0, 1]
+as ``round(x * 255)``. Refused with the reason: NaN or inf, floats outside [0, 1], negative values,
+values beyond 16 bits, and a field whose brightest 8-bit value is below ``DIM_BELOW`` ("looks dim").
+With ``rescale`` (percentiles) each channel is stretched instead (:func:`stretch`), any range.
 
 Any size: a non-square field is padded with zeros at the bottom and right to a square before
 ``fov.prepare`` (the working image and the models are square), and its original-size label map is
@@ -27,12 +39,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import tifffile
+from tqdm import tqdm
 
 from common import constants, fov, io, segmentation
-from common.constants import CHANNELS, id_problem
+from common.constants import CHANNELS, own_id_problem, shown_name
 
 TIFF_EXTS = (".tif", ".tiff")
+DEPTHS = (8, 10, 12, 14, 16)   # bit depths an integer field may have: the smallest above its brightest value
+DIM_BELOW = 16                 # a field whose brightest value, read at 8 bits, is below this looks dim
+STACK_AXES = {"Z": "a Z-stack", "T": "a time series"}  # tifffile's axes that are never channels
 
 
 class FieldFailed(Exception):
@@ -88,10 +103,10 @@ def _classify(folder: Path, suffixes: list[str]) -> tuple[dict, dict]:
 
 def _problem(image_id: str, tiffs: list[Path], chans: dict[int, list[Path]], suffixes: list[str]) -> str:
     """Why the files found for ``image_id`` make no field ("" when they do)."""
-    names = [p.name for p in tiffs] + [p.name for k in sorted(chans) for p in chans[k]]
-    why = id_problem(image_id)
+    names = [shown_name(p.name) for p in [*tiffs, *(p for k in sorted(chans) for p in chans[k])]]
+    why = own_id_problem(image_id)
     if why:
-        return f"ID {image_id!r} (from {names[0]}) {why}"
+        return f"the name {names[0]} {why}"
     if tiffs and chans:
         return "two layouts claim this ID: " + ", ".join(names)
     if len(tiffs) > 1:
@@ -124,7 +139,7 @@ def discover(folder: str | Path, suffixes: list[str]) -> tuple[list[Field], list
         t, c = tiffs.get(image_id, []), chans.get(image_id, {})
         why = _problem(image_id, t, c, list(suffixes))
         if why:
-            failures.append({"ID": image_id, "reason": why})
+            failures.append({"ID": shown_name(image_id), "reason": why})
         else:
             found.append(Field(image_id, tuple(t) if t else tuple(c[k][0] for k in range(len(CHANNELS)))))
     if not found and not failures:
@@ -133,17 +148,21 @@ def discover(folder: str | Path, suffixes: list[str]) -> tuple[list[Field], list
 
 
 # ----------------------------------------------------------------------------- reading
-def tiff_planes(path: str | Path) -> np.ndarray:
-    """The planes of a multi-channel TIFF as ``P x H x W`` (see the module docstring for the axis)."""
+def tiff_planes(path: str | Path, z_plane: int, budget: io.PixelBudget | None = None) -> np.ndarray:
+    """The planes of a multi-channel TIFF as ``P x H x W`` (see the module docstring for the axis); a Z
+    or T axis gives its plane ``z_plane``, or is refused (``z_plane`` < 0)."""
     path = Path(path)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            arr, axes = series.asarray(), series.axes
-    except Exception as e:  # noqa: BLE001 - any decoder failure is reported with the file name
-        raise io.ImageReadError(f"{path}: cannot decode image ({e})") from e
+    arr, axes = io.read_planes(path, budget)
     keep = [i for i, n in enumerate(arr.shape) if n != 1]
     arr, axes = arr.squeeze(), "".join(axes[i] for i in keep) if len(axes) == arr.ndim else ""
+    for a in (a for a in STACK_AXES if a in axes):
+        i, n = axes.index(a), arr.shape[axes.index(a)]
+        if not 0 <= z_plane < n:
+            ask = ("set TIFF_Z_PLANE to the plane to take" if z_plane < 0
+                   else f"TIFF_Z_PLANE {z_plane} is not one of them")
+            raise io.ImageReadError(f"{path.name}: {STACK_AXES[a]} of {n} planes (axes {axes}), not "
+                                    f"channels: {ask}")
+        arr, axes = arr[(slice(None),) * i + (z_plane,)], axes[:i] + axes[i + 1:]
     if arr.ndim == 2:
         return arr[None]
     if arr.ndim != 3:
@@ -157,33 +176,82 @@ def tiff_planes(path: str | Path) -> np.ndarray:
 
 
 def stretch(channel: np.ndarray, percentiles: list[float]) -> np.ndarray:
-    """A channel stretched to uint8: ``percentiles[0]`` -> 0, ``percentiles[1]`` -> 255, clipped."""
+    """A channel stretched to uint8: ``percentiles[0]`` -> 0, ``percentiles[1]`` -> 255, clipped there
+    (the stretch saturates by design). NaN or inf, or a type other than integers and floats, is an
+    ``io.ImageReadError``."""
+    if not (np.issubdtype(channel.dtype, np.integer) or np.issubdtype(channel.dtype, np.floating)):
+        raise io.ImageReadError(f"pixel type {channel.dtype} is not read (integers or floats only)")
+    if not all(np.isfinite(io.value_range(channel))):
+        raise io.ImageReadError("holds NaN or infinite values")
     lo, hi = np.percentile(channel, [float(percentiles[0]), float(percentiles[1])])
     if hi <= lo:
         return np.zeros(channel.shape, np.uint8)
-    scaled = (channel.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    lo, k = np.float32(lo), np.float32(255.0 / (hi - lo))
+    return io.blockwise(channel, lambda b: np.clip(np.rint((b.astype(np.float32) - lo) * k), 0, 255))
 
 
-def _channels(f: Field, planes: list[int]) -> list[np.ndarray]:
+def field_bits(chans: list[np.ndarray]) -> int | None:
+    """The bit depth the integer channels of a field are read at: the smallest of ``DEPTHS`` above
+    their brightest value (16 beyond; None when no channel is an integer type wider than 8 bits)."""
+    wide = [c for c in chans if np.issubdtype(c.dtype, np.integer) and c.dtype != np.uint8]
+    if not wide:
+        return None
+    top = max(io.value_range(c)[1] for c in wide)
+    return next((b for b in DEPTHS if top < 2 ** b), 16)
+
+
+def _channels(f: Field, planes: list[int], z_plane: int, budget: io.PixelBudget) -> list[np.ndarray]:
     if len(f.files) == 1:
-        stack = tiff_planes(f.files[0])
+        stack = tiff_planes(f.files[0], z_plane, budget)
         if max(planes) >= len(stack) or min(planes) < 0:
             raise io.ImageReadError(f"{f.files[0].name}: {len(stack)} plane(s) of {stack.shape[1]} x "
                                     f"{stack.shape[2]}; TIFF_PLANES asks for planes {list(planes)}")
         return [stack[p] for p in planes]
-    return [io.read_gray(path) for path in f.files]
+    return [io.read_gray(path, budget) for path in f.files]
 
 
-def read_field(f: Field, planes: list[int], rescale: list[float] | None) -> np.ndarray:
-    """``H x W x 4`` uint8 RGBY of a field: ``io.to_uint8``, or ``stretch`` when ``rescale`` gives the
-    percentiles. A reader failure or channels of different sizes is an ``io.ImageReadError``."""
-    chans = _channels(f, list(planes))
-    shapes = [c.shape for c in chans]
-    if len(set(shapes)) != 1:
-        raise io.ImageReadError("channel sizes differ: " + ", ".join(
-            f"{p.name} {s[0]} x {s[1]}" for p, s in zip(f.files * len(chans), shapes)))
-    return np.stack([stretch(c, rescale) if rescale else io.to_uint8(c) for c in chans], axis=-1)
+def _to_uint8(chans: list[np.ndarray], names: list[str], bits: int | None) -> np.ndarray:
+    out = np.empty((*chans[0].shape, len(chans)), np.uint8)
+    for k, (c, name) in enumerate(zip(chans, names)):
+        why = io.value_problem(c, bits or 16)
+        if why:  # RESCALE stretches any finite integers or floats
+            numbers = np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)
+            rescalable = numbers and all(np.isfinite(io.value_range(c)))
+            raise io.ImageReadError(f"{name}: {why}" + (": use --RESCALE true to stretch it to 0..255"
+                                                         if rescalable else ""))
+        out[..., k] = io.to_uint8(c, bits or 16)
+    top = int(out.max(initial=0))
+    if top < DIM_BELOW:
+        raise io.ImageReadError(f"looks dim: brightest value {top} of 255 at 8 bits: use --RESCALE true")
+    return out
+
+
+def read_field(f: Field, planes: list[int], rescale: list[float] | None, z_plane: int,
+               max_pixels: int) -> tuple[np.ndarray, int | None]:
+    """``H x W x 4`` uint8 RGBY of a field by the rules of the module docstring, and the bit depth its
+    integer channels were read at (:func:`field_bits`; None with ``rescale`` or without such channels).
+    A reader failure, a refused value, channels of different sizes or more than ``max_pixels`` values
+    is an ``io.ImageReadError``."""
+    budget = io.PixelBudget(max_pixels)
+    try:
+        chans = _channels(f, list(planes), z_plane, budget)
+        shapes = [c.shape for c in chans]
+        names = ([f"{f.files[0].name} plane {p}" for p in planes] if len(f.files) == 1
+                 else [p.name for p in f.files])
+        if len(set(shapes)) != 1:
+            raise io.ImageReadError("channel sizes differ: " + ", ".join(
+                f"{n} {s[0]} x {s[1]}" for n, s in zip(names, shapes)))
+        if rescale:
+            return np.stack([stretch(c, rescale) for c in chans], axis=-1), None
+        bits = field_bits(chans)
+        return _to_uint8(chans, names, bits), bits
+    except MemoryError:
+        raise io.ImageReadError(f"too large to decode: {budget.used} pixels (out of memory)") from None
+
+
+def reason(e: BaseException) -> str:
+    """What a failure list says of an exception: its message, else its type (never empty)."""
+    return str(e) or type(e).__name__
 
 
 def pad_square(image: np.ndarray) -> np.ndarray:
@@ -212,26 +280,34 @@ class FieldSource:
     def __init__(self, cfg, found: list[Field]):
         self.fields = {f.image_id: f for f in found}
         self.planes, self.size, self.seg_at = list(cfg["TIFF_PLANES"]), int(cfg["IMAGE_SIZE"]), cfg["SEG_AT"]
+        self.z_plane, self.max_pixels = int(cfg["TIFF_Z_PLANE"]), int(cfg["MAX_PIXELS"])
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
         self.segmenter = segmentation.get_segmenter(cfg["SEGMENTER"], constants.resolve(cfg["HPA_SEG_DIR"]),
                                                     device=cfg["DEVICE"])
         self.sizes: dict[str, tuple[int, int]] = {}
         self.n_segmented = 0
+        self.depths: set[int] = set()  # bit depths below 16 said once each
 
     def original(self, image_id: str) -> None:  # load() always returns the original
         return None
 
     def load(self, image_id: str) -> Loaded:
         try:
-            original = read_field(self.fields[image_id], self.planes, self.rescale)
+            original, bits = read_field(self.fields[image_id], self.planes, self.rescale, self.z_plane,
+                                        self.max_pixels)
         except Exception as e:  # noqa: BLE001 - any reader failure is this field's
-            raise FieldFailed(str(e)) from e
+            raise FieldFailed(reason(e)) from e
+        if bits is not None and bits < 16 and bits not in self.depths:
+            self.depths.add(bits)
+            tqdm.write(f"S5: {image_id} (and any other such field): integer values below {2 ** bits}, read "
+                       f"as {bits}-bit data, scaled to the full range (--RESCALE true stretches instead)")
         hw = original.shape[:2]
         self.sizes[image_id] = hw
         try:
             f = fov.prepare([pad_square(original)], self.size, self.segmenter, self.seg_at, full=True)[0]
         except Exception as e:  # noqa: BLE001
-            raise FieldFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
+            what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise FieldFailed(f"segmentation failed: {what}") from e
         self.n_segmented += 1
         return Loaded(f.image, f.cell, f.cell_full[: hw[0], : hw[1]], original, hw,
                       region(hw, f.cell.shape[0]))

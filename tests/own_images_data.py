@@ -2,6 +2,10 @@
 one-step demo model and synthetic fields written in three layouts."""
 from __future__ import annotations
 
+import gzip
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +64,40 @@ def write_channel_files(folder: Path, images: dict[str, np.ndarray], suffixes, e
                 tifffile.imwrite(path, img[..., k])
             else:
                 io.imwrite(path, img[..., k])
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+def declared_tiff(path: Path, shape=(4, 16000, 16000)) -> Path:
+    """A zlib TIFF that declares ``shape`` uint16 (2 GB decoded for the default) in ~2 MB: one
+    compressed 1024 x 1024 tile of zeros written for every tile."""
+    tile = zlib.compress(np.zeros((1024, 1024), np.uint16).tobytes(), 9)
+    n = shape[0] * -(-shape[1] // 1024) * -(-shape[2] // 1024)
+    tifffile.imwrite(path, data=(tile for _ in range(n)), shape=shape, dtype="uint16",
+                     photometric="minisblack", compression="zlib", tile=(1024, 1024))
+    return path
+
+
+def gzip_bomb(path: Path, members: int = 1000) -> Path:
+    """A .tif.gz of ``members`` gzip members of 64 MiB of zeros each: ~65 MB on disk for 1000 members,
+    64 GiB gunzipped."""
+    member = gzip.compress(bytes(64 << 20), compresslevel=9)
+    with open(path, "wb") as f:
+        for _ in range(members):
+            f.write(member)
+    return path
+
+
+def png_declaring(path: Path, height: int, width: int) -> Path:
+    """A small 8-bit PNG whose IHDR is rewritten to declare ``height`` x ``width`` (nothing decodes it)."""
+    data = bytearray(io.encode_png(np.zeros((4, 4), np.uint8)))
+    data[16:24] = struct.pack(">II", width, height)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_channel_bytes_name(folder: Path, name: bytes, img: np.ndarray, suffixes) -> None:
+    """One 8-bit PNG per channel named ``{name}{suffix}.png`` from a bytes name (e.g. not UTF-8)."""
+    for k, suffix in enumerate(suffixes):
+        path = os.fsencode(folder) + b"/" + name + suffix.encode() + b".png"
+        with open(path, "wb") as f:
+            f.write(io.encode_png(io.to_uint8(img[..., k])))

@@ -188,3 +188,73 @@ def test_atomic_outputs_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in paths} == {oct(mode)}
+
+
+# ----------------------------------------------------------------------------- values and budget
+def test_to_uint8_refuses_what_it_would_clip(tmp_path):
+    rng = np.random.default_rng(1)
+    u16 = rng.integers(0, 65536, (1100, 1000), dtype=np.uint16)  # more than one block of the conversion
+    assert np.array_equal(io.to_uint8(u16), ((u16.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    unit = rng.random((1100, 1000), dtype=np.float32)
+    assert np.array_equal(io.to_uint8(unit), np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8))
+    for arr, why in ((np.array([0.0, 1.5], np.float32), r"float values from 0 to 1.5, outside \[0, 1\]"),
+                     (np.array([0.0, np.nan]), "NaN or infinite"),
+                     (np.array([5, -3], np.int32), r"negative values \(down to -3; int32\)"),
+                     (np.array([5, 70000], np.int32), r"values up to 70000 need more than 16 bits"),
+                     (np.array([True, False]), "pixel type bool is not read")):
+        with pytest.raises(io.ImageReadError, match=why):
+            io.to_uint8(arr)
+    tifffile.imwrite(tmp_path / "x_red.tif", np.array([[0.25, 2.0]], np.float32))
+    with pytest.raises(io.ImageReadError, match=r"x_red.tif: float values from 0.25 to 2"):
+        io.read_channel(tmp_path / "x_red.tif")
+
+
+def test_headers_are_checked_against_the_budget_before_decoding(tmp_path):
+    from own_images_data import declared_tiff, png_declaring
+
+    png = png_declaring(tmp_path / "a_red.png", 20000, 30000)
+    jpg = tmp_path / "b_red.jpg"
+    data = bytearray(io.encode_jpeg(np.zeros((8, 8), np.uint8), 90))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (20000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    jpg.write_bytes(bytes(data))
+    tif = declared_tiff(tmp_path / "c_red.tif", (2, 20000, 30000))
+    for path, dims in ((png, "20000 x 30000"), (jpg, "20000 x 30000"), (tif, "2 x 20000 x 30000")):
+        n = 600_000_000 * (2 if path == tif else 1)
+        with pytest.raises(io.ImageReadError, match=rf"{path.name}: too large to decode: {n} pixels "
+                                                    rf"\({dims}; MAX_PIXELS 1000000\)"):
+            io.read_array(path, io.PixelBudget(1_000_000))
+    small = tmp_path / "s"
+    io.write_channels(small, "abc", _rgby(h=40, w=50))  # 2000 pixels a channel
+    assert io.read_image(small, "abc", max_pixels=8000).shape == (40, 50, 4)
+    with pytest.raises(io.ImageReadError, match=r"abc_yellow.png: too large to decode: 8000 pixels \(40 x 50 "
+                                                r"and 6000 in the other files; MAX_PIXELS 7999\)"):
+        io.read_image(small, "abc", max_pixels=7999)
+
+
+def test_a_tif_gz_is_gunzipped_within_the_budget_only(tmp_path):
+    img = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    plain = tmp_path / "t.tif"
+    tifffile.imwrite(plain, img)
+    gz = tmp_path / "x_red.tif.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    assert np.array_equal(io.read_array(gz, io.PixelBudget(64 * 64)), img)
+    bomb = tmp_path / "bomb_red.tif.gz"
+    bomb.write_bytes(gzip.compress(bytes(32 << 20)) * 2)  # two members, 64 MiB gunzipped
+    with pytest.raises(io.ImageReadError, match=rf"bomb_red.tif.gz: too large to decode: gunzips to more "
+                                                rf"than {1000 * 8 + io.GZ_SLACK} bytes \(8 bytes per pixel "
+                                                r"of MAX_PIXELS 1000\)"):
+        io.read_array(bomb, io.PixelBudget(1000))
+
+
+def test_decoder_messages_quote_no_bytes_of_the_file(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"hunter2:x:0:0::/home:/bin/sh\n")
+    for name in ("a_red.tif", "b_red.png"):
+        (tmp_path / name).symlink_to(secret)
+        with pytest.raises(io.ImageReadError, match=rf"{name}: cannot decode image \(not a PNG, JPEG or"):
+            io.read_channel(tmp_path / name)
+    (tmp_path / "c_red.tif").write_bytes(b"MM\x00*" + b"hunter2" * 20)
+    with pytest.raises(io.ImageReadError, match=r"c_red.tif: cannot decode image \(not a valid TIFF") as e:
+        io.read_channel(tmp_path / "c_red.tif")
+    assert "hunter2" not in str(e.value)

@@ -2,18 +2,29 @@
 per-cell results of both modes (cells.csv, images.csv, labels/{ID}.png): one tiny run shared."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 from conftest import load_script
-from own_images_data import field, train_tiny, write_channel_files, write_competition, write_tiffs
+from own_images_data import (
+    declared_tiff,
+    field,
+    gzip_bomb,
+    train_tiny,
+    write_channel_bytes_name,
+    write_channel_files,
+    write_competition,
+    write_tiffs,
+)
 
-from common import encoding, io
-from common.constants import CLASS_NAMES
+from common import cell_tables, encoding, io
+from common.constants import CLASS_NAMES, file_stem
 
 torch.set_num_threads(1)
 S3 = load_script("S3_train_pipeline1.py")
@@ -63,7 +74,7 @@ def _check_tables_agree_with_label_maps(out: Path, sizes: dict) -> pd.DataFrame:
     assert list(cells_df.columns[:8]) == ["image", "cell_id", "x", "y", "area", "touches_border", "top_class",
                                           "top_prob"] and list(cells_df.columns[8:]) == list(CLASS_NAMES)
     for image_id, (h, w) in sizes.items():
-        lab = cv2.imread(str(out / "labels" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        lab = cv2.imread(str(out / "labels" / cell_tables.label_file(image_id)), cv2.IMREAD_UNCHANGED)
         assert lab.dtype == np.uint16 and lab.shape == (h, w), (image_id, lab.dtype, lab.shape)
         mine = cells_df[cells_df["image"] == image_id].set_index("cell_id")
         ids = sorted(int(i) for i in np.unique(lab) if i)
@@ -152,3 +163,67 @@ def test_a_missing_or_empty_folder_stops_with_one_line(runs, tmp_path):
         (tmp_path / "notes.txt").write_text("not an image")
         with pytest.raises(SystemExit, match=rf"--IMAGES {folder}: (no such folder|no field of view).*_red"):
             S5.main([*runs["common"], "--IMAGES", str(folder), "--OUTPUT_DIR", str(tmp_path / "o")])
+
+
+# ----------------------------------------------------------------------------- names and pixel data
+NAMES = {"Image 1": (64, 80), "Zelle_é": (72, 72), "-ctrl": (80, 64)}   # (H, W)
+COMPETITION_SUFFIXES = ["_red", "_green", "_blue", "_yellow"]
+
+
+@pytest.fixture(scope="module")
+def odd(runs) -> dict:
+    """S5 on a folder of names a microscope writes (spaces, accents, a leading '-', bytes that are not
+    UTF-8), 12-bit data beside the same data at full range, and inputs that must be refused."""
+    root = runs["root"]
+    folder = root / "odd"
+    folder.mkdir(exist_ok=True)
+    write_channel_files(folder, {n: field(10 + k, *hw) for k, (n, hw) in enumerate(NAMES.items())},
+                        COMPETITION_SUFFIXES, ".png")
+    write_channel_bytes_name(folder, b"bad\xff", field(20, 64, 64), COMPETITION_SUFFIXES)
+    d12 = field(21, 80, 80) >> 4                                        # 12-bit camera data in 16-bit files
+    full = ((d12.astype(np.uint64) * 65535 + 2047) // 4095).astype(np.uint16)
+    write_tiffs(folder, {"twelve": d12, "full": full})
+    tifffile.imwrite(folder / "zstack.tif", np.moveaxis(field(22, 64, 64), -1, 0).copy(), imagej=True,
+                     metadata={"axes": "ZYX"})
+    declared_tiff(folder / "giant.tif")
+    gzip_bomb(folder / "bomb_red.tif.gz", members=10)
+    write_channel_files(folder, {"bomb": field(23, 64, 64)}, COMPETITION_SUFFIXES[1:], ".png")
+    secret = root / "secret.txt"
+    secret.write_bytes(b"hunter2:x:0:0::/home:/bin/sh\n")
+    (folder / "link.tif").symlink_to(secret)
+    out = root / "out_odd"
+    S5.main([*runs["common"], "--IMAGES", str(folder), "--OUTPUT_DIR", str(out), "--MAX_PIXELS", "4000000"])
+    return {"out": out, "fails": _failures(out)}
+
+
+def test_names_with_spaces_accents_or_a_leading_dash_are_fields_and_bad_bytes_are_listed(odd):
+    out = odd["out"]
+    read = {**NAMES, "twelve": (80, 80), "full": (80, 80)}
+    _check_tables_agree_with_label_maps(out, read)            # rows keep the names; labels/ by file_stem
+    files = sorted(p.name for p in (out / "labels").iterdir())
+    assert files == sorted(cell_tables.label_file(n) for n in read)
+    assert all(f.isascii() and " " not in f and not f.startswith("-") for f in files)
+    assert file_stem("Image 1").startswith("Image_1~") and file_stem("twelve") == "twelve"
+    sub = _read(out, "submission.csv")  # S6 reads competition IDs only
+    assert sorted(sub["ID"]) == sorted(read) and sub["PredictionString"].str.len().gt(0).all()
+    assert "not valid UTF-8" in odd["fails"]["bad\\xff"] and "bad\\xff_" in odd["fails"]["bad\\xff"]
+    report = json.loads((out / "report" / "data.json").read_text())
+    assert sorted(f["id"] for f in report["fields"]) == sorted(read)
+    assert all((out / "report" / f["src"]).is_file() for f in report["fields"])
+
+
+def test_12_bit_fields_give_the_cells_of_the_same_data_at_full_range(odd):
+    cells_df = _read(odd["out"], "cells.csv").set_index("image")
+    twelve, full = cells_df.loc["twelve"], cells_df.loc["full"]
+    assert len(twelve) >= 3
+    assert twelve.reset_index(drop=True).equals(full.reset_index(drop=True))
+
+
+def test_stacks_giants_bombs_and_links_are_listed_with_short_reasons(odd):
+    fails = odd["fails"]
+    assert set(fails) == {"bad\\xff", "zstack", "giant", "bomb", "link"}
+    assert "a Z-stack of 4 planes (axes ZYX), not channels: set TIFF_Z_PLANE" in fails["zstack"]
+    assert "too large to decode: 1024000000 pixels (4 x 16000 x 16000; MAX_PIXELS 4000000)" in fails["giant"]
+    assert "bomb_red.tif.gz: too large to decode: gunzips to more than" in fails["bomb"]
+    assert "cannot decode image (not a PNG, JPEG or TIFF file)" in fails["link"]
+    assert all(0 < len(r) < 300 and "hunter2" not in r for r in fails.values()), fails

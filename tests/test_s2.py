@@ -464,3 +464,15 @@ def test_s5_segments_an_image_without_an_s2_mask_at_s2s_working_size(data, tmp_p
     got = S5.ImageSource(cfg, [{"PIPELINE": 1}]).load(test_id)            # no record: IMAGE_SIZE
     assert got.labels.shape == (512, 512)
     assert "from IMAGE_SIZE (S2's saved constants and the runs' configs lack it)" in capsys.readouterr().out
+
+
+def test_an_image_over_max_pixels_is_listed_from_its_header(data, tmp_path):
+    from own_images_data import png_declaring
+
+    big = pd.read_csv(data / "train.csv")["ID"].tolist()[0]
+    png_declaring(data / "train" / f"{big}_blue.png", 30000, 30000)  # 900 M pixels declared, 4 x 4 inside
+    res = run(data, tmp_path / "out")
+    fails = pd.read_csv(tmp_path / "out" / "s2_failures.csv")
+    assert res["failed"] == 1 and fails["ID"].tolist() == [big]
+    assert (f"{big}_blue.png: too large to decode: {900_000_000 + 2 * 256 * 256} pixels (30000 x 30000 and "
+            f"{2 * 256 * 256} in the other files; MAX_PIXELS {S2.MAX_PIXELS})") in fails["reason"][0]
