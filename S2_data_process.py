@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, fov, io, lock, parallel, segmentation
+from common import config, constants, fov, io, lock, owned, parallel, segmentation
 
 _SPLITS = ("train", "test")
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -259,7 +259,26 @@ def main(argv=None):
     train, test = list_images(data_dir, cfg.EXTERNAL)  # IDs and labels checked before anything is written
     tag = f"shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""  # shards write disjoint images
     with lock.hold(out_dir, "S2", tag):  # one writer (per shard) for the whole run
+        _claim(cfg, data_dir, out_dir, tag)  # stops here when an output is not S2's to write
         return _run(cfg, data_dir, out_dir, seg_dir, seg_name, seg_at, shard, train, test)
+
+
+_TABLES = ["train_all.csv", "test.csv", "s2_failures.csv"]  # S2's files in HPA512_DIR (beside its folders)
+
+
+def _claim(cfg, data_dir: Path, out_dir: Path, tag: str) -> None:
+    """S2 writes only its own folders and tables of HPA512_DIR (common.owned), recorded before the first
+    image; an earlier S2's (its saved config in meta/, no record yet) are taken as its own. A folder or
+    file of that name that S2 did not make, a link, or the competition data there stops it."""
+    record = owned.Record(out_dir, "S2", "HPA512_DIR", tag)
+    folders = ["meta", *(f"meta/{s}" for s in _SPLITS), "meta/failed", *(f"meta/failed/{s}" for s in _SPLITS)]
+    for split in _SPLITS:
+        folders += [split, f"{split}_cell_mask"] + ([f"{split}_cell_mask_full"]
+                                                    if keeps_full(cfg.FULL_MASKS, split) else [])
+    if record.empty() and any((out_dir / "meta").glob("s2_config_shard*.json")):
+        record.adopt(_TABLES, folders)
+    record.claim(_TABLES, folders, [data_dir, *(data_dir / d for d in ("train", "test", "train_external"))])
+    record.begin(_TABLES, folders)
 
 
 def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_at: str, shard: tuple,
