@@ -238,6 +238,9 @@ def main(argv=None):
     out_dir = constants.output_folder(cfg.HPA512_DIR, "HPA512_DIR", keep=False)  # made when S2 writes
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
+    config.require_positive(cfg, "N_FOLDS", minimum=2, step="S2")
+    config.require_positive(cfg, "SEG_BATCH", step="S2")
+    config.require_positive(cfg, "NUM_WORKERS", minimum=0, step="S2")
     try:
         shard = parallel.parse_shard(cfg.SHARD)
         seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
@@ -247,10 +250,8 @@ def main(argv=None):
         seg_at = fov.resolve_seg_at(cfg.SEG_AT, seg_name)
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
-    if cfg.LABEL_AT not in ("original", "working"):
-        raise SystemExit(f"--LABEL_AT {cfg.LABEL_AT!r}: choose original or working")
-    if cfg.FULL_MASKS not in ("test", "all", "none"):
-        raise SystemExit(f"--FULL_MASKS {cfg.FULL_MASKS!r}: choose test, all or none")
+    config.require_choice(cfg, "LABEL_AT", ("original", "working"), step="S2")
+    config.require_choice(cfg, "FULL_MASKS", ("test", "all", "none"), step="S2")
     why = ""
     if cfg.SEGMENTER.strip().lower() == "auto":
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"

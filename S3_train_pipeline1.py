@@ -120,7 +120,11 @@ def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
                        recipe_table=recipes.table("S3"), renamed=_RENAMED, removed=_REMOVED)
     cfg["PIPELINE"] = _PIPELINE
-    config.require_positive(cfg, "IMAGE_SIZE", step="S3")
+    config.require_positive(cfg, "IMAGE_SIZE", "CELLPOOL_CELLS", step="S3")
+    config.require_number(cfg, "CACHE_GB", step="S3")
+    config.require_number(cfg, "P_FLIP", "P_AFFINE", "P_COARSE_DROPOUT", maximum=1, step="S3")
+    train.check_config(cfg, "S3")  # and in fit: here before the images are read
+    train.check_model_constants(cfg, "S3")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
     if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")

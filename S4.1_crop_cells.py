@@ -49,6 +49,8 @@ _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     config.require_positive(cfg, "CELL_SIZE", step="S4.1")
+    config.require_positive(cfg, "NUM_WORKERS", "LIMIT", minimum=0, step="S4.1")
+    config.require_number(cfg, "CROP_MARGIN", step="S4.1")
     cells_name = "CELLS_DIR" if cfg.CELLS_DIR else "HPA512_DIR"  # the crops are written inside it
     cells = constants.output_folder(cfg.CELLS_DIR or cfg.HPA512_DIR, cells_name)
     hpa = constants.resolve(cfg.HPA512_DIR)

@@ -126,7 +126,10 @@ def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
                        recipe_table=recipes.table("S4.2"), renamed=_RENAMED, removed=_REMOVED)
     cfg["PIPELINE"] = _PIPELINE
-    config.require_positive(cfg, "CELL_SIZE", step="S4.2")
+    config.require_positive(cfg, "CELL_SIZE", "CELLS_PER_IMAGE", "MIL_CHUNK", step="S4.2")
+    config.require_number(cfg, "PSEUDO_W", step="S4.2")
+    train.check_config(cfg, "S4.2")  # and in fit: here before the crops are read
+    train.check_model_constants(cfg, "S4.2")
     constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
         print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)

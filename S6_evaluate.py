@@ -91,8 +91,10 @@ def _first(ids: list, k: int = 5) -> str:
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    if cfg.MAKE not in _MAKE_CHOICES:
-        raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
+    config.require_choice(cfg, "MAKE", _MAKE_CHOICES, step="S6")
+    config.require_number(cfg, "IOU", "LEVEL", above=True, maximum=1, step="S6")
+    config.require_positive(cfg, "N_BOOT", step="S6")
+    config.require_positive(cfg, "REPORT_MISTAKES", minimum=0, step="S6")
     sub_path = constants.output_folder(cfg.SUBMISSION, "SUBMISSION", file=True)  # scores go beside it
     with lock.hold(sub_path.parent, "S6"):  # not while S5 (or another S6) writes that folder
         _claim(cfg, sub_path)  # stops here when a file S6 writes is not its to write
