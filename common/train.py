@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
-from common import checkpoints, io, lock, metric, needs, plots, schedules
+from common import checkpoints, io, lock, metric, needs, owned, plots, schedules
 from common import config as config_mod
 from common.device import resolve_device
 
@@ -707,6 +707,8 @@ def fit(cfg: dict, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, 
     rank, _, _ = launch()
     with lock.hold(out_dir, step) if rank == 0 else contextlib.nullcontext():
         check_run_folder(cfg, out_dir)
+        for name in (*RUN_FILES, "config.json", "train.log"):  # a link there is never written through
+            owned.check_path(out_dir, name, step, "RUN_NAME")
         ckpt = check_resume(cfg, out_dir / "last.pth", len(train_ds))
         return _run(cfg, model, train_ds, val_ds, out_dir, ckpt, extra_metrics, collate_fn)
 

@@ -308,3 +308,17 @@ def test_s0_never_writes_through_a_linked_folder(tmp_path):
                                    "--IMAGE_SIZE", "64", "--NUM_WORKERS", "1"]))
     assert msg.startswith(f"S0: {out / 'train'} is a symbolic link"), msg
     assert tree(tmp_path) == before
+
+
+def test_s3_never_writes_through_a_link_in_its_run_folder(setup, tmp_path):
+    from own_images_data import TINY
+
+    far = _outside(tmp_path)
+    run = tmp_path / "runs" / "r" / "all"
+    run.mkdir(parents=True)
+    (run / "train.log").symlink_to(far / "precious.txt")
+    before = tree(tmp_path)
+    msg = refused(lambda: S3.main(["--HPA512_DIR", str(setup["root"] / "hpa"), "--OUTPUT_DIR",
+                                   str(tmp_path / "runs"), "--RUN_NAME", "r", *TINY]))
+    assert msg.startswith(f"S3: {run / 'train.log'} is a symbolic link") and msg.endswith("another RUN_NAME")
+    assert tree(tmp_path) == before
