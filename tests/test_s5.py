@@ -569,6 +569,8 @@ def test_s5_full_disk_writes_the_essential_outputs_first(e2e, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"S5: cannot write {out}/") and "No space left on device" in last
     assert "submission.csv and cell_predictions.csv are complete" in last and "Traceback" not in proc.stderr
+    wrote = [line for line in proc.stdout.splitlines() if line.startswith("S5: wrote ")][-1]
+    assert wrote.startswith(f"S5: wrote {out / 'submission.csv'};")  # not "and 5 comparison submissions"
     for name in ("submission.csv", "cell_predictions.csv", "cells.csv", "images.csv"):
         assert (snap / name).read_bytes() == (ref / name).read_bytes()
     assert not [p for p in snap.rglob("*") if p.name.endswith(".tmp")]
