@@ -322,3 +322,19 @@ def test_s3_never_writes_through_a_link_in_its_run_folder(setup, tmp_path):
                                    str(tmp_path / "runs"), "--RUN_NAME", "r", *TINY]))
     assert msg.startswith(f"S3: {run / 'train.log'} is a symbolic link") and msg.endswith("another RUN_NAME")
     assert tree(tmp_path) == before
+
+
+def test_pack_runs_never_writes_through_a_link(setup, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import pack_runs
+
+    far = _outside(tmp_path)
+    out = tmp_path / "packed"
+    out.mkdir()
+    (out / "tiny").symlink_to(far)
+    before = tree(tmp_path)
+    msg = refused(lambda: pack_runs.main([str(setup["run"]), "--OUT", str(out)]))
+    assert msg.startswith(f"pack_runs: {out / 'tiny'} is a symbolic link") and msg.endswith("another --OUT")
+    assert tree(tmp_path) == before

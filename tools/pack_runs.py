@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import checkpoints, constants, io, predict
+from common import checkpoints, constants, io, owned, predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (checkpoints.load_checkpoint needs these)
 COPY = ("config.json", "summary.csv")  # small files of a run copied beside the slim checkpoint
@@ -75,6 +75,8 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         seen[name] = src
         ckpt = checkpoints.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
+        for rel in (name / "best.pth", *(name / f for f in (*COPY, "config.json"))):  # no link followed
+            owned.check_path(out, rel.as_posix(), "pack_runs", "--OUT")
         dst.parent.mkdir(parents=True, exist_ok=True)
         slim = checkpoints.slim_checkpoint(ckpt, src)
         if set(slim) == set(ckpt):  # slim already (S3 / S4.2's best.pth): the same bytes
