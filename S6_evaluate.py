@@ -117,6 +117,8 @@ def _claim(cfg, sub_path: Path) -> None:
     if (folder / f"{stem}_eval_config.json").is_file() and not record.owns(f"{stem}_eval_config.json"):
         record.adopt(files)
     files += ["report.html"] * bool(cfg.REPORT)  # S5's page, re-rendered
+    if cfg.REPORT and (folder / "report" / "data.json").is_file() and not (folder / "report").is_symlink():
+        record.adopt(["report.html"])  # S5's (or the report API's) page: its data beside it says so
     inputs = [constants.resolve(p) for p in (cfg.SUBMISSION, cfg.TRUTH, cfg.BASELINE) if p]
     record.claim(files, inputs=inputs)
     record.begin(files)
