@@ -188,11 +188,12 @@ class Record:
                             f"an input of {self.step} ({inp}), which it never writes over", "keep them apart")
         if check_path(self.folder, rel, self.step, self.constant, folder) is None:
             return
-        if folder:
-            first = next(iter(sorted(os.listdir(path))), None)
-            if first is not None and not self.owns(rel, folder=True):
+        if folder:  # the owner's, or holding nothing but the owner's files
+            plain = _plain(rel)
+            foreign = next((e for e in sorted(os.listdir(path)) if not self.owns(f"{plain}/{e}")), None)
+            if foreign is not None and not self.owns(rel, folder=True):
                 raise _stop(self.step, self.constant, path, f"is not {self.owner}'s folder (it holds "
-                            f"{first!r}, and {self.path.name} does not list the folder)")
+                            f"{foreign!r}, and {self.path.name} does not list the folder)")
         elif not self.owns(rel):
             raise _stop(self.step, self.constant, path,
                         f"was not written by {self.owner} (not in its record {self.path.name})")

@@ -236,9 +236,14 @@ def _s5(request, out: Path, *extra: str) -> list[str]:
 @case("a bad ID, label or size in a table; a constant out of range (`--TTA 9`, `--RUN_WEIGHTS 0`, "
       "`--RESCALE_PERCENTILES 99,1`, `--SUBMISSION ../x.csv`, a size ≤ 0, …)")
 def _bad_input(request, tmp_path):
-    for part, check in (("table", _bad_table), ("constant", _bad_constant)):
-        (tmp_path / part).mkdir()
-        check(request, tmp_path / part)
+    _each(request, tmp_path, _bad_table, _bad_constant)
+
+
+def _each(request, tmp_path, *checks) -> None:
+    """Run ``checks``, each in a folder of its own."""
+    for check in checks:
+        (tmp_path / check.__name__).mkdir()
+        check(request, tmp_path / check.__name__)
 
 
 def _bad_table(request, tmp_path):
@@ -328,9 +333,7 @@ def _bad_lock(request, tmp_path):
 @case("where a step writes, something it did not write (a run folder named `report` or `labels`, a user's "
       "file, the input folder) or a symbolic link (`.lock`, `labels`, `report`, `train`, …)")
 def _not_the_steps(request, tmp_path):
-    for part, check in (("report", _run_folder_named_report), ("link", _link)):
-        (tmp_path / part).mkdir()
-        check(request, tmp_path / part)
+    _each(request, tmp_path, _run_folder_named_report, _link)
     far = tmp_path / "far.txt"
     far.write_text("precious")
     out = tmp_path / "out"

@@ -18,12 +18,9 @@ from own_images_data import field, train_tiny, write_channel_files, write_compet
 from common import demo_data, owned
 
 torch.set_num_threads(1)
-S0 = load_script("S0_make_demo_data.py")
-S2 = load_script("S2_data_process.py")
-S3 = load_script("S3_train_pipeline1.py")
-S41 = load_script("S4.1_crop_cells.py")
-S5 = load_script("S5_predict.py")
-S6 = load_script("S6_evaluate.py")
+S0, S2, S3, S41, S5, S6 = (load_script(f) for f in ("S0_make_demo_data.py", "S2_data_process.py",
+                                                     "S3_train_pipeline1.py", "S4.1_crop_cells.py",
+                                                     "S5_predict.py", "S6_evaluate.py"))
 SUFFIXES = ["_red", "_green", "_blue", "_yellow"]
 
 
@@ -154,12 +151,18 @@ def test_s5_leaves_what_it_did_not_write_or_refuses_before_writing(setup, tmp_pa
     assert tree(tmp_path) == before                              # byte for byte, links and targets too
 
 
-def test_s5_refuses_images_inside_its_labels_folder(setup, tmp_path):
+@pytest.mark.parametrize("step", ["S5", "S4.1"])
+def test_inputs_inside_an_output_folder_of_the_step_are_refused(setup, tmp_path, step):
+    """S5 --IMAGES out/labels --OUTPUT_DIR out; S4.1 with its originals in CELLS_DIR/cells_32."""
     out = tmp_path / "out"
-    shutil.copytree(setup["root"] / "fields", out / "labels")
+    src, sub, constant = ((setup["root"] / "fields", "labels", "OUTPUT_DIR") if step == "S5"
+                          else (setup["data"] / "train", "cells_32", "CELLS_DIR"))
+    shutil.copytree(src, out / sub)
     before = tree(tmp_path)
-    msg = refused(lambda: S5.main(_s5_args(setup, out, out / "labels")))
-    assert msg.startswith(f"S5: {out / 'labels'} is an input of S5") and "choose another OUTPUT_DIR" in msg
+    msg = refused(lambda: S5.main(_s5_args(setup, out, out / sub)) if step == "S5"
+                  else S41.main(_s41_args(setup, out, out / sub)))
+    assert msg.startswith(f"{step}: {out / sub} is an input of {step}"), msg
+    assert msg.endswith(f"choose another {constant}"), msg
     assert tree(tmp_path) == before
 
 
@@ -233,18 +236,6 @@ S2_CASES = {  # planted in HPA512_DIR -> the one line S2 stops with
 }
 
 
-@pytest.mark.parametrize("case", list(S2_CASES))
-def test_s2_leaves_what_it_did_not_write_or_refuses_before_writing(setup, tmp_path, case):
-    (what, target), message = S2_CASES[case]
-    _outside(tmp_path)
-    out = tmp_path / "out"
-    _plant(out, what, target)
-    before = tree(tmp_path)
-    msg = refused(lambda: S2.main(_s2_args(setup["data"], out)))
-    assert msg.startswith(f"S2: {out}") and re.search(message, msg), msg
-    assert tree(tmp_path) == before
-
-
 def test_s2_refuses_the_competition_data_as_its_output_folder(setup, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(setup["data"], data)
@@ -265,24 +256,19 @@ S41_CASES = {  # planted in CELLS_DIR -> the one line S4.1 stops with
 }
 
 
-@pytest.mark.parametrize("case", list(S41_CASES))
-def test_s41_leaves_what_it_did_not_write_or_refuses_before_writing(setup, tmp_path, case):
-    (what, target), message = S41_CASES[case]
+PLANTED = {"S2": S2_CASES, "S4.1": S41_CASES}
+
+
+@pytest.mark.parametrize("step,case", [(step, c) for step, cases in PLANTED.items() for c in cases])
+def test_s2_and_s41_leave_what_they_did_not_write_or_refuse_before_writing(setup, tmp_path, step, case):
+    (what, target), message = PLANTED[step][case]
     _outside(tmp_path)
     out = tmp_path / "out"
     _plant(out, what, target)
     before = tree(tmp_path)
-    msg = refused(lambda: S41.main(_s41_args(setup, out)))
-    assert msg.startswith(f"S4.1: {out}") and re.search(message, msg), msg
-    assert tree(tmp_path) == before
-
-
-def test_s41_refuses_originals_inside_its_crop_folder(setup, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(setup["data"] / "train", out / "cells_32")
-    before = tree(tmp_path)
-    msg = refused(lambda: S41.main(_s41_args(setup, out, out / "cells_32")))
-    assert msg.startswith(f"S4.1: {out / 'cells_32'} is an input of S4.1") and "CELLS_DIR" in msg
+    msg = refused(lambda: S2.main(_s2_args(setup["data"], out)) if step == "S2"
+                  else S41.main(_s41_args(setup, out)))
+    assert msg.startswith(f"{step}: {out}") and re.search(message, msg), msg
     assert tree(tmp_path) == before
 
 
@@ -337,4 +323,23 @@ def test_pack_runs_never_writes_through_a_link(setup, tmp_path):
     before = tree(tmp_path)
     msg = refused(lambda: pack_runs.main([str(setup["run"]), "--OUT", str(out)]))
     assert msg.startswith(f"pack_runs: {out / 'tiny'} is a symbolic link") and msg.endswith("another --OUT")
+    assert tree(tmp_path) == before
+
+
+def test_s5_takes_the_outputs_of_an_earlier_s5_as_its_own(setup, tmp_path):
+    """A folder an S5 from before records wrote (its s5_config.json, no record): its files are replaced;
+    a PNG of the user's in its labels/ is not S5's, so S5 stops and it stays."""
+    out = tmp_path / "out"
+    S5.main(_s5_args(setup, out))
+    record = out / owned.record_name("S5")
+    record.unlink()                                              # as an S5 before records left it
+    _run_folder(out / "p1_run")
+    S5.main(_s5_args(setup, out))
+    files = owned.load(record)[0]
+    assert {"submission.csv", "labels/f1.png", "report/data.json"} <= files and (out / "p1_run").is_dir()
+    record.unlink()
+    (out / "labels" / "mine.png").write_bytes(b"\x89PNG mine")
+    before = tree(tmp_path)
+    msg = refused(lambda: S5.main(_s5_args(setup, out)))
+    assert msg.startswith(f"S5: {out / 'labels'} is not S5's folder (it holds 'mine.png'"), msg
     assert tree(tmp_path) == before
