@@ -93,7 +93,8 @@ def check_config(cfg: dict, step: str) -> None:
     config_mod.require_number(cfg, "LR", "ADAM_EPS", "WARMUP_MULT", above=True, step=step)
     config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", step=step)
     config_mod.require_number(cfg, "EMA_DECAY", maximum=1, step=step)
-    config_mod.require_choice(cfg, "OPTIMIZER", ("adamw", "adam"), step=step)
+    config_mod.require_choice({"OPTIMIZER": str(cfg["OPTIMIZER"]).lower()}, "OPTIMIZER", ("adamw", "adam"),
+                              step=step)  # any case, as build_parts reads it
 
 
 def check_model_constants(cfg: dict, step: str) -> None:
