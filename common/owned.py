@@ -157,7 +157,7 @@ class Record:
                 self.kin_files |= files
                 self.kin_folders |= folders
         self.adopted: list[str] = []
-        self.inputs: list[Path] = []
+        self.inputs: set[Path] = set()
 
     # ------------------------------------------------------------------ what is the step's
     def owns(self, rel: str, folder: bool = False) -> bool:
@@ -182,10 +182,13 @@ class Record:
     def check(self, rel: str, folder: bool = False) -> None:
         """Stop unless the step may write ``rel`` (a file, or a folder): see the module's rules."""
         path = self.folder / (_plain(rel) or str(rel))
-        for inp in self.inputs:
-            if inp == path.resolve() or (folder and inp.is_relative_to(path.resolve())):
-                raise _stop(self.step, self.constant, path, f"{'is' if inp == path.resolve() else 'holds'} "
-                            f"an input of {self.step} ({inp}), which it never writes over", "keep them apart")
+        real = path.resolve()
+        inside = [i for i in self.inputs if i.is_relative_to(real)] if folder else []
+        if real in self.inputs or inside:  # a set: one look-up per file, however many inputs
+            what = "is" if real in self.inputs else "holds"
+            raise _stop(self.step, self.constant, path, f"{what} an input of {self.step} "
+                        f"({real if real in self.inputs else inside[0]}), which it never writes over",
+                        "keep them apart")
         if check_path(self.folder, rel, self.step, self.constant, folder) is None:
             return
         if folder:  # the owner's, or holding nothing but the owner's files
@@ -202,7 +205,7 @@ class Record:
               inputs: Iterable[Path] = ()) -> None:
         """Stop with one line unless every folder and file the step will write is its to write
         (``inputs``: files and folders the step reads; kept for :meth:`begin`)."""
-        self.inputs = [Path(p).resolve() for p in inputs] or self.inputs
+        self.inputs = {Path(p).resolve() for p in inputs} or self.inputs
         if self.folder.resolve() in self.inputs:
             raise _stop(self.step, self.constant, self.folder, f"is an input of {self.step}, which it never "
                         "writes over", "keep them apart")
