@@ -66,9 +66,9 @@ class LockError(SystemExit):
 def _refuse(path: Path, step: str, e: OSError) -> LockError:
     """The one line for an ``OSError`` on the lock file ``path`` of ``step``."""
     if e.errno == errno.ELOOP or path.is_symlink():
-        why = "is a symbolic link; a step never follows a link where it writes: remove it"
+        why = f"is a symbolic link; {step} never follows a link where it writes: remove it"
     elif e.errno == errno.EISDIR or path.is_dir():
-        why = "is a folder, where the step keeps its lock file: remove it"
+        why = f"is a folder, where {step} keeps its lock file: remove it"
     else:
         why = f"cannot be written ({e.strerror or e}; {io.free_space(path.parent)} free)"
     return LockError(f"{step}: {path} {why}, or give this step another output folder")

@@ -323,7 +323,7 @@ def _bad_lock(request, tmp_path):
     out = tmp_path / "out"
     (out / ".lock").mkdir(parents=True)
     msg = _stops(lambda: S5.main(_s5(request, out)))
-    assert msg.startswith(f"S5: {out / '.lock'} is a folder, where the step keeps its lock file")
+    assert msg.startswith(f"S5: {out / '.lock'} is a folder, where S5 keeps its lock file")
     ro = tmp_path / "ro"
     proc = tmpfs_run({ro: 64 * 1024}, ["sh", "-c", f"mount -o remount,ro {ro} && exec {sys.executable} "
                                        "\"$@\"", "sh", str(ROOT / "S5_predict.py"), *_s5(request, ro)])
