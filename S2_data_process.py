@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, fov, io, lock, parallel, segmentation
+from common import config, constants, fov, io, lock, owned, parallel, segmentation
 
 _SPLITS = ("train", "test")
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -243,6 +243,9 @@ def main(argv=None):
     seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
     config.require_positive(cfg, "IMAGE_SIZE", minimum=16, step="S2")
     config.require_positive(cfg, "MAX_PIXELS", step="S2")
+    config.require_positive(cfg, "N_FOLDS", minimum=2, step="S2")
+    config.require_positive(cfg, "SEG_BATCH", step="S2")
+    config.require_positive(cfg, "NUM_WORKERS", minimum=0, step="S2")
     try:
         shard = parallel.parse_shard(cfg.SHARD)
         seg_name = segmentation.resolve_name(cfg.SEGMENTER, seg_dir)
@@ -252,10 +255,8 @@ def main(argv=None):
         seg_at = fov.resolve_seg_at(cfg.SEG_AT, seg_name)
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
-    if cfg.LABEL_AT not in ("original", "working"):
-        raise SystemExit(f"--LABEL_AT {cfg.LABEL_AT!r}: choose original or working")
-    if cfg.FULL_MASKS not in ("test", "all", "none"):
-        raise SystemExit(f"--FULL_MASKS {cfg.FULL_MASKS!r}: choose test, all or none")
+    config.require_choice(cfg, "LABEL_AT", ("original", "working"), step="S2")
+    config.require_choice(cfg, "FULL_MASKS", ("test", "all", "none"), step="S2")
     why = ""
     if cfg.SEGMENTER.strip().lower() == "auto":
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
@@ -271,7 +272,26 @@ def main(argv=None):
             raise SystemExit(missing)
     tag = f"shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""  # shards write disjoint images
     with lock.hold(out_dir, "S2", tag):  # one writer (per shard) for the whole run
+        _claim(cfg, data_dir, out_dir, tag)  # stops here when an output is not S2's to write
         return _run(cfg, data_dir, out_dir, seg_dir, seg_name, seg_at, shard, train, test)
+
+
+_TABLES = ["train_all.csv", "test.csv", "s2_failures.csv"]  # S2's files in HPA512_DIR (beside its folders)
+
+
+def _claim(cfg, data_dir: Path, out_dir: Path, tag: str) -> None:
+    """S2 writes only its own folders and tables of HPA512_DIR (common.owned), recorded before the first
+    image; an earlier S2's (its saved config in meta/, no record yet) are taken as its own. A folder or
+    file of that name that S2 did not make, a link, or the competition data there stops it."""
+    record = owned.Record(out_dir, "S2", "HPA512_DIR", tag)
+    folders = ["meta", *(f"meta/{s}" for s in _SPLITS), "meta/failed", *(f"meta/failed/{s}" for s in _SPLITS)]
+    for split in _SPLITS:
+        folders += [split, f"{split}_cell_mask"] + ([f"{split}_cell_mask_full"]
+                                                    if keeps_full(cfg.FULL_MASKS, split) else [])
+    if record.empty() and any((out_dir / "meta").glob("s2_config_shard*.json")):
+        record.adopt(_TABLES, folders)
+    record.claim(_TABLES, folders, [data_dir, *(data_dir / d for d in ("train", "test", "train_external"))])
+    record.begin(_TABLES, folders)
 
 
 def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_at: str, shard: tuple,

@@ -122,7 +122,11 @@ def main(argv=None):
     cfg["PIPELINE"] = _PIPELINE
     s2 = config.saved_s2(constants.resolve(cfg["HPA512_DIR"]))  # S5 segments unseen test images at this size
     cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
-    config.require_positive(cfg, "IMAGE_SIZE", step="S3")
+    config.require_positive(cfg, "IMAGE_SIZE", "CELLPOOL_CELLS", step="S3")
+    config.require_number(cfg, "CACHE_GB", step="S3")
+    config.require_number(cfg, "P_FLIP", "P_AFFINE", "P_COARSE_DROPOUT", maximum=1, step="S3")
+    train.check_config(cfg, "S3")  # and in fit: here before the images are read
+    train.check_model_constants(cfg, "S3")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
     if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
         raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")

@@ -39,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, io, lock, parallel
+from common import config, constants, io, lock, owned, parallel
 from common.cells import crop_image_cells
 from common.datasets import external_flags
 
@@ -49,6 +49,8 @@ _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 def main(argv=None):
     cfg = config.parse(globals(), argv)
     config.require_positive(cfg, "CELL_SIZE", step="S4.1")
+    config.require_positive(cfg, "NUM_WORKERS", "LIMIT", minimum=0, step="S4.1")
+    config.require_number(cfg, "CROP_MARGIN", step="S4.1")
     cells_name = "CELLS_DIR" if cfg.CELLS_DIR else "HPA512_DIR"  # the crops are written inside it
     cells = constants.output_folder(cfg.CELLS_DIR or cfg.HPA512_DIR, cells_name)
     hpa = constants.resolve(cfg.HPA512_DIR)
@@ -63,6 +65,9 @@ def main(argv=None):
         raise SystemExit(f"S4.1: --{e}") from None
     tag = f"cells_{cfg.CELL_SIZE}" + (f".shard{i}of{n}" if n > 1 else "")  # shards: disjoint images
     with lock.hold(cells, "S4.1", tag):  # one writer of these crops for the whole run
+        _claim(cfg, cells, cells_name, tag, [hpa / "train", hpa / "train_cell_mask", train_csv,
+                                              constants.resolve(cfg.COMP_TRAIN_DIR),
+                                              constants.resolve(cfg.EXT_TRAIN_DIR)])
         return _run(cfg, hpa, cells, df, (i, n))
 
 
@@ -88,6 +93,25 @@ def _originals(cfg, tasks: list[dict]) -> None:
                                     "put the competition data there to crop from the originals")
     print(f"S4.1: warning: cropping from S2's resized copies (HPA512_DIR), recorded as FROM_ORIGINAL false "
           f"in cells_{cfg.CELL_SIZE}.json (S4.2 and S5 crop the same way): {where}", flush=True)
+
+
+def _index_name(cfg, shard: tuple[int, int]) -> str:
+    i, n = shard
+    return f"cells_{cfg.CELL_SIZE}.csv" if n == 1 else f"cells_{cfg.CELL_SIZE}.shard{i}of{n}.csv"
+
+
+def _claim(cfg, cells: Path, constant: str, tag: str, inputs: list[Path]) -> None:
+    """S4.1 writes only its own crop folder and files in CELLS_DIR (common.owned), recorded before the
+    first crop; an earlier S4.1's (its cells_<S>.json, no record yet) are taken as its own. A folder or
+    file of that name S4.1 did not make, a link, or an input there stops it."""
+    record = owned.Record(cells, "S4.1", constant, tag)
+    size = cfg.CELL_SIZE
+    files = [_index_name(cfg, parallel.parse_shard(cfg.SHARD)), f"cells_{size}.json", "s41_failures.csv"]
+    if not record.owns(f"cells_{size}", folder=True) and (cells / f"cells_{size}.json").is_file():
+        record.adopt([*files, f"cells_{size}.csv", *(p.name for p in cells.glob(f"cells_{size}.shard*.csv"))],
+                     [f"cells_{size}"])
+    record.claim(files, [f"cells_{size}"], inputs)
+    record.begin(files, [f"cells_{size}"])
 
 
 def _run(cfg, hpa: Path, cells: Path, df: pd.DataFrame, shard: tuple[int, int]) -> dict:
@@ -131,14 +155,14 @@ def _run(cfg, hpa: Path, cells: Path, df: pd.DataFrame, shard: tuple[int, int]) 
 
     index = pd.DataFrame(rows, columns=_INDEX_COLUMNS)
     index["border"] = index["border"].astype(int)
-    name = f"cells_{cfg.CELL_SIZE}.csv" if n == 1 else f"cells_{cfg.CELL_SIZE}.shard{i}of{n}.csv"
+    name = _index_name(cfg, shard)
     io.atomic_to_csv(index, cells / name)
     config.save(cfg, cells / f"cells_{cfg.CELL_SIZE}.json")  # S4.2 reads CROP_MARGIN / FROM_ORIGINAL
     fail_csv = cells / "s41_failures.csv"
     if fails:
         io.atomic_to_csv(pd.DataFrame(fails), fail_csv)
-    elif fail_csv.exists() and n == 1:
-        fail_csv.unlink()
+    elif n == 1:  # S4.1's own (its record), never through a link
+        owned.remove_files(cells, [fail_csv.name])
     n_img = len(tasks) - len(fails)
     print(f"S4.1 done in {dt:.1f} s: {n_img} images ({skipped} already cropped, {from_orig} from the "
           f"original resolution), {len(index)} cells indexed, {written} crops written "

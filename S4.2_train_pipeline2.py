@@ -131,7 +131,10 @@ def main(argv=None):
     cfg["PIPELINE"] = _PIPELINE
     s2 = config.saved_s2(constants.resolve(cfg.HPA512_DIR))  # S5 segments an unseen test image at this size
     cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
-    config.require_positive(cfg, "CELL_SIZE", step="S4.2")
+    config.require_positive(cfg, "CELL_SIZE", "CELLS_PER_IMAGE", "MIL_CHUNK", step="S4.2")
+    config.require_number(cfg, "PSEUDO_W", step="S4.2")
+    train.check_config(cfg, "S4.2")  # and in fit: here before the crops are read
+    train.check_model_constants(cfg, "S4.2")
     constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
         print(f"S4.2: initial weights: {weights.require(cfg)}", flush=True)

@@ -8,7 +8,7 @@ Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: orde
         {ID}{CHANNEL_SUFFIXES}.{png,jpg,tif,...} (one file per channel, 8/16-bit) or one multi-channel
         {ID}.tif/.tiff (TIFF_PLANES), any size (non-square padded square for the models), segmented here
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
-                                         RUNS_DIR is OUTPUT_DIR by default, or a tools/pack_runs.py folder)
+                                         RUNS_DIR: output, where S3 and S4.2 write, or a pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
         OUTPUT_DIR/cell_predictions.csv  ID, cell_id, border, c0..c18 (the ensemble's probabilities)
         OUTPUT_DIR/overlays/{stem}.png   the first N_OVERLAYS images, cells outlined and labelled
@@ -28,14 +28,18 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report)
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
+OUTPUT_DIR is output, or output/<IMAGES folder name> with --IMAGES (my_fields -> output/my_fields).
 The essential files (submission, cell predictions, cells, images, config, failures) are written first,
-the label maps, report, overlays and comparison submissions after them; the previous run's files are
-removed just before, so the folder never mixes two runs. One S5 at a time per OUTPUT_DIR
-(OUTPUT_DIR/.lock while it runs).
+the label maps, report, overlays and comparison submissions after them (_outputs: the one table).
+S5 owns what it wrote, and only that: OUTPUT_DIR/.s5.manifest.json records it (common.owned), and a
+rerun removes the files of that record just before writing (so the folder never mixes two runs;
+S6's scores written beside the submission join the record). Anything else in OUTPUT_DIR stays: a run
+folder or a user's file where S5 would write, a symbolic link there, or an input among the outputs
+stops S5 before it writes, with one line. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock).
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
-    python S5_predict.py --IMAGES my_fields --CHANNEL_SUFFIXES _ch00,_ch01,_ch02,_ch03 --OUTPUT_DIR out/mine
+    python S5_predict.py --IMAGES my_fields --CHANNEL_SUFFIXES _ch00,_ch01,_ch02,_ch03   # -> output/my_fields
 """
 # ---------------------------------------------------------------------------- input
 COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
@@ -54,8 +58,9 @@ RESCALE = False                   # IMAGES: stretch each channel from RESCALE_PE
                                   # (any values); False = proportionally at the field's bit depth (fields.py)
 RESCALE_PERCENTILES = [0.1, 99.9]  # RESCALE: the low and high percentiles of a channel that become 0 and 255
 # ---------------------------------------------------------------------------- models
-OUTPUT_DIR = "output"             # outputs are written here (and runs found here, see RUNS_DIR)
-RUNS_DIR = ""                     # runs are found under here ("" = OUTPUT_DIR; or a pack_runs.py folder)
+OUTPUT_DIR = ""                   # outputs go here ("" = output, or output/<IMAGES folder name> with IMAGES)
+RUNS_DIR = "output"               # runs are found under here (where S3 and S4.2 write them; or a pack_runs.py
+                                  # folder)
 RUNS = []                         # run folders or checkpoint files; [] = every run under RUNS_DIR
 ENSEMBLE = ""                     # a named ensemble of recipes (original | recommended) instead of RUNS
 ENSEMBLE_RECIPES = []             # only these recipes of ENSEMBLE ([] = all of them)
@@ -92,9 +97,11 @@ THRESHOLD = 0.5                   # images.csv: a cell counts for a class from t
 REPORT = True                     # write report.html (and its pictures under report/)
 THUMB_SIZE = 512                  # report pictures: longest side in pixels
 
-import shutil
+import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +121,7 @@ from common import (
     fov,
     io,
     lock,
+    owned,
     plots,
     predict,
     recipes,
@@ -145,7 +153,7 @@ def _ensemble(cfg) -> None:
         if unknown:
             raise SystemExit(f"S5: --ENSEMBLE_RECIPES {unknown} are not in ENSEMBLE {cfg.ENSEMBLE!r}")
         outputs = {r: outputs[r] for r in cfg.ENSEMBLE_RECIPES}
-    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
+    out = constants.resolve(cfg.RUNS_DIR)
     runs = {r: out / recipes.run_dir(r) for r in outputs}
     missing = [f"{r} ({p / cfg.CHECKPOINT})" for r, p in runs.items() if not (p / cfg.CHECKPOINT).is_file()]
     if missing:
@@ -159,11 +167,12 @@ def _ensemble(cfg) -> None:
 
 
 def _runs(cfg) -> list[Path]:
-    out = constants.resolve(cfg.RUNS_DIR or cfg.OUTPUT_DIR)
+    out = constants.resolve(cfg.RUNS_DIR)
     runs = [constants.resolve(r) for r in cfg.RUNS] if cfg.RUNS else predict.find_runs(out, cfg.CHECKPOINT)
     if not runs:
-        raise SystemExit(constants.missing_input(f"S5: a trained run ({cfg.CHECKPOINT}) under {out}",
-                                                 "hpa-runs", "run S3 and/or S4.2 first"))
+        what = f"S5: a trained run ({cfg.CHECKPOINT}) under {out} (RUNS_DIR)"
+        raise SystemExit(constants.missing_input(what, "hpa-runs", "run S3 and/or S4.2 first, or name the "
+                                                 "runs' folder with --RUNS_DIR"))
     for r in runs:
         ckpt = r / cfg.CHECKPOINT if r.is_dir() else r
         if not ckpt.is_file():
@@ -272,7 +281,9 @@ class ImageSource:
         return fields.Loaded(f.image, f.cell, f.cell_full, original)
 
 
-# the essential outputs besides SUBMISSION (the previous run's are removed before the new are written)
+# S5's folders in OUTPUT_DIR: made by S5 (or empty) and recorded; what S5 did not write in them stays
+_FOLDERS = ("labels", "report", "overlays")
+# the essential outputs besides SUBMISSION (a SUBMISSION of one of these names, or report.html, is refused)
 _ESSENTIAL_EXTRAS = ("cell_predictions.csv", "cells.csv", "images.csv", "s5_config.json", "s5_failures.csv")
 
 
@@ -288,19 +299,73 @@ class Results:
     tables: cell_tables.CellTables | None = None  # cells.csv, images.csv, labels/, the report's pictures
     n_cells: int = 0
     n_dropped: int = 0                            # cells lost at the original size
+    n_found_failed: int = 0                       # IMAGES: fields that discovery could not use
+
+
+@dataclass
+class Output:
+    """One file S5 writes: its path in OUTPUT_DIR, whether it is essential (written first; a failure
+    stops S5) or optional (after them; a failure is listed, the others are still written), its writer."""
+
+    rel: str
+    essential: bool
+    write: Callable[[Path], object]
 
 
 def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
-    config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "MAX_PIXELS", step="S5")
-    config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step="S5")
-    if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
-        raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
-    out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
+    _check_constants(cfg)  # every constant, one line each, before anything is read or written
+    out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=False)  # made when S5 writes
     sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
-        return _run(cfg, sample, found, out_dir, t_start)
+        record = _claim(cfg, out_dir, found)  # stops here when an output is not S5's to write
+        return _run(cfg, sample, found, out_dir, record, t_start)
+
+
+def _output_dir(cfg) -> str:
+    """OUTPUT_DIR; "" is ``output`` for the competition test set, ``output/<IMAGES folder name>`` with IMAGES
+    (so runs on different folders never replace each other's files)."""
+    if not cfg.OUTPUT_DIR:
+        name = constants.resolve(cfg.IMAGES).name or "images"
+        cfg.OUTPUT_DIR = f"output/{name}" if cfg.IMAGES else "output"
+    return cfg.OUTPUT_DIR
+
+
+def _check_constants(cfg) -> None:
+    """Every constant S5 reads that a value can break, checked at start: one line naming it."""
+    step = "S5"
+    config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "BATCH_SIZE", "MAX_PIXELS", step=step)
+    config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step=step)
+    config.require_positive(cfg, "TTA", maximum=8, step=step)
+    config.require_positive(cfg, "LIMIT", "N_OVERLAYS", "P1_CELLPOOL_STRIDE", "P1_CELLPOOL_SIZE", minimum=0,
+                            step=step)
+    config.require_choice(cfg, "IMAGE_PRED", predict.IMAGE_PREDS, step=step)
+    config.require_number(cfg, "BORDER_WEIGHT", step=step)
+    config.require_number(cfg, "MIN_CONF", "THRESHOLD", maximum=1, step=step)
+    config.require_items(cfg, "RUN_TTA", "integers 1..8", lambda t: config.is_int(t) and 1 <= t <= 8,
+                         step=step)
+    weights = config.require_items(cfg, "RUN_WEIGHTS", "finite numbers >= 0",
+                                   lambda w: config.is_number(w) and w >= 0, step=step)
+    if weights and not sum(weights) > 0:
+        raise SystemExit(f"S5: --RUN_WEIGHTS {weights}: must add up to more than 0")
+    low_high = config.require_items(cfg, "RESCALE_PERCENTILES", "percentiles 0..100",
+                                    lambda p: config.is_number(p) and 0 <= p <= 100, length=2, step=step)
+    if not low_high[0] < low_high[1]:
+        raise SystemExit(f"S5: --RESCALE_PERCENTILES {low_high}: the low percentile must come first, below "
+                         "the high one")
+    config.require_items(cfg, "TIFF_PLANES", "plane numbers >= 0", lambda p: config.is_int(p) and p >= 0,
+                         length=4, distinct=True, step=step)
+    config.require_items(cfg, "CHANNEL_SUFFIXES", "file-name endings, not empty, no '/'",
+                         lambda x: isinstance(x, str) and x.strip() != "" and "/" not in x and "\\" not in x,
+                         length=4, distinct=True, step=step)
+    name = cfg.SUBMISSION
+    if not (isinstance(name, str) and name.endswith(".csv") and name == Path(name).name and "\\" not in name
+            and not name.startswith(".")):
+        raise SystemExit(f"S5: --SUBMISSION {name!r}: must be a plain file name ending in .csv (S5 writes it "
+                         "in OUTPUT_DIR)")
+    if name in _ESSENTIAL_EXTRAS:
+        raise SystemExit(f"S5: --SUBMISSION {name!r}: is the name of another output of S5; choose another")
 
 
 def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:
@@ -315,44 +380,103 @@ def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:
     return None, found
 
 
+def _read_paths(cfg, found: tuple | None) -> list[Path]:
+    """What S5 reads that could lie in OUTPUT_DIR: IMAGES and its fields' files, or the test images."""
+    if found is not None:
+        return [constants.resolve(cfg.IMAGES), *(p for f in found[0] for p in f.files)]
+    comp, hpa = constants.resolve(cfg.COMPETITION_DIR), constants.resolve(cfg.HPA512_DIR)
+    return [comp / "test", comp / "sample_submission.csv", hpa / "test", hpa / "test_cell_mask",
+            hpa / "test_cell_mask_full"]
+
+
+def _claim(cfg, out_dir: Path, found: tuple | None) -> owned.Record:
+    """S5's record of OUTPUT_DIR, checked: every output S5 may write is absent or S5's (its record;
+    an earlier S5's files before records existed are taken as S5's), no link, no input among them."""
+    record = owned.Record(out_dir, "S5", "OUTPUT_DIR")
+    if record.empty():
+        _adopt_earlier(record, out_dir)
+    stem = Path(cfg.SUBMISSION).stem
+    files = [cfg.SUBMISSION, *_ESSENTIAL_EXTRAS, *(["report.html"] if cfg.REPORT else []),
+             *([f"{stem}_{n}.csv" for n in predict.COMPARISONS] if cfg.VARIANTS else [])]
+    record.claim(files, _FOLDERS, _read_paths(cfg, found))
+    return record
+
+
+def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
+    """The outputs of an S5 from before records (its s5_config.json, no record) count as S5's: the files
+    it names, the label maps and overlays of its submission's IDs, its report's pictures; a folder only
+    when it holds nothing else."""
+    try:
+        old = json.loads((out_dir / "s5_config.json").read_text())
+        sub, _ = str(old["SUBMISSION"]), old["RUNS_USED"]
+        ids = pd.read_csv(out_dir / sub, usecols=["ID"], dtype=str)["ID"].tolist()
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        pictures = [f["src"] for f in json.loads((out_dir / "report" / "data.json").read_text())["fields"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pictures = []
+    record.adopt([sub, *_ESSENTIAL_EXTRAS, "report.html", "report/data.json",
+                  *(f"{Path(sub).stem}_{n}.csv" for n in predict.COMPARISONS),
+                  *(f"{d}/{i}.png" for d in ("labels", "overlays") for i in ids),
+                  *(f"report/{name}" for name in pictures)])
+    record.adopt(folders=[d for d in _FOLDERS if (out_dir / d).is_dir()
+                          and all(record.owns(f"{d}/{e}") for e in os.listdir(out_dir / d))])
+    if record.adopted:
+        print(f"S5: {len(record.adopted)} outputs of an earlier S5 in {out_dir} (before {record.path.name}) "
+              "are taken as S5's", flush=True)
+
+
 def _own_sample(found: list, sizes: dict) -> pd.DataFrame:
     """IMAGES' submission rows: every field that was read, in ID order, with its size."""
     rows = [(f.image_id, sizes[f.image_id][1], sizes[f.image_id][0]) for f in found if f.image_id in sizes]
     return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
 
 
-def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, out_dir: Path, t_start: float) -> Path:
+def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, out_dir: Path, record: owned.Record,
+         t_start: float) -> Path:
     """Score the test images with every run, then write the outputs (essential ones first)."""
     predictors, weights = _predictors(cfg)
     source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg, [p.cfg for p in predictors])
-    n_stale = io.remove_stale_temps(out_dir) + io.remove_stale_temps(out_dir / "overlays")
+    n_stale = sum(io.remove_stale_temps(d) for d in (out_dir, *(out_dir / f for f in _FOLDERS)))
     if n_stale:
         print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
     names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
     tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
               if cfg.CELL_TABLES or cfg.REPORT else None)
-    res = Results(names, {n: {} for n in names}, failures=list(found[1]) if found else [], tables=tables)
+    res = Results(names, {n: {} for n in names}, failures=list(found[1]) if found else [], tables=tables,
+                  n_found_failed=len(found[1]) if found else 0)
     todo = sample if found is None else pd.DataFrame({"ID": [f.image_id for f in found[0]],
                                                       "ImageWidth": 0, "ImageHeight": 0})
     todo = todo if not cfg.LIMIT else todo.head(int(cfg.LIMIT))
     for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
         _predict_image(cfg, predictors, weights, source, row, res, overlay=k < cfg.N_OVERLAYS)
     sample = sample if found is None else _own_sample(found[0], source.sizes)
-    sub_path = out_dir / cfg.SUBMISSION
-    disk_full = _write(cfg, sample, out_dir, sub_path, predictors, res)
-
+    outputs = _outputs(cfg, sample, predictors, res)
+    written, stopped = _write(cfg, out_dir, record, outputs, res)
     seconds = time.time() - t_start
-    n_img = len(todo)
-    print(f"S5: {n_img} images, {res.n_cells} cells ({res.n_dropped} dropped: lost at the original size), "
-          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(n_img, 1):.2f} s/image); "
+    print(f"S5: {len(todo)} images, {res.n_cells} cells ({res.n_dropped} dropped: lost at the original size),"
+          " "
+          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(len(todo), 1):.2f} s/image); "
           f"segmented here: {source.n_segmented}", flush=True)
-    extra = f" and {len(names) - 1} comparison submissions" if len(names) > 1 else ""
-    failed = (f"{len(res.failures)} of {n_img} images FAILED (empty rows; listed in "
+    return _close(cfg, out_dir, len(todo) + res.n_found_failed, res, written, stopped)
+
+
+def _close(cfg, out_dir: Path, n_images: int, res: Results, written: set[str], stopped: list) -> Path:
+    """The closing lines: what was written, how many images failed (discovery's included), and the one
+    line that stops S5 when an output could not be written (exit status 1) or FAIL_ON_ERRORS (3)."""
+    sub_path = out_dir / cfg.SUBMISSION
+    n_comp = sum(f"{Path(cfg.SUBMISSION).stem}_{n}.csv" in written for n in res.names[1:])
+    extra = f" and {n_comp} comparison submission{'s' * (n_comp != 1)}" if n_comp else ""
+    failed = (f"{len(res.failures)} of {n_images} images FAILED (empty rows; listed in "
               f"{out_dir / 's5_failures.csv'})" if res.failures else "0 images failed")
     print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
-    if disk_full is not None:
-        raise SystemExit(f"S5: {disk_full}: {sub_path.name} and cell_predictions.csv are complete (and the "
+    if stopped and getattr(stopped[-1], "disk_full", False):
+        raise SystemExit(f"S5: {stopped[-1]}: {sub_path.name} and cell_predictions.csv are complete (and the "
                          "other essential outputs); the optional outputs after them were not written")
+    if stopped:
+        raise SystemExit(f"S5: {len(stopped)} optional output(s) not written, the first: {stopped[0]}; the "
+                         "essential outputs and the other optional ones are complete")
     if res.failures and cfg.FAIL_ON_ERRORS:
         raise SystemExit(3)
     return sub_path
@@ -428,38 +552,59 @@ def _score_cells(cfg, predictors: list, weights: list[float], image, labels, ids
     return ens
 
 
-def _write(cfg, sample: pd.DataFrame, out_dir: Path, sub_path: Path, predictors: list,
-           res: Results) -> io.WriteError | None:
-    """Remove the previous run's files, write the essential outputs (each complete or absent: a full disk
-    stops S5 with the file's name), then the optional ones; returns the error that stopped those."""
-    overlay_dir, label_dir = out_dir / "overlays", out_dir / "labels"
-    owned = ([sub_path.with_name(f"{sub_path.stem}_{n}.csv") for n in predict.COMPARISONS]
-             + sorted(overlay_dir.glob("*.png")) + sorted(label_dir.glob("*.png"))
-             + [out_dir / n for n in (*_ESSENTIAL_EXTRAS, "report.html")])
-    for path in owned:  # the previous run's files go first: the folder never mixes two runs
-        path.unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "report", ignore_errors=True)
-    encoding.write_submission(res.strings["ensemble"], sample, sub_path)
+def _outputs(cfg, sample: pd.DataFrame, predictors: list, res: Results) -> list[Output]:
+    """Every file of this run, essential ones first, in the order they are written (the one table the
+    ownership record and the clean-up come from)."""
+    stem, runs_used = Path(cfg.SUBMISSION).stem, [str(p.path) for p in predictors]
     cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
-    io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), out_dir / "cell_predictions.csv")
+    out = [Output(cfg.SUBMISSION, True,
+                  lambda p: encoding.write_submission(res.strings["ensemble"], sample, p)),
+           Output("cell_predictions.csv", True,
+                  lambda p: io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), p))]
     if cfg.CELL_TABLES:
-        io.atomic_to_csv(res.tables.cells_frame(), out_dir / "cells.csv")
-        io.atomic_to_csv(res.tables.images_frame(), out_dir / "images.csv")
-    config.save(dict(cfg, RUNS_USED=[str(p.path) for p in predictors]), out_dir / "s5_config.json")
-    io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), out_dir / "s5_failures.csv")
-    optional = [(label_dir / cell_tables.label_file(image_id),
-                 lambda path, b=png: io.atomic_write_bytes(path, b))
-                for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
+        out += [Output("cells.csv", True, lambda p: io.atomic_to_csv(res.tables.cells_frame(), p)),
+                Output("images.csv", True, lambda p: io.atomic_to_csv(res.tables.images_frame(), p))]
+    out += [Output("s5_config.json", True, lambda p: config.save(dict(cfg, RUNS_USED=runs_used), p)),
+            Output("s5_failures.csv", True,
+                   lambda p: io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), p))]
+    out += [Output(f"labels/{cell_tables.label_file(image_id)}", False,
+                   lambda p, b=png: io.atomic_write_bytes(p, b))
+            for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
     if cfg.REPORT:
-        optional.append((out_dir / "report.html", lambda path: _write_report(cfg, res, path)))
-    optional += [(sub_path.with_name(f"{sub_path.stem}_{name}.csv"),
-                  lambda path, name=name: encoding.write_submission(res.strings[name], sample, path))
-                 for name in res.names[1:]]
-    optional += [(overlay_dir / f"{constants.file_stem(image_id)}.png",
-                  lambda path, o=(image_id, image, labels, ids, ens): plots.plot_cell_overlay(
-                      o[1], o[2], o[3], o[4], path, title=f"{o[0]}: {len(o[3])} cells"))
-                 for image_id, image, labels, ids, ens in res.overlays]
-    return _write_optional(optional)
+        out.append(Output("report.html", False, lambda p: _write_report(cfg, res, p)))
+    out += [Output(f"{stem}_{name}.csv", False,
+                   lambda p, name=name: encoding.write_submission(res.strings[name], sample, p))
+            for name in res.names[1:]]
+    out += [Output(f"overlays/{constants.file_stem(o[0])}.png", False,
+                   lambda p, o=o: plots.plot_cell_overlay(o[1], o[2], o[3], o[4], p,
+                                                          title=f"{o[0]}: {len(o[3])} cells"))
+            for o in res.overlays]
+    return out
+
+
+def _write(cfg, out_dir: Path, record: owned.Record, outputs: list[Output], res: Results) -> tuple[set, list]:
+    """Record the files of this run (and check them again), remove the previous run's (S5's record only),
+    write the essential outputs (each complete or absent: a full disk stops S5 with the file's name),
+    then the optional ones. Returns the files written and the errors of the optional ones (a full
+    disk's first: it stops the writing)."""
+    pictures = (["report/data.json", *(f"report/{f[0]}.jpg" for f in res.tables.report_fields)]
+                if cfg.REPORT else [])
+    record.begin([o.rel for o in outputs] + pictures, _FOLDERS)
+    record.remove()  # the previous run's files go first: the folder never mixes two runs
+    before = _in_folders(out_dir)  # what stays in S5's folders is not S5's: only new files are recorded
+    for o in outputs:
+        if o.essential:
+            o.write(out_dir / o.rel)
+    stopped = _write_optional(out_dir, [o for o in outputs if not o.essential])
+    written = {o.rel for o in outputs if (out_dir / o.rel).is_file()} | (_in_folders(out_dir) - before)
+    record.finish(written, [d for d in _FOLDERS if (out_dir / d).is_dir()])
+    return written, stopped
+
+
+def _in_folders(out_dir: Path) -> set[str]:
+    """The files in S5's folders (relative paths)."""
+    return {f"{d}/{e.name}" for d in _FOLDERS if (out_dir / d).is_dir() and not (out_dir / d).is_symlink()
+            for e in os.scandir(out_dir / d) if e.is_file(follow_symlinks=False)}
 
 
 def _write_report(cfg, res: Results, path: Path) -> None:
@@ -475,19 +620,24 @@ def _write_report(cfg, res: Results, path: Path) -> None:
           f"{time.time() - t0:.1f} s: open it in a browser", flush=True)
 
 
-def _write_optional(outputs: list) -> io.WriteError | None:
-    """Write the optional outputs (``(path, write(path))``) after the essential ones: a failure is a
-    warning line, except a full disk, which stops the writing; returns that error (else None)."""
-    for path, write in outputs:
+def _write_optional(out_dir: Path, outputs: list[Output]) -> list:
+    """Write the optional outputs after the essential ones: each failure is a warning line and the others
+    go on, except a full disk, which stops the writing; returns the errors (a full disk's last)."""
+    errors = []
+    for o in outputs:
+        path = out_dir / o.rel
         try:
-            write(path)
+            o.write(path)
         except io.WriteError as e:
+            errors.append(e)
             if e.disk_full:
-                return e
-            print(f"S5: warning: {e}", file=sys.stderr, flush=True)
+                return errors
         except Exception as e:  # noqa: BLE001 - an optional output never costs the submission
-            print(f"S5: warning: {path} not written ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
-    return None
+            errors.append(f"{path} not written ({type(e).__name__}: {e})")
+        else:
+            continue
+        print(f"S5: warning: {errors[-1]}", file=sys.stderr, flush=True)
+    return errors
 
 
 if __name__ == "__main__":

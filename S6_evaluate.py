@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, io, lock, metric, report_truth
+from common import config, constants, encoding, io, lock, metric, owned, report_truth
 from common.io import atomic_to_csv
 
 _MAKE_CHOICES = ("", "truth", "broadcast")
@@ -91,11 +91,37 @@ def _first(ids: list, k: int = 5) -> str:
 
 def main(argv=None):
     cfg = config.parse(globals(), argv)
-    if cfg.MAKE not in _MAKE_CHOICES:
-        raise SystemExit(f"--MAKE must be one of {_MAKE_CHOICES}, got {cfg.MAKE!r}")
+    config.require_choice(cfg, "MAKE", _MAKE_CHOICES, step="S6")
+    config.require_number(cfg, "IOU", "LEVEL", above=True, maximum=1, step="S6")
+    config.require_positive(cfg, "N_BOOT", step="S6")
+    config.require_positive(cfg, "REPORT_MISTAKES", minimum=0, step="S6")
     sub_path = constants.output_folder(cfg.SUBMISSION, "SUBMISSION", file=True)  # scores go beside it
     with lock.hold(sub_path.parent, "S6"):  # not while S5 (or another S6) writes that folder
+        _claim(cfg, sub_path)  # stops here when a file S6 writes is not its to write
         return _evaluate(cfg, sub_path)
+
+
+_WRITES = ("_scores.csv", "_eval_config.json", "_ap.png", "_pr.png")  # beside <stem>.csv (the last 2: PLOTS)
+
+
+def _claim(cfg, sub_path: Path) -> None:
+    """S6 writes beside the submission only files that are its own (common.owned): they join S5's record
+    when S5 wrote the submission (S5's next run removes them with the submission they score), else
+    S6's. An earlier S6's files (its <stem>_eval_config.json, no record) are taken as its own."""
+    folder = sub_path.parent
+    s5 = owned.Record(folder, "S6", "SUBMISSION", owner="S5")
+    record = s5 if s5.owns(sub_path.name) else owned.Record(folder, "S6", "SUBMISSION")
+    name = f"submission_{cfg.MAKE}.csv" if cfg.MAKE else sub_path.name
+    stem = Path(name).stem
+    files = [name] * bool(cfg.MAKE) + [stem + x for x in _WRITES[:4 if cfg.PLOTS else 2]]
+    if (folder / f"{stem}_eval_config.json").is_file() and not record.owns(f"{stem}_eval_config.json"):
+        record.adopt(files)
+    files += ["report.html"] * bool(cfg.REPORT)  # S5's page, re-rendered
+    if cfg.REPORT and (folder / "report" / "data.json").is_file() and not (folder / "report").is_symlink():
+        record.adopt(["report.html"])  # S5's (or the report API's) page: its data beside it says so
+    inputs = [constants.resolve(p) for p in (cfg.SUBMISSION, cfg.TRUTH, cfg.BASELINE) if p]
+    record.claim(files, inputs=inputs)
+    record.begin(files)
 
 
 def _evaluate(cfg, sub_path: Path) -> dict:

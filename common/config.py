@@ -224,24 +224,62 @@ def _read_overrides(defaults: dict, argv: list[str], retired: dict[str, str] | N
     return cfg
 
 
-def require_positive(cfg: dict, *names: str, minimum: int = 1, step: str = "") -> None:
-    """Stop (SystemExit naming the constant) unless each constant of ``names`` is an int >= ``minimum``."""
+def _stop(step: str, name: str, value: Any, what: str) -> SystemExit:
+    return SystemExit(f"{step + ': ' if step else ''}--{name} {value!r}: must be {what}")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def require_positive(cfg: dict, *names: str, minimum: int = 1, maximum: int | None = None,
+                     step: str = "") -> None:
+    """Stop (SystemExit naming the constant) unless each constant of ``names`` is an int >= ``minimum``
+    (and <= ``maximum`` when given)."""
     for name in names:
         v = cfg[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if not is_int(v) or v < minimum or (maximum is not None and v > maximum):
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be {what}")
+            raise _stop(step, name, v, f"an integer {minimum}..{maximum}" if maximum is not None else what)
 
 
-def require_number(cfg: dict, *names: str, minimum: float = 0.0, above: bool = False, step: str = "") -> None:
+def require_number(cfg: dict, *names: str, minimum: float = 0.0, above: bool = False,
+                   maximum: float | None = None, step: str = "") -> None:
     """Stop (SystemExit naming the constant) unless each constant of ``names`` is a finite number
-    >= ``minimum`` (> ``minimum`` with ``above``): learning rates, weight decay."""
+    >= ``minimum`` (> ``minimum`` with ``above``; <= ``maximum`` when given): learning rates, weight
+    decay, probabilities."""
     for name in names:
         v = cfg[name]
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not (number and math.isfinite(v) and (v > minimum if above else v >= minimum)):
-            raise SystemExit(f"{step + ': ' if step else ''}--{name} {v!r}: must be a finite number "
-                             f"{'>' if above else '>='} {minimum:g}")
+        low_ok = is_number(v) and (v > minimum if above else v >= minimum)
+        if not (low_ok and (maximum is None or v <= maximum)):
+            top = f" and <= {maximum:g}" if maximum is not None else ""
+            raise _stop(step, name, v, f"a finite number {'>' if above else '>='} {minimum:g}{top}")
+
+
+def require_items(cfg: dict, name: str, what: str, ok, *, length: int | None = None, distinct: bool = False,
+                  step: str = "") -> list:
+    """Stop (one line naming the constant) unless ``cfg[name]`` is a list (``length`` items when
+    given) whose every item passes ``ok`` (``what`` says what they must be), all different with
+    ``distinct``; returns it as a list."""
+    v = cfg[name]
+    items = list(v) if isinstance(v, (list, tuple)) else None
+    n = f"{length} " if length is not None else ""
+    if items is None or (length is not None and len(items) != length) or not all(ok(x) for x in items):
+        raise _stop(step, name, v, f"a list of {n}{what}")
+    if distinct and len({repr(x) for x in items}) != len(items):
+        raise _stop(step, name, v, f"{n}different {what}")
+    return items
+
+
+def require_choice(cfg: dict, name: str, choices, step: str = "") -> None:
+    """Stop (one line naming the constant and the choices) unless ``cfg[name]`` is one of ``choices``."""
+    if cfg[name] not in choices:
+        raise _stop(step, name, cfg[name], "one of " + ", ".join(repr(c) for c in choices))
 
 
 def to_jsonable(cfg: dict) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries, watershed
 from tqdm import tqdm
 
-from common import io, parallel
+from common import io, owned, parallel
 from common.constants import CHANNELS, CLASS_NAMES, NEGATIVE, NUM_CLASSES, format_labels
 from common.encoding import encode_binary_mask
 
@@ -715,12 +716,13 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
     jobs = plan_dataset(n_train, n_test, seed, temper=temper, rare_boost=rare_boost, frac_16bit=frac_16bit)
     files = planned_files(jobs)
     own = set(read_manifest(out_dir) or [])
-    foreign = [f for f in files if f not in own and (out_dir / f).exists()]
+    foreign = [f for f in files if f not in own and os.path.lexists(out_dir / f)]
     if foreign:
         raise FileExistsError(f"{out_dir / foreign[0]} (and {len(foreign) - 1} more) exist but were not made "
                               f"by the demo generator ({MANIFEST_NAME}); not writing over them")
     for split in SPLITS:
         for sub in (split, f"{split}_cell_truth", f"{split}_nucleus_truth"):
+            owned.check_path(out_dir, sub, "S0", "COMPETITION_DIR", folder=True)  # no link followed
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
     io.atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(sorted(own | set(files)), indent=0) + "\n")
     for j in jobs:
@@ -813,14 +815,10 @@ def remove_outputs(out_dir: str | Path) -> int:
     """
     out_dir = Path(out_dir)
     names = read_manifest(out_dir) or []
-    n = 0
-    for name in sorted(names, key=lambda x: x == MANIFEST_NAME):  # the manifest last
-        p = out_dir / name
-        if p.is_file() or p.is_symlink():
-            p.unlink()
-            n += 1
+    n = len(owned.remove_files(out_dir, [x for x in names if x != MANIFEST_NAME]))  # never through a link
+    n += len(owned.remove_files(out_dir, [MANIFEST_NAME] if MANIFEST_NAME in names else []))  # then it
     for p in demo_outputs(out_dir):
-        if p.is_dir() and not any(p.iterdir()):
+        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
     return n
 

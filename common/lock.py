@@ -8,19 +8,25 @@ ends, however it ends (a kill included). The file records who holds it (step, pi
 time); a second writer stops at once with a message naming the folder and that holder. A record
 left by a holder that ended without releasing (killed) is taken over, with a note. The holder
 removes the file when it releases; a writer that opened it just before checks, once it holds the
-lock, that the file it locked is still the one at that path.
+lock, that the file it locked is still the one at that path. The file is opened without following a
+link: a ``.lock`` that is a link, a folder or no regular file, or that cannot be made or written
+(permissions, a read-only or full filesystem), stops the step with one line (:class:`LockError`).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from common import io
 
 LOCK_NAME = ".lock"   # inside the locked folder (".lock.<tag>" for a tagged lock); hidden, matched by no glob
 
@@ -52,10 +58,34 @@ def describe(rec: dict) -> str:
             f"started {rec.get('started', '?')})")
 
 
+class LockError(SystemExit):
+    """The lock file cannot be made or written (a link, a folder, no permission, a read-only or
+    full filesystem): one line naming the folder, exit status 1."""
+
+
+def _refuse(path: Path, step: str, e: OSError) -> LockError:
+    """The one line for an ``OSError`` on the lock file ``path`` of ``step``."""
+    if e.errno == errno.ELOOP or path.is_symlink():
+        why = f"is a symbolic link; {step} never follows a link where it writes: remove it"
+    elif e.errno == errno.EISDIR or path.is_dir():
+        why = f"is a folder, where {step} keeps its lock file: remove it"
+    else:
+        why = f"cannot be written ({e.strerror or e}; {io.free_space(path.parent)} free)"
+    return LockError(f"{step}: {path} {why}, or give this step another output folder")
+
+
 def _open_locked(path: Path, step: str, what: str) -> int | None:
-    """An fd of ``path`` holding its exclusive lock; None where the filesystem has no flock."""
+    """An fd of ``path`` holding its exclusive lock; None where the filesystem has no flock. The file
+    is opened without following a link and must be a regular file."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as e:
+            raise _refuse(path, step, e) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted there
+            os.close(fd)
+            raise LockError(f"{step}: {path} is not a regular file: remove it, or give this step another "
+                            "output folder")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,7 +99,7 @@ def _open_locked(path: Path, step: str, what: str) -> int | None:
                   "writes there at the same time", file=sys.stderr, flush=True)
             return None
         try:  # the holder before us may have removed the file after we opened it: lock the current one
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 return fd
         except FileNotFoundError:
             pass
@@ -83,21 +113,29 @@ def hold(folder: str | Path, step: str, tag: str = "") -> Iterator[Path]:
     folder (``--SHARD i/n`` runs write disjoint items of one folder: each shard has its own).
     Yields the lock file's path, which is removed on release."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / (f"{LOCK_NAME}.{tag}" if tag else LOCK_NAME)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LockError(f"{step}: cannot make {folder} ({e.strerror or e}): give this step another "
+                        "output folder") from None
     fd = _open_locked(path, step, f"{folder} ({tag})" if tag else str(folder))
     if fd is None:
         yield path
         return
     try:
-        left = _read(fd)
+        try:
+            left = _read(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(_record(step)) + "\n").encode(), 0)
+        except OSError as e:
+            raise _refuse(path, step, e) from None
         if left:
             print(f"{step}: note: took over the lock of {folder} left by {describe(left)}, which "
                   "ended without releasing it", file=sys.stderr, flush=True)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(_record(step)) + "\n").encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # still locked: a writer that opened it meanwhile sees another inode
+        with contextlib.suppress(OSError):  # ours only: a file put there meanwhile stays
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)  # still locked: a writer that opened it meanwhile sees another inode
         os.close(fd)

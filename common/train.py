@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
-from common import checkpoints, io, lock, metric, needs, plots, schedules
+from common import checkpoints, io, lock, metric, needs, owned, plots, schedules
 from common import config as config_mod
 from common.device import resolve_device
 
@@ -89,8 +89,27 @@ def check_config(cfg: dict, step: str) -> None:
     with one line naming the constant; a missing one is a ``KeyError`` naming it (``needs.NEEDS``)."""
     needs.need(cfg, "training")
     config_mod.require_positive(cfg, "EPOCHS", "VAL_EVERY", "BATCH_SIZE", "ACCUM_STEPS", step=step)
-    config_mod.require_number(cfg, "LR", above=True, step=step)
-    config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", step=step)
+    config_mod.require_positive(cfg, "NUM_WORKERS", "MAX_TRAIN_STEPS", minimum=0, step=step)
+    config_mod.require_number(cfg, "LR", "ADAM_EPS", "WARMUP_MULT", above=True, step=step)
+    config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", "WARMUP_EPOCHS", "GRAD_CLIP", step=step)
+    config_mod.require_number(cfg, "EMA_DECAY", maximum=1, step=step)
+    config_mod.require_choice({"OPTIMIZER": str(cfg["OPTIMIZER"]).lower()}, "OPTIMIZER", ("adamw", "adam"),
+                              step=step)  # any case, as build_parts reads it
+
+
+def check_model_constants(cfg: dict, step: str) -> None:
+    """The model, MIL and bag-augmentation constants S3 and S4.2 share, checked at their start (one line
+    naming the constant): probabilities in 0..1, counts >= 1, weights finite >= 0."""
+    config_mod.require_positive(cfg, "MSD_SAMPLES", "MIL_TOPK", step=step)
+    config_mod.require_positive(cfg, "MAX_IMAGES", minimum=0, step=step)
+    config_mod.require_number(cfg, "MIL_W_MAX", "MIL_W_MEAN", step=step)
+    config_mod.require_number(cfg, "MIL_LSE_R", above=True, step=step)
+    config_mod.require_number(cfg, "DROPOUT", "P_GREEN_TO_NEGATIVE", "P_GREEN_FROM_OTHER", "P_INTENSITY",
+                              maximum=1, step=step)
+    low_high = config_mod.require_items(cfg, "INTENSITY_RANGE", "factors > 0",
+                                        lambda x: config_mod.is_number(x) and x > 0, length=2, step=step)
+    if low_high[0] > low_high[1]:
+        raise SystemExit(f"{step}: --INTENSITY_RANGE {low_high}: the low factor must come first")
 
 
 def check_fold(cfg: dict, folds, table: str | Path, step: str) -> None:
@@ -689,6 +708,8 @@ def fit(cfg: dict, model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, 
     rank, _, _ = launch()
     with lock.hold(out_dir, step) if rank == 0 else contextlib.nullcontext():
         check_run_folder(cfg, out_dir)
+        for name in (*RUN_FILES, "config.json", "train.log"):  # a link there is never written through
+            owned.check_path(out_dir, name, step, "RUN_NAME")
         ckpt = check_resume(cfg, out_dir / "last.pth", len(train_ds))
         return _run(cfg, model, train_ds, val_ds, out_dir, ckpt, extra_metrics, collate_fn)
 

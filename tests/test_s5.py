@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import load_script, tmpfs_run
 
-from common import cells, encoding, io, predict, segmentation
+from common import cells, encoding, io, owned, predict, segmentation
 from common.constants import NUM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,8 @@ def e2e(tmp_path_factory) -> dict:
     runs = {1: Path(r1["out_dir"]), 2: Path(r2["out_dir"])}
     assert all((r / "best.pth").is_file() for r in runs.values())
     sub = S5.main(["--COMPETITION_DIR", str(comp), "--HPA512_DIR", str(hpa), "--OUTPUT_DIR", str(out),
-                   "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8", "--N_OVERLAYS", "1"])
+                   "--RUNS_DIR", str(out), "--DEVICE", "cpu", "--TTA", "2", "--BATCH_SIZE", "8",
+                   "--N_OVERLAYS", "1"])
     sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
     return dict(comp=comp, hpa=hpa, out=out, runs=runs, sub=Path(sub), sample=sample)
 
@@ -312,6 +313,7 @@ def test_corrupt_and_missing_images_keep_empty_rows_and_are_listed(e2e, tmp_path
     out = tmp_path / "out"
     (out / "s5_failures.csv").parent.mkdir()
     (out / "s5_failures.csv").write_text("ID,reason\nstale,from an earlier run\n")
+    owned.Record(out, "S5", "OUTPUT_DIR").finish(["s5_failures.csv"])  # S5's, from an earlier run
     args = _s5_args(e2e, comp, hpa, out, "--SEGMENTER", "builtin", "--IMAGE_SIZE", str(WORK))
     sub = encoding.read_submission(S5.main(args))
     assert sub["ID"].tolist() == ids                                   # every row, in order
@@ -567,20 +569,31 @@ def test_s5_full_disk_writes_the_essential_outputs_first(e2e, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"S5: cannot write {out}/") and "No space left on device" in last
     assert "submission.csv and cell_predictions.csv are complete" in last and "Traceback" not in proc.stderr
+    wrote = [line for line in proc.stdout.splitlines() if line.startswith("S5: wrote ")][-1]
+    assert wrote.startswith(f"S5: wrote {out / 'submission.csv'};")  # not "and 5 comparison submissions"
     for name in ("submission.csv", "cell_predictions.csv", "cells.csv", "images.csv"):
         assert (snap / name).read_bytes() == (ref / name).read_bytes()
     assert not [p for p in snap.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_an_optional_output_that_fails_is_a_warning(e2e, tmp_path, monkeypatch, capsys):
+def test_an_optional_output_that_fails_is_listed_and_stops_s5_after_the_others(e2e, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A failing optional output (here an overlay) is a warning line; the other outputs are written,
+    then S5 ends with one line and exit status 1 (README: any write error is exit 1)."""
     comp, hpa = _copy_inputs(e2e, tmp_path)
 
     def broken(*args, **kw):
         raise RuntimeError("no renderer")
 
     monkeypatch.setattr(S5.plots, "plot_cell_overlay", broken)
-    sub = S5.main(_s5_args(e2e, comp, hpa, tmp_path / "out", "--N_OVERLAYS", "1"))
-    assert sub.is_file() and "S5: warning: " in capsys.readouterr().err
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "1"))
+    assert str(err.value.code).startswith("S5: 1 optional output(s) not written, the first: ")
+    assert "RuntimeError: no renderer" in str(err.value.code) and "\n" not in str(err.value.code)
+    assert "S5: warning: " in capsys.readouterr().err
+    assert all((out / n).is_file() for n in ("submission.csv", "report.html", "submission_cells.csv"))
+    assert not (out / "overlays").exists() or not any((out / "overlays").iterdir())
 
 
 def test_a_corrupt_s2_file_is_prepared_again_from_the_original(e2e, tmp_path, capsys):

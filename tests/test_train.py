@@ -115,8 +115,9 @@ def test_fit_without_validation_and_step_cap(toy, tmp_path):
     res = train.fit(cfg, _model(cfg), tr, None, tmp_path)
     assert res["last_epoch"] == 1 and (tmp_path / "best.pth").is_file()
     assert _final_weights(tmp_path / "last.pth")["num_updates"] == 1
-    with pytest.raises(ValueError, match="OPTIMIZER"):
+    with pytest.raises(SystemExit, match="^train.fit: --OPTIMIZER 'sgdx': must be one of 'adamw', 'adam'$"):
         train.fit({**cfg, "OPTIMIZER": "sgdx"}, _model(cfg), tr, None, tmp_path / "x")
+    assert not (tmp_path / "x").exists()                              # at start: nothing written
 
 
 def test_rng_state_round_trip():

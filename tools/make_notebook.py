@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import config, constants, recipes  # noqa: E402
+from common.io import atomic_write_text  # noqa: E402
 
 WHEELS = constants.WHEELS_DATASET  # name of the wheels dataset (tools/make_wheelhouse.sh), under <root>/input
 # Datasets a notebook may attach, by their name under /kaggle/input: what each holds, where it comes from
@@ -84,7 +85,7 @@ STEPS = {
     "S5_predict.py": dict(
         optional={"hpa-512": "S2's test masks; without them S5 segments the test images itself",
                   "hpa-seg": "without it the built-in watershed segments"},
-        values={"RUNS_DIR": "input/hpa-runs"},
+        values={"RUNS_DIR": "input/hpa-runs", "OUTPUT_DIR": "working"},
         writes="`{working}/submission.csv` (OUTPUT_DIR): the file Kaggle scores."),
 }
 # The versions a notebook accepts where requirements.txt pins an exact build (the pins are for bit-exact
@@ -491,10 +492,7 @@ def main(argv=None) -> Path:
     nb = make_notebook(args.script, overrides, args.wheels)
     out = Path(args.out or Path(args.script).with_suffix(".ipynb").name)
     text = nbformat.writes(nb)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    atomic_write_text(out, text)  # a temporary of its own (O_EXCL), renamed: no planted link followed
     print(f"wrote {out} ({len(text.encode()) / 1e3:.0f} kB, {len(nb.cells)} cells)")
     return out
 

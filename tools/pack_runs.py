@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import checkpoints, constants, io, predict
+from common import checkpoints, constants, io, owned, predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (checkpoints.load_checkpoint needs these)
 COPY = ("summary.csv",)  # copied beside the slim checkpoint (config.json is written, made portable)
@@ -105,6 +105,8 @@ def pack(run_args: list[str], out: str | Path, checkpoint: str = "best.pth",
         seen[name] = src
         ckpt = checkpoints.read_checkpoint(src, "", "leave this run out, or train it again")
         dst = out / name / "best.pth"
+        for rel in (name / "best.pth", *(name / f for f in (*COPY, "config.json"))):  # no link followed
+            owned.check_path(out, rel.as_posix(), "pack_runs", "--OUT")
         dst.parent.mkdir(parents=True, exist_ok=True)
         dropped: list[str] = []
         slim = checkpoints.slim_checkpoint(ckpt, src)
