@@ -206,10 +206,12 @@ def test_the_first_screen_shows_the_two_commands_each_on_one_line_in_one_block()
 
 
 def test_each_own_images_example_writes_to_its_own_folder():
-    """README examples with other IMAGES never share an OUTPUT_DIR (the second would replace the first)."""
+    """README examples with other IMAGES never share an OUTPUT_DIR (the second would replace the first);
+    without --OUTPUT_DIR, S5 writes to output/<IMAGES folder name>."""
     folders: dict[str, set[str]] = {}
     for cmd in commands((ROOT / "README.md").read_text()):
         if cmd[0] == "S5_predict.py" and "--IMAGES" in cmd:
-            out = cmd[cmd.index("--OUTPUT_DIR") + 1] if "--OUTPUT_DIR" in cmd else "output"
-            folders.setdefault(out, set()).add(cmd[cmd.index("--IMAGES") + 1])
+            images = cmd[cmd.index("--IMAGES") + 1]
+            out = cmd[cmd.index("--OUTPUT_DIR") + 1] if "--OUTPUT_DIR" in cmd else f"output/{Path(images).name}"
+            folders.setdefault(out, set()).add(images)
     assert len(folders) >= 2 and all(len(images) == 1 for images in folders.values()), folders
