@@ -318,9 +318,10 @@ def main(argv=None):
     _check_constants(cfg)  # every constant, one line each, before anything is read or written
     out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=False)  # made when S5 writes
     sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
+    predictors = _predictors(cfg)  # the runs and their weights: a missing run stops before the folder is made
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
         record = _claim(cfg, out_dir, found)  # stops here when an output is not S5's to write
-        return _run(cfg, sample, found, out_dir, record, t_start)
+        return _run(cfg, sample, found, predictors, out_dir, record, t_start)
 
 
 def _output_dir(cfg) -> str:
@@ -433,10 +434,11 @@ def _own_sample(found: list, sizes: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
 
 
-def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, out_dir: Path, record: owned.Record,
-         t_start: float) -> Path:
-    """Score the test images with every run, then write the outputs (essential ones first)."""
-    predictors, weights = _predictors(cfg)
+def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, runs: tuple, out_dir: Path,
+         record: owned.Record, t_start: float) -> Path:
+    """Score the test images with every run (``runs``: the predictors and their ensemble weights), then
+    write the outputs (essential ones first)."""
+    predictors, weights = runs
     source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg, [p.cfg for p in predictors])
     n_stale = sum(io.remove_stale_temps(d) for d in (out_dir, *(out_dir / f for f in _FOLDERS)))
     if n_stale:

@@ -212,6 +212,7 @@ def test_each_own_images_example_writes_to_its_own_folder():
     for cmd in commands((ROOT / "README.md").read_text()):
         if cmd[0] == "S5_predict.py" and "--IMAGES" in cmd:
             images = cmd[cmd.index("--IMAGES") + 1]
-            out = cmd[cmd.index("--OUTPUT_DIR") + 1] if "--OUTPUT_DIR" in cmd else f"output/{Path(images).name}"
+            own = f"output/{Path(images).name}"                       # OUTPUT_DIR's default with IMAGES
+            out = cmd[cmd.index("--OUTPUT_DIR") + 1] if "--OUTPUT_DIR" in cmd else own
             folders.setdefault(out, set()).add(images)
     assert len(folders) >= 2 and all(len(images) == 1 for images in folders.values()), folders

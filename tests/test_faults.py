@@ -290,6 +290,65 @@ def _bad_s2_file(request, tmp_path):
     assert pd.read_csv(out / "submission.csv", dtype=str).set_index("ID")["PredictionString"][iid]
 
 
+@case("an own field that cannot be used as it is (more than `MAX_PIXELS` values by its header, a gzip bomb, "
+      "NaN, negatives, floats outside [0, 1], a Z-stack, a name that is not UTF-8)")
+def _unusable_field(request, tmp_path):
+    import numpy as np
+    import tifffile
+    from own_images_data import (
+        declared_tiff,
+        field,
+        gzip_bomb,
+        write_channel_bytes_name,
+        write_channel_files,
+        write_tiffs,
+    )
+
+    folder = tmp_path / "fields"
+    write_tiffs(folder, {"good": field(1, 64, 64)})
+    declared_tiff(folder / "giant.tif")
+    gzip_bomb(folder / "bomb_red.tif.gz", members=4)
+    write_channel_files(folder, {"bomb": field(6, 64, 64)}, ["_green", "_blue", "_yellow"], ".png")
+    nan = np.moveaxis(field(2, 64, 64), -1, 0).astype(np.float32) / 65535
+    nan[1, 0, 0] = np.nan
+    tifffile.imwrite(folder / "nan.tif", nan)
+    tifffile.imwrite(folder / "negative.tif", np.moveaxis(field(3, 64, 64), -1, 0).astype(np.int32) - 5)
+    tifffile.imwrite(folder / "zstack.tif", np.moveaxis(field(4, 64, 64), -1, 0).copy(), imagej=True,
+                     metadata={"axes": "ZYX"})
+    write_channel_bytes_name(folder, b"bad\xff", field(5, 64, 64), ["_red", "_green", "_blue", "_yellow"])
+    out = tmp_path / "out"
+    before = _tree(folder)
+    S5.main([*_s5(request, out), "--IMAGES", str(folder), "--MAX_PIXELS", "4000000"])   # exit 0: on it goes
+    fails = dict(pd.read_csv(out / "s5_failures.csv", dtype=str, keep_default_na=False).values)
+    assert "too large to decode" in fails["giant"] and "too large to decode" in fails["bomb"]
+    assert "NaN" in fails["nan"] and "use --RESCALE true" in fails["negative"]
+    assert "TIFF_Z_PLANE" in fails["zstack"] and "not valid UTF-8" in fails["bad\\xff"]
+    assert pd.read_csv(out / "submission.csv", dtype=str)["ID"].tolist() == ["good"]
+    assert _tree(folder) == before                                       # the inputs as they were
+
+
+@case("a missing input, dataset or package")
+def _missing_input(request, tmp_path):
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    args = [a for a in _s5(request, tmp_path / "out") if a != str(request.getfixturevalue("tiny_run"))]
+    args.remove("--RUNS")
+    msg = _stops(lambda: S5.main([*args, "--RUNS_DIR", str(empty)]))
+    assert msg.startswith(f"S5: a trained run (best.pth) under {empty} (RUNS_DIR)") and "run S3" in msg
+    mp = request.getfixturevalue("monkeypatch")
+    mp.setenv("KAGGLE", "1")
+    mp.setenv("KAGGLE_ROOT", str(tmp_path / "kaggle"))
+    (tmp_path / "kaggle" / "input" / "hpa-512").mkdir(parents=True)
+    msg = _stops(lambda: S5.main([*args, "--RUNS_DIR", str(empty)]))
+    assert "attach the dataset `hpa-runs`" in msg and "/kaggle/input holds: hpa-512" in msg
+    mp.delenv("KAGGLE")
+    mp.setitem(sys.modules, "iterstrat", None)                           # as if it were not installed
+    data = request.getfixturevalue("demo")["data"]
+    msg = _stops(lambda: S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(tmp_path / "s2")]))
+    assert "iterative-stratification (import iterstrat) is not installed: pip install" in msg
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "out").exists()
+
+
 @case("out of space, any write error")
 def _out_of_space(request, tmp_path):
     test_s2_full_disk_stops_naming_the_file_and_the_free_space(request.getfixturevalue("demo"), tmp_path, 1)
