@@ -114,11 +114,6 @@ class BagModel(nn.Module):
         # an optional key: a run rebuilt for scoring from an older run's config has none
         self.pseudo_w = float(cfg["PSEUDO_W"]) if "PSEUDO_W" in cfg else None
 
-    # the pooling constants, as read by test-time scoring (predict pools cell logits it computed)
-    pool = property(lambda self: self.mil.mode)
-    topk = property(lambda self: self.mil.topk)
-    lse_r = property(lambda self: self.mil.lse_r)
-
     def cell_logits(self, image: torch.Tensor) -> torch.Tensor:
         """(B, N, 4, S, S) -> (B, N, 19); cell i of bag b is row b*N + i of the classifier's batch."""
         if image.ndim != 5:
