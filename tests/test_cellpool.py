@@ -264,8 +264,8 @@ def test_pseudo_bags_and_loss(tmp_path):
     # the model adds PSEUDO_W x per-cell BCE on the cells with a target
     torch.manual_seed(0)
     mil_cfg = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)
-    model = BagModel(models.build_classifier(dict(P1, MSD_SAMPLES=1)),
-                     {**mil_cfg, "PSEUDO_W": 2.0})
+    model = BagModel(models.build_classifier(dict(P1, MSD_SAMPLES=1)), models.mil_head(mil_cfg),
+                     chunk=256, pseudo_w=2.0)
     model.eval()
     batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
@@ -283,9 +283,13 @@ def test_pseudo_bags_and_loss(tmp_path):
 
 
 def test_cellpool_model_names_the_missing_constants():
-    """No fallback values in common/: a config without S3's cell-pooling constants is refused by name."""
+    """No fallback values in common/: a config without S3's cell-pooling constants is refused by name,
+    by build_model (the one reader of the config) before any network is built; the model classes
+    take typed arguments."""
     mil = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0)
     with pytest.raises(KeyError, match="CELLPOOL_STRIDE"):
-        cellpool.CellPoolModel(models.build_classifier(P1), mil)
-    model = cellpool.CellPoolModel(models.build_classifier(P1), {**mil, "CELLPOOL_STRIDE": 0})
-    assert model.mil.mode == "max"
+        models.build_model({**P1, "VARIANT": "cellpool", **mil})
+    model = models.build_model({**P1, "VARIANT": "cellpool", **mil, "CELLPOOL_STRIDE": 0})
+    assert isinstance(model, cellpool.CellPoolModel) and model.mil == models.mil_head(mil)
+    typed = cellpool.CellPoolModel(models.build_classifier(P1), models.mil_head(mil), stride=0)
+    assert typed.mil.mode == "max"
