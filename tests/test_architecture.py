@@ -26,7 +26,11 @@ LONG_FUNCTIONS = {
 }
 MODELS = ("common.models", "common.mil", "common.cellpool")          # torch only
 DATASETS = ("common.datasets", "common.bag_datasets")
-FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric")
+FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric",
+                "common.crop_files", "common.weights_fetch", "common.checkpoint_saver", "common.run_folder")
+# no file I/O of their own: the cell geometry (S4.1's crop files are crop_files'), the run-time weights
+# lookup (the fetcher and its manifest are weights_fetch's)
+NO_FILE_IO = ("common.cells", "common.weights")
 
 
 def _module_name(path: Path) -> str:
@@ -134,6 +138,13 @@ def test_models_are_torch_only():
     for m in MODELS:
         bad = sorted(graph[m] & set(DATASETS + FILE_READERS + ("common.predict",)))
         assert not bad, f"{m} imports {bad}: a model module imports no dataset, reader or predict"
+
+
+def test_geometry_and_runtime_weights_import_no_file_io():
+    graph = _graph()
+    for m in NO_FILE_IO:
+        bad = sorted(graph[m] & set(FILE_READERS + ("common.parallel",)))
+        assert not bad, f"{m} imports {bad}: it does no file I/O of its own"
 
 
 def test_common_never_imports_predict_or_a_script():

@@ -19,8 +19,8 @@ from torch import nn
 from common import cells, encoding, io, models
 from common.augment import LabelAugment
 from common.bag_datasets import BagDataset
-from common.cells import crop_path
 from common.constants import NEGATIVE, NUM_CLASSES
+from common.crop_files import crop_path
 from common.mil import BagModel, MILHead, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
