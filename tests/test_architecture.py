@@ -27,10 +27,13 @@ LONG_FUNCTIONS = {
 MODELS = ("common.models", "common.mil", "common.cellpool")          # torch only
 DATASETS = ("common.datasets", "common.bag_datasets")
 FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric",
-                "common.crop_files", "common.weights_fetch", "common.checkpoint_saver", "common.run_folder")
+                "common.crop_files", "common.weights_fetch", "common.checkpoint_saver", "common.run_folder",
+                "common.demo_data")
 # no file I/O of their own: the cell geometry (S4.1's crop files are crop_files'), the run-time weights
-# lookup (the fetcher and its manifest are weights_fetch's)
-NO_FILE_IO = ("common.cells", "common.weights")
+# lookup (the fetcher and its manifest are weights_fetch's), the demo's labels and renderer (its files
+# are demo_data's)
+NO_FILE_IO = ("common.cells", "common.weights", "common.demo_labels", "common.demo_field",
+              "common.demo_render")
 
 
 def _module_name(path: Path) -> str:
