@@ -39,12 +39,10 @@ import torch
 
 from common import augment, cells, checkpoints
 from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
-from common.constants import NUM_CLASSES
+from common.constants import NUM_CLASSES, run_of
 from common.device import resolve_device
 from common.fov import labels_at
 from common.resize import resize_image
-
-P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
 
 
 # ----------------------------------------------------------------------------- test-time views
@@ -229,8 +227,8 @@ def make_view(pipeline: int, cfg: dict, model, variant: str, cellpool_stride: in
         name = "crop"
     else:
         name = str(variant or cfg["VARIANT"])
-        if name not in P1_VARIANTS:
-            raise ValueError(f"pipeline-1 variant {name!r}: expected one of {P1_VARIANTS}")
+        if name not in augment.P1_VARIANTS:  # how a pipeline-1 run scores cells
+            raise ValueError(f"pipeline-1 variant {name!r}: expected one of {augment.P1_VARIANTS}")
     return VIEWS[name].for_run(cfg, model, cellpool_stride, cellpool_size)
 
 
@@ -260,7 +258,7 @@ class RunPredictor:
         except KeyError as e:
             raise KeyError(f"{self.path}: the checkpoint's config has no {e.args[0]!r} "
                            f"(pipeline {self.pipeline}; saved by S3 / S4.2)") from None
-        self.name = self.path.parent.parent.name + "/" + self.path.parent.name
+        self.name = run_of(self.path)
 
     @property
     def variant(self) -> str:
@@ -380,14 +378,20 @@ def ensemble(per_run: list[np.ndarray], weights: list[float]) -> np.ndarray:
 IMAGE_PREDS = ("model", "cells", "both")
 
 
+def check_image_pred(how: str) -> None:
+    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("IMAGE_PRED must be one of ...") unless it is
+    one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
+    if how not in IMAGE_PREDS:
+        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
+
+
 def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str = "model") -> np.ndarray:
     """An image's class probabilities: the runs' own image outputs (``model``; pipeline 2's is the
     max-pooled bag), the mean of the ensemble's probabilities over the image's cells (``cells``), or
     the average of the two (``both``). ``cell_probs``: (n_cells, C); ``model_image``: (C,)."""
+    check_image_pred(how)
     if how == "model":
         return model_image
-    if how not in IMAGE_PREDS:
-        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
     mean = cell_probs.mean(0).astype(np.float32)
     return mean if how == "cells" else ((model_image + mean) / 2).astype(np.float32)
 

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -76,17 +75,6 @@ def check_config(cfg: dict, step: str) -> None:
     config_mod.require_positive(cfg, "EPOCHS", "VAL_EVERY", "BATCH_SIZE", "ACCUM_STEPS", step=step)
     config_mod.require_number(cfg, "LR", above=True, step=step)
     config_mod.require_number(cfg, "MIN_LR", "WEIGHT_DECAY", step=step)
-
-
-def check_fold(cfg: dict, folds, table: str | Path, step: str) -> None:
-    """FOLD (>= 0) must be a fold of the table's ``folds`` column (S3, S4.2 at their start)."""
-    fold = cfg["FOLD"]
-    if isinstance(fold, bool) or not isinstance(fold, int):
-        raise SystemExit(f"{step}: --FOLD {fold!r}: must be a whole number (-1: train on everything)")
-    present = sorted({int(f) for f in pd.to_numeric(pd.Series(folds), errors="coerce").dropna()})
-    if fold >= 0 and fold not in present:
-        raise SystemExit(f"{step}: --FOLD {fold}: {table} has no rows of that fold; folds present: "
-                         f"{present} (--FOLD -1 trains on everything)")
 
 
 def _to_device(batch, device, channels_last: bool):
