@@ -49,7 +49,7 @@ def start_run(cfg: dict, out_dir: Path, env: DistEnv, last_epoch: int | None) ->
             (out_dir / name).unlink(missing_ok=True)
     saver = CheckpointSaver(out_dir, env.main)
     if env.main:
-        config_mod.save(config_mod.to_jsonable(cfg), out_dir / "config.json")
+        config_mod.save(cfg, out_dir / "config.json")  # as to_jsonable writes it (and a checkpoint holds it)
     env.barrier()
     saver.last_epoch = last_epoch
     open_log(out_dir, env.main)
