@@ -82,10 +82,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pandas as pd
 
 from common import augment, config, constants, io, models, recipes, train, weights
-from common.datasets import CellPoolDataset, ImageDataset, external_flags
+from common.datasets import CellPoolDataset, ImageDataset, split_fold
 
 # constants renamed or removed in this release: an old name on the command line stops with one line
 _RENAMED = {"DATA_DIR": "HPA512_DIR"}
@@ -101,21 +100,6 @@ def run_name(cfg: dict) -> str:
     return f"p1_{model}_{cfg['IMAGE_SIZE']}_{cfg['VARIANT']}_{loss}"
 
 
-def split(df: pd.DataFrame, cfg: dict, table: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Train / validation rows of the fold (validation: competition images unless VAL_EXTERNAL)."""
-    is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
-    if not cfg["USE_EXTERNAL"]:
-        df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
-    if cfg["FOLD"] < 0:
-        return df, None
-    if "fold" not in df:
-        raise SystemExit(f"{table}: no 'fold' column (run S2), or use --FOLD -1")
-    train.check_fold(cfg, df["fold"], table, "S3")
-    val_mask = df["fold"] == cfg["FOLD"]
-    val = df[val_mask] if cfg["VAL_EXTERNAL"] else df[val_mask & (is_ext == 0)]
-    return df[~val_mask], val
-
-
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
                        recipe_table=recipes.table("S3"), renamed=_RENAMED, removed=_REMOVED)
@@ -128,8 +112,8 @@ def main(argv=None):
     train.check_config(cfg, "S3")  # and in fit: here before the images are read
     train.check_model_constants(cfg, "S3")
     cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
-    if cfg["VARIANT"] not in augment.VARIANTS and not cellpool:
-        raise SystemExit(f"--VARIANT must be one of {augment.VARIANTS + ('cellpool',)}")
+    if cfg["VARIANT"] not in augment.P1_VARIANTS:
+        raise SystemExit(f"--VARIANT must be one of {augment.P1_VARIANTS}")
     constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
     try:
         print(f"S3: initial weights: {weights.require(cfg)}")
@@ -142,7 +126,7 @@ def main(argv=None):
     df = io.read_id_table(csv, ("ID", "Label"))  # IDs as strings: an image "NA" stays "NA"
     if cfg["MAX_IMAGES"] > 0:
         df = df.iloc[: cfg["MAX_IMAGES"]]
-    train_df, val_df = split(df, cfg, csv)
+    train_df, val_df = split_fold(df, cfg, csv, "S3", val_external=cfg["VAL_EXTERNAL"])
 
     image_dir = data_dir / cfg["IMAGE_SUBDIR"]
     tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], True,
@@ -168,8 +152,7 @@ def main(argv=None):
             print(f"S3: {name}: {len(ds)} images at {cfg['IMAGE_SIZE']} px "
                   f"({ds.cache_bytes() / 1e9:.2f} GB), {state}")
 
-    out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / run_name(cfg) / (
-        f"fold{cfg['FOLD']}" if cfg["FOLD"] >= 0 else "all")
+    out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / constants.run_folder(run_name(cfg), cfg["FOLD"])
     model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, step="S3")
     if result["rank"] == 0:  # under torchrun: one line, from rank 0

@@ -40,7 +40,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, constants, io, lock, owned, parallel
-from common.cells import crop_image_cells
+from common.crop_files import crop_image_cells
 from common.datasets import external_flags
 
 _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]

@@ -93,7 +93,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import augment, config, constants, io, models, recipes, train, weights
 from common.bag_datasets import BagDataset, PseudoBagDataset, read_pseudo_labels
 from common.cell_validation import CellValidation
-from common.datasets import external_flags
+from common.datasets import external_flags, split_fold
 
 log = logging.getLogger("hpa.s42")
 # constants renamed or removed in this release: an old name on the command line stops with one line
@@ -153,17 +153,13 @@ def main(argv=None):
             raise SystemExit(constants.missing_input(p, dataset, what))
     _read_crop_settings(cfg, cells_root)
     df = io.read_id_table(train_csv, ("ID", "Label", "fold"))  # IDs as strings: "NA" stays "NA"
-    train.check_fold(cfg, df["fold"], train_csv, "S4.2")
     df["is_ext"] = external_flags(df).astype(int)
+    tr, va = split_fold(df, cfg, train_csv, "S4.2", val_external=False)  # validation: competition only
     index_df = io.read_id_table(index_csv, ("ID",), unique=False)  # several crops per image
-    fold_dir = f"fold{cfg.FOLD}" if cfg.FOLD >= 0 else "all"
-    out_dir = constants.resolve(cfg.OUTPUT_DIR) / run_name(cfg) / fold_dir
+    out_dir = constants.resolve(cfg.OUTPUT_DIR) / constants.run_folder(run_name(cfg), cfg.FOLD)
 
-    in_fold = df["fold"] == cfg.FOLD
-    tr = df[~in_fold & ((df["is_ext"] == 0) | cfg.USE_EXTERNAL)]
-    if cfg.MAX_IMAGES:
+    if cfg.MAX_IMAGES:  # S4.2 caps the training rows (S3 the table before its split)
         tr = tr.iloc[:cfg.MAX_IMAGES]
-    va = df[in_fold & (df["is_ext"] == 0)]
     kw = dict(cells_per_image=cfg.CELLS_PER_IMAGE, cell_size=cfg.CELL_SIZE, seed=cfg.SEED)
     Bags = BagDataset
     if cfg.PSEUDO_LABELS:  # self-training: each cell also gets its out-of-fold soft target
@@ -173,7 +169,7 @@ def main(argv=None):
         Bags = partial(PseudoBagDataset, pseudo=pseudo)
         print(f"S4.2: {len(pseudo)} cells with pseudo-labels from {cfg.PSEUDO_LABELS}", flush=True)
     train_ds = Bags(tr, cells_dir, index_df, augment=True, label_aug=augment.LabelAugment.from_cfg(cfg), **kw)
-    val_ds = BagDataset(va, cells_dir, index_df, augment=False, **kw) if len(va) else None
+    val_ds = BagDataset(va, cells_dir, index_df, augment=False, **kw) if va is not None and len(va) else None
     print(f"S4.2: {len(train_ds)} training bags ({train_ds.n_without_cells} images without cells left out), "
           f"{len(val_ds) if val_ds else 0} validation bags"
           f"{f' ({val_ds.n_without_cells} without cells)' if val_ds else ''}; "

@@ -2,7 +2,7 @@
 2048 px, and an estimate of a 22-model ensemble on one GPU within Kaggle's 9-hour limit.
 
 Everything is made here (no S0..S4 outputs needed): N_IMAGES synthetic 512-px fields of view with
-N_CELLS cells (common.demo_data) and a randomly initialised timm model (pretrained=False, BatchNorm
+N_CELLS cells (common.demo_render) and a randomly initialised timm model (pretrained=False, BatchNorm
 statistics set on a few of the views so outputs are not saturated), saved as a checkpoint and
 loaded by common.predict.RunPredictor exactly as S5 loads a trained run. Times:
   1. pipeline-1 "masked" scoring of every cell: RunPredictor.predict (batches of BATCH_SIZE views,
@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from common import augment, cells, config, demo_data, encoding, models, predict
+from common import augment, cells, config, demo_render, encoding, models, predict
 from common.constants import NUM_CLASSES
 from common.resize import resize_image
 from common.segmentation import resize_labels
@@ -74,7 +74,7 @@ def make_images(n: int, n_cells: int, seed: int) -> list[tuple[np.ndarray, np.nd
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        r = demo_data.make_image(rng, 512, [0, 16], n_cells=n_cells)
+        r = demo_render.make_image(rng, 512, [0, 16], n_cells=n_cells)
         out.append((r["image"], r["cells"]))
     return out
 

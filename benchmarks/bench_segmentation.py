@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from common import config, demo_data, segmentation
+from common import config, demo_labels, demo_render, segmentation
 
 cv2.setNumThreads(1)
 
@@ -52,7 +52,7 @@ def _rss_mb() -> float:
 
 def _mem_child(cfg) -> None:
     rng = np.random.default_rng(cfg.SEED)
-    img = demo_data.make_image(rng, 512, [0])["image"]
+    img = demo_render.make_image(rng, 512, [0])["image"]
     img = cv2.resize(img, (cfg.MEM_CHILD, cfg.MEM_CHILD), interpolation=cv2.INTER_LINEAR)
     seg = segmentation.get_segmenter(cfg.SEGMENTER)
     before = _rss_mb()
@@ -89,7 +89,7 @@ def main(argv=None):
     rng = np.random.default_rng(cfg.SEED)
     S, O = cfg.SMALL_SIZE, cfg.ORIG_SIZE  # noqa: E741
     print(f"segmenter {seg.name}; generating {cfg.N_IMAGES} demo images at {O} px ...", flush=True)
-    data = [demo_data.make_image(rng, O, demo_data.sample_image_labels(rng)) for _ in range(cfg.N_IMAGES)]
+    data = [demo_render.make_image(rng, O, demo_labels.sample_image_labels(rng)) for _ in range(cfg.N_IMAGES)]
     rows, t_small, t_orig = {}, 0.0, 0.0
     a_s, a_o, b_s, b_o = [], [], [], []
     for d in data:
@@ -111,7 +111,7 @@ def main(argv=None):
     rows[f"segment at {O}, score at {S} (nearest down)"] = _score(b_s, cfg.IOU)
     rows[f"segment at {O}, score at {O}"] = _score(b_o, cfg.IOU)
 
-    speed_imgs = [demo_data.make_image(rng, S, demo_data.sample_image_labels(rng))["image"]
+    speed_imgs = [demo_render.make_image(rng, S, demo_labels.sample_image_labels(rng))["image"]
                   for _ in range(cfg.N_SPEED)]
     seg.segment(speed_imgs[:1])
     t0 = time.perf_counter()

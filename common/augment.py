@@ -45,6 +45,7 @@ NEGATIVE_FACTOR = (0.0, 0.1)        # green * U(a, b) for green_to_negative
 OTHER_FACTOR = (0.6, 1.0)           # red/yellow * U(a, b) for green_from_other
 
 VARIANTS = ("masked", "center_cells")
+P1_VARIANTS = (*VARIANTS, "cellpool")  # pipeline 1's VARIANT: cellpool trains as "masked", pools cells
 _ = BLUE  # the nucleus channel is never copied into green (the original's bug)
 
 

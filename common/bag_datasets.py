@@ -1,7 +1,7 @@
 """Pipeline-2 data: the cell-crop files of S4.1 and the bag-of-cells dataset of S4.2.
 
-Crops live at ``{cells_dir}/{ID}_{cell:04d}.png`` (:func:`common.cells.crop_path`, 4-channel RGBY PNG
-written by S4.1's worker :func:`common.cells.crop_image_cells`), indexed by a CSV with columns
+Crops live at ``{cells_dir}/{ID}_{cell:04d}.png`` (:func:`common.crop_files.crop_path`, 4-channel RGBY PNG
+written by S4.1's worker :func:`common.crop_files.crop_image_cells`), indexed by a CSV with columns
 ``ID, cell_id, x0, y0, x1, y1, area, border`` (512-px coordinates).
 
 :class:`BagDataset` returns, per image, a bag of ``cells_per_image`` crops (sampled without
@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 
 from common import augment as aug_lib
 from common import io
-from common.cells import crop_path
 from common.constants import NUM_CLASSES
+from common.crop_files import crop_path
 from common.datasets import external_flags, labels_to_multihot
 from common.resize import resize_image
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from common import cells, io, plots, report
-from common.constants import CLASS_NAMES, file_stem
+from common.constants import CLASS_NAMES, PROB_DECIMALS, file_stem
 from common.resize import resize_image, resize_labels
 
 CELL_COLUMNS = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob", *CLASS_NAMES]
@@ -47,9 +47,10 @@ def only(labels: np.ndarray, ids) -> np.ndarray:
 
 
 def as_written(probs: np.ndarray) -> np.ndarray:
-    """Probabilities rounded to 6 decimals in their own dtype and read back as written: the values of
-    cell_predictions.csv (one row per cell)."""
-    return np.round(np.asarray(probs), 6).astype(str).astype(np.float64).reshape(-1, len(CLASS_NAMES))
+    """Probabilities rounded to ``PROB_DECIMALS`` decimals in their own dtype and read back as written: the
+    values of cell_predictions.csv (one row per cell)."""
+    rounded = np.round(np.asarray(probs), PROB_DECIMALS)
+    return rounded.astype(str).astype(np.float64).reshape(-1, len(CLASS_NAMES))
 
 
 def cell_rows(image_id: str, labels: np.ndarray, ids: list[int], probs: np.ndarray) -> list[list]:

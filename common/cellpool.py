@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from common.mil import MILHead
-from common.needs import need
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -109,11 +108,11 @@ class CellPoolModel(nn.Module):
     image batch) the logits are the plain image logits.
     """
 
-    def __init__(self, classifier: nn.Module, cfg: dict):
+    def __init__(self, classifier: nn.Module, mil: MILHead, stride: int):
+        """``stride``: the backbone's output stride (``CELLPOOL_STRIDE``, :func:`set_output_stride`)."""
         super().__init__()
-        need(cfg, "cell pooling")  # S3's cell-pooling constants (needs.NEEDS)
-        self.classifier = set_output_stride(classifier, int(cfg["CELLPOOL_STRIDE"]))
-        self.mil = MILHead.from_config(cfg)
+        self.classifier = set_output_stride(classifier, stride)
+        self.mil = mil
 
     def cell_logits(self, image: torch.Tensor, cell_map: torch.Tensor,
                     cell_ids: torch.Tensor) -> torch.Tensor:

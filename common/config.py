@@ -283,7 +283,18 @@ def require_choice(cfg: dict, name: str, choices, step: str = "") -> None:
 
 
 def to_jsonable(cfg: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    """The constants as plain JSON values (what ``config.json`` and a checkpoint's ``config`` hold, so
+    a checkpoint loads with ``weights_only=True``): tuples as lists, anything JSON cannot write as
+    its ``str``."""
+    out = {}
+    for k, v in cfg.items():
+        v = list(v) if isinstance(v, tuple) else v
+        try:
+            json.dumps(v)
+        except TypeError:
+            v = str(v)
+        out[k] = v
+    return out
 
 
 def save(cfg: dict, path: str | Path, record_environment: bool = True) -> Path:

@@ -40,6 +40,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "Negative",                                   # 18
 )
 NUM_CLASSES = len(CLASS_NAMES)                    # 19
+PROB_DECIMALS = 6                                 # decimals of the probabilities written to CSV
 NEGATIVE = 18                                     # "Negative": no specific staining
 MICROTUBULES = 10                                 # the class the red channel shows
 ENDOPLASMIC_RETICULUM = 6                         # the class the yellow channel shows
@@ -115,6 +116,18 @@ def resolve(path: str | Path) -> Path:
     if len(p.parts) > 1 and p.parts[0] == "input" and (kaggle_input() / p.parts[1]).is_dir():
         return kaggle_input().joinpath(*p.parts[1:])
     return kaggle_working() / p
+
+
+def run_folder(run_name: str, fold: int) -> str:
+    """A training run's folder below OUTPUT_DIR: ``<RUN_NAME>/fold<k>``, or ``<RUN_NAME>/all`` when FOLD
+    is -1 (S3 and S4.2 write it, a recipe names it, S5 names a run by it: :func:`run_of`)."""
+    return f"{run_name}/{f'fold{fold}' if fold >= 0 else 'all'}"
+
+
+def run_of(checkpoint: Path) -> str:
+    """The run a checkpoint file belongs to, as :func:`run_folder` spells it (its folder and the one
+    above it)."""
+    return f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
 
 
 # ----------------------------------------------------------------------------- what a step misses

@@ -33,6 +33,38 @@ def external_flags(df: pd.DataFrame) -> np.ndarray:
     return df["is_ext"].astype(str).str.strip().str.lower().isin(["1", "1.0", "true", "yes"]).to_numpy()
 
 
+def check_fold(cfg: dict, folds, table: str | Path, step: str) -> None:
+    """FOLD (>= 0) must be a fold of the table's ``folds`` column (:func:`split_fold`)."""
+    fold = cfg["FOLD"]
+    if isinstance(fold, bool) or not isinstance(fold, int):
+        raise SystemExit(f"{step}: --FOLD {fold!r}: must be a whole number (-1: train on everything)")
+    present = sorted({int(f) for f in pd.to_numeric(pd.Series(folds), errors="coerce").dropna()})
+    if fold >= 0 and fold not in present:
+        raise SystemExit(f"{step}: --FOLD {fold}: {table} has no rows of that fold; folds present: "
+                         f"{present} (--FOLD -1 trains on everything)")
+
+
+def split_fold(df: pd.DataFrame, cfg: dict, table: str | Path, step: str,
+               val_external: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The one fold split of S3 and S4.2 -> training rows, validation rows (None when FOLD is -1).
+
+    ``USE_EXTERNAL`` false drops the external images (``is_ext``) first; the validation rows are
+    FOLD's competition images (and its external ones when ``val_external``, S3's VAL_EXTERNAL), the
+    training rows every other row. FOLD must be a fold of the table (:func:`check_fold`); ``table``
+    and ``step`` name the file and the script in its one line."""
+    is_ext = pd.Series(external_flags(df).astype(int), index=df.index)
+    if not cfg["USE_EXTERNAL"]:
+        df, is_ext = df[is_ext == 0], is_ext[is_ext == 0]
+    if cfg["FOLD"] < 0:
+        return df, None
+    if "fold" not in df:
+        raise SystemExit(f"{table}: no 'fold' column (run S2), or use --FOLD -1")
+    check_fold(cfg, df["fold"], table, step)
+    val_mask = df["fold"] == cfg["FOLD"]
+    val = df[val_mask] if val_external else df[val_mask & (is_ext == 0)]
+    return df[~val_mask], val
+
+
 class ImageDataset(Dataset):
     """Rows of a ``train_all.csv``-like table -> ``dict(image, label, id, index)``.
 

@@ -1,4 +1,4 @@
-"""One field of view, prepared one way for S2 and S5: read, working image, segmentation, label maps.
+"""One field of view, prepared one way for S2 and S5: working image, segmentation, label maps.
 
     fovs = fov.prepare([original], size=512, segmenter=seg, full=True)
     f = fovs[0]   # f.image (512 x 512 x 4), f.cell / f.nucleus (512 x 512), f.cell_full (H x W) ...
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common import io
 from common.resize import resize_image, resize_labels
 from common.segmentation import relabel
 
@@ -105,9 +104,3 @@ def prepare(originals: list[np.ndarray], size: int, segmenter, seg_at: str = "au
         out.append(FieldOfView(wimg, cell_w, nuc_w, hw, cell_full, nuc_full, o if keep_original else None))
     return out
 
-
-def load(folder: str | Path, image_id: str, size: int, segmenter, seg_at: str = "auto", full: bool = False,
-         keep_original: bool = False) -> FieldOfView:
-    """Read one field of view (its four channel files) and :func:`prepare` it."""
-    return prepare([io.read_image(folder, image_id)], size, segmenter, seg_at, full,
-                   keep_original=keep_original)[0]

@@ -37,7 +37,7 @@ from pycocotools import mask as mask_util
 from sklearn.metrics import average_precision_score
 
 from common import encoding, io
-from common.constants import NUM_CLASSES, parse_labels
+from common.constants import NUM_CLASSES, PROB_DECIMALS, parse_labels
 
 TRUTH_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "cell_id", "Label", "EncodedMask")
 MODES = ("strict", "lenient")
@@ -311,10 +311,11 @@ def image_level_map(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, dic
 def write_oof(path: str | Path, columns: dict, probs: np.ndarray, truth: np.ndarray | None = None) -> None:
     """An out-of-fold table (read by ``tools/compare_oof.py``): ``columns`` (``ID`` first), the true
     labels ``y0..y18`` when ``truth`` (multi-hot, one row per row) is given, the probabilities
-    ``p0..p18``; values rounded to 6 decimals, written atomically. train's ``oof.csv`` (ID, y, p) and
-    the cell-level validation's ``oof_cells.csv`` (ID, cell_id, Label, p)."""
+    ``p0..p18``; values rounded to ``PROB_DECIMALS`` decimals, written atomically. train's ``oof.csv``
+    (ID, y, p) and the cell-level validation's ``oof_cells.csv`` (ID, cell_id, Label, p)."""
     df = pd.DataFrame(columns)
     arrays = ([("y", truth)] if truth is not None else []) + [("p", probs)]
     for name, arr in arrays:
-        df = df.join(pd.DataFrame(np.round(arr, 6), columns=[f"{name}{c}" for c in range(arr.shape[1])]))
+        cols = [f"{name}{c}" for c in range(arr.shape[1])]
+        df = df.join(pd.DataFrame(np.round(arr, PROB_DECIMALS), columns=cols))
     io.atomic_to_csv(df, Path(path))

@@ -12,12 +12,14 @@ keeps BCE-with-logits stable under AMP). N may be anything (S5 passes one bag pe
 its cells); in inference (no grad) the cells go through the classifier in chunks of ``MIL_CHUNK``.
 
 :class:`MILHead` (``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``, ``MIL_TOPK``, ``MIL_LSE_R``) is the one
-pooling + loss of cell logits, shared by :class:`BagModel` and ``cellpool.CellPoolModel``.
+pooling + loss of cell logits, shared by :class:`BagModel` and ``cellpool.CellPoolModel``. The classes
+take typed arguments; ``models.build_model`` reads them from a config (``models.mil_head``).
 
 Self-training (S4.2 ``PSEUDO_LABELS``): a bag that carries ``cell_target (B, N, 19)`` and
 ``cell_has_target (B, N)`` (``bag_datasets.PseudoBagDataset``) adds ``PSEUDO_W *``
 :func:`pseudo_loss` (per-cell BCE on the cells that have a target) to the MIL loss. ``PSEUDO_W`` is
-read only then: a model rebuilt for inference from an older run's config needs no such key.
+used only then (``BagModel(..., pseudo_w=None)`` refuses such a bag): a model rebuilt for inference
+from an older run's config needs no such key.
 
 Pure torch: no module here reads a file or knows a dataset.
 """
@@ -29,8 +31,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from common.needs import need
 
 POOLS = ("max", "topk", "lse", "mean")
 
@@ -74,7 +74,8 @@ def pseudo_loss(cell_logits: torch.Tensor, target: torch.Tensor, has: torch.Tens
 
 @dataclass(frozen=True)
 class MILHead:
-    """The pooling of cell logits into the image logit and its MIL loss (the ``MIL_*`` constants)."""
+    """The pooling of cell logits into the image logit and its MIL loss (the ``MIL_*`` constants, read
+    from a config by ``models.mil_head``)."""
 
     mode: str      # MIL_POOL: max | topk | lse | mean
     w_max: float   # MIL_W_MAX
@@ -82,15 +83,9 @@ class MILHead:
     topk: int      # MIL_TOPK
     lse_r: float   # MIL_LSE_R
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> MILHead:
-        """From a config holding ``needs.NEEDS["MIL head"]`` (a missing one is a ``KeyError`` naming it)."""
-        need(cfg, "MIL head")
-        mode = str(cfg["MIL_POOL"]).lower()
-        if mode not in POOLS:
-            raise ValueError(f"MIL_POOL {mode!r}: expected one of {POOLS}")
-        return cls(mode, float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"]), int(cfg["MIL_TOPK"]),
-                   float(cfg["MIL_LSE_R"]))
+    def __post_init__(self):
+        if self.mode not in POOLS:
+            raise ValueError(f"MIL_POOL {self.mode!r}: expected one of {POOLS}")
 
     def pool(self, cell_logits: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, C): :func:`pool_cells` with ``MIL_POOL``."""
@@ -104,20 +99,15 @@ class MILHead:
 class BagModel(nn.Module):
     """A cell classifier applied to every cell of a bag, pooled to the image label (see the module doc)."""
 
-    def __init__(self, classifier: nn.Module, cfg: dict):
+    def __init__(self, classifier: nn.Module, mil: MILHead, chunk: int, pseudo_w: float | None):
+        """``mil``: the pooling and loss; ``chunk``: cells per forward pass in inference (``MIL_CHUNK``);
+        ``pseudo_w``: the weight of the per-cell pseudo-label BCE (``PSEUDO_W``), None when the run's
+        config has none (a bag carrying targets is then refused)."""
         super().__init__()
-        need(cfg, "bag model")
         self.classifier = classifier
-        self.mil = MILHead.from_config(cfg)
-        self.chunk = int(cfg["MIL_CHUNK"])
-        # weight of the per-cell pseudo-label BCE: read only when a bag carries targets (training), so
-        # an optional key: a run rebuilt for scoring from an older run's config has none
-        self.pseudo_w = float(cfg["PSEUDO_W"]) if "PSEUDO_W" in cfg else None
-
-    # the pooling constants, as read by test-time scoring (predict pools cell logits it computed)
-    pool = property(lambda self: self.mil.mode)
-    topk = property(lambda self: self.mil.topk)
-    lse_r = property(lambda self: self.mil.lse_r)
+        self.mil = mil
+        self.chunk = int(chunk)
+        self.pseudo_w = pseudo_w
 
     def cell_logits(self, image: torch.Tensor) -> torch.Tensor:
         """(B, N, 4, S, S) -> (B, N, 19); cell i of bag b is row b*N + i of the classifier's batch."""

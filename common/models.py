@@ -1,5 +1,6 @@
 """The models: a timm backbone with a multi-sample-dropout head, the pipeline-1 image model, and
-``build_model`` / ``load_checkpoint`` that rebuild any run from its saved constants.
+``build_model``, which reads a config once and builds any run's model from it (its saved constants:
+``checkpoints.load_checkpoint`` rebuilds a run so).
 
 Config keys read (all required, no defaults here; ``needs.NEEDS`` lists them per part: "model",
 "image model", "bag model", "cell pooling", ...): ``PIPELINE`` (1 image model | 2 bag model),
@@ -20,9 +21,9 @@ from torch import nn
 
 from common import weights
 from common.cellpool import CellPoolModel
-from common.constants import NUM_CLASSES
+from common.constants import CHANNELS, NUM_CLASSES
 from common.losses import build_loss
-from common.mil import BagModel
+from common.mil import BagModel, MILHead
 from common.needs import need
 from common.weights import load_error
 
@@ -35,8 +36,7 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, model_name: str, pretrained: bool = False, pretrained_file: str = "",
-                 num_classes: int = NUM_CLASSES, dropout: float = 0.5, n_dropout: int = 5,
-                 in_chans: int = 4, pretrained_dir: str = "", stem_init: str = "timm"):
+                 dropout: float = 0.5, n_dropout: int = 5, pretrained_dir: str = "", stem_init: str = "timm"):
         super().__init__()
         kw = {}
         # a local file (PRETRAINED_FILE, else <PRETRAINED_DIR>/<model>.safetensors) goes through
@@ -47,7 +47,7 @@ class Classifier(nn.Module):
             pretrained = True
         self.model_name = model_name
         try:
-            self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=in_chans,
+            self.backbone = timm.create_model(model_name, pretrained=pretrained, in_chans=len(CHANNELS),
                                               num_classes=0, **kw)
         except Exception as e:
             if path is not None and timm.is_model(model_name):  # the file: refused, truncated, other model
@@ -67,7 +67,7 @@ class Classifier(nn.Module):
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.num_features = int(width)
         self.dropouts = nn.ModuleList([nn.Dropout(dropout) for _ in range(max(1, int(n_dropout)))])
-        self.head = nn.Linear(self.num_features, num_classes)
+        self.head = nn.Linear(self.num_features, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 4, H, W) -> pooled features (B, F)."""
@@ -105,7 +105,7 @@ class ImageModel(nn.Module):
 def build_classifier(cfg: dict) -> Classifier:
     """The :class:`Classifier` of a config. ``PRETRAINED_DIR`` is read only when ``PRETRAINED`` (where
     to look for the weights) and ``STEM_INIT`` only when weights are loaded (``PRETRAINED`` or a
-    ``PRETRAINED_FILE``): a run rebuilt from its checkpoint (:func:`load_checkpoint` turns both off)
+    ``PRETRAINED_FILE``): a run rebuilt from its checkpoint (``checkpoints.load_checkpoint`` turns both off)
     needs neither, so configs saved before those constants existed still load."""
     need(cfg, "classifier")
     pretrained = bool(cfg["PRETRAINED"])
@@ -121,18 +121,35 @@ def build_classifier(cfg: dict) -> Classifier:
                       dropout=float(cfg["DROPOUT"]), n_dropout=int(cfg["MSD_SAMPLES"]), **loading)
 
 
+def mil_head(cfg: dict) -> MILHead:
+    """The :class:`common.mil.MILHead` of a config (``MIL_POOL``, ``MIL_W_MAX``, ``MIL_W_MEAN``,
+    ``MIL_TOPK``, ``MIL_LSE_R``; a missing one is a ``KeyError`` naming it)."""
+    need(cfg, "MIL head")
+    return MILHead(str(cfg["MIL_POOL"]).lower(), float(cfg["MIL_W_MAX"]), float(cfg["MIL_W_MEAN"]),
+                   int(cfg["MIL_TOPK"]), float(cfg["MIL_LSE_R"]))
+
+
 def build_model(cfg: dict) -> nn.Module:
-    """PIPELINE 1 -> :class:`ImageModel` (``VARIANT="cellpool"``: ``common.cellpool.CellPoolModel``);
-    PIPELINE 2 -> ``common.mil.BagModel(Classifier, cfg)``."""
+    """The model of a config, read here once and handed on as typed arguments: PIPELINE 1 ->
+    :class:`ImageModel` (``VARIANT="cellpool"``: ``cellpool.CellPoolModel``); PIPELINE 2 ->
+    ``mil.BagModel``. A constant the model needs and the config lacks is a ``KeyError`` naming it
+    (``needs.NEEDS``), raised before the network is built."""
     need(cfg, "model")
     pipeline = int(cfg["PIPELINE"])
     if pipeline == 1:
         need(cfg, "image model")
         if str(cfg["VARIANT"]) == "cellpool":  # cells pooled from one pass
-            return CellPoolModel(build_classifier(cfg), cfg)
+            need(cfg, "cell pooling")
+            head = mil_head(cfg)
+            return CellPoolModel(build_classifier(cfg), head, int(cfg["CELLPOOL_STRIDE"]))
         return ImageModel(build_classifier(cfg), build_loss(str(cfg["LOSS"])))
     if pipeline == 2:
-        return BagModel(build_classifier(cfg), cfg)
+        need(cfg, "bag model")
+        head = mil_head(cfg)
+        # PSEUDO_W, the weight of the per-cell pseudo-label BCE, is read only when a bag carries
+        # targets (training): optional, a run rebuilt for scoring from an older run's config has none
+        pseudo_w = float(cfg["PSEUDO_W"]) if "PSEUDO_W" in cfg else None
+        return BagModel(build_classifier(cfg), head, int(cfg["MIL_CHUNK"]), pseudo_w)
     raise ValueError(f"PIPELINE must be 1 or 2, got {pipeline!r}")
 
 

@@ -1,7 +1,7 @@
 """Which constants each part of ``common/`` needs: the one list per part (:data:`NEEDS`), checked
 by :func:`need`. The values live in the scripts' constants blocks only; ``common/`` keeps no
-defaults. This module imports nothing, so the model modules can check their config without
-reaching any file reader.
+defaults. This module imports nothing, so ``models.build_model`` (which reads a config once and
+hands the model classes typed arguments) checks it without reaching any file reader.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "pretrained weights": ("PRETRAINED_DIR",),     # read when PRETRAINED (where to look)
     "weight loading": ("STEM_INIT",),              # read when PRETRAINED or a PRETRAINED_FILE
     "image model": ("LOSS", "VARIANT"),            # pipeline 1 (S3)
-    "MIL head": MIL_HEAD,                          # mil.MILHead
+    "MIL head": MIL_HEAD,                          # models.mil_head (-> mil.MILHead)
     "bag model": (*MIL_HEAD, "MIL_CHUNK"),         # pipeline 2, mil.BagModel (S4.2)
     "cell pooling": (*MIL_HEAD, "CELLPOOL_STRIDE"),  # cellpool.CellPoolModel (S3 VARIANT="cellpool")
     "new model": ("SEED",),                        # models.new_model

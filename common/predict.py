@@ -20,7 +20,8 @@ A view builds the uint8 views of an image's cells (:meth:`View.views`; runs of e
 :attr:`View.key` share them, S5 builds them once per image) and scores them with a run
 (:meth:`View.score` -> cell and image probabilities). Each view is also seen under ``tta`` of the 8
 flip/transpose variants (:func:`augment.dihedral`, a fixed order, so results are deterministic);
-the sigmoid outputs are averaged. The image-level prediction of a run is the whole image through a
+the sigmoid outputs are averaged. A view calls its run through one method, :meth:`RunPredictor.forward`
+(a batch under TTA, AMP and the device). The image-level prediction of a run is the whole image through a
 pipeline-1 model, or the pooled cell logits of a pipeline-2 model.
 
 :func:`score_runs` scores an image with every run (shared views); :func:`combine` turns the runs'
@@ -38,13 +39,10 @@ import torch
 
 from common import augment, cells, checkpoints
 from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
-from common.constants import NUM_CLASSES
+from common.constants import NUM_CLASSES, run_of
 from common.device import resolve_device
 from common.fov import labels_at
-from common.mil import pool_cells
 from common.resize import resize_image
-
-P1_VARIANTS = ("masked", "center_cells", "cellpool")  # how a pipeline-1 run scores cells
 
 
 # ----------------------------------------------------------------------------- test-time views
@@ -150,7 +148,6 @@ class CellPoolView(View):
     def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
         return resize_image(image, self.size)[None]  # the whole image once; the cells are pooled
 
-    @torch.no_grad()
     def score(self, run, prepared, image, labels, ids, original=None, labels_full=None):
         """One batch of the ``tta`` variants of the image goes through the backbone; each variant's
         weights are the same dihedral transform of the cell weights. The image prediction is the
@@ -160,24 +157,21 @@ class CellPoolView(View):
         if prepared is None:
             prepared = self.prepare(image, labels, ids)
         x = prepared if isinstance(prepared, torch.Tensor) else augment.normalize(prepared, "competition")
-        dev = run.device
-        batch = torch.cat([augment.dihedral(x, k) for k in range(run.tta)]).to(dev)
-        if run.cuda:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         clf = run.model.classifier
-        ctx = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
-        with ctx:
+
+        def cells_and_image(batch: torch.Tensor) -> torch.Tensor:  # (T, 4, S, S) -> (T, n + 1, 19)
             fmap = feature_map(clf, batch)
             grid = tuple(fmap.shape[-2:])
-            lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(dev)
-            cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=dev)[None]  # -1: whole image
+            lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(run.device)
+            cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=run.device)[None]  # -1: image
             w = cell_weights(lab, cid, grid)[0]
             w[-1] = 1.0 / (grid[0] * grid[1])
             ws = torch.stack([augment.dihedral(w, k) for k in range(run.tta)])       # (T, n+1, h, w)
-            logits = pooled_logits(clf, fmap, ws).float()                          # (T, n+1, 19)
-            probs = torch.sigmoid(logits).mean(0).cpu().numpy()
-            if self.image_classifier is not None:  # a stride override: the image prediction as trained
-                probs[-1] = torch.sigmoid(self.image_classifier.logits(batch).float()).mean(0).cpu().numpy()
+            return pooled_logits(clf, fmap, ws)
+
+        probs = torch.sigmoid(run.forward(x, cells_and_image)).mean(0).cpu().numpy()
+        if self.image_classifier is not None:  # a stride override: the image prediction as trained
+            probs[-1] = torch.sigmoid(run.forward(x, self.image_classifier.logits)).mean(0).cpu().numpy()
         return probs[:-1].astype(np.float32), probs[-1].astype(np.float32)
 
 
@@ -217,8 +211,7 @@ class CropView(View):
         """The run's pool (``MIL_POOL``) of the cell logits; zeros without cells."""
         if cell_logits is None:
             return np.zeros(NUM_CLASSES, np.float32)
-        pooled = pool_cells(torch.from_numpy(cell_logits)[None], run.model.pool, run.model.topk,
-                            run.model.lse_r)[0]
+        pooled = run.model.mil.pool(torch.from_numpy(cell_logits)[None])[0]
         return torch.sigmoid(pooled).numpy()
 
 
@@ -234,8 +227,8 @@ def make_view(pipeline: int, cfg: dict, model, variant: str, cellpool_stride: in
         name = "crop"
     else:
         name = str(variant or cfg["VARIANT"])
-        if name not in P1_VARIANTS:
-            raise ValueError(f"pipeline-1 variant {name!r}: expected one of {P1_VARIANTS}")
+        if name not in augment.P1_VARIANTS:  # how a pipeline-1 run scores cells
+            raise ValueError(f"pipeline-1 variant {name!r}: expected one of {augment.P1_VARIANTS}")
     return VIEWS[name].for_run(cfg, model, cellpool_stride, cellpool_size)
 
 
@@ -265,7 +258,7 @@ class RunPredictor:
         except KeyError as e:
             raise KeyError(f"{self.path}: the checkpoint's config has no {e.args[0]!r} "
                            f"(pipeline {self.pipeline}; saved by S3 / S4.2)") from None
-        self.name = self.path.parent.parent.name + "/" + self.path.parent.name
+        self.name = run_of(self.path)
 
     @property
     def variant(self) -> str:
@@ -290,13 +283,18 @@ class RunPredictor:
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+    def forward(self, x: torch.Tensor, fn=None) -> torch.Tensor:
+        """The one forward pass of the run: the ``tta`` flip/transpose variants of ``x`` (n, 4, S, S),
+        normalised, as one batch (variant-major: row ``k * n + i`` is variant ``k`` of view ``i``) on the
+        run's device (channels_last on CUDA) through ``fn`` (default: the classifier's logits) under
+        AMP -> its output as float32 (on the device)."""
+        batch = torch.cat([augment.dihedral(x, k) for k in range(self.tta)])
+        batch = batch.to(self.device, non_blocking=True)
         if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         with ctx:
-            return self.model.classifier.logits(x).float()
+            return (fn or self.model.classifier.logits)(batch).float()
 
     def score_views(self, views: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``(n, S, S, 4)`` uint8 views, or :meth:`prepare`'s tensor -> (sigmoid averaged over TTA
@@ -309,8 +307,7 @@ class RunPredictor:
         per = max(1, self.batch_size // self.tta)
         for s in range(0, n, per):
             chunk = x[s:s + per]
-            batch = torch.cat([augment.dihedral(chunk, k) for k in range(self.tta)])
-            out = self._logits(batch).cpu().reshape(self.tta, len(chunk), -1)
+            out = self.forward(chunk).cpu().reshape(self.tta, len(chunk), -1)
             probs[s:s + len(chunk)] = torch.sigmoid(out).mean(0)
             logits[s:s + len(chunk)] = out.mean(0)
         return probs.numpy(), logits.numpy()
@@ -381,14 +378,20 @@ def ensemble(per_run: list[np.ndarray], weights: list[float]) -> np.ndarray:
 IMAGE_PREDS = ("model", "cells", "both")
 
 
+def check_image_pred(how: str) -> None:
+    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("IMAGE_PRED must be one of ...") unless it is
+    one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
+    if how not in IMAGE_PREDS:
+        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
+
+
 def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str = "model") -> np.ndarray:
     """An image's class probabilities: the runs' own image outputs (``model``; pipeline 2's is the
     max-pooled bag), the mean of the ensemble's probabilities over the image's cells (``cells``), or
     the average of the two (``both``). ``cell_probs``: (n_cells, C); ``model_image``: (C,)."""
+    check_image_pred(how)
     if how == "model":
         return model_image
-    if how not in IMAGE_PREDS:
-        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
     mean = cell_probs.mean(0).astype(np.float32)
     return mean if how == "cells" else ((model_image + mean) / 2).astype(np.float32)
 

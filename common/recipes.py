@@ -11,6 +11,8 @@ Names: ``p1_<model>_<masked|center>_f<k>`` and ``p2_<model>_c<cell size>_f<k>``.
 """
 from __future__ import annotations
 
+from common.constants import run_folder
+
 # ---- the original's backbones: the current timm names, with the tags of the weights the original's
 # timm (0.4.x) loaded under the old names (dpn68b: the MXNet port, not today's default ra_in1k)
 BACKBONES = {
@@ -91,9 +93,9 @@ ENSEMBLES = {
 
 
 def run_dir(name: str) -> str:
-    """A recipe's run folder below OUTPUT_DIR: ``<RUN_NAME>/fold<k>``."""
+    """A recipe's run folder below OUTPUT_DIR (``constants.run_folder``: ``<RUN_NAME>/fold<k>``)."""
     c = RECIPES[name]["constants"]
-    return f"{c['RUN_NAME']}/fold{c['FOLD']}"
+    return run_folder(c["RUN_NAME"], c["FOLD"])
 
 
 def for_script(script: str) -> dict[str, dict]:

@@ -1,6 +1,7 @@
-"""Pretrained timm weights without internet: a folder of weight files found by model name, one clear
-error when no source has them, the original's stem initialisation, and the fetcher behind
-``tools/fetch_weights.py``.
+"""Pretrained timm weights without internet, at run time: a folder of weight files found by model name,
+one clear error when no source has them, the original's stem initialisation, one line for an unusable
+weights file. (The fetcher that fills such a folder, ``tools/fetch_weights.py``, is
+:mod:`common.weights_fetch`.)
 
 Sources, in order (:func:`local_source`, :func:`require`):
 
@@ -25,34 +26,17 @@ our channels (red, green, blue, yellow). The original repeated them as (R, G, B,
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
 import socket
 import threading
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
-from common import io, recipes
 from common.constants import CHANNELS, missing_input, on_kaggle, resolve
-
-
-# ----------------------------------------------------------------------------- the original's models
-def recipe_model_lists() -> dict[str, list[str]]:
-    """``name -> timm model names`` that ``--RECIPES`` of tools/fetch_weights.py accepts: every named
-    recipe of :mod:`common.recipes`, plus ``original_pipeline1`` / ``original_pipeline2`` (their
-    backbones; the current timm names with the tags of the weights the original loaded)."""
-    out = {n: [r["constants"]["MODEL_NAME"]] for n, r in recipes.RECIPES.items()}
-    for script, key in (("S3", "original_pipeline1"), ("S4.2", "original_pipeline2")):
-        out[key] = list(dict.fromkeys(c["MODEL_NAME"] for c in recipes.for_script(script).values()))
-    return out
-
 
 # ----------------------------------------------------------------------------- stem initialisation
 STEM_INITS = ("timm", "original")
@@ -61,27 +45,11 @@ ORIGINAL_STEM_CHANNELS = ("blue", "green", "red", "yellow")
 _ORIGINAL_RGB_FILTER = (0, 1, 2, 0)  # RGB filter index per position of ORIGINAL_STEM_CHANNELS
 
 WEIGHT_EXTS = (".safetensors", ".pth", ".bin")
-MANIFEST = "manifest.json"
 HUB_CONNECT_TIMEOUT = 3.0  # seconds a connection to the hub's host may take before the run is offline
 
 
 class PretrainedUnavailable(RuntimeError):
     """Pretrained weights were asked for but no source can provide them (the message says all)."""
-
-
-def recipe_models(recipes: str = "", models: str = "") -> list[str]:
-    """``"all"`` | ``"a,b"`` recipe names and/or ``"m1,m2"`` timm names -> unique model names."""
-    out: list[str] = []
-    lists = recipe_model_lists()
-    for r in [s.strip() for s in str(recipes or "").split(",") if s.strip()]:
-        if r == "all":
-            out += [m for ms in lists.values() for m in ms]
-        elif r in lists:
-            out += lists[r]
-        else:
-            raise ValueError(f"unknown recipe {r!r}; known: all, {', '.join(lists)}")
-    out += [s.strip() for s in str(models or "").split(",") if s.strip()]
-    return list(dict.fromkeys(out))
 
 
 # ----------------------------------------------------------------------------- names and sources
@@ -232,7 +200,7 @@ def _cache_dirs() -> str:
     return f"HF cache {hf_cache}{offline}, torch hub {torch.hub.get_dir()}"
 
 
-def _first_line(error: BaseException | str) -> str:
+def first_line(error: BaseException | str) -> str:
     """The first line of an error, whole."""
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
@@ -247,7 +215,7 @@ def unavailable_message(model_name: str, pretrained_dir: str | Path, error: Base
         tried_dir = f"PRETRAINED_DIR {folder}{state}: none of {', '.join(file_names(model_name)[:2])}, ..."
     else:
         tried_dir = "PRETRAINED_DIR: not set"
-    err = _first_line(error)
+    err = first_line(error)
     src = hub_location(model_name) or "no timm download"
     name = full_name(model_name)
     said = (f"pretrained weights for {model_name!r} are not available here.\n"
@@ -309,84 +277,6 @@ def widen_stem_original(model: torch.nn.Module) -> list[str]:
             w.copy_(rgb[:, order].to(w.dtype))
         done.append(name)
     return done
-
-
-# ----------------------------------------------------------------------------- fetching (tools/fetch_weights)
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, dict]:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        rows = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete it to start over") from None
-    return {r["model"]: r for r in rows}
-
-
-def _write_manifest(out_dir: Path, rows: dict[str, dict]) -> None:
-    text = json.dumps(sorted(rows.values(), key=lambda r: r["model"]), indent=1) + "\n"
-    io.atomic_write_text(out_dir / MANIFEST, text)
-
-
-def _plain_state_dict(sd) -> dict[str, torch.Tensor]:
-    """Unwrap {'state_dict' | 'model': ...} checkpoints and strip DataParallel prefixes, the way
-    timm's file loader does, so the saved file loads to the same tensors."""
-    from timm.models._helpers import clean_state_dict  # timm's private API: read when asked
-
-    if isinstance(sd, dict):
-        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-    sd = clean_state_dict(sd)
-    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-def fetch(model_names: Iterable[str], out_dir: str | Path,
-          download: Callable[[str], dict] = hub_state_dict,
-          location: Callable[[str], str] = hub_location, log: Callable[[str], None] = print) -> list[dict]:
-    """Save each model's pretrained checkpoint as ``out_dir/<arch.tag>.safetensors`` and list it in
-    ``out_dir/manifest.json`` (model, file, source, sha256, bytes). A file already listed with
-    the same sha256 is skipped; a missing or changed one is fetched again. Writes are atomic (a
-    temporary name, then a rename), the manifest after every model. ``download`` (the hub by
-    default) is injectable so tests never touch the network. Returns the manifest rows."""
-    model_names = list(model_names)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_manifest(out)
-    failed = []
-    for requested in model_names:
-        name = full_name(requested)
-        path = out / f"{name}.safetensors"
-        row = rows.get(name)
-        if row and path.is_file() and sha256(path) == row["sha256"]:
-            log(f"{name}: present ({row['bytes'] / 1e6:.1f} MB, sha256 ok), skipped")
-            continue
-        try:
-            sd = _plain_state_dict(download(name))
-        except Exception as e:  # noqa: BLE001 - report and go on with the others
-            log(f"{name}: FAILED ({_first_line(e)})")
-            failed.append(name)
-            continue
-        with io.atomic_path(path) as tmp:
-            save_file(sd, str(tmp), metadata={"model": name})
-        rows[name] = {"model": name, "file": path.name, "source": location(name), "sha256": sha256(path),
-                      "bytes": path.stat().st_size, "tensors": len(sd),
-                      "elements": int(sum(v.numel() for v in sd.values()))}
-        _write_manifest(out, rows)
-        log(f"{name}: saved {path} ({rows[name]['bytes'] / 1e6:.1f} MB)")
-    if failed:
-        raise RuntimeError(f"could not fetch {len(failed)} model(s): {', '.join(failed)} "
-                           f"(the others are in {out})")
-    return [rows[full_name(m)] for m in model_names]
 
 
 # ----------------------------------------------------------------------------- unusable weights files

@@ -13,7 +13,7 @@ import pandas as pd
 import tifffile
 from toy_data import make_toy_dataset
 
-from common import demo_data, io
+from common import demo_render, io
 
 TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1", "--MAX_TRAIN_STEPS", "1",
         "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--FOLD", "-1",
@@ -31,7 +31,7 @@ def train_tiny(S3, root: Path) -> Path:
 def field(seed: int, height: int, width: int) -> np.ndarray:
     """An H x W x 4 uint16 RGBY synthetic field (a demo field cut to the size)."""
     rng = np.random.default_rng(seed)
-    img = demo_data.make_image(rng, max(height, width, 64), [0], min_cells=3, max_cells=5, bit16=True)
+    img = demo_render.make_image(rng, max(height, width, 64), [0], min_cells=3, max_cells=5, bit16=True)
     return img["image16"][:height, :width]
 
 

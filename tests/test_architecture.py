@@ -26,7 +26,14 @@ LONG_FUNCTIONS = {
 }
 MODELS = ("common.models", "common.mil", "common.cellpool")          # torch only
 DATASETS = ("common.datasets", "common.bag_datasets")
-FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric")
+FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric",
+                "common.crop_files", "common.weights_fetch", "common.checkpoint_saver", "common.run_folder",
+                "common.demo_data")
+# no file I/O of their own: the cell geometry (S4.1's crop files are crop_files'), the run-time weights
+# lookup (the fetcher and its manifest are weights_fetch's), the demo's labels and renderer (its files
+# are demo_data's)
+NO_FILE_IO = ("common.cells", "common.weights", "common.demo_labels", "common.demo_field",
+              "common.demo_render")
 
 
 def _module_name(path: Path) -> str:
@@ -136,6 +143,13 @@ def test_models_are_torch_only():
         assert not bad, f"{m} imports {bad}: a model module imports no dataset, reader or predict"
 
 
+def test_geometry_and_runtime_weights_import_no_file_io():
+    graph = _graph()
+    for m in NO_FILE_IO:
+        bad = sorted(graph[m] & set(FILE_READERS + ("common.parallel",)))
+        assert not bad, f"{m} imports {bad}: it does no file I/O of its own"
+
+
 def test_common_never_imports_predict_or_a_script():
     for m, deps in _graph().items():
         assert m == "common.predict" or "common.predict" not in deps, f"{m} imports common.predict"
@@ -146,13 +160,13 @@ def test_common_never_imports_predict_or_a_script():
                 pytest.fail(f"{m} imports the script {node.module}")
 
 
-def test_only_train_touches_torch_distributed():
+def test_only_distributed_touches_torch_distributed():
     for m, p in _modules().items():
         for node in ast.walk(_tree(p)):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n.startswith("torch.distributed") for n in names):
-                assert m == "common.train", f"{m} imports torch.distributed"
+                assert m == "common.distributed", f"{m} imports torch.distributed"
 
 
 def _bases(cls: ast.ClassDef) -> set[str]:
@@ -165,6 +179,33 @@ def test_no_module_is_both_a_dataset_and_a_model():
         datasets = [c.name for c in classes if _bases(c) & {"Dataset"}]
         models = [c.name for c in classes if _bases(c) & {"Module"}]
         assert not (datasets and models), f"{m} defines datasets {datasets} and models {models}"
+
+
+# ----------------------------------------------------------------------------- facts spelled once
+TRAINING_SCRIPTS = ("S3_train_pipeline1.py", "S4.2_train_pipeline2.py")
+
+
+def test_repeated_facts_are_spelled_once():
+    """In common/ and S3 / S4.2 (S5 is switched over by its own change): the run folder
+    (constants.run_folder / run_of), the 6-decimal rounding of written probabilities
+    (constants.PROB_DECIMALS), the pipeline-1 variants (augment.P1_VARIANTS) and the IMAGE_PRED check
+    (predict.check_image_pred) each live in one place."""
+    found: dict[str, set[str]] = {k: set() for k in ("run folder", "round 6", "variants", "IMAGE_PRED")}
+    sources = {**_modules(), **{name: ROOT / name for name in TRAINING_SCRIPTS}}
+    for m, p in sources.items():
+        if "fold{" in p.read_text() or ".parent.parent.name" in p.read_text():
+            found["run folder"].add(m)
+        for node in ast.walk(_tree(p)):
+            if (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("round")
+                    and [ast.unparse(a) for a in node.args[1:]] == ["6"]):
+                found["round 6"].add(m)
+            if isinstance(node, ast.Tuple) and "'cellpool'" in [ast.unparse(e) for e in node.elts]:
+                found["variants"].add(m)
+        for name, fn in _functions(_tree(p), m):
+            if any(isinstance(n, ast.Compare) and "IMAGE_PREDS" in ast.unparse(n) for n in ast.walk(fn)):
+                found["IMAGE_PRED"].add(name)
+    assert found == {"run folder": {"common.constants"}, "round 6": set(), "variants": {"common.augment"},
+                     "IMAGE_PRED": {"common.predict.check_image_pred"}}
 
 
 # ----------------------------------------------------------------------------- short functions

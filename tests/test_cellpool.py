@@ -100,6 +100,28 @@ def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
         assert np.abs(cell_p[0] - image_p).max() > 1e-4
 
 
+def test_views_reach_the_run_through_one_forward(tmp_path):
+    """Every view's passes go through RunPredictor.forward (TTA, AMP, the device: one place), the cell-pool
+    view's own pooling and its stride override's image pass included; the crop view pools the cells with
+    the run's own MIL head (BagModel keeps no copy of its constants)."""
+    ckpt = _checkpoint(tmp_path / "r" / "fold0" / "best.pth")
+    image, labels = _toy_image(2)
+    for variant, stride in (("masked", 0), ("center_cells", 0), ("cellpool", 0), ("cellpool", 16)):
+        pred = predict.RunPredictor(ckpt, "cpu", tta=2, variant=variant, cellpool_stride=stride)
+        calls, forward = [], pred.forward
+        pred.forward = lambda x, fn=None, calls=calls, forward=forward: calls.append(len(x)) or forward(x, fn)
+        pred.predict(image, labels, [1, 2])
+        assert calls == ([1, 1] if stride else [1] if variant == "cellpool" else [2, 1]), (variant, calls)
+    mil = dict(MIL_POOL="topk", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=2, MIL_LSE_R=5.0, MIL_CHUNK=256)
+    p2 = _checkpoint(tmp_path / "p2" / "fold0" / "best.pth",
+                     dict(P1, PIPELINE=2, **mil, CELL_SIZE=32, CROP_MARGIN=0.05, FROM_ORIGINAL=False))
+    run = predict.RunPredictor(p2, "cpu", tta=1)
+    assert run.variant == "crop" and not hasattr(run.model, "pool")
+    _, image_p = run.predict(image, labels, [1, 2, 3])
+    logits = torch.from_numpy(run.score_views(run.prepare(image, labels, [1, 2, 3]))[1])
+    np.testing.assert_allclose(image_p, torch.sigmoid(run.model.mil.pool(logits[None])[0]).numpy(), atol=1e-6)
+
+
 def test_cell_weights_are_area_fractions():
     rng = np.random.default_rng(0)
     lab = torch.from_numpy(rng.integers(0, 5, (2, 32, 32)))
@@ -264,8 +286,8 @@ def test_pseudo_bags_and_loss(tmp_path):
     # the model adds PSEUDO_W x per-cell BCE on the cells with a target
     torch.manual_seed(0)
     mil_cfg = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)
-    model = BagModel(models.build_classifier(dict(P1, MSD_SAMPLES=1)),
-                     {**mil_cfg, "PSEUDO_W": 2.0})
+    model = BagModel(models.build_classifier(dict(P1, MSD_SAMPLES=1)), models.mil_head(mil_cfg),
+                     chunk=256, pseudo_w=2.0)
     model.eval()
     batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
@@ -283,9 +305,13 @@ def test_pseudo_bags_and_loss(tmp_path):
 
 
 def test_cellpool_model_names_the_missing_constants():
-    """No fallback values in common/: a config without S3's cell-pooling constants is refused by name."""
+    """No fallback values in common/: a config without S3's cell-pooling constants is refused by name,
+    by build_model (the one reader of the config) before any network is built; the model classes
+    take typed arguments."""
     mil = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0)
     with pytest.raises(KeyError, match="CELLPOOL_STRIDE"):
-        cellpool.CellPoolModel(models.build_classifier(P1), mil)
-    model = cellpool.CellPoolModel(models.build_classifier(P1), {**mil, "CELLPOOL_STRIDE": 0})
-    assert model.mil.mode == "max"
+        models.build_model({**P1, "VARIANT": "cellpool", **mil})
+    model = models.build_model({**P1, "VARIANT": "cellpool", **mil, "CELLPOOL_STRIDE": 0})
+    assert isinstance(model, cellpool.CellPoolModel) and model.mil == models.mil_head(mil)
+    typed = cellpool.CellPoolModel(models.build_classifier(P1), models.mil_head(mil), stride=0)
+    assert typed.mil.mode == "max"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,14 @@ def test_save_and_load_round_trip(tmp_path):
     assert data["EPOCHS"] == 5 and data["SIZES"] == [128, 256]
     assert config.load(path).EPOCHS == 5
     assert not list((tmp_path / "run").glob(".*tmp*")), "no temporary file left behind"
+
+
+def test_to_jsonable_is_the_one_conversion_of_constants_to_json():
+    """config.json and a checkpoint's ``config`` hold the same plain values (train keeps no second
+    converter): tuples as lists, values JSON cannot write as their ``str``."""
+    out = config.to_jsonable({"A": (1, 2), "P": Path("x/y"), "N": None, "L": [1.5, "s"]})
+    assert out == {"A": [1, 2], "P": "x/y", "N": None, "L": [1.5, "s"]}
+    json.dumps(out)
 
 
 def test_empty_list_default_reads_numbers():

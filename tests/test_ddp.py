@@ -2,7 +2,6 @@
 model's, kill + resume is bit-identical to an uninterrupted run, an extra metric as MONITOR."""
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import subprocess
@@ -17,10 +16,9 @@ from test_s4 import _s41_args, make_data, run_s41
 from toy_data import make_toy_dataset
 
 from common import checkpoints, metric
-from common.datasets import ImageDataset
+from common.datasets import ImageDataset, split_fold
 
 ROOT = Path(__file__).resolve().parents[1]
-S3 = importlib.import_module("S3_train_pipeline1")
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "32", "--BATCH_SIZE", "2",
         "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--WARMUP_EPOCHS", "0.5", "--EMA_DECAY", "0.5",
         "--EPOCHS", "3", "--LR", "3e-3", "--CACHE_GB", "0", "--LOSS", "bce"]
@@ -59,7 +57,8 @@ def p1(tmp_path_factory):
 def _rescore(ckpt: Path, data: Path) -> tuple[float, float]:
     """(val_loss, val_mAP) of a checkpoint on fold 0, in one process, as S3 splits it."""
     model, cfg = checkpoints.load_checkpoint(ckpt)
-    _, val_df = S3.split(pd.read_csv(data / "train_all.csv"), cfg, data / "train_all.csv")
+    _, val_df = split_fold(pd.read_csv(data / "train_all.csv"), cfg, data / "train_all.csv", "S3",
+                           val_external=cfg["VAL_EXTERNAL"])
     ds = ImageDataset(val_df, data / "train", image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"])
     probs, labels, losses = [], [], []
     with torch.no_grad():

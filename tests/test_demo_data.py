@@ -12,13 +12,13 @@ import pytest
 from skimage.segmentation import watershed
 
 from common import demo_data as dd
-from common import io
+from common import demo_labels, demo_render, io
 from common.constants import CHANNELS, NEGATIVE, NUM_CLASSES, parse_labels
 from common.encoding import decode_binary_mask
 
 
 def _img(seed, size=256, classes=(0, 13, 16), n_cells=None):
-    return dd.make_image(np.random.default_rng(seed), size, list(classes), n_cells=n_cells)
+    return demo_render.make_image(np.random.default_rng(seed), size, list(classes), n_cells=n_cells)
 
 
 @pytest.fixture(scope="module")
@@ -31,28 +31,28 @@ def dataset(tmp_path_factory):
 # ----------------------------------------------------------------------------- labels
 def test_label_table_matches_real_file(shared_dir):
     real = pd.read_csv(shared_dir / "hpa_meta" / "train_labels.csv")
-    assert len(real) == dd.N_REAL_IMAGES
+    assert len(real) == demo_labels.N_REAL_IMAGES
     sets = [tuple(sorted(set(parse_labels(s)))) for s in real["Label"]]
     counts = collections.Counter(sets)
     expected = sorted(((k, v) for k, v in counts.items() if v >= 3), key=lambda kv: (-kv[1], kv[0]))
-    assert dd.label_table() == expected
+    assert demo_labels.label_table() == expected
     per_class = collections.Counter(c for st in sets for c in st)
-    assert dd.CLASS_COUNTS == tuple(per_class[c] for c in range(NUM_CLASSES))
+    assert demo_labels.CLASS_COUNTS == tuple(per_class[c] for c in range(NUM_CLASSES))
 
 
 def test_sample_image_labels_valid_and_deterministic():
-    table = {c for c, _ in dd.label_table()}
-    a = [dd.sample_image_labels(np.random.default_rng(3)) for _ in range(3)]
+    table = {c for c, _ in demo_labels.label_table()}
+    a = [demo_labels.sample_image_labels(np.random.default_rng(3)) for _ in range(3)]
     rng1, rng2 = np.random.default_rng(11), np.random.default_rng(11)
-    draws = [dd.sample_image_labels(rng1) for _ in range(300)]
-    assert draws == [dd.sample_image_labels(rng2) for _ in range(300)]
+    draws = [demo_labels.sample_image_labels(rng1) for _ in range(300)]
+    assert draws == [demo_labels.sample_image_labels(rng2) for _ in range(300)]
     assert a[0] == a[1] == a[2]
     assert all(tuple(d) in table and d == sorted(d) for d in draws)
     seen = collections.Counter(c for d in draws for c in d)
     assert seen[0] > seen[11]  # real frequencies still show through the tempering
     assert len(seen) >= 17
     for k in range(NUM_CLASSES):
-        assert k in dd.sample_image_labels(np.random.default_rng(k), must_have=k)
+        assert k in demo_labels.sample_image_labels(np.random.default_rng(k), must_have=k)
 
 
 def test_plan_covers_every_class_in_train():
@@ -96,7 +96,7 @@ def test_cell_count_range_and_border_cells():
         counts.append(len(r["cell_labels"]))
         edge = np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])
         border += len(set(edge.tolist()) - {0})
-    assert all(dd.MIN_CELLS <= n <= dd.MAX_CELLS for n in counts)
+    assert all(demo_render.MIN_CELLS <= n <= demo_render.MAX_CELLS for n in counts)
     assert len(set(counts)) > 1
     assert border > 0
 
@@ -144,7 +144,7 @@ def test_green_patterns_differ_between_classes():
 def test_cells_recoverable_by_seeded_watershed():
     ious = []
     for seed in range(2):
-        r = dd.make_image(np.random.default_rng(100 + seed), 512, [0, 16])
+        r = demo_render.make_image(np.random.default_rng(100 + seed), 512, [0, 16])
         im = r["image"].astype(np.float32) / 255
         cyto = cv2.GaussianBlur(im[..., 0] + im[..., 3], (0, 0), 2)
         nuc = r["nuclei"].astype(np.int32)
@@ -157,7 +157,7 @@ def test_cells_recoverable_by_seeded_watershed():
 
 
 def test_real_size_mode():
-    r = dd.make_image(np.random.default_rng(0), 2048, [4, 13], n_cells=8)
+    r = demo_render.make_image(np.random.default_rng(0), 2048, [4, 13], n_cells=8)
     assert r["image"].shape == (2048, 2048, 4) and r["cells"].shape == (2048, 2048)
     assert len(r["cell_labels"]) == 8
     areas = np.bincount(r["cells"].ravel())[1:]
@@ -200,7 +200,7 @@ def test_dataset_layout_and_truth(dataset):
 def test_dataset_matches_make_image_and_is_deterministic(dataset, tmp_path):
     job = dd.plan_dataset(5, 2, seed=7, frac_16bit=0.5)[0]
     rng = np.random.default_rng(np.random.SeedSequence([7, 0, 0]))
-    r = dd.make_image(rng, 256, job["classes"])
+    r = demo_render.make_image(rng, 256, job["classes"])
     disk = io.read_image(dataset / "train", job["id"])
     assert np.abs(disk.astype(int) - r["image"].astype(int)).max() <= 1  # 16-bit PNGs round to within 1
     dd.make_dataset(tmp_path, 5, 2, 256, seed=7, frac_16bit=0.5, num_workers=2)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import checkpoints, io, models, train
+from common import checkpoint_saver, checkpoints, io, models
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",
@@ -206,7 +206,7 @@ def _sha(path: Path) -> str:
 
 
 def test_checkpoint_bytes_depend_only_on_the_state(tmp_path):
-    saver = train.CheckpointSaver(tmp_path, True)
+    saver = checkpoint_saver.CheckpointSaver(tmp_path, True)
     saver._write(_state(), tmp_path / "a.pth")
     saver._write(_state(), tmp_path / "b.pth")
     assert _sha(tmp_path / "a.pth") == _sha(tmp_path / "b.pth")  # the temporary's name is not in the file
@@ -222,7 +222,7 @@ def test_checkpoint_bytes_depend_only_on_the_state(tmp_path):
 
 
 def test_a_full_disk_while_saving_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    saver = train.CheckpointSaver(tmp_path, True)
+    saver = checkpoint_saver.CheckpointSaver(tmp_path, True)
     # ENOSPC: the bytes go to /dev/full, as on a disk with no space left
     to_dev_full = lambda path, mode: builtins.open("/dev/full", mode)  # noqa: E731
     monkeypatch.setattr(checkpoints, "open", to_dev_full, raising=False)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import bag_datasets, cells, fov, io, predict
+from common import bag_datasets, cells, crop_files, fov, io, predict
 from common.resize import resize_labels
 
 SIZE = 128  # working size of the scale test (demo images are 256 px)
@@ -81,7 +81,7 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
     task = {"image_id": "img", "mask_path": str(mask), "image_path": str(tmp_path / "small.png"),
             "original_dir": str(tmp_path / "orig"), "out_dir": str(tmp_path / "cells"), "size": 128,
             "margin": 0.05, "overwrite": True}
-    res = cells.crop_image_cells(task)
+    res = crop_files.crop_image_cells(task)
     assert res["from_original"] and res["written"] == len(cells.cell_ids(lab))
     run = predict.CropView(128, 0.05, from_original=True)  # the view of a p2 run trained on originals
     ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import checkpoints, models
+from common import checkpoints, constants, models, recipes
+from common.datasets import split_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 S3 = importlib.import_module("S3_train_pipeline1")
@@ -51,6 +53,27 @@ def test_s3_all_folds_and_bad_input(data, tmp_path):
         S3.main(["--HPA512_DIR", str(tmp_path / "nothing"), *TINY])
     with pytest.raises(SystemExit, match=r"--FOLD 7: .* folds present: \[0, 1\]"):
         S3.main(["--HPA512_DIR", str(data), "--OUTPUT_DIR", str(tmp_path), "--FOLD", "7", *TINY])
+
+
+def test_one_fold_split_and_one_run_folder_for_s3_and_s42():
+    """S3 and S4.2 split a table the same way (datasets.split_fold; S4.2 never validates on external
+    images) and name a run folder the same way (constants.run_folder; recipes and S5 read it)."""
+    df = pd.DataFrame({"ID": list("abcdef"), "fold": [0, 0, 1, 1, 0, 1], "is_ext": [0, 1, 0, 1, 0, 0]})
+    cfg = {"FOLD": 0, "USE_EXTERNAL": True}
+    tr, va = split_fold(df, cfg, "t.csv", "S3", val_external=False)
+    assert list(tr["ID"]) == ["c", "d", "f"] and list(va["ID"]) == ["a", "e"]
+    assert list(split_fold(df, cfg, "t.csv", "S3", val_external=True)[1]["ID"]) == ["a", "b", "e"]
+    tr, va = split_fold(df, {**cfg, "USE_EXTERNAL": False}, "t.csv", "S4.2", val_external=False)
+    assert list(tr["ID"]) == ["c", "f"] and list(va["ID"]) == ["a", "e"]
+    tr, va = split_fold(df, {**cfg, "FOLD": -1}, "t.csv", "S4.2", val_external=False)
+    assert va is None and list(tr["ID"]) == list("abcdef")
+    with pytest.raises(SystemExit, match=r"S4.2: --FOLD 3: t.csv has no rows of that fold; folds present"):
+        split_fold(df, {**cfg, "FOLD": 3}, "t.csv", "S4.2", val_external=False)
+    assert constants.run_folder("r", 2) == "r/fold2" and constants.run_folder("r", -1) == "r/all"
+    assert constants.run_of(Path("/runs/r/all/best.pth")) == "r/all"
+    name = next(iter(recipes.RECIPES))
+    c = recipes.RECIPES[name]["constants"]
+    assert recipes.run_dir(name) == constants.run_folder(c["RUN_NAME"], c["FOLD"])
 
 
 def _free_port() -> int:

@@ -16,17 +16,18 @@ import torch
 from conftest import load_script
 from torch import nn
 
-from common import cells, encoding, io
+from common import cells, encoding, io, models
 from common.augment import LabelAugment
 from common.bag_datasets import BagDataset
-from common.cells import crop_path
 from common.constants import NEGATIVE, NUM_CLASSES
+from common.crop_files import crop_path
 from common.mil import BagModel, MILHead, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 S41_MARGIN = load_script("S4.1_crop_cells.py").CROP_MARGIN
 MIL = dict(MIL_POOL="max", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=4, MIL_LSE_R=5.0, MIL_CHUNK=256)  # S4.2's
+HEAD = MILHead("max", w_max=4.0, w_mean=1.0, topk=4, lse_r=5.0)  # the same, typed
 
 
 def run_s41(args):
@@ -211,7 +212,7 @@ class _Echo(nn.Module):
 def test_bag_model_reshape_round_trip():
     bs, n = 3, 16
     x = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1, 1, 1).expand(bs, n, 4, 8, 8).clone()
-    model = BagModel(_Echo(), {**MIL, "MIL_CHUNK": 5})
+    model = BagModel(_Echo(), HEAD, chunk=5, pseudo_w=None)
     out = model({"image": x})
     assert out["cell_logits"].shape == (bs, n, NUM_CLASSES) and out["logits"].shape == (bs, NUM_CLASSES)
     expect = torch.arange(bs * n, dtype=torch.float32).view(bs, n, 1).expand(bs, n, NUM_CLASSES)
@@ -232,12 +233,13 @@ def test_mil_loss_equals_hand_computed_value():
     bce_max = (sp(-1.0) + sp(2.0)) / 2                     # max over cells: [1, 2]
     bce_mean = (sp(-0.5) + sp(0.5)) / 2                    # mean over cells: [0.5, 0.5]
     expected = (4 * bce_max + 1 * bce_mean) / 5
-    head = MILHead.from_config(MIL)
+    head = models.mil_head(MIL)
+    assert head == HEAD
     assert mil_loss(cell, target, "max", 4.0, 1.0, 4, 5.0).item() == pytest.approx(expected, rel=1e-6)
     assert head.loss(cell, target).item() == pytest.approx(expected, rel=1e-6)
     bag = torch.randn(2, 3, 4, 8, 8)
     label = (torch.rand(2, NUM_CLASSES) > 0.5).float()
-    out = BagModel(_Echo(), {**MIL, "MIL_W_MAX": 4, "MIL_W_MEAN": 1})({"image": bag, "label": label})
+    out = BagModel(_Echo(), head, chunk=256, pseudo_w=None)({"image": bag, "label": label})
     torch.testing.assert_close(out["loss"], head.loss(out["cell_logits"], label))
     torch.testing.assert_close(out["logits"], head.pool(out["cell_logits"]))
     assert mil_loss(cell, target, "max", 1, 0, 4, 5.0).item() == pytest.approx(bce_max, rel=1e-6)
@@ -247,13 +249,19 @@ def test_pseudo_w_is_read_only_when_bags_carry_targets():
     """An older run's config without PSEUDO_W still builds and scores; training on pseudo-labels
     without it stops naming the key (no fallback weight in common/)."""
     bag, label = torch.randn(1, 3, 4, 8, 8), torch.zeros(1, NUM_CLASSES)
-    model = BagModel(_Echo(), MIL)
+    model = BagModel(_Echo(), HEAD, chunk=256, pseudo_w=None)
     assert model({"image": bag, "label": label})["loss"].ndim == 0
     targets = {"cell_target": torch.full((1, 3, NUM_CLASSES), 0.5), "cell_has_target": torch.ones(1, 3)}
     with pytest.raises(KeyError, match="PSEUDO_W"):
         model({"image": bag, "label": label, **targets})
-    out = BagModel(_Echo(), {**MIL, "PSEUDO_W": 0.0})({"image": bag, "label": label, **targets})
+    out = BagModel(_Echo(), HEAD, chunk=256, pseudo_w=0.0)({"image": bag, "label": label, **targets})
     torch.testing.assert_close(out["loss"], model({"image": bag, "label": label})["loss"])
+    # build_model reads the config once: PSEUDO_W when the config has it, else None
+    p2 = dict(MIL, PIPELINE=2, MODEL_NAME="test_resnet", PRETRAINED=False, PRETRAINED_FILE="", DROPOUT=0.5,
+              MSD_SAMPLES=1)
+    old_run, new_run = models.build_model(p2), models.build_model({**p2, "PSEUDO_W": 2.0, "MIL_CHUNK": 7})
+    assert (old_run.pseudo_w, old_run.chunk, old_run.mil) == (None, 256, HEAD)
+    assert (new_run.pseudo_w, new_run.chunk) == (2.0, 7)
 
 
 def test_pools():
@@ -262,8 +270,10 @@ def test_pools():
     torch.testing.assert_close(pool_cells(x, "topk", k=99, r=5.0), x.mean(1))
     torch.testing.assert_close(pool_cells(x, "lse", k=4, r=1e4), x.amax(1), atol=1e-3, rtol=0)
     torch.testing.assert_close(pool_cells(x, "lse", k=4, r=1e-2), x.mean(1), atol=3e-2, rtol=0)
-    with pytest.raises(ValueError, match="MIL_POOL"):
-        BagModel(_Echo(), {**MIL, "MIL_POOL": "median"})
+    with pytest.raises(ValueError, match="MIL_POOL 'median'"):
+        MILHead("median", w_max=4.0, w_mean=1.0, topk=4, lse_r=5.0)
+    with pytest.raises(ValueError, match="MIL_POOL 'median'"):
+        models.mil_head({**MIL, "MIL_POOL": "Median"})
 
 
 # ----------------------------------------------------------------------------- S4.2

@@ -27,9 +27,9 @@ def _grid_image(size: int, pitch: int, radius: int):
 
 @pytest.fixture(scope="module")
 def demo_images():
-    demo_data = pytest.importorskip("common.demo_data")
+    demo_render = pytest.importorskip("common.demo_render")
     rng = np.random.default_rng(7)
-    return [demo_data.make_image(rng, 512, [k % 19]) for k in range(3)]
+    return [demo_render.make_image(rng, 512, [k % 19]) for k in range(3)]
 
 
 def test_builtin_finds_demo_cells(demo_images):

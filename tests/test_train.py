@@ -8,7 +8,7 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import augment, checkpoints, config, models, train
+from common import augment, checkpoints, config, models, train, train_state
 from common.datasets import ImageDataset
 
 torch.set_num_threads(1)
@@ -125,10 +125,10 @@ def test_rng_state_round_trip():
 
     import numpy as np
 
-    train.seed_everything(1)
-    st = train.get_rng_state()
+    train_state.seed_everything(1)
+    st = train_state.get_rng_state()
     a = (torch.rand(2), np.random.rand(2), random.random())
-    train.set_rng_state(st)
+    train_state.set_rng_state(st)
     b = (torch.rand(2), np.random.rand(2), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 

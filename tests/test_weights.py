@@ -18,7 +18,7 @@ import torch
 from conftest import nothing_in
 from safetensors.torch import save_file
 
-from common import models, recipes, weights
+from common import models, recipes, weights, weights_fetch
 from common.constants import CHANNELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,14 +173,14 @@ def _load_tool():
 
 
 def test_recipes_all_is_the_originals_nine_backbones():
-    names = weights.recipe_models("all")
+    names = weights_fetch.recipe_models("all")
     assert len(names) == 9 and set(names) == set(recipes.BACKBONES.values())
     for name in names:  # every one is a current timm name with pretrained weights
         assert name in timm.list_pretrained(name)
-    assert weights.recipe_models("original_pipeline2", "resnet18,mixnet_m.ft_in1k")[-1] == "resnet18"
-    assert weights.recipe_models("p1_densenet121_center_f2") == ["densenet121.ra_in1k"]
+    assert weights_fetch.recipe_models("original_pipeline2", "resnet18,mixnet_m.ft_in1k")[-1] == "resnet18"
+    assert weights_fetch.recipe_models("p1_densenet121_center_f2") == ["densenet121.ra_in1k"]
     with pytest.raises(ValueError, match="unknown recipe"):
-        weights.recipe_models("nine")
+        weights_fetch.recipe_models("nine")
 
 
 def test_fetch_weights_with_a_stand_in_download(tmp_path):
@@ -198,15 +198,15 @@ def test_fetch_weights_with_a_stand_in_download(tmp_path):
     rows = tool.main(argv, download=fake_download, location=lambda n: f"fake:{n}")
     assert json.loads((out / "dataset-metadata.json").read_text()) == {
         "title": "timm-weights", "id": "me/timm-weights", "licenses": [{"name": "CC0-1.0"}]}
-    text = (out / weights.MANIFEST).read_text()
+    text = (out / weights_fetch.MANIFEST).read_text()
     assert str(tmp_path) not in text and '"/' not in text                 # no absolute path
     assert calls == ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
-    manifest = json.loads((out / weights.MANIFEST).read_text())
+    manifest = json.loads((out / weights_fetch.MANIFEST).read_text())
     names = ["resnet18.a1_in1k", "test_resnet.r160_in1k"]
     assert [r["model"] for r in manifest] == names == [r["model"] for r in rows]
     for r in manifest:
         f = out / r["file"]
-        assert f.is_file() and r["sha256"] == weights.sha256(f) and r["bytes"] == f.stat().st_size
+        assert f.is_file() and r["sha256"] == weights_fetch.sha256(f) and r["bytes"] == f.stat().st_size
         assert r["source"] == f"fake:{r['model']}"
     assert not list(out.glob("*.tmp"))
     # a second run skips both; a changed file is fetched again
@@ -246,4 +246,4 @@ def test_fetch_weights_reports_a_failed_download(tmp_path):
 
     with pytest.raises(SystemExit, match="could not fetch 1 model"):
         tool.main(["--MODELS", "resnet18", str(tmp_path / "w")], download=offline)
-    assert not (tmp_path / "w" / weights.MANIFEST).exists()
+    assert not (tmp_path / "w" / weights_fetch.MANIFEST).exists()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import config, constants, io, weights
+from common import config, constants, io, weights, weights_fetch
 
 
 def _split_positional(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -55,7 +55,7 @@ def main(argv=None, download=weights.hub_state_dict, location=weights.hub_locati
         print(__doc__.strip() + "\n")  # usage and example; config.parse then lists the constants
     cfg = config.parse(globals(), flags + (["--OUT_DIR", rest[0]] if rest else []))
     try:
-        names = weights.recipe_models(cfg.RECIPES, cfg.MODELS)
+        names = weights_fetch.recipe_models(cfg.RECIPES, cfg.MODELS)
         meta = io.dataset_metadata(cfg.DATASET_ID) if cfg.DATASET_ID else None
     except ValueError as e:
         raise SystemExit(f"fetch_weights: {e}") from None
@@ -64,13 +64,14 @@ def main(argv=None, download=weights.hub_state_dict, location=weights.hub_locati
     out = constants.resolve(cfg.OUT_DIR)
     print(f"fetch_weights: {len(names)} model(s) -> {out}")
     try:
-        rows = weights.fetch(names, out, download=download, location=location)
+        rows = weights_fetch.fetch(names, out, download=download, location=location)
     except (RuntimeError, ValueError) as e:
         raise SystemExit(f"fetch_weights: {e}") from None
     if meta:
         io.write_dataset_metadata(out, meta)
     total = sum(r["bytes"] for r in rows)
-    print(f"fetch_weights: {len(rows)} file(s), {total / 1e6:.1f} MB in {out} (manifest {weights.MANIFEST}"
+    print(f"fetch_weights: {len(rows)} file(s), {total / 1e6:.1f} MB in {out} "
+          f"(manifest {weights_fetch.MANIFEST}"
           f"{', ' + io.KAGGLE_METADATA + ' for ' + cfg.DATASET_ID if meta else ''})")
     return rows
 
