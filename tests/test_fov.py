@@ -3,7 +3,6 @@ cell's training crop (S4.1) equals its test crop (S5) at 1728, 2048 and 3072 px 
 from __future__ import annotations
 
 import shutil
-import types
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,9 @@ def demo(tmp_path_factory):
 
 
 def _source(S5, data, hpa, tmp_path):
-    cfg = types.SimpleNamespace(HPA512_DIR=str(hpa), COMPETITION_DIR=str(data), IMAGE_SIZE=SIZE,
-                                SEGMENTER="builtin", HPA_SEG_DIR=str(tmp_path / "no-weights"), DEVICE="cpu",
-                                SEG_AT="auto")
+    cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(hpa), "--COMPETITION_DIR", str(data),
+                                     "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--HPA_SEG_DIR",
+                                     str(tmp_path / "no-weights"), "--DEVICE", "cpu"], quiet=True)
     return S5.ImageSource(cfg)
 
 
