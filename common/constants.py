@@ -47,6 +47,9 @@ ENDOPLASMIC_RETICULUM = 6                         # the class the yellow channel
 # red = microtubules, green = protein of interest, blue = nucleus, yellow = ER.
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 RED, GREEN, BLUE, YELLOW = 0, 1, 2, 3
+STAINS: tuple[str, ...] = ("microtubules", "protein", "nucleus", "ER")  # what each channel shows
+# The display false colour: each channel's (R, G, B) weight (yellow shows half in red, half in green)
+FALSE_COLOUR: tuple[tuple[float, float, float], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0))
 
 # Per-channel mean/std of uint8 images scaled to [0, 1], in CHANNELS order.
 # Competition images (HPA 2021 train set) and the public HPA external images differ a bit.
@@ -167,6 +170,15 @@ def id_problem(image_id) -> str | None:
     if not _SAFE_ID.match(text):
         return "is not a plain name (letters, digits, '_', '-', '.'; starting with a letter or digit)"
     return None
+
+
+def file_stem(image_id) -> str:
+    """The file-name stem of an image ID's outputs (``report/{stem}.jpg``): the ID itself when it is a
+    plain name (:func:`id_problem`); raises ValueError with the reason otherwise."""
+    problem = id_problem(image_id)
+    if problem is not None:
+        raise ValueError(f"image ID {str(image_id)!r} {problem}")
+    return str(image_id)
 
 
 def parse_labels(label: str | float | None) -> list[int]:
