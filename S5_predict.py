@@ -86,6 +86,7 @@ CELL_TABLES = True                # write cells.csv, images.csv and labels/{ID}.
 THRESHOLD = 0.5                   # images.csv: a cell counts for a class from this probability on
 REPORT = True                     # write report.html (and its pictures under report/)
 THUMB_SIZE = 512                  # report pictures: longest side in pixels
+PIXEL_SIZE = 0.0                  # µm per pixel of the fields: the report's scale bar (0 = unknown: no bar)
 
 import shutil
 import sys
@@ -266,6 +267,7 @@ def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", step="S5")
+    config.require_number(cfg, "PIXEL_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
     out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
@@ -438,7 +440,7 @@ def _write_report(cfg, res: Results, path: Path) -> None:
     title = f"S5: {cfg.IMAGES or 'competition test set'}"
     fields = cell_tables.ReportFields(res.tables.report_fields)
     report.write_report(path.parent, fields, res.tables.cells_frame(), res.failures, threshold=cfg.THRESHOLD,
-                        title=title)
+                        title=title, pixel_size=cfg.PIXEL_SIZE)
     pictures = [f for f in (path.parent / "report").rglob("*") if f.is_file()]
     size = path.stat().st_size + sum(f.stat().st_size for f in pictures)
     print(f"S5: wrote {path} ({len(fields)} fields, {size / 2**20:.1f} MB with report/) in "
