@@ -90,7 +90,8 @@ function paint(cv){
  ctx.globalCompositeOperation='source-over';cv.dataset.painted='1';
 }
 const near=new IntersectionObserver(es=>{for(const e of es){const cv=e.target;
- if(e.isIntersecting){cv.dataset.near='1';paint(cv);}else{cv.dataset.near='';cv.width=cv.height=0;}}},
+ if(e.isIntersecting){cv.dataset.near='1';paint(cv);}
+ else{cv.dataset.near=cv.dataset.painted='';cv.width=cv.height=0;}}},
  {rootMargin:'1000px'});
 for(const cv of document.querySelectorAll('canvas.pic'))near.observe(cv);
 function repaint(){for(const cv of document.querySelectorAll('canvas.pic'))if(cv.dataset.near)paint(cv);}

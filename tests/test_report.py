@@ -258,7 +258,11 @@ def _shot(driver, selector: str) -> np.ndarray:
     tainted: the page itself never reads its pixels back)."""
     el = driver.find_element("css selector", selector)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
-    time.sleep(0.3)  # the picture loads, the canvas is painted
+    painted = "return arguments[0].querySelector('canvas.pic').dataset.painted === '1'"
+    for _ in range(200):  # the picture loads, the canvas is painted
+        if driver.execute_script(painted, el):
+            break
+        time.sleep(0.05)
     png = el.screenshot_as_png
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 

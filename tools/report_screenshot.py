@@ -71,6 +71,16 @@ def _show(driver, cfg) -> None:
             raise SystemExit(f"no field {cfg.ZOOM!r} in the report (ZOOM)")
 
 
+def _wait_painted(driver, seconds: float = 10.0) -> None:
+    """Wait (at most ``seconds``) until every picture near the view is loaded and painted."""
+    pending = ("return [...document.querySelectorAll('canvas.pic')]"
+               ".filter(c => c.dataset.near === '1' && c.dataset.painted !== '1').length")
+    time.sleep(0.3)  # the page sees what is near the view
+    end = time.time() + seconds
+    while driver.execute_script(pending) and time.time() < end:
+        time.sleep(0.05)
+
+
 def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     page = constants.resolve(cfg.REPORT_HTML)
@@ -83,7 +93,7 @@ def main(argv=None):
     try:
         driver.get(page.resolve().as_uri())
         _show(driver, cfg)
-        time.sleep(0.8)  # pictures in view load and are painted
+        _wait_painted(driver)
         png = driver.get_screenshot_as_png()
     finally:
         driver.quit()
