@@ -26,7 +26,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 #tip{position:fixed;z-index:4;pointer-events:none;background:#fff;border:1px solid #555;padding:0 .3em;
  font-size:12px}
 .sw{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border:1px solid #555}
-.fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}
+.fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em;scroll-margin-top:6em}
 .field{margin:0;content-visibility:auto;contain-intrinsic-size:auto 380px}
 .field figcaption button{font-size:11px;padding:0 .4em}
 .fv,#zoom-view,.cv{position:relative;line-height:0;background:#000}

@@ -13,7 +13,7 @@ whose top class it is (the page's class filter); PROTEIN_ALONE clicks the page's
 # ---------------------------------------------------------------------------- files
 REPORT_HTML = "output/report.html"  # the page to photograph
 OUT_IMAGE = "output/report.png"     # the screenshot written here: .png, or .jpg / .jpeg (JPEG_QUALITY)
-JPEG_QUALITY = 85                   # of a .jpg screenshot
+JPEG_QUALITY = 80                   # of a .jpg screenshot
 # ---------------------------------------------------------------------------- view
 WIDTH = 1400                        # browser window (px)
 HEIGHT = 1000
