@@ -96,6 +96,7 @@ CELL_TABLES = True                # write cells.csv, images.csv and labels/{ID}.
 THRESHOLD = 0.5                   # images.csv: a cell counts for a class from this probability on
 REPORT = True                     # write report.html (and its pictures under report/)
 THUMB_SIZE = 512                  # report pictures: longest side in pixels
+PIXEL_SIZE = 0.0                  # µm per pixel of the fields: the report's scale bar (0 = unknown: no bar)
 
 import json
 import os
@@ -338,6 +339,7 @@ def _check_constants(cfg) -> None:
     step = "S5"
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "BATCH_SIZE", "MAX_PIXELS", step=step)
     config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step=step)
+    config.require_number(cfg, "PIXEL_SIZE", step=step)
     config.require_positive(cfg, "TTA", maximum=8, step=step)
     config.require_positive(cfg, "LIMIT", "N_OVERLAYS", "P1_CELLPOOL_STRIDE", "P1_CELLPOOL_SIZE", minimum=0,
                             step=step)
@@ -589,7 +591,7 @@ def _write(cfg, out_dir: Path, record: owned.Record, outputs: list[Output], res:
     write the essential outputs (each complete or absent: a full disk stops S5 with the file's name),
     then the optional ones. Returns the files written and the errors of the optional ones (a full
     disk's first: it stops the writing)."""
-    pictures = (["report/data.json", *(f"report/{f[0]}.jpg" for f in res.tables.report_fields)]
+    pictures = (["report/data.json", *(f"report/{report.thumb_name(f[0])}" for f in res.tables.report_fields)]
                 if cfg.REPORT else [])
     record.begin([o.rel for o in outputs] + pictures, _FOLDERS)
     record.remove()  # the previous run's files go first: the folder never mixes two runs
@@ -615,7 +617,7 @@ def _write_report(cfg, res: Results, path: Path) -> None:
     title = f"S5: {cfg.IMAGES or 'competition test set'}"
     fields = cell_tables.ReportFields(res.tables.report_fields)
     report.write_report(path.parent, fields, res.tables.cells_frame(), res.failures, threshold=cfg.THRESHOLD,
-                        title=title)
+                        title=title, pixel_size=cfg.PIXEL_SIZE)
     pictures = [f for f in (path.parent / "report").rglob("*") if f.is_file()]
     size = path.stat().st_size + sum(f.stat().st_size for f in pictures)
     print(f"S5: wrote {path} ({len(fields)} fields, {size / 2**20:.1f} MB with report/) in "

@@ -5,8 +5,8 @@ itself for a plain name, e.g. every competition ID; ``Image 1`` -> ``Image_1~<ha
 
 Gathered field by field (:meth:`CellTables.add`), written after every field was scored. Memory stays
 small: a field's original-size label map is held as its 16-bit PNG bytes and its report thumbnail
-as JPEG (picture) and PNG (labels) bytes, decoded again one field at a time when the report is
-written (:class:`ReportFields`).
+as its channel picture (``report.encode_channels``: JPEG) and label map (PNG) bytes, decoded again one
+field at a time when the report is written (:class:`ReportFields`).
 
 * ``cells.csv``: ``image, cell_id, x, y, area, touches_border, top_class, top_prob`` and one column
   per class (``constants.CLASS_NAMES``), the ensemble's probabilities rounded to 6 decimals (as
@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from common import cells, io, plots, report
+from common import cells, io, report
 from common.constants import CLASS_NAMES, PROB_DECIMALS, file_stem
 from common.resize import resize_image, resize_labels
 
-CELL_COLUMNS = ["image", "cell_id", "x", "y", "area", "touches_border", "top_class", "top_prob", *CLASS_NAMES]
 IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
 
 
@@ -73,13 +72,13 @@ def image_row(image_id: str, hw: tuple[int, int], probs: np.ndarray, threshold: 
 
 def thumbnail(image: np.ndarray, labels: np.ndarray, hw: tuple[int, int], region: tuple[int, int],
               thumb_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The report's picture (false colour RGB) and label map of a field: the working image and map cut
-    to ``region`` (the field's part), at the original's aspect ratio, longest side <= ``thumb_size``."""
+    """The report's channels (RGBY) and label map of a field: the working image and map cut to
+    ``region`` (the field's part), at the original's aspect ratio, longest side <= ``thumb_size``."""
     h, w = int(hw[0]), int(hw[1])
     scale = min(1.0, thumb_size / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    rgb = resize_image(plots.false_colour(image[: region[0], : region[1]]), size)
-    return rgb, resize_labels(labels[: region[0], : region[1]], size).astype(np.uint16)
+    rgby = resize_image(image[: region[0], : region[1]], size)
+    return rgby, resize_labels(labels[: region[0], : region[1]], size).astype(np.uint16)
 
 
 @dataclass
@@ -94,7 +93,7 @@ class CellTables:
     rows: list = field(default_factory=list)          # cells.csv
     images: list = field(default_factory=list)        # images.csv
     pngs: dict = field(default_factory=dict)          # {ID: 16-bit PNG bytes of labels/{label_file(ID)}}
-    report_fields: list = field(default_factory=list)  # (ID, JPEG bytes, PNG bytes, (H, W))
+    report_fields: list = field(default_factory=list)  # (ID, channel JPEG bytes, label PNG bytes, (H, W))
 
     def add(self, image_id: str, hw, full: np.ndarray, ids: list[int], probs: np.ndarray,
             image: np.ndarray, labels: np.ndarray, region=None) -> None:
@@ -107,19 +106,20 @@ class CellTables:
         if self.maps:
             self.pngs[image_id] = io.encode_png(written)
         if self.thumbs:
-            rgb, lab = thumbnail(image, only(labels, ids), hw, region or labels.shape[:2], self.thumb_size)
-            jpeg = io.encode_jpeg(rgb[..., ::-1], report.JPEG_QUALITY)
-            self.report_fields.append((image_id, jpeg, io.encode_png(lab), (int(hw[0]), int(hw[1]))))
+            rgby, lab = thumbnail(image, only(labels, ids), hw, region or labels.shape[:2], self.thumb_size)
+            picture = report.encode_channels(rgby)
+            self.report_fields.append((image_id, picture, io.encode_png(lab), (int(hw[0]), int(hw[1]))))
 
     def cells_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=CELL_COLUMNS)
+        return pd.DataFrame(self.rows, columns=list(report.CELL_COLUMNS))
 
     def images_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.images, columns=IMAGE_COLUMNS)
 
 
 class ReportFields(Sequence):
-    """The report's fields, each decoded into a ``report.ReportField`` only when it is read."""
+    """The report's fields as ``report.ReportField``: the picture and the label map's PNG bytes as held
+    (``report.write_report`` decodes one label map at a time)."""
 
     def __init__(self, held: list):
         self.held = list(held)
@@ -130,5 +130,5 @@ class ReportFields(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        image_id, jpeg, png, hw = self.held[i]
-        return report.ReportField(image_id, jpeg, io.decode_png(png), hw)  # the JPEG as it is, no re-encoding
+        image_id, picture, png, hw = self.held[i]
+        return report.ReportField(image_id, picture, png, hw)  # both as held: the report decodes the labels

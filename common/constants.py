@@ -50,6 +50,9 @@ ENDOPLASMIC_RETICULUM = 6                         # the class the yellow channel
 # red = microtubules, green = protein of interest, blue = nucleus, yellow = ER.
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 RED, GREEN, BLUE, YELLOW = 0, 1, 2, 3
+STAINS: tuple[str, ...] = ("microtubules", "protein", "nucleus", "ER")  # what each channel shows
+# The display false colour: each channel's (R, G, B) weight (yellow shows half in red, half in green)
+FALSE_COLOUR: tuple[tuple[float, float, float], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0))
 
 # Per-channel mean/std of uint8 images scaled to [0, 1], in CHANNELS order.
 # Competition images (HPA 2021 train set) and the public HPA external images differ a bit.

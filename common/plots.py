@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from common.constants import CLASS_NAMES, NUM_CLASSES
+from common.constants import CLASS_NAMES, FALSE_COLOUR, NUM_CLASSES
 from common.io import atomic_path
 
 
@@ -124,9 +124,8 @@ def plot_training_curves(summary_csv: str | Path, out_png: str | Path) -> Path:
 
 
 def false_colour(image: np.ndarray) -> np.ndarray:
-    """H x W x 4 RGBY uint8 -> H x W x 3 RGB for display (yellow added to red and green)."""
-    img = image.astype(np.float32)
-    rgb = np.stack([img[..., 0] + 0.5 * img[..., 3], img[..., 1] + 0.5 * img[..., 3], img[..., 2]], -1)
+    """H x W x 4 RGBY uint8 -> H x W x 3 RGB for display (``constants.FALSE_COLOUR``)."""
+    rgb = image.astype(np.float32) @ np.asarray(FALSE_COLOUR, np.float32)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 

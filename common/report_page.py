@@ -1,106 +1,69 @@
 """The HTML of report.html, from the report's data (``common.report`` builds and saves it).
 
-One page, no network: inline CSS, inline SVG charts, a small inline script (no library), the data as
-one JSON block; pictures are relative URLs under the report folder (``<img loading="lazy">``).
-Every cell is one ``<path class="cell c{top class}" data-k data-image data-cell>`` over its
-thumbnail (a viewBox in thumbnail pixels); ``CLASS_COLOURS`` gives each class its one colour.
+One page, no network: inline CSS and script (``common.report_script``, no library), inline SVG charts,
+the data as one JSON block; pictures are relative URLs under the report folder. Each field is a
+``<canvas class="pic">`` (the page composes the stains shown from the field's channel picture) under an
+SVG of its cells, one ``<path class="cell c{top class}" data-k data-image data-cell>`` each, and its
+scale bar when the pixel size is known. Data reach the page as escaped HTML or JSON, and its script
+writes text with ``textContent`` only. ``CLASS_COLOURS`` gives each class its one colour.
 """
 from __future__ import annotations
 
 import html
 import json
+import math
 from urllib.parse import quote
 
 import numpy as np
 
-from common.constants import CLASS_NAMES, NUM_CLASSES
+from common import report_script
+from common.constants import CHANNELS, CLASS_NAMES, FALSE_COLOUR, GREEN, NUM_CLASSES, STAINS
 
-CLASS_COLOURS = ("#ff4d4d", "#ffa64d", "#ffe04d", "#b3ff4d", "#4dff88", "#4dffe0", "#4dc3ff",
-                 "#4d7aff", "#a64dff", "#ff4dd2", "#ff8c8c", "#d9b38c", "#c0c0c0", "#8cffc6",
-                 "#8cb3ff", "#e6a1ff", "#ffd9a1", "#00b3a1", "#ffffff")  # one per class, in class order
+# One colour per class, in class order: the first 19 of Glasbey et al.'s maximally distinct colours
+# for dark backgrounds, as published in colorcet 3.2.1 (glasbey_light = glasbey_bw_minc_20_minl_30,
+# https://colorcet.holoviz.org, CC-BY 4.0).
+CLASS_COLOURS = ("#d70000", "#028800", "#b600ff", "#06acc6", "#98ff00", "#ffa530", "#ff8fc8",
+                 "#79525f", "#00fecf", "#b0a5ff", "#94ad84", "#9a6900", "#376a62", "#d3008c",
+                 "#fef590", "#c86f66", "#9ee3ff", "#00c946", "#a977ad")
 HIST_BINS = 20                 # bins of the confidence histogram
 CROP_MARGIN = 4                # thumbnail pixels around a cell in the gallery's crops
-
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0 1em 4em;background:#fafafa;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
-.charts{display:flex;flex-wrap:wrap;gap:2em}.charts svg text{font-size:11px}
-#controls{position:sticky;top:0;z-index:2;background:#fafafa;padding:.5em 0;border-bottom:1px solid #ccc}
-#controls label{margin-right:1em}
-#info{position:fixed;right:1em;bottom:1em;z-index:3;background:#fff;border:1px solid #999;
- padding:.5em 1em;min-width:16em;box-shadow:0 2px 6px #0003}
-#info ol{margin:.2em 0;padding-left:1.4em}
-.sw{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border:1px solid #555}
-.fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}
-.field{margin:0;content-visibility:auto;contain-intrinsic-size:auto 380px}
-.fv{position:relative;line-height:0}.fv img{width:100%;height:auto;background:#000}
-.fv svg{position:absolute;left:0;top:0;width:100%;height:100%}
-path.cell{fill:#0000;stroke-width:1.5;vector-effect:non-scaling-stroke;pointer-events:all;cursor:pointer}
-path.cell.off{display:none}path.cell.sel{stroke-width:3;fill:#fff3}
-.crop path{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}
-.gallery figure{display:inline-block;margin:0 .5em .5em 0;width:120px;font-size:11px;vertical-align:top}
-.gallery svg{width:120px;height:120px;background:#000}
-table.ap{border-collapse:collapse}table.ap td,table.ap th{padding:.1em .6em;border-bottom:1px solid #ddd}
-table.ap td.n{text-align:right}
-"""
-
-_JS = """
-(function(){
-const D=JSON.parse(document.getElementById('report-data').textContent),K=D.k;
-const els=Array.from(document.querySelectorAll('path.cell'));
-const sel=document.getElementById('cls'),thr=document.getElementById('thr'),
- byTop=document.getElementById('mode-top'),thrV=document.getElementById('thr-v'),
- shown=document.getElementById('shown');
-function apply(){
- const c=sel.value===''?-1:+sel.value,t=+thr.value,top=byTop.checked;let n=0;
- thrV.textContent=t.toFixed(2);
- for(const el of els){const k=+el.dataset.k;
-  const on=c<0||(top?D.top[k]===c:D.p[k*K+c]>t);el.classList.toggle('off',!on);if(on)n++;}
- shown.textContent=n;
-}
-function sw(j){return '<span class="sw" style="background:'+D.colours[j]+'"></span>';}
-let last=null;
-function info(el){
- const k=+el.dataset.k,ps=[];for(let j=0;j<K;j++)ps.push([D.p[k*K+j],j]);
- ps.sort((a,b)=>b[0]-a[0]);
- let h='<b>'+el.dataset.image+'</b> cell '+el.dataset.cell+'<ol id="top3">';
- for(const [p,j] of ps.slice(0,3))h+='<li data-class="'+D.names[j]+'" data-p="'+p.toFixed(4)+'">'+
-  sw(j)+D.names[j]+' '+p.toFixed(4)+'</li>';
- h+='</ol>';
- if(D.truth){const t=D.truth[k];h+='<div id="truth">truth: '+(t===null?'unknown':t.length?
-  t.map(j=>D.names[j]).join(', '):'no true cell at IoU &ge; '+D.iou)+'</div>';}
- document.getElementById('info').innerHTML=h;
- if(last)last.classList.remove('sel');el.classList.add('sel');last=el;
-}
-document.addEventListener('click',e=>{const el=e.target.closest('path.cell');if(el)info(el);});
-document.addEventListener('mouseover',e=>{const el=e.target.closest('path.cell');if(el)info(el);});
-for(const x of [sel,thr,byTop,document.getElementById('mode-p')])
- for(const ev of ['input','change'])x.addEventListener(ev,apply);
-apply();
-})();
-"""
+BAR_FRACTION = 0.2             # scale bar: the round length (1, 2, 5 x 10^n um) up to this part of the width
 
 
-def page(model: dict, report_dir: str) -> str:
-    """The whole page."""
+def page(model: dict, report_dir: str, columns) -> str:
+    """The whole page; ``columns``: the header of its "Download these cells" CSV (cells.csv's)."""
     e = html.escape
     title = model["title"] or "report"
     cells = model["cells"]
+    fields = [{"id": f["id"], "w": f["w"], "h": f["h"], "tw": f["tw"], "th": f["th"], "n": f["n"],
+               "tiles": f["tiles"], "src": f"{report_dir}/{quote(f['src'])}"} for f in model["fields"]]
     data = {"k": NUM_CLASSES, "names": list(CLASS_NAMES), "colours": list(CLASS_COLOURS),
-            "top": cells["top"], "p": cells["p"]}
+            "columns": list(columns), "fields": fields, "tints": _tints(),
+            **{key: cells[key] for key in ("field", "id", "x", "y", "area", "border", "top", "p")}}
     truth = model.get("truth")  # optional: only S6 --REPORT adds it
     if truth is not None:
         data.update(truth=truth["cells"], iou=truth["iou"])
-    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width,initial-scale=1'>",
-             f"<title>{e(title)}</title><style>{_CSS}{_class_css()}</style></head><body>",
-             f"<h1>{e(title)}</h1>", _summary(model), _truth_section(model, report_dir),
+             f"<title>{e(title)}</title><style>{report_script.CSS}{_class_css()}</style></head><body>",
+             f"<h1>{e(title)}</h1>", _summary(model), _truth_section(model),
              _controls(model["threshold"]), "<div id='info'>click or hover a cell</div>",
-             "<h2>Fields</h2><div class='fields'>", *_fields(model, report_dir), "</div>",
+             "<div id='tip' hidden></div><h2>Fields</h2><div class='fields'>", *_fields(model), "</div>",
+             "<dialog id='zoom'><div class='zoom-head'><span id='zoom-title'></span> <button type='button' "
+             "id='zoom-close'>close</button></div><div id='zoom-view'></div></dialog>",
              f"<script type='application/json' id='report-data'>{blob}</script>",
-             f"<script>{_JS}</script></body></html>\n"]
+             f"<script>{report_script.JS}</script></body></html>\n"]
     return "".join(parts)
+
+
+def _tints() -> list[list[int]]:
+    """Each channel's display colour at full signal (``constants.FALSE_COLOUR``), 0..255."""
+    return [[round(255 * v) for v in rgb] for rgb in FALSE_COLOUR]
+
+
+def _css_rgb(rgb) -> str:
+    return "rgb({},{},{})".format(*rgb)
 
 
 def _class_css() -> str:
@@ -113,8 +76,8 @@ def _summary(model: dict) -> str:
     p = np.asarray(cells["p"], np.float64).reshape(-1, NUM_CLASSES)
     top_p = p[np.arange(len(top)), top] if len(top) else np.zeros(0)
     items = "".join(f"<li><b>{html.escape(i)}</b>: {html.escape(r)}</li>" for i, r in fails)
-    failed = (f"<details id='failures'><summary>{len(fails)} failure(s)</summary><ul>{items}</ul>"
-              "</details>") if fails else "<p id='failures'>no failures</p>"
+    failed = (f"<details id='failures'><summary>the failed fields and why</summary><ul>{items}</ul>"
+              "</details>") if fails else ""
     return ("<h2>Summary</h2><p id='counts'><span id='n-fields'>" + str(len(model["fields"])) +
             "</span> fields, <span id='n-cells'>" + str(len(top)) + "</span> cells, <span id='n-failures'>"
             + str(len(fails)) + "</span> failures</p>" + failed + "<div class='charts'>"
@@ -153,37 +116,77 @@ def _histogram(top_p: np.ndarray) -> str:
 
 
 def _controls(threshold: float) -> str:
+    """The class filter, the download, the stain legend with its toggles, the class colours."""
     options = "".join(f"<option value='{j}'>{html.escape(n)}</option>" for j, n in enumerate(CLASS_NAMES))
     legend = "".join(f"<span class='sw' style='background:{c}'></span>{html.escape(CLASS_NAMES[j])} "
                      for j, c in enumerate(CLASS_COLOURS))
-    return ("<div id='controls'><label>class <select id='cls'><option value=''>all cells</option>"
+    return ("<div id='controls'><div><label>class <select id='cls'><option value=''>all cells</option>"
             f"{options}</select></label><label><input type='radio' name='mode' id='mode-top' checked>"
             "top class</label><label><input type='radio' name='mode' id='mode-p'>probability &gt; "
             f"<input type='range' id='thr' min='0' max='1' step='0.01' value='{threshold}'> "
-            "<output id='thr-v'></output></label> <span id='shown'></span> cells shown"
-            f"<details><summary>colours</summary>{legend}</details></div>")
+            "<output id='thr-v'></output></label> <span id='shown'></span> cells shown "
+            "<button type='button' id='download'>Download these cells (CSV)</button></div>"
+            f"{_stains()}<details><summary>class colours</summary>{legend}</details></div>")
 
 
-def _fields(model: dict, report_dir: str) -> list[str]:
-    """One figure per field: the thumbnail and its cells' outlines."""
+def _stains() -> str:
+    """The stain legend: each channel's false colour and stain, a toggle each; the protein alone."""
+    boxes = "".join(
+        f"<label data-channel='{ch}'><input type='checkbox' id='ch-{c}' checked><span class='sw' "
+        f"style='background:{_css_rgb(rgb)}'></span>{html.escape(STAINS[c])} ({ch})</label>"
+        for c, (ch, rgb) in enumerate(zip(CHANNELS, _tints())))
+    return (f"<div id='stains'>stains: {boxes}<button type='button' id='protein-alone' "
+            f"data-channel='{GREEN}'>{html.escape(STAINS[GREEN])} alone</button> <button type='button' "
+            "id='all-stains'>all stains</button> <label><input type='checkbox' id='grey' checked>one stain "
+            "in grey</label></div>")
+
+
+def _fields(model: dict) -> list[str]:
+    """One figure per field: its canvas, its cells' outlines and its scale bar."""
     cells, e = model["cells"], html.escape
     by_field: list[list[int]] = [[] for _ in model["fields"]]
     for k, f in enumerate(cells["field"]):
         by_field[f].append(k)
     out = []
-    for f, ks in zip(model["fields"], by_field):
+    for i, (f, ks) in enumerate(zip(model["fields"], by_field)):
         fid = e(f["id"])
         paths = "".join(f"<path class='cell c{cells['top'][k]}' data-k='{k}' data-image='{fid}' "
                         f"data-cell='{cells['id'][k]}' d='{cells['shape'][k]}'/>" for k in ks)
-        out.append(f"<figure class='field' id='f-{fid}'><figcaption>{fid} · {f['w']}&times;{f['h']} · "
-                   f"{len(ks)} cells</figcaption><div class='fv'><img loading='lazy' alt='{fid}' "
-                   f"src='{report_dir}/{e(quote(f['src']))}' width='{f['tw']}' height='{f['th']}'>"
+        out.append(f"<figure class='field' id='f-{i}' data-f='{i}'><figcaption>{fid} · {f['w']}&times;"
+                   f"{f['h']} · {len(ks)} cells <button type='button' class='zoom' data-f='{i}'>larger view"
+                   f"</button></figcaption><div class='fv' style='aspect-ratio:{f['tw']}/{f['th']}'>"
+                   f"{_canvas(i, f['tw'], f['th'])}"
                    f"<svg viewBox='0 0 {f['tw']} {f['th']}' preserveAspectRatio='none'>"
-                   f"<g transform='translate(.5 .5)'>{paths}</g></svg></div></figure>")
+                   f"<g transform='translate(.5 .5)'>{paths}</g>{_scale_bar(f, model['pixel_size'])}</svg>"
+                   "</div></figure>")
     return out
 
 
-def _truth_section(model: dict, report_dir: str) -> str:
+def _canvas(field: int, w: int, h: int, view: str = "") -> str:
+    """Where the script paints a field's picture (``view``: the part shown, "x y w h" in thumbnail
+    pixels; all of it when ''), ``w x h`` pixels once near the view (0 x 0 until then)."""
+    vb = f" data-vb='{view}'" if view else ""
+    return f"<canvas class='pic' width='0' height='0' data-f='{field}' data-w='{w}' data-h='{h}'{vb}>" \
+           "</canvas>"
+
+
+def _scale_bar(f: dict, pixel_size: float) -> str:
+    """A scale bar at the bottom right of a field (thumbnail pixels): the round length (1, 2 or 5 x
+    10^n um) closest below ``BAR_FRACTION`` of its width; '' when the pixel size is unknown (0)."""
+    if not pixel_size > 0:
+        return ""
+    um_per_px = pixel_size * f["w"] / f["tw"]
+    target = BAR_FRACTION * f["tw"] * um_per_px
+    power = 10.0 ** math.floor(math.log10(target))
+    um = next(m * power for m in (5, 2, 1) if m * power <= target)
+    px, side = um / um_per_px, max(f["tw"], f["th"])
+    x1, y1, thick = f["tw"] - side / 25, f["th"] - side / 25, max(side / 100, 1.5)
+    return (f"<g class='bar' data-um='{um:g}' data-px='{px:.3f}'><rect x='{x1 - px:.2f}' "
+            f"y='{y1 - thick:.2f}' width='{px:.2f}' height='{thick:.2f}'/><text x='{x1 - px / 2:.2f}' "
+            f"y='{y1 - 2 * thick:.2f}' font-size='{side / 22:.1f}'>{um:g} µm</text></g>")
+
+
+def _truth_section(model: dict) -> str:
     """S6's per-class AP table and gallery of the most confident mistakes ('' without truth)."""
     truth = model.get("truth")  # optional: only S6 --REPORT adds it
     if truth is None:
@@ -199,7 +202,7 @@ def _truth_section(model: dict, report_dir: str) -> str:
                "probability for X whose matched true cell lacks X (or that match no true cell)</p>"
                "<div class='gallery' id='gallery'>"]
     for c, ks in truth["gallery"]:
-        crops = "".join(_crop(model, k, c, report_dir) for k in ks)
+        crops = "".join(_crop(model, k, c) for k in ks)
         gallery.append(f"<h3>{html.escape(CLASS_NAMES[c])}</h3><div data-class='{c}'>{crops}</div>")
     return table + "".join(gallery) + "</div>"
 
@@ -208,18 +211,19 @@ def _ap(x) -> str:
     return "-" if x is None or x != x else f"{x:.4f}"
 
 
-def _crop(model: dict, k: int, c: int, report_dir: str) -> str:
-    """A cell cut out of its thumbnail by a viewBox (no new picture), its outline, p and truth."""
+def _crop(model: dict, k: int, c: int) -> str:
+    """A cell cut out of its field's canvas by a view box (no new picture), its outline, p and truth."""
     cells, e = model["cells"], html.escape
-    f = model["fields"][cells["field"][k]]
+    fi = cells["field"][k]
+    f = model["fields"][fi]
     x0, y0, x1, y1 = cells["box"][k]
     side = max(x1 - x0, y1 - y0) + 2 * CROP_MARGIN
     vx, vy = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
     t = model["truth"]["cells"][k]
     said = ", ".join(CLASS_NAMES[j] for j in t) if t else "no true cell"
-    return (f"<figure class='crop' data-image='{e(f['id'])}' data-cell='{cells['id'][k]}'>"
-            f"<svg viewBox='{vx:.1f} {vy:.1f} {side} {side}'><image href='{report_dir}/"
-            f"{e(quote(f['src']))}' width='{f['tw']}' height='{f['th']}'/><path class='c{c}' "
-            f"transform='translate(.5 .5)' d='{cells['shape'][k]}'/></svg><figcaption>{e(f['id'])} "
+    return (f"<figure class='crop' data-image='{e(f['id'])}' data-cell='{cells['id'][k]}'><div class='cv'>"
+            f"{_canvas(fi, side, side, f'{vx:.1f} {vy:.1f} {side} {side}')}"
+            f"<svg viewBox='{vx:.1f} {vy:.1f} {side} {side}'><path class='c{c}' "
+            f"transform='translate(.5 .5)' d='{cells['shape'][k]}'/></svg></div><figcaption>{e(f['id'])} "
             f"cell {cells['id'][k]}<br>p={cells['p'][k * NUM_CLASSES + c]:.4f}<br>truth: {e(said)}"
             "</figcaption></figure>")

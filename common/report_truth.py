@@ -1,7 +1,7 @@
 """report.html's truth section (S6 --REPORT): per-class AP and the most confident mistakes.
 
 ``add_truth`` reloads what S5's ``report.write_report`` saved (``report/data.json``), matches each
-reported cell to a true cell through S5's original-size label maps (``labels/{ID}.png``, ids as in
+reported cell to a true cell through S5's original-size label maps (``labels/{stem}.png``, ids as in
 cells.csv) at mask IoU >= ``iou``, and re-renders ``report.html`` with the truth: the AP table, a
 gallery per class X of the cells with the highest probability for X whose true cell lacks X (or
 that match no true cell), and each cell's true labels in its info box.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import encoding, io, metric, report
+from common import constants, encoding, io, metric, report
 from common.constants import NUM_CLASSES
 
 
@@ -50,7 +50,7 @@ def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -
         rows_of.setdefault(f, []).append(k)
     for f, ks in rows_of.items():
         image_id = model["fields"][f]["id"]
-        path = labels_dir / f"{image_id}.png"
+        path = labels_dir / f"{constants.file_stem(image_id)}.png"
         if image_id not in images or not path.is_file():
             continue
         best = _best_truth(io.read_label_png(path), cells.iloc[images[image_id]], iou)
