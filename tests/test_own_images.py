@@ -210,6 +210,11 @@ def test_names_with_spaces_accents_or_a_leading_dash_are_fields_and_bad_bytes_ar
     report = json.loads((out / "report" / "data.json").read_text())
     assert sorted(f["id"] for f in report["fields"]) == sorted(read)
     assert all((out / "report" / f["src"]).is_file() for f in report["fields"])
+    assert {f["id"]: f["src"] for f in report["fields"]} == {n: f"{file_stem(n)}.jpg" for n in read}
+    cells = _read(out, "cells.csv")                            # the report's cells are cells.csv's, per name
+    ids = [f["id"] for f in report["fields"]]
+    per_field = pd.Series([ids[k] for k in report["cells"]["field"]]).value_counts().to_dict()
+    assert per_field == cells["image"].value_counts().to_dict()
 
 
 def test_12_bit_fields_give_the_cells_of_the_same_data_at_full_range(odd):
