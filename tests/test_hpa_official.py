@@ -3,8 +3,6 @@ from their softmax maps, by every path (label_from_maps, the default segmenter p
 network, S5's fallback, S2 --SEG_AT resized, tools/label_from_maps.py); the faster pieces equal skimage's."""
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,9 +96,9 @@ def test_default_path_with_a_stand_in_network(ref):
 def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
     S5 = load_script("S5_predict.py")
     blank_fov(tmp_path / "data" / "test", "fov1")
-    cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), COMPETITION_DIR=str(tmp_path / "data"),
-                                IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu",
-                                SEG_AT="auto")
+    cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(tmp_path / "none"), "--COMPETITION_DIR",
+                                     str(tmp_path / "data"), "--IMAGE_SIZE", "512", "--SEGMENTER", "hpa",
+                                     "--HPA_SEG_DIR", str(tmp_path), "--DEVICE", "cpu"], quiet=True)
     source = S5.ImageSource(cfg)
     source._segmenter = stand_in_segmenter(ref)
     image, labels, labels_full = source.load("fov1")[:3]
