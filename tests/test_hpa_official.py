@@ -3,8 +3,6 @@ from their softmax maps, by every path (label_from_maps, the default segmenter p
 network, S5's fallback, S2 --SEG_AT resized, tools/label_from_maps.py); the faster pieces equal skimage's."""
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +13,7 @@ from skimage.morphology import closing, disk, remove_small_holes, remove_small_o
 from skimage.segmentation import find_boundaries
 from torch import nn
 
-from common import fov, io
+from common import fields, fov, io
 from common.segmentation import match_cells
 from common.segmentation.hpa import HPASegmenter
 from common.segmentation.hpa import postprocess as pp
@@ -98,12 +96,14 @@ def test_default_path_with_a_stand_in_network(ref):
 def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
     S5 = load_script("S5_predict.py")
     blank_fov(tmp_path / "data" / "test", "fov1")
-    cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), COMPETITION_DIR=str(tmp_path / "data"),
-                                IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu",
-                                SEG_AT="auto")
-    source = S5.ImageSource(cfg)
+    cfg = dict(HPA512_DIR=str(tmp_path / "none"), COMPETITION_DIR=str(tmp_path / "data"),
+               IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu", SEG_AT="auto",
+               MAX_PIXELS=S5.MAX_PIXELS)
+    sample = pd.DataFrame({"ID": ["fov1"], "ImageWidth": [SIDE], "ImageHeight": [SIDE]})
+    source = fields.ImageSource(cfg, sample, [], False)
     source._segmenter = stand_in_segmenter(ref)
-    image, labels, labels_full = source.load("fov1")[:3]
+    f = source.load("fov1")
+    image, labels, labels_full = f.image, f.cell, f.cell_full
     assert image.shape == (512, 512, 4) and labels.shape == (512, 512) and source.n_segmented == 1
     check(ref, labels_full, None)  # S5 keeps the cells only
     # what S5 encodes into the submission: the cells exactly as labelled at the original size
