@@ -248,7 +248,10 @@ def _check_constants(cfg) -> None:
     config.require_positive(cfg, "TTA", maximum=8, step=step)
     config.require_positive(cfg, "LIMIT", "N_OVERLAYS", "P1_CELLPOOL_STRIDE", "P1_CELLPOOL_SIZE", minimum=0,
                             step=step)
-    config.require_choice(cfg, "IMAGE_PRED", predict.IMAGE_PREDS, step=step)
+    try:
+        predict.check_image_pred(cfg.IMAGE_PRED)
+    except ValueError as e:
+        raise SystemExit(f"{step}: {e}") from None
     config.require_number(cfg, "BORDER_WEIGHT", step=step)
     config.require_number(cfg, "MIN_CONF", "THRESHOLD", maximum=1, step=step)
     config.require_items(cfg, "RUN_TTA", "integers 1..8", lambda t: config.is_int(t) and 1 <= t <= 8,
@@ -447,7 +450,7 @@ def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res:
     for name, probs in variants.items():
         res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
     for c, b, pr in zip(f.ids, border, ens):
-        res.rows.append([image_id, c, int(b), *np.round(pr, 6)])
+        res.rows.append([image_id, c, int(b), *np.round(pr, constants.PROB_DECIMALS)])
     res.n_cells += len(f.ids)
     return ens
 

@@ -376,10 +376,10 @@ IMAGE_PREDS = ("model", "cells", "both")
 
 
 def check_image_pred(how: str) -> None:
-    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("IMAGE_PRED must be one of ...") unless it is
-    one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
+    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("--IMAGE_PRED 'x': must be one of ...") unless it
+    is one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
     if how not in IMAGE_PREDS:
-        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
+        raise ValueError(f"--IMAGE_PRED {how!r}: must be one of " + ", ".join(repr(c) for c in IMAGE_PREDS))
 
 
 def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str = "model") -> np.ndarray:
