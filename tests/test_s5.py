@@ -447,7 +447,7 @@ def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, mon
         def segment(self, images):
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(S5.segmentation, "get_segmenter", lambda *a, **k: Broken())
+    monkeypatch.setattr(segmentation, "get_segmenter", lambda *a, **k: Broken())
     comp, hpa = _copy_inputs(e2e, tmp_path)
     iid = e2e["sample"]["ID"][2]
     (hpa / "test_cell_mask" / f"{iid}.npz").unlink()                    # S5 must segment it itself
