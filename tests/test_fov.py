@@ -23,11 +23,11 @@ def demo(tmp_path_factory):
     return d
 
 
-def _source(S5, data, hpa, tmp_path):
+def _source(S5, data, hpa, tmp_path, keep_original=False):
     cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(hpa), "--COMPETITION_DIR", str(data),
                                      "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--HPA_SEG_DIR",
                                      str(tmp_path / "no-weights"), "--DEVICE", "cpu"], quiet=True)
-    return fields.ImageSource(cfg, S5._load_sample(data / "sample_submission.csv"), [], False)
+    return fields.ImageSource(cfg, S5._load_sample(data / "sample_submission.csv"), [], keep_original)
 
 
 def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
@@ -37,14 +37,20 @@ def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
     out = tmp_path / "hpa"
     S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
-    with_s2 = _source(S5, data, out, tmp_path)
+    with_s2, kept = _source(S5, data, out, tmp_path), _source(S5, data, out, tmp_path, keep_original=True)
     alone = _source(S5, data, tmp_path / "nothing", tmp_path)
-    ids = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})["ID"]
+    sample = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})
+    ids = sample["ID"]
+    assert with_s2.ids == alone.ids == ids.tolist() and with_s2.table() is with_s2.sample
     n_cells = 0
-    for image_id in ids:
+    for image_id, h, w in zip(ids, sample["ImageHeight"], sample["ImageWidth"]):
         a, b = with_s2.load(image_id), alone.load(image_id)
         assert np.array_equal(a.image, b.image) and np.array_equal(a.cell, b.cell)
         assert a.cell_full is not None and np.array_equal(a.cell_full, b.cell_full)  # S2 kept them full size
+        # one record from either path: the sample's size, the whole working map, the original when asked
+        assert a.hw == b.hw == (h, w) and a.region == b.region == a.cell.shape
+        assert a.original is None and b.original is not None
+        assert np.array_equal(kept.load(image_id).original, b.original)
         n_cells += len(cells.cell_ids(a.cell))
     assert alone.n_segmented == len(ids) and with_s2.n_segmented == 0 and n_cells >= len(ids)
 
