@@ -1,4 +1,6 @@
-"""Fields of view from a folder of one's own images (S5 ``--IMAGES``): found, read, made square.
+"""Fields of view from a folder of one's own images (S5 ``--IMAGES``): found, read, made square; and S5's
+two image sources behind one interface (``FieldSource`` for such a folder, ``ImageSource`` for the
+competition's test images; see "sources" below).
 
 Layouts (one folder, files side by side; hidden files and other extensions are ignored):
 
