@@ -183,7 +183,7 @@ def process_batch(batch: dict) -> list[dict]:
         return records + [_fail(r[2], r[0], r[1], f"segmentation failed: {type(e).__name__}: {e}")
                           for r in ready]
     for (split, image_id, paths, _, _), f in zip(ready, fovs):
-        h, w = f.original_hw
+        h, w = f.hw
         try:
             io.save_masks(paths["mask"], f.cell, f.nucleus)
             if keeps_full(opts["full_masks"], split):

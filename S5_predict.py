@@ -119,7 +119,6 @@ from common import (
     constants,
     encoding,
     fields,
-    fov,
     io,
     lock,
     owned,
@@ -127,7 +126,6 @@ from common import (
     predict,
     recipes,
     report,
-    segmentation,
 )
 from common.constants import NUM_CLASSES
 
@@ -187,99 +185,6 @@ def _per_run(values: list, n: int, default, name: str) -> list:
     if len(values) != n:
         raise SystemExit(f"S5: --{name} has {len(values)} values for {n} runs")
     return list(values)
-
-
-ImageFailed = fields.FieldFailed  # one image could not be read or segmented: listed, its row stays empty
-
-
-class ImageSource:
-    """The working-resolution image and mask of a test image, from S2 or made here (at S2's working size:
-    from S2's saved constants under HPA512_DIR, else the runs' ``S2_IMAGE_SIZE``, else IMAGE_SIZE)."""
-
-    def __init__(self, cfg, run_configs: list[dict] | tuple = ()):
-        self.run_configs = list(run_configs)  # the runs' saved constants (their S2_IMAGE_SIZE)
-        self.hpa = constants.resolve(cfg.HPA512_DIR)
-        self.test_dir = constants.resolve(cfg.COMPETITION_DIR) / "test"
-        self.size = int(cfg.IMAGE_SIZE)
-        self.segmenter_name = cfg.SEGMENTER
-        self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
-        self.device = cfg.DEVICE
-        self.seg_at = cfg.SEG_AT
-        self.max_pixels = cfg.MAX_PIXELS
-        try:
-            fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
-        except ValueError as e:
-            raise SystemExit(f"S5: --{e}") from None
-        self._segmenter = None
-        self.n_segmented = 0
-
-    def _s2_size(self) -> int:
-        """S2's working size, and where it comes from, said once; another IMAGE_SIZE is a warning."""
-        s2 = config.saved_s2(self.hpa)
-        # S2_IMAGE_SIZE: in the config of runs trained since S3 / S4.2 recorded it (an older run's lacks it)
-        sizes = [int(c["S2_IMAGE_SIZE"]) for c in self.run_configs if c.get("S2_IMAGE_SIZE")]
-        if s2:
-            size, src = int(s2[0]["IMAGE_SIZE"]), f"S2's saved constants ({s2[1]})"
-        elif sizes:
-            size, src = sizes[0], f"the runs' configs (S2_IMAGE_SIZE {sorted(set(sizes))})"
-        else:
-            size, src = self.size, "IMAGE_SIZE (S2's saved constants and the runs' configs lack it)"
-        if size != self.size:
-            print(f"S5: warning: S2 worked at {size} px ({src}), IMAGE_SIZE is {self.size}: segmenting at "
-                  f"{size} px, as S2 did", flush=True)
-        print(f"S5: segmenting at {size} px: S2's working size, from {src}", flush=True)
-        return size
-
-    def original(self, image_id: str) -> np.ndarray | None:
-        if io.channel_path(self.test_dir, image_id, "red").is_file():
-            try:
-                return io.read_image(self.test_dir, image_id, self.max_pixels)
-            except Exception as e:  # noqa: BLE001 - any reader failure is this image's
-                raise ImageFailed(fields.reason(e)) from e
-        return None
-
-    def _cached(self, image_id: str) -> tuple | None:
-        """S2's working image and masks of ``image_id`` (None when S2 made none); raises when unreadable."""
-        small = self.hpa / "test" / f"{image_id}.png"
-        mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
-        if not (small.is_file() and mask_path.is_file()):
-            return None
-        image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
-        full_path = fov.full_mask_path(mask_path)
-        full = io.load_masks(full_path)[0] if full_path.is_file() else None
-        if labels.shape != image.shape[:2]:
-            labels = segmentation.resize_labels(labels, image.shape[:2])
-        return fields.Loaded(image, labels, full, None)
-
-    def load(self, image_id: str) -> fields.Loaded:
-        """(image, cell label map) at the working resolution, the original-size cell label map (S2's, or
-        made here; None when S2 kept none), and the original image if read. S2's files when they are
-        there and readable, else prepared from the original (a corrupt cache file is noted and made
-        again here). An unreadable or unsegmentable image raises :class:`ImageFailed`."""
-        try:
-            cached = self._cached(image_id)
-            if cached is not None:
-                return cached
-        except Exception as e:  # noqa: BLE001 - a corrupt cache: the original may still be intact
-            if not io.channel_path(self.test_dir, image_id, "red").is_file():
-                raise ImageFailed(fields.reason(e)) from e
-            tqdm.write(f"S5: {image_id}: S2's file is unreadable ({e}); preparing it again from the original")
-        try:
-            original = io.read_image(self.test_dir, image_id, self.max_pixels)  # names a missing file
-        except Exception as e:  # noqa: BLE001 - any reader failure is this image's
-            raise ImageFailed(fields.reason(e)) from e
-        if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
-            self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
-                                                         device=self.device)
-            self.size = self._s2_size()
-            print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
-                  f"(common.fov, as S2)", flush=True)
-        try:
-            f = fov.prepare([original], self.size, self._segmenter, self.seg_at, full=True)[0]
-        except Exception as e:  # noqa: BLE001
-            raise ImageFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
-        self.n_segmented += 1
-        return fields.Loaded(f.image, f.cell, f.cell_full, original)
 
 
 # S5's folders in OUTPUT_DIR: made by S5 (or empty) and recorded; what S5 did not write in them stays
@@ -343,7 +248,10 @@ def _check_constants(cfg) -> None:
     config.require_positive(cfg, "TTA", maximum=8, step=step)
     config.require_positive(cfg, "LIMIT", "N_OVERLAYS", "P1_CELLPOOL_STRIDE", "P1_CELLPOOL_SIZE", minimum=0,
                             step=step)
-    config.require_choice(cfg, "IMAGE_PRED", predict.IMAGE_PREDS, step=step)
+    try:
+        predict.check_image_pred(cfg.IMAGE_PRED)
+    except ValueError as e:
+        raise SystemExit(f"{step}: {e}") from None
     config.require_number(cfg, "BORDER_WEIGHT", step=step)
     config.require_number(cfg, "MIN_CONF", "THRESHOLD", maximum=1, step=step)
     config.require_items(cfg, "RUN_TTA", "integers 1..8", lambda t: config.is_int(t) and 1 <= t <= 8,
@@ -430,10 +338,12 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
               "are taken as S5's", flush=True)
 
 
-def _own_sample(found: list, sizes: dict) -> pd.DataFrame:
-    """IMAGES' submission rows: every field that was read, in ID order, with its size."""
-    rows = [(f.image_id, sizes[f.image_id][1], sizes[f.image_id][0]) for f in found if f.image_id in sizes]
-    return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
+def _source(cfg, sample: pd.DataFrame | None, found: tuple | None, predictors: list):
+    """Where the images come from, one interface (``common.fields``): IMAGES' fields, or the test set."""
+    if found:
+        return fields.FieldSource(cfg, *found)
+    keep_original = any(p.from_original for p in predictors)  # a run that crops the original needs it
+    return fields.ImageSource(cfg, sample, [p.cfg for p in predictors], keep_original)
 
 
 def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, runs: tuple, out_dir: Path,
@@ -441,21 +351,19 @@ def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, runs: tuple, out
     """Score the test images with every run (``runs``: the predictors and their ensemble weights), then
     write the outputs (essential ones first)."""
     predictors, weights = runs
-    source = fields.FieldSource(cfg, found[0]) if found else ImageSource(cfg, [p.cfg for p in predictors])
+    source = _source(cfg, sample, found, predictors)
     n_stale = sum(io.remove_stale_temps(d) for d in (out_dir, *(out_dir / f for f in _FOLDERS)))
     if n_stale:
         print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
     names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
     tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
               if cfg.CELL_TABLES or cfg.REPORT else None)
-    res = Results(names, {n: {} for n in names}, failures=list(found[1]) if found else [], tables=tables,
-                  n_found_failed=len(found[1]) if found else 0)
-    todo = sample if found is None else pd.DataFrame({"ID": [f.image_id for f in found[0]],
-                                                      "ImageWidth": 0, "ImageHeight": 0})
-    todo = todo if not cfg.LIMIT else todo.head(int(cfg.LIMIT))
-    for k, row in enumerate(tqdm(todo.itertuples(index=False), total=len(todo), desc="S5 predict")):
-        _predict_image(cfg, predictors, weights, source, row, res, overlay=k < cfg.N_OVERLAYS)
-    sample = sample if found is None else _own_sample(found[0], source.sizes)
+    res = Results(names, {n: {} for n in names}, failures=list(source.failures), tables=tables,
+                  n_found_failed=len(source.failures))
+    todo = source.ids if not cfg.LIMIT else source.ids[: int(cfg.LIMIT)]
+    for k, image_id in enumerate(tqdm(todo, total=len(todo), desc="S5 predict")):
+        _predict_image(cfg, runs, source, image_id, res, overlay=k < cfg.N_OVERLAYS)
+    sample = source.table()
     outputs = _outputs(cfg, sample, predictors, res)
     written, stopped = _write(cfg, out_dir, record, outputs, res)
     seconds = time.time() - t_start
@@ -502,57 +410,48 @@ def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     return predictors, weights
 
 
-def _predict_image(cfg, predictors: list, weights: list[float], source, row, res: Results,
-                   overlay: bool) -> None:
-    """Score the cells of one test image (a ``sample_submission`` row; IMAGES: the size is the field's)
-    and add its prediction strings, cell rows, per-cell results and overlay to ``res``; an image that
-    cannot be read or segmented is listed instead."""
-    image_id = str(row.ID)
+def _predict_image(cfg, runs: tuple, source, image_id: str, res: Results, overlay: bool) -> None:
+    """Score the cells of one test image and add its prediction strings, cell rows, per-cell results and
+    overlay to ``res``; an image that cannot be read or segmented is listed instead."""
     try:
-        got = source.load(image_id)
-        image, labels, labels_full, original = got[:4]
-        if original is None and any(p.from_original for p in predictors):
-            original = source.original(image_id)
-    except ImageFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
+        f = source.load(image_id)
+    except fields.FieldFailed as e:  # the row stays, empty; the image is listed in s5_failures.csv
         res.failures.append({"ID": image_id, "reason": str(e)})
         tqdm.write(f"S5: {image_id}: failed, its row stays empty: {e}")
         return
-    hw = got.hw or (int(row.ImageHeight), int(row.ImageWidth))
     # masks at the original resolution, exactly as labelled there when S2 kept them (or made here);
     # else the working map resized (a cell lost that way is dropped, counted)
-    full = fov.labels_at(hw, labels, labels_full)
-    ids = cells.cell_ids(labels)
+    full = f.labels_full()
+    ids = cells.cell_ids(f.cell)
     masks = encoding.encode_label_map(full) if ids else {}
-    kept = [c for c in ids if c in masks]
-    res.n_dropped += len(ids) - len(kept)
-    ids = kept
+    f.ids = [c for c in ids if c in masks]
+    res.n_dropped += len(ids) - len(f.ids)
     ens = np.zeros((0, NUM_CLASSES))
-    if ids:
-        ens = _score_cells(cfg, predictors, weights, image, labels, ids, original, labels_full,
-                           got.region or labels.shape, [masks[c] for c in ids], image_id, res)
+    if f.ids:
+        ens = _score_cells(cfg, runs, f, [masks[c] for c in f.ids], image_id, res)
     if res.tables is not None:
-        res.tables.add(image_id, hw, full, ids, ens, image, labels, got.region)
-    if overlay and ids:  # drawn after the essential outputs are written
-        res.overlays.append((image_id, image, labels, ids, ens))
+        res.tables.add(image_id, f, full, ens)
+    if overlay and f.ids:  # drawn after the essential outputs are written
+        res.overlays.append((image_id, f.image, f.cell, f.ids, ens))
 
 
-def _score_cells(cfg, predictors: list, weights: list[float], image, labels, ids, original, labels_full,
-                 region, cell_masks: list[str], image_id: str, res: Results) -> np.ndarray:
-    """The ensemble's probabilities of the cells ``ids``; adds their strings and cell rows to ``res``.
-    A cell touches the border when its box reaches the edge of ``region`` (the field's part of the
-    working map)."""
-    boxes = cells.bounding_boxes(labels)
-    border = np.array([cells.touches_border(boxes[c], region) for c in ids])
-    cell_p, image_p = predict.score_runs(predictors, image, labels, ids, original, labels_full)
+def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res: Results) -> np.ndarray:
+    """The ensemble's probabilities of the cells ``f.ids`` (``runs``: the predictors and their weights);
+    adds their strings and cell rows to ``res``. A cell touches the border when its box reaches the edge
+    of ``f.region`` (the field's part of the working map)."""
+    predictors, weights = runs
+    boxes = cells.bounding_boxes(f.cell)
+    border = np.array([cells.touches_border(boxes[c], f.region) for c in f.ids])
+    cell_p, image_p = predict.score_runs(predictors, f)
     variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border,
                                image_pred=cfg.IMAGE_PRED, multiply=cfg.MULTIPLY_IMAGE_PRED,
                                border_weight=cfg.BORDER_WEIGHT, comparisons=cfg.VARIANTS)
     ens = variants["ensemble"]
     for name, probs in variants.items():
         res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
-    for c, b, pr in zip(ids, border, ens):
-        res.rows.append([image_id, c, int(b), *np.round(pr, 6)])
-    res.n_cells += len(ids)
+    for c, b, pr in zip(f.ids, border, ens):
+        res.rows.append([image_id, c, int(b), *np.round(pr, constants.PROB_DECIMALS)])
+    res.n_cells += len(f.ids)
     return ens
 
 

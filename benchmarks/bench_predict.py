@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from common import augment, cells, config, demo_render, encoding, models, predict
+from common import augment, cells, config, demo_render, encoding, fov, models, predict
 from common.constants import NUM_CLASSES
 from common.resize import resize_image
 from common.segmentation import resize_labels
@@ -108,18 +108,18 @@ def _sync(device: torch.device) -> None:
 def bench_batched(ckpt: Path, images, device: str, amp: bool, cfg) -> dict:
     p = predict.RunPredictor(ckpt, device, tta=cfg.TTA, batch_size=cfg.BATCH_SIZE, amp=amp)
     image, labels = images[0]
-    p.predict(image, labels, cells.cell_ids(labels)[:4])          # warm-up (cuDNN, allocator)
-    p.predict_per_cell(image, labels, cells.cell_ids(labels)[:2])
+    p.predict(fov.FieldOfView.of(image, labels, cells.cell_ids(labels)[:4]))  # warm-up (cuDNN, allocator)
+    p.predict_per_cell(fov.FieldOfView.of(image, labels, cells.cell_ids(labels)[:2]))
     t_batched = t_per_cell = 0.0
     diff, spread, n_cells = 0.0, 0.0, 0
     for image, labels in images:
         ids = cells.cell_ids(labels)
         _sync(p.device)
         t0 = time.perf_counter()
-        batched = p.predict(image, labels, ids)[0]
+        batched = p.predict(fov.FieldOfView.of(image, labels, ids))[0]
         _sync(p.device)
         t1 = time.perf_counter()
-        per_cell = p.predict_per_cell(image, labels, ids)
+        per_cell = p.predict_per_cell(fov.FieldOfView.of(image, labels, ids))
         _sync(p.device)
         t2 = time.perf_counter()
         t_batched += t1 - t0
@@ -231,15 +231,15 @@ def bench_cellpool(folder: Path, device: str, amp: bool, size: int, cfg) -> list
         image, labels = images[0]
         macs = []
         for p in preds:
-            p.predict(image, labels)  # warm-up
-            macs.append(multiply_adds(p.predict, image, labels))
+            p.predict(fov.FieldOfView.of(image, labels))  # warm-up
+            macs.append(multiply_adds(p.predict, fov.FieldOfView.of(image, labels)))
         best = np.full((len(preds), len(images)), np.inf)
         for _ in range(max(1, cfg.CELLPOOL_REPEATS)):
             for j, (image, labels) in enumerate(images):
                 for i, p in enumerate(preds):
                     _sync(p.device)
                     t0 = time.perf_counter()
-                    p.predict(image, labels)
+                    p.predict(fov.FieldOfView.of(image, labels))
                     _sync(p.device)
                     best[i, j] = min(best[i, j], time.perf_counter() - t0)
         n = sum(len(cells.cell_ids(lab)) for _, lab in images) / len(images)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from common import cell_tables, config, constants, io, report
+from common import cell_tables, config, constants, fov, io, report
 from common.resize import resize_labels
 
 
@@ -60,7 +60,7 @@ def bench(n: int, cfg, folder: Path) -> dict:
     tables = cell_tables.CellTables(threshold=0.5, thumb_size=cfg.THUMB, maps=True, thumbs=True)
     t0 = time.perf_counter()
     for i, (full, image, labels, ids, probs) in enumerate(made):
-        tables.add(f"img{i:04d}", full.shape, full, ids, probs, image, labels)
+        tables.add(f"img{i:04d}", fov.FieldOfView.of(image, labels, ids, cell_full=full), full, probs)
     t1 = time.perf_counter()
     for image_id, png in tables.pngs.items():
         io.atomic_write_bytes(folder / "labels" / f"{image_id}.png", png)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from common import cells, io, report
 from common.constants import CLASS_NAMES, PROB_DECIMALS, file_stem
+from common.fov import FieldOfView
 from common.resize import resize_image, resize_labels
 
 IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
@@ -95,18 +96,18 @@ class CellTables:
     pngs: dict = field(default_factory=dict)          # {ID: 16-bit PNG bytes of labels/{label_file(ID)}}
     report_fields: list = field(default_factory=list)  # (ID, channel JPEG bytes, label PNG bytes, (H, W))
 
-    def add(self, image_id: str, hw, full: np.ndarray, ids: list[int], probs: np.ndarray,
-            image: np.ndarray, labels: np.ndarray, region=None) -> None:
-        """One scored field: ``full`` its original-size map, ``ids`` / ``probs`` the cells scored (all in
-        ``full``), ``image`` / ``labels`` the working image and map, ``region`` the field's part of
-        them (None: all)."""
+    def add(self, image_id: str, f: FieldOfView, full: np.ndarray, probs: np.ndarray) -> None:
+        """One scored field ``f``: ``full`` its original-size map, ``f.ids`` / ``probs`` the cells scored
+        (all in ``full``), ``f.image`` / ``f.cell`` the working image and map, ``f.region`` the field's
+        part of them."""
+        hw, ids, labels = f.hw, f.ids, f.cell
         written, probs = only(full, ids), as_written(probs)
         self.rows += cell_rows(image_id, written, ids, probs)
         self.images.append(image_row(image_id, hw, probs, self.threshold))
         if self.maps:
             self.pngs[image_id] = io.encode_png(written)
         if self.thumbs:
-            rgby, lab = thumbnail(image, only(labels, ids), hw, region or labels.shape[:2], self.thumb_size)
+            rgby, lab = thumbnail(f.image, only(labels, ids), hw, f.region, self.thumb_size)
             picture = report.encode_channels(rgby)
             self.report_fields.append((image_id, picture, io.encode_png(lab), (int(hw[0]), int(hw[1]))))
 

@@ -1,4 +1,6 @@
-"""Fields of view from a folder of one's own images (S5 ``--IMAGES``): found, read, made square.
+"""Fields of view from a folder of one's own images (S5 ``--IMAGES``): found, read, made square; and S5's
+two image sources behind one interface (``FieldSource`` for such a folder, ``ImageSource`` for the
+competition's test images; see "sources" below).
 
 Layouts (one folder, files side by side; hidden files and other extensions are ignored):
 
@@ -36,12 +38,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from common import constants, fov, io, segmentation
+from common import config, constants, fov, io, segmentation
 from common.constants import CHANNELS, own_id_problem, shown_name
 
 TIFF_EXTS = (".tif", ".tiff")
@@ -60,17 +62,6 @@ class Field:
 
     image_id: str
     files: tuple[Path, ...]
-
-
-class Loaded(NamedTuple):
-    """A field ready to score: working image and label map, the original-size map and image."""
-
-    image: np.ndarray                 # working image, size x size x 4 uint8
-    labels: np.ndarray                # working-size cell label map
-    labels_full: np.ndarray | None    # original-size (H x W) map (None: S2 kept none)
-    original: np.ndarray | None       # original H x W x 4 image, when read
-    hw: tuple[int, int] | None = None       # (H, W) of the original (None: the sample submission's)
-    region: tuple[int, int] | None = None   # the field's part of the working map (None: all of it)
 
 
 # ----------------------------------------------------------------------------- finding
@@ -272,13 +263,18 @@ def region(hw: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(h * side / s)), max(1, round(w * side / s))
 
 
-# ----------------------------------------------------------------------------- source
+# ----------------------------------------------------------------------------- sources
+# S5's two image sources share one interface: ``ids`` (the fields to score, in order), ``load(id)`` (a
+# prepared ``fov.FieldOfView`` with ``hw`` and ``region`` set, the original in it when asked for), ``sizes``
+# (``(H, W)`` of the fields known), ``table()`` (the submission's ID and size rows), ``failures`` (fields
+# that could not be used before any was loaded) and ``n_segmented``.
 class FieldSource:
     """S5's images from ``cfg["IMAGES"]``: each field read, padded square, segmented by ``fov.prepare``
     (the SEGMENTER constants). ``sizes`` holds ``(H, W)`` of every field read."""
 
-    def __init__(self, cfg, found: list[Field]):
+    def __init__(self, cfg, found: list[Field], failures: list[dict]):
         self.fields = {f.image_id: f for f in found}
+        self.ids, self.failures = [f.image_id for f in found], list(failures)
         self.planes, self.size, self.seg_at = list(cfg["TIFF_PLANES"]), int(cfg["IMAGE_SIZE"]), cfg["SEG_AT"]
         self.z_plane, self.max_pixels = int(cfg["TIFF_Z_PLANE"]), int(cfg["MAX_PIXELS"])
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
@@ -288,10 +284,12 @@ class FieldSource:
         self.n_segmented = 0
         self.depths: set[int] = set()  # bit depths below 16 said once each
 
-    def original(self, image_id: str) -> None:  # load() always returns the original
-        return None
+    def table(self) -> pd.DataFrame:
+        """The submission's rows: every field that was read, in ID order, with its size."""
+        rows = [(i, self.sizes[i][1], self.sizes[i][0]) for i in self.ids if i in self.sizes]
+        return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
 
-    def load(self, image_id: str) -> Loaded:
+    def load(self, image_id: str) -> fov.FieldOfView:
         try:
             original, bits = read_field(self.fields[image_id], self.planes, self.rescale, self.z_plane,
                                         self.max_pixels)
@@ -301,7 +299,7 @@ class FieldSource:
             self.depths.add(bits)
             tqdm.write(f"S5: {image_id} (and any other such field): integer values below {2 ** bits}, read "
                        f"as {bits}-bit data, scaled to the full range (--RESCALE true stretches instead)")
-        hw = original.shape[:2]
+        h, w = hw = original.shape[:2]
         self.sizes[image_id] = hw
         try:
             f = fov.prepare([pad_square(original)], self.size, self.segmenter, self.seg_at, full=True)[0]
@@ -309,5 +307,103 @@ class FieldSource:
             what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             raise FieldFailed(f"segmentation failed: {what}") from e
         self.n_segmented += 1
-        return Loaded(f.image, f.cell, f.cell_full[: hw[0], : hw[1]], original, hw,
-                      region(hw, f.cell.shape[0]))
+        return fov.FieldOfView(f.image, f.cell, f.nucleus, hw, f.cell_full[:h, :w], f.nucleus_full[:h, :w],
+                               original, region(hw, f.cell.shape[0]))
+
+
+class ImageSource:
+    """The competition's test images (``sample``: the sample submission, its IDs and sizes) at the working
+    resolution, from S2 or made here (at S2's working size: from S2's saved constants under HPA512_DIR,
+    else the runs' ``S2_IMAGE_SIZE``, else IMAGE_SIZE); the original read too with ``keep_original``."""
+
+    def __init__(self, cfg, sample: pd.DataFrame, run_configs: list[dict], keep_original: bool):
+        self.run_configs = list(run_configs)  # the runs' saved constants (their S2_IMAGE_SIZE)
+        self.sample, self.keep_original, self.failures = sample, keep_original, []
+        self.ids = [str(i) for i in sample["ID"]]
+        self.sizes = {str(i): (int(h), int(w)) for i, h, w in
+                      zip(sample["ID"], sample["ImageHeight"], sample["ImageWidth"])}
+        self.hpa = constants.resolve(cfg["HPA512_DIR"])
+        self.test_dir = constants.resolve(cfg["COMPETITION_DIR"]) / "test"
+        self.size, self.segmenter_name = int(cfg["IMAGE_SIZE"]), cfg["SEGMENTER"]
+        self.seg_dir, self.device = constants.resolve(cfg["HPA_SEG_DIR"]), cfg["DEVICE"]
+        self.seg_at, self.max_pixels = cfg["SEG_AT"], cfg["MAX_PIXELS"]
+        try:
+            fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
+        except ValueError as e:
+            raise SystemExit(f"S5: --{e}") from None
+        self._segmenter = None
+        self.n_segmented = 0
+
+    def table(self) -> pd.DataFrame:
+        return self.sample
+
+    def _s2_size(self) -> int:
+        """S2's working size, and where it comes from, said once; another IMAGE_SIZE is a warning."""
+        s2 = config.saved_s2(self.hpa)
+        # S2_IMAGE_SIZE: in the config of runs trained since S3 / S4.2 recorded it (an older run's lacks it)
+        sizes = [int(saved["S2_IMAGE_SIZE"]) for saved in self.run_configs if saved.get("S2_IMAGE_SIZE")]
+        if s2:
+            size, src = int(s2[0]["IMAGE_SIZE"]), f"S2's saved constants ({s2[1]})"
+        elif sizes:
+            size, src = sizes[0], f"the runs' configs (S2_IMAGE_SIZE {sorted(set(sizes))})"
+        else:
+            size, src = self.size, "IMAGE_SIZE (S2's saved constants and the runs' configs lack it)"
+        if size != self.size:
+            print(f"S5: warning: S2 worked at {size} px ({src}), IMAGE_SIZE is {self.size}: segmenting at "
+                  f"{size} px, as S2 did", flush=True)
+        print(f"S5: segmenting at {size} px: S2's working size, from {src}", flush=True)
+        return size
+
+    def _original(self, image_id: str) -> np.ndarray | None:
+        """The original image when its files are there (None when not); an unreadable one fails."""
+        if io.channel_path(self.test_dir, image_id, "red").is_file():
+            try:
+                return io.read_image(self.test_dir, image_id, self.max_pixels)
+            except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+                raise FieldFailed(reason(e)) from e
+        return None
+
+    def _cached(self, image_id: str) -> fov.FieldOfView | None:
+        """S2's working image and masks of ``image_id`` (None when S2 made none); raises when unreadable."""
+        small = self.hpa / "test" / f"{image_id}.png"
+        mask_path = self.hpa / "test_cell_mask" / f"{image_id}.npz"
+        if not (small.is_file() and mask_path.is_file()):
+            return None
+        image, labels = io.read_rgby(small), io.load_masks(mask_path)[0]
+        full_path = fov.full_mask_path(mask_path)
+        full = io.load_masks(full_path)[0] if full_path.is_file() else None
+        if labels.shape != image.shape[:2]:
+            labels = segmentation.resize_labels(labels, image.shape[:2])
+        return fov.FieldOfView(image, labels, None, self.sizes[image_id], full)
+
+    def load(self, image_id: str) -> fov.FieldOfView:
+        """S2's files when they are there and readable, else prepared from the original (a corrupt cache
+        file is noted and made again here). An unreadable or unsegmentable image raises
+        :class:`FieldFailed`."""
+        try:
+            cached = self._cached(image_id)
+        except Exception as e:  # noqa: BLE001 - a corrupt cache: the original may still be intact
+            if not io.channel_path(self.test_dir, image_id, "red").is_file():
+                raise FieldFailed(reason(e)) from e
+            tqdm.write(f"S5: {image_id}: S2's file is unreadable ({e}); preparing it again from the original")
+            cached = None
+        if cached is not None:
+            cached.original = self._original(image_id) if self.keep_original else None
+            return cached
+        try:
+            original = io.read_image(self.test_dir, image_id, self.max_pixels)  # names a missing file
+        except Exception as e:  # noqa: BLE001 - any reader failure is this image's
+            raise FieldFailed(reason(e)) from e
+        if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
+            self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
+                                                         device=self.device)
+            self.size = self._s2_size()
+            print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
+                  f"(common.fov, as S2)", flush=True)
+        try:
+            f = fov.prepare([original], self.size, self._segmenter, self.seg_at, full=True)[0]
+        except Exception as e:  # noqa: BLE001
+            raise FieldFailed(f"segmentation failed: {type(e).__name__}: {e}") from e
+        self.n_segmented += 1
+        f.hw, f.original = self.sizes[image_id], original
+        return f

@@ -32,15 +32,36 @@ SEG_AT = ("auto", "original", "resized")
 
 @dataclass
 class FieldOfView:
-    """A prepared field of view: working image and label maps, and the original-size label maps."""
+    """One prepared field of view, the one record S2 writes and S5 scores: working image and label
+    maps, the original-size label maps and image when there, the original's size and the field's part
+    of the working map, and the cell ids scored (S5 sets them)."""
 
     image: np.ndarray                       # working image, size x size x 4 uint8
     cell: np.ndarray                        # working-size label maps (uint16), nucleus k in cell k
-    nucleus: np.ndarray
-    original_hw: tuple[int, int]            # (height, width) of the original image
-    cell_full: np.ndarray | None = None     # original-size label maps, when asked (``full=True``)
+    nucleus: np.ndarray | None
+    hw: tuple[int, int]                     # (height, width) of the original image
+    cell_full: np.ndarray | None = None     # original-size label maps, when made or kept by S2
     nucleus_full: np.ndarray | None = None
     original: np.ndarray | None = None      # the original image, when kept (``keep_original=True``)
+    region: tuple[int, int] | None = None   # the field's part (rows, columns) of the working map: all of it
+    ids: list[int] | None = None            # the cells scored (S5), ids of ``cell``
+
+    def __post_init__(self):
+        self.hw = (int(self.hw[0]), int(self.hw[1]))
+        if self.region is None:
+            self.region = tuple(self.cell.shape[:2])
+
+    @classmethod
+    def of(cls, image: np.ndarray, cell: np.ndarray, ids: list[int] | None = None,
+           original: np.ndarray | None = None, cell_full: np.ndarray | None = None) -> FieldOfView:
+        """A record of a working image and label map as they are (tools, tests, benchmarks); ``hw`` is the
+        original's size, else ``cell_full``'s, else the map's."""
+        hw = next(a.shape[:2] for a in (original, cell_full, cell) if a is not None)
+        return cls(image, cell, None, hw, cell_full, None, original, ids=None if ids is None else list(ids))
+
+    def labels_full(self) -> np.ndarray:
+        """The cell label map at the original size (:func:`labels_at`)."""
+        return labels_at(self.hw, self.cell, self.cell_full)
 
 
 def resolve_seg_at(seg_at: str, segmenter) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from common import augment, cells, checkpoints
 from common.cellpool import cell_weights, feature_map, pooled_logits, set_output_stride
 from common.constants import NUM_CLASSES, run_of
 from common.device import resolve_device
-from common.fov import labels_at
+from common.fov import FieldOfView, labels_at
 from common.resize import resize_image
 
 
@@ -72,27 +73,26 @@ class View:
     def __str__(self) -> str:
         return f"{self.name} @ {self.size}px"
 
-    def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-              original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
+    def views(self, f: FieldOfView) -> np.ndarray:
+        """The uint8 views of the cells ``f.ids`` of the field ``f``."""
         raise NotImplementedError
 
-    def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-                original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
+    def prepare(self, f: FieldOfView) -> torch.Tensor:
         """The normalised views ``(n, 4, S, S)``."""
-        return augment.normalize(self.views(image, labels, ids, original, labels_full), "competition")
+        return augment.normalize(self.views(f), "competition")
 
-    def score(self, run: RunPredictor, prepared: np.ndarray | torch.Tensor | None, image: np.ndarray,
-              labels: np.ndarray, ids: list[int], original: np.ndarray | None = None,
-              labels_full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``run``'s ``(cell_probs (n, 19), image_probs (19,))``: each cell's view in batches
-        (:meth:`RunPredictor.score_views`); ``prepared``: these views (or :meth:`prepare`'s) when built."""
-        cell_probs = np.zeros((len(ids), NUM_CLASSES), np.float32)
+    def score(self, run: RunPredictor, prepared: np.ndarray | torch.Tensor | None,
+              f: FieldOfView) -> tuple[np.ndarray, np.ndarray]:
+        """``run``'s ``(cell_probs (n, 19), image_probs (19,))`` of the cells ``f.ids``: each cell's view
+        in batches (:meth:`RunPredictor.score_views`); ``prepared``: these views (or :meth:`prepare`'s)
+        when built."""
+        cell_probs = np.zeros((len(f.ids), NUM_CLASSES), np.float32)
         cell_logits = None
-        if ids:
+        if f.ids:
             if prepared is None:
-                prepared = self.prepare(image, labels, ids, original, labels_full)
+                prepared = self.prepare(f)
             cell_probs, cell_logits = run.score_views(prepared)
-        return cell_probs, self.image_probs(run, image, cell_logits)
+        return cell_probs, self.image_probs(run, f.image, cell_logits)
 
     def image_probs(self, run: RunPredictor, image: np.ndarray, cell_logits: np.ndarray | None) -> np.ndarray:
         """The image prediction of a pipeline-1 run: the whole image at the view's size."""
@@ -104,10 +104,10 @@ class MaskedView(View):
 
     name = "masked"
 
-    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
-        views = cells.masked_views(image, labels, ids)
+    def views(self, f) -> np.ndarray:
+        views = cells.masked_views(f.image, f.cell, f.ids)
         return np.stack([resize_image(v, self.size) for v in views]) if len(views) else \
-            np.zeros((0, self.size, self.size, image.shape[2]), np.uint8)
+            np.zeros((0, self.size, self.size, f.image.shape[2]), np.uint8)
 
 
 class CenteredView(View):
@@ -115,8 +115,8 @@ class CenteredView(View):
 
     name = "center_cells"
 
-    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
-        return cells.centered_views(image, labels, ids, self.size)
+    def views(self, f) -> np.ndarray:
+        return cells.centered_views(f.image, f.cell, f.ids, self.size)
 
 
 class CellPoolView(View):
@@ -145,25 +145,25 @@ class CellPoolView(View):
     def __str__(self) -> str:
         return f"{self.name}{f'/{self.stride}' if self.stride else ''} @ {self.size}px"
 
-    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
-        return resize_image(image, self.size)[None]  # the whole image once; the cells are pooled
+    def views(self, f) -> np.ndarray:
+        return resize_image(f.image, self.size)[None]  # the whole image once; the cells are pooled
 
-    def score(self, run, prepared, image, labels, ids, original=None, labels_full=None):
+    def score(self, run, prepared, f):
         """One batch of the ``tta`` variants of the image goes through the backbone; each variant's
         weights are the same dihedral transform of the cell weights. The image prediction is the
         whole-grid average of the same pass (the plain image prediction at the trained stride and
         size); with a stride override it is one more pass of the run at its trained stride: the dilated
         model's whole-image average is a worse image prediction than the model's own."""
         if prepared is None:
-            prepared = self.prepare(image, labels, ids)
+            prepared = self.prepare(f)
         x = prepared if isinstance(prepared, torch.Tensor) else augment.normalize(prepared, "competition")
         clf = run.model.classifier
 
         def cells_and_image(batch: torch.Tensor) -> torch.Tensor:  # (T, 4, S, S) -> (T, n + 1, 19)
             fmap = feature_map(clf, batch)
             grid = tuple(fmap.shape[-2:])
-            lab = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))[None].to(run.device)
-            cid = torch.as_tensor(list(ids) + [-1], dtype=torch.long, device=run.device)[None]  # -1: image
+            lab = torch.from_numpy(np.ascontiguousarray(f.cell).astype(np.int64))[None].to(run.device)
+            cid = torch.as_tensor(list(f.ids) + [-1], dtype=torch.long, device=run.device)[None]  # -1: image
             w = cell_weights(lab, cid, grid)[0]
             w[-1] = 1.0 / (grid[0] * grid[1])
             ws = torch.stack([augment.dihedral(w, k) for k in range(run.tta)])       # (T, n+1, h, w)
@@ -198,14 +198,15 @@ class CropView(View):
     def __str__(self) -> str:  # where S4.1 cropped (its FROM_ORIGINAL, saved by S4.2): the same here
         return f"{super().__str__()} from the {'original' if self.from_original else 'working-size'} images"
 
-    def views(self, image, labels, ids, original=None, labels_full=None) -> np.ndarray:
-        """``labels_full``: the original-size label map when there is one (else ``labels`` resized, as
-        S4.1 does)."""
+    def views(self, f) -> np.ndarray:
+        """From ``f.original`` with ``f.cell_full``, the original-size label map, when there is one (else
+        ``f.cell`` resized, as S4.1 does)."""
+        original, labels = f.original, f.cell
         if self.from_original and original is not None and original.shape[:2] != labels.shape:
-            big = labels_at(original.shape[:2], labels, labels_full)
-            return cells.crop_cells(original, big, ids, self.size, self.margin)
-        src = original if (self.from_original and original is not None) else image
-        return cells.crop_cells(src, labels, ids, self.size, self.margin)
+            big = labels_at(original.shape[:2], labels, f.cell_full)
+            return cells.crop_cells(original, big, f.ids, self.size, self.margin)
+        src = original if (self.from_original and original is not None) else f.image
+        return cells.crop_cells(src, labels, f.ids, self.size, self.margin)
 
     def image_probs(self, run, image, cell_logits) -> np.ndarray:
         """The run's pool (``MIL_POOL``) of the cell logits; zeros without cells."""
@@ -313,39 +314,37 @@ class RunPredictor:
         return probs.numpy(), logits.numpy()
 
     # ------------------------------------------------------------------ views
-    def views(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-              original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 views this run scores for the cells ``ids`` (n, S, S, 4) (:meth:`View.views`)."""
-        return self.view.views(image, labels, ids, original, labels_full)
+    def views(self, f: FieldOfView) -> np.ndarray:
+        """The uint8 views this run scores for the cells ``f.ids`` (n, S, S, 4) (:meth:`View.views`)."""
+        return self.view.views(_with_ids(f))
 
-    def prepare(self, image: np.ndarray, labels: np.ndarray, ids: list[int],
-                original: np.ndarray | None = None, labels_full: np.ndarray | None = None) -> torch.Tensor:
-        """The normalised views ``(n, 4, S, S)`` of the cells ``ids``, ready for :meth:`predict`."""
-        return self.view.prepare(image, labels, ids, original, labels_full)
+    def prepare(self, f: FieldOfView) -> torch.Tensor:
+        """The normalised views ``(n, 4, S, S)`` of the cells ``f.ids``, ready for :meth:`predict`."""
+        return self.view.prepare(_with_ids(f))
 
-    def predict(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
-                original: np.ndarray | None = None, views: np.ndarray | torch.Tensor | None = None,
-                labels_full: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Score every cell of one image -> ``(cell_probs (n, 19), image_probs (19,))``.
+    def predict(self, f: FieldOfView, views: np.ndarray | torch.Tensor | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Score the cells ``f.ids`` (None: every cell) of one field -> ``(cell_probs (n, 19), image_probs
+        (19,))``. ``f.image`` / ``f.cell``: the working-resolution image and cell label map; ``f.original``:
+        the original-resolution image (used by pipeline-2 runs trained on such crops); ``views``:
+        ``self.views(f)`` or ``self.prepare(f)`` when already built (by a run of the same
+        :attr:`view_key`: S5 builds and normalises them once per image)."""
+        return self.view.score(self, views, _with_ids(f))
 
-        ``image``/``labels``: the working-resolution (512 px) image and cell label map;
-        ``original``: the original-resolution image (used by pipeline-2 runs trained on such crops);
-        ``views``: ``self.views(...)`` or ``self.prepare(...)`` of these cells when already built
-        (by a run of the same :attr:`view_key`: S5 builds and normalises them once per image).
-        """
-        ids = cells.cell_ids(labels) if ids is None else list(ids)
-        return self.view.score(self, views, image, labels, ids, original, labels_full)
-
-    def predict_per_cell(self, image: np.ndarray, labels: np.ndarray, ids: list[int] | None = None,
-                         original: np.ndarray | None = None) -> np.ndarray:
+    def predict_per_cell(self, f: FieldOfView) -> np.ndarray:
         """The slow reference: one forward pass per cell view (for tests and the benchmark)."""
-        ids = cells.cell_ids(labels) if ids is None else list(ids)
+        f = _with_ids(f)
         keep, self.batch_size = self.batch_size, self.tta
         try:
-            return np.concatenate([self.score_views(self.views(image, labels, [c], original))[0]
-                                   for c in ids]) if ids else np.zeros((0, NUM_CLASSES), np.float32)
+            return np.concatenate([self.score_views(self.views(replace(f, ids=[c])))[0]
+                                   for c in f.ids]) if f.ids else np.zeros((0, NUM_CLASSES), np.float32)
         finally:
             self.batch_size = keep
+
+
+def _with_ids(f: FieldOfView) -> FieldOfView:
+    """``f``, or a copy listing every cell of ``f.cell`` when ``f.ids`` is None."""
+    return f if f.ids is not None else replace(f, ids=cells.cell_ids(f.cell))
 
 
 def find_runs(output_dir: str | Path, checkpoint: str = "best.pth") -> list[Path]:
@@ -354,16 +353,14 @@ def find_runs(output_dir: str | Path, checkpoint: str = "best.pth") -> list[Path
 
 
 # ----------------------------------------------------------------------------- the ensemble
-def score_runs(runs: list[RunPredictor], image: np.ndarray, labels: np.ndarray, ids: list[int],
-               original: np.ndarray | None = None, labels_full: np.ndarray | None = None
-               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every run's cell probabilities and image probabilities of one image; runs of the same
-    :attr:`RunPredictor.view_key` share the views, built and normalised once."""
+def score_runs(runs: list[RunPredictor], f: FieldOfView) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every run's cell probabilities and image probabilities of the cells ``f.ids`` of one field; runs
+    of the same :attr:`RunPredictor.view_key` share the views, built and normalised once."""
     cell_probs, image_probs, views = [], [], {}
     for run in runs:
         if run.view_key not in views:
-            views[run.view_key] = run.prepare(image, labels, ids, original, labels_full)
-        cp, ip = run.predict(image, labels, ids, original, views=views[run.view_key], labels_full=labels_full)
+            views[run.view_key] = run.prepare(f)
+        cp, ip = run.predict(f, views=views[run.view_key])
         cell_probs.append(cp)
         image_probs.append(ip)
     return cell_probs, image_probs
@@ -379,10 +376,10 @@ IMAGE_PREDS = ("model", "cells", "both")
 
 
 def check_image_pred(how: str) -> None:
-    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("IMAGE_PRED must be one of ...") unless it is
-    one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
+    """The one check of ``IMAGE_PRED``: a ``ValueError`` ("--IMAGE_PRED 'x': must be one of ...") unless it
+    is one of :data:`IMAGE_PREDS` (S5 checks it at its start with this, before any image is read)."""
     if how not in IMAGE_PREDS:
-        raise ValueError(f"IMAGE_PRED must be one of {IMAGE_PREDS}, not {how!r}")
+        raise ValueError(f"--IMAGE_PRED {how!r}: must be one of " + ", ".join(repr(c) for c in IMAGE_PREDS))
 
 
 def image_prediction(model_image: np.ndarray, cell_probs: np.ndarray, how: str = "model") -> np.ndarray:

@@ -186,12 +186,13 @@ TRAINING_SCRIPTS = ("S3_train_pipeline1.py", "S4.2_train_pipeline2.py")
 
 
 def test_repeated_facts_are_spelled_once():
-    """In common/ and S3 / S4.2 (S5 is switched over by its own change): the run folder
+    """In common/, S3 / S4.2 and S5: the run folder
     (constants.run_folder / run_of), the 6-decimal rounding of written probabilities
     (constants.PROB_DECIMALS), the pipeline-1 variants (augment.P1_VARIANTS) and the IMAGE_PRED check
-    (predict.check_image_pred) each live in one place."""
+    (predict.check_image_pred: any other function naming IMAGE_PREDS spells the check again) each live
+    in one place."""
     found: dict[str, set[str]] = {k: set() for k in ("run folder", "round 6", "variants", "IMAGE_PRED")}
-    sources = {**_modules(), **{name: ROOT / name for name in TRAINING_SCRIPTS}}
+    sources = {**_modules(), **{name: ROOT / name for name in (*TRAINING_SCRIPTS, "S5_predict.py")}}
     for m, p in sources.items():
         if "fold{" in p.read_text() or ".parent.parent.name" in p.read_text():
             found["run folder"].add(m)
@@ -202,7 +203,8 @@ def test_repeated_facts_are_spelled_once():
             if isinstance(node, ast.Tuple) and "'cellpool'" in [ast.unparse(e) for e in node.elts]:
                 found["variants"].add(m)
         for name, fn in _functions(_tree(p), m):
-            if any(isinstance(n, ast.Compare) and "IMAGE_PREDS" in ast.unparse(n) for n in ast.walk(fn)):
+            if any(isinstance(n, (ast.Name, ast.Attribute)) and ast.unparse(n).endswith("IMAGE_PREDS")
+                   for n in ast.walk(fn)):
                 found["IMAGE_PRED"].add(name)
     assert found == {"run folder": {"common.constants"}, "round 6": set(), "variants": {"common.augment"},
                      "IMAGE_PRED": {"common.predict.check_image_pred"}}

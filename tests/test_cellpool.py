@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import load_script
 from toy_data import make_toy_dataset
 
-from common import augment, cellpool, checkpoints, io, models, predict
+from common import augment, cellpool, checkpoints, fov, io, models, predict
 from common.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
 from common.constants import NUM_CLASSES
 from common.datasets import CellPoolDataset
@@ -57,7 +57,7 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
                                 variant="cellpool")
     image, labels = _toy_image()
     ids = [1, 2, 3, 4]
-    cell_p, image_p = pred.predict(image, labels, ids)
+    cell_p, image_p = pred.predict(fov.FieldOfView.of(image, labels, ids))
     clf = pred.model.classifier
     x = augment.normalize(resize_image(image, 128)[None], "competition")
     want = np.zeros((len(ids), NUM_CLASSES))
@@ -75,7 +75,7 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
     # the image prediction of the same pass is the plain one of the masked scorer
     plain = predict.RunPredictor(tmp_path / "r" / "fold0", "cpu", tta=4)
     assert plain.variant == "masked"
-    np.testing.assert_allclose(image_p, plain.predict(image, labels, ids)[1], atol=1e-5)
+    np.testing.assert_allclose(image_p, plain.predict(fov.FieldOfView.of(image, labels, ids))[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("stride", [0, 16])
@@ -84,9 +84,10 @@ def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
     pred = predict.RunPredictor(ckpt, "cpu", tta=2, variant="cellpool", cellpool_stride=stride)
     image, _ = _toy_image(1)
     whole = np.ones(image.shape[:2], np.uint16)
-    cell_p, image_p = pred.predict(image, whole)
+    f = fov.FieldOfView.of(image, whole)
+    cell_p, image_p = pred.predict(f)
     plain = predict.RunPredictor(ckpt, "cpu", tta=2, variant="masked")
-    np.testing.assert_allclose(image_p, plain.predict(image, whole)[1], atol=1e-5)  # the run's own
+    np.testing.assert_allclose(image_p, plain.predict(f)[1], atol=1e-5)  # the run's own
     x = augment.normalize(resize_image(image, 128)[None], "competition")
     with torch.no_grad():
         ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(augment.dihedral(x, k)))[0]
@@ -110,15 +111,16 @@ def test_views_reach_the_run_through_one_forward(tmp_path):
         pred = predict.RunPredictor(ckpt, "cpu", tta=2, variant=variant, cellpool_stride=stride)
         calls, forward = [], pred.forward
         pred.forward = lambda x, fn=None, calls=calls, forward=forward: calls.append(len(x)) or forward(x, fn)
-        pred.predict(image, labels, [1, 2])
+        pred.predict(fov.FieldOfView.of(image, labels, [1, 2]))
         assert calls == ([1, 1] if stride else [1] if variant == "cellpool" else [2, 1]), (variant, calls)
     mil = dict(MIL_POOL="topk", MIL_W_MAX=4.0, MIL_W_MEAN=1.0, MIL_TOPK=2, MIL_LSE_R=5.0, MIL_CHUNK=256)
     p2 = _checkpoint(tmp_path / "p2" / "fold0" / "best.pth",
                      dict(P1, PIPELINE=2, **mil, CELL_SIZE=32, CROP_MARGIN=0.05, FROM_ORIGINAL=False))
     run = predict.RunPredictor(p2, "cpu", tta=1)
     assert run.variant == "crop" and not hasattr(run.model, "pool")
-    _, image_p = run.predict(image, labels, [1, 2, 3])
-    logits = torch.from_numpy(run.score_views(run.prepare(image, labels, [1, 2, 3]))[1])
+    f = fov.FieldOfView.of(image, labels, [1, 2, 3])
+    _, image_p = run.predict(f)
+    logits = torch.from_numpy(run.score_views(run.prepare(f))[1])
     np.testing.assert_allclose(image_p, torch.sigmoid(run.model.mil.pool(logits[None])[0]).numpy(), atol=1e-6)
 
 
@@ -194,7 +196,7 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     pred = predict.RunPredictor(run, "cpu", tta=1)
     assert pred.variant == "cellpool"
     image = io.read_rgby(root / "train" / "toy0000.png")
-    cell_p, _ = pred.predict(image, lab)
+    cell_p, _ = pred.predict(fov.FieldOfView.of(image, lab))
     x = augment.normalize(resize_image(image, 48)[None], "competition")
     with torch.no_grad():
         ref = torch.sigmoid(model.cell_logits(x, torch.from_numpy(lab.astype(np.int64))[None],
@@ -227,9 +229,9 @@ class _FakeRun:
     def __init__(self, fold, value):
         self.cfg, self.pipeline, self.value, self.seen = {"FOLD": fold}, 1, value, []
 
-    def predict(self, image, labels, ids, original=None):
-        self.seen.append(int(image[0, 0, 0]))
-        return np.full((len(ids), NUM_CLASSES), self.value, np.float32), np.zeros(NUM_CLASSES, np.float32)
+    def predict(self, f):
+        self.seen.append(int(f.image[0, 0, 0]))
+        return np.full((len(f.ids), NUM_CLASSES), self.value, np.float32), np.zeros(NUM_CLASSES, np.float32)
 
 
 def test_pseudo_labels_never_come_from_a_model_that_trained_on_the_image(tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import bag_datasets, cells, crop_files, fov, io, predict
+from common import bag_datasets, cells, crop_files, fields, fov, io, predict
 from common.resize import resize_labels
 
 SIZE = 128  # working size of the scale test (demo images are 256 px)
@@ -23,11 +23,11 @@ def demo(tmp_path_factory):
     return d
 
 
-def _source(S5, data, hpa, tmp_path):
+def _source(S5, data, hpa, tmp_path, keep_original=False):
     cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(hpa), "--COMPETITION_DIR", str(data),
                                      "--IMAGE_SIZE", str(SIZE), "--SEGMENTER", "builtin", "--HPA_SEG_DIR",
                                      str(tmp_path / "no-weights"), "--DEVICE", "cpu"], quiet=True)
-    return S5.ImageSource(cfg)
+    return fields.ImageSource(cfg, S5._load_sample(data / "sample_submission.csv"), [], keep_original)
 
 
 def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
@@ -37,16 +37,21 @@ def test_s5_without_s2_masks_gives_s2s_cells(demo, tmp_path):
     out = tmp_path / "hpa"
     S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--IMAGE_SIZE", str(SIZE),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])
-    with_s2 = _source(S5, data, out, tmp_path)
+    with_s2, kept = _source(S5, data, out, tmp_path), _source(S5, data, out, tmp_path, keep_original=True)
     alone = _source(S5, data, tmp_path / "nothing", tmp_path)
-    ids = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})["ID"]
+    sample = pd.read_csv(data / "sample_submission.csv", dtype={"ID": str})
+    ids = sample["ID"]
+    assert with_s2.ids == alone.ids == ids.tolist() and with_s2.table() is with_s2.sample
     n_cells = 0
-    for image_id in ids:
-        img_a, lab_a, full_a = with_s2.load(image_id)[:3]
-        img_b, lab_b, full_b = alone.load(image_id)[:3]
-        assert np.array_equal(img_a, img_b) and np.array_equal(lab_a, lab_b)
-        assert full_a is not None and np.array_equal(full_a, full_b)  # S2 kept the test masks full size
-        n_cells += len(cells.cell_ids(lab_a))
+    for image_id, h, w in zip(ids, sample["ImageHeight"], sample["ImageWidth"]):
+        a, b = with_s2.load(image_id), alone.load(image_id)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.cell, b.cell)
+        assert a.cell_full is not None and np.array_equal(a.cell_full, b.cell_full)  # S2 kept them full size
+        # one record from either path: the sample's size, the whole working map, the original when asked
+        assert a.hw == b.hw == (h, w) and a.region == b.region == a.cell.shape
+        assert a.original is None and b.original is not None
+        assert np.array_equal(kept.load(image_id).original, b.original)
+        n_cells += len(cells.cell_ids(a.cell))
     assert alone.n_segmented == len(ids) and with_s2.n_segmented == 0 and n_cells >= len(ids)
 
 
@@ -84,7 +89,7 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
     assert res["from_original"] and res["written"] == len(cells.cell_ids(lab))
     run = predict.CropView(128, 0.05, from_original=True)  # the view of a p2 run trained on originals
     ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)
-    test_crops = run.views(fov.working_image(original, 512), lab, ids, original, labels_full=full)
+    test_crops = run.views(fov.FieldOfView.of(fov.working_image(original, 512), lab, ids, original, full))
     for c, crop in zip(ids, test_crops):
         train_crop = io.read_rgby(bag_datasets.crop_path(tmp_path / "cells", "img", c))
         assert np.array_equal(train_crop, crop), f"cell {c} at {side} px"

@@ -13,7 +13,7 @@ from skimage.morphology import closing, disk, remove_small_holes, remove_small_o
 from skimage.segmentation import find_boundaries
 from torch import nn
 
-from common import fov, io
+from common import fields, fov, io
 from common.segmentation import match_cells
 from common.segmentation.hpa import HPASegmenter
 from common.segmentation.hpa import postprocess as pp
@@ -99,9 +99,11 @@ def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
     cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(tmp_path / "none"), "--COMPETITION_DIR",
                                      str(tmp_path / "data"), "--IMAGE_SIZE", "512", "--SEGMENTER", "hpa",
                                      "--HPA_SEG_DIR", str(tmp_path), "--DEVICE", "cpu"], quiet=True)
-    source = S5.ImageSource(cfg)
+    sample = pd.DataFrame({"ID": ["fov1"], "ImageWidth": [SIDE], "ImageHeight": [SIDE]})
+    source = fields.ImageSource(cfg, sample, [], False)
     source._segmenter = stand_in_segmenter(ref)
-    image, labels, labels_full = source.load("fov1")[:3]
+    f = source.load("fov1")
+    image, labels, labels_full = f.image, f.cell, f.cell_full
     assert image.shape == (512, 512, 4) and labels.shape == (512, 512) and source.n_segmented == 1
     check(ref, labels_full, None)  # S5 keeps the cells only
     # what S5 encodes into the submission: the cells exactly as labelled at the original size
@@ -116,6 +118,7 @@ def test_s2_seg_at_resized_keeps_the_official_cells(ref, tmp_path, monkeypatch):
         data / "sample_submission.csv", index=False)
     seg = stand_in_segmenter(ref)
     monkeypatch.setattr(S2.segmentation, "get_segmenter", lambda *a, **k: seg)
+    monkeypatch.setattr(S2.segmentation.hpa, "available", lambda *a, **k: True)  # the stand-in is its weights
     out = tmp_path / "out"
     res = S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--SEGMENTER", "hpa",
                    "--SEG_AT", "resized", "--NUM_WORKERS", "1"])

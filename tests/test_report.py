@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import cell_tables, constants, encoding, plots, report, report_page
+from common import cell_tables, constants, encoding, fov, plots, report, report_page
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCALE = 4  # original pixels per thumbnail pixel
@@ -535,7 +535,8 @@ def test_s5_hands_over_its_failures_pictures_and_pixel_size(tmp_path):
     tables = cell_tables.CellTables(threshold=0.5, thumb_size=64, maps=False, thumbs=True)
     full, work = _discs(64, 64, SCALE), _discs(64, 64, 1)
     probs = np.random.default_rng(0).random((len(DISCS), constants.NUM_CLASSES))
-    tables.add("sq1", full.shape, full, list(range(1, len(DISCS) + 1)), probs, _channels(64, 64), work)
+    field = fov.FieldOfView.of(_channels(64, 64), work, list(range(1, len(DISCS) + 1)), cell_full=full)
+    tables.add("sq1", field, full, probs)
     res = SimpleNamespace(tables=tables, failures=[{"ID": "bad1", "reason": "unreadable PNG"}])
     cfg = SimpleNamespace(IMAGES="", THRESHOLD=0.5, PIXEL_SIZE=0.08)
     s5._write_report(cfg, res, tmp_path / "report.html")

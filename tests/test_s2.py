@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import load_script, nothing_in
 
-from common import io, owned, parallel
+from common import fields, io, owned, parallel
 
 S2 = importlib.import_module("S2_data_process")
 SIZE = 128  # IMAGE_SIZE of these tests (the demo images are 256 px)
@@ -450,19 +450,20 @@ def test_s5_segments_an_image_without_an_s2_mask_at_s2s_working_size(data, tmp_p
     cfg = S5.config.parse(vars(S5), ["--HPA512_DIR", str(out), "--COMPETITION_DIR", str(data),
                                      "--SEGMENTER", "builtin"], quiet=True)          # IMAGE_SIZE 512
     capsys.readouterr()
-    got = S5.ImageSource(cfg).load(test_id)
-    assert np.array_equal(got.labels, want)
+    sample = S5._load_sample(data / "sample_submission.csv")
+    got = fields.ImageSource(cfg, sample, [], False).load(test_id)
+    assert np.array_equal(got.cell, want)
     saved = out / "meta" / "s2_config_shard0of1.json"
     said = capsys.readouterr().out
     assert (f"S5: warning: S2 worked at {SIZE} px (S2's saved constants ({saved})), IMAGE_SIZE is 512: "
             f"segmenting at {SIZE} px, as S2 did") in said
     assert f"S5: segmenting at {SIZE} px: S2's working size, from S2's saved constants ({saved})" in said
     saved.unlink()                                                          # the runs' record instead
-    got = S5.ImageSource(cfg, [{"S2_IMAGE_SIZE": SIZE, "PIPELINE": 1}]).load(test_id)
-    assert np.array_equal(got.labels, want)
+    got = fields.ImageSource(cfg, sample, [{"S2_IMAGE_SIZE": SIZE, "PIPELINE": 1}], False).load(test_id)
+    assert np.array_equal(got.cell, want)
     assert f"from the runs' configs (S2_IMAGE_SIZE [{SIZE}])" in capsys.readouterr().out
-    got = S5.ImageSource(cfg, [{"PIPELINE": 1}]).load(test_id)            # no record: IMAGE_SIZE
-    assert got.labels.shape == (512, 512)
+    got = fields.ImageSource(cfg, sample, [{"PIPELINE": 1}], False).load(test_id)  # no record
+    assert got.cell.shape == (512, 512)
     assert "from IMAGE_SIZE (S2's saved constants and the runs' configs lack it)" in capsys.readouterr().out
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import load_script, tmpfs_run
 
-from common import cells, encoding, io, owned, predict, segmentation
+from common import cells, encoding, fov, io, owned, predict, segmentation
 from common.constants import NUM_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,19 +425,19 @@ def test_batched_and_per_cell_inference_agree(e2e, pipeline):
         labels = _labels(e2e["hpa"], iid)
         original = io.read_image(e2e["comp"] / "test", iid)
         ids = cells.cell_ids(labels)
-        batched, image_probs = pred.predict(image, labels, ids, original)
-        per_cell = pred.predict_per_cell(image, labels, ids, original)
+        f = fov.FieldOfView.of(image, labels, ids, original)
+        batched, image_probs = pred.predict(f)
+        per_cell = pred.predict_per_cell(f)
         assert pred.batch_size == 7                                        # restored
         assert batched.shape == per_cell.shape == (len(ids), NUM_CLASSES)
         assert image_probs.shape == (NUM_CLASSES,)
         np.testing.assert_allclose(batched, per_cell, atol=1e-5, rtol=0)
         assert np.ptp(batched, axis=0).max() > 1e-4                        # cells differ: order matters
-        assert np.abs(batched - plain.predict(image, labels, ids, original)[0]).max() > 1e-5  # TTA is used
+        assert np.abs(batched - plain.predict(f)[0]).max() > 1e-5  # TTA is used
         # S5 builds the views once per image for runs of the same view_key and passes them in
         assert plain.view_key == pred.view_key
-        args = (image, labels, ids, original)
-        for shared in (plain.views(*args), plain.prepare(*args)):
-            np.testing.assert_array_equal(pred.predict(*args, views=shared)[0], batched)
+        for shared in (plain.views(f), plain.prepare(f)):
+            np.testing.assert_array_equal(pred.predict(f, views=shared)[0], batched)
 
 
 def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, monkeypatch):
@@ -447,7 +447,7 @@ def test_an_image_that_cannot_be_segmented_keeps_an_empty_row(e2e, tmp_path, mon
         def segment(self, images):
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(S5.segmentation, "get_segmenter", lambda *a, **k: Broken())
+    monkeypatch.setattr(segmentation, "get_segmenter", lambda *a, **k: Broken())
     comp, hpa = _copy_inputs(e2e, tmp_path)
     iid = e2e["sample"]["ID"][2]
     (hpa / "test_cell_mask" / f"{iid}.npz").unlink()                    # S5 must segment it itself
@@ -474,10 +474,10 @@ def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
     for iid, rows in preds.groupby("ID"):
         image = io.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
         labels = _labels(e2e["hpa"], iid)
-        want = ref.predict(image, labels, rows["cell_id"].tolist())[0]
+        want = ref.predict(fov.FieldOfView.of(image, labels, rows["cell_id"].tolist()))[0]
         got = rows[[f"c{c}" for c in range(NUM_CLASSES)]].to_numpy()
         np.testing.assert_allclose(got, want, atol=2e-6)
-        plain = masked.predict(image, labels, rows["cell_id"].tolist())[0]
+        plain = masked.predict(fov.FieldOfView.of(image, labels, rows["cell_id"].tolist()))[0]
         differs |= bool(np.abs(plain - want).max() > 1e-4)
     assert differs  # not the masked scoring under another name
     with pytest.raises(ValueError, match="variant"):

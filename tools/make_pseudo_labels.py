@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import bag_datasets, cells, config, constants, io, predict
+from common import bag_datasets, cells, config, constants, fov, io, predict
 from common.datasets import labels_to_multihot
 
 # (no upper-case names below the constants block: config.parse would read them as constants)
@@ -94,7 +94,8 @@ def make_pseudo_labels(train_df: pd.DataFrame, predictors: list, image_dir: str 
         if original_dir and any(predictors[i].pipeline == 2 and predictors[i].from_original for i in use) \
                 and io.channel_path(original_dir, iid, "red").is_file():
             original = io.read_image(original_dir, iid)
-        probs = np.mean([predictors[i].predict(image, labels, ids, original)[0] for i in use], axis=0)
+        f = fov.FieldOfView.of(image, labels, ids, original)
+        probs = np.mean([predictors[i].predict(f)[0] for i in use], axis=0)
         t = soft_targets(probs, labels_to_multihot(r.Label), normalize)
         for c, tc in zip(ids, t):
             rows.append([iid, int(c), fold, len(use), *np.round(tc, 6)])
