@@ -72,6 +72,7 @@ SEGMENTER = "auto"                # used only when S2's test mask is missing: au
 HPA_SEG_DIR = "input/hpa-seg"     # official HPA segmentation weights (for auto | hpa)
 IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
 SEG_AT = "auto"                   # image the segmenter gets when S2's mask is missing (S2's SEG_AT)
+SEG_PRECISION = "fp32"            # HPA networks then: fp32 (the truth) | bf16 (AMX/CUDA; labels may differ)
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
 AMP = True                        # mixed precision (CUDA only)
@@ -185,7 +186,7 @@ class ImageSource:
         self.segmenter_name = cfg.SEGMENTER
         self.seg_dir = constants.resolve(cfg.HPA_SEG_DIR)
         self.device = cfg.DEVICE
-        self.seg_at = cfg.SEG_AT
+        self.seg_at, self.precision = cfg.SEG_AT, cfg.SEG_PRECISION
         try:
             fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
         except ValueError as e:
@@ -233,7 +234,7 @@ class ImageSource:
             raise ImageFailed(str(e)) from e
         if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
             self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
-                                                         device=self.device)
+                                                         device=self.device, precision=self.precision)
             print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
                   f"(common.fov, as S2)", flush=True)
         try:
@@ -268,6 +269,7 @@ def main(argv=None):
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", step="S5")
     if cfg.IMAGE_PRED not in predict.IMAGE_PREDS:
         raise SystemExit(f"S5: --IMAGE_PRED must be one of {predict.IMAGE_PREDS}, not {cfg.IMAGE_PRED!r}")
+    segmentation.check_precision(cfg.SEG_PRECISION, "S5")
     out_dir = constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR", keep=False)  # made when S5 writes
     sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
     with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's

@@ -214,7 +214,7 @@ class FieldSource:
         self.planes, self.size, self.seg_at = list(cfg["TIFF_PLANES"]), int(cfg["IMAGE_SIZE"]), cfg["SEG_AT"]
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
         self.segmenter = segmentation.get_segmenter(cfg["SEGMENTER"], constants.resolve(cfg["HPA_SEG_DIR"]),
-                                                    device=cfg["DEVICE"])
+                                                    device=cfg["DEVICE"], precision=cfg["SEG_PRECISION"])
         self.sizes: dict[str, tuple[int, int]] = {}
         self.n_segmented = 0
 

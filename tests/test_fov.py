@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
 def _source(S5, data, hpa, tmp_path):
     cfg = types.SimpleNamespace(HPA512_DIR=str(hpa), COMPETITION_DIR=str(data), IMAGE_SIZE=SIZE,
                                 SEGMENTER="builtin", HPA_SEG_DIR=str(tmp_path / "no-weights"), DEVICE="cpu",
-                                SEG_AT="auto")
+                                SEG_AT="auto", SEG_PRECISION="fp32")
     return S5.ImageSource(cfg)
 
 

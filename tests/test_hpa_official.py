@@ -100,7 +100,7 @@ def test_s5_fallback_segments_at_the_right_scale(ref, tmp_path):
     blank_fov(tmp_path / "data" / "test", "fov1")
     cfg = types.SimpleNamespace(HPA512_DIR=str(tmp_path / "none"), COMPETITION_DIR=str(tmp_path / "data"),
                                 IMAGE_SIZE=512, SEGMENTER="hpa", HPA_SEG_DIR=str(tmp_path), DEVICE="cpu",
-                                SEG_AT="auto")
+                                SEG_AT="auto", SEG_PRECISION="fp32")
     source = S5.ImageSource(cfg)
     source._segmenter = stand_in_segmenter(ref)
     image, labels, labels_full = source.load("fov1")[:3]
