@@ -8,17 +8,20 @@ Two departures from the published text, both recorded: sizes are multiplied by `
 and including the value); the published code ran on skimage < 0.26, where parts *smaller* than the value
 were removed, so that is what :func:`remove_small_objects` / :func:`remove_small_holes` do here on every
 version. Returns ``(cell, nucleus)`` (the original returned nucleus first), cell ids uint16.
+:func:`official_inputs` is the feeding (the float maps of the networks to label_cell's uint8 maps).
 """
 from __future__ import annotations
 
 import math
 import warnings
 
+import cv2
 import numpy as np
 import scipy.ndimage as ndi
 import skimage
 from skimage import filters, measure, morphology, segmentation
 from skimage.morphology import closing, disk
+from skimage.util import img_as_ubyte
 
 _NEW_SIZES = tuple(int(p) for p in skimage.__version__.split(".")[:2]) >= (0, 26)
 
@@ -37,6 +40,21 @@ def remove_small_holes(ar, area_threshold):
     if _NEW_SIZES:
         return morphology.remove_small_holes(ar, max_size=math.ceil(area_threshold) - 1)
     return morphology.remove_small_holes(ar, area_threshold)
+
+
+def official_inputs(nuclei, cell, out_hw):
+    """``label_cell``'s uint8 (H, W, 3) inputs from the float softmax maps, as ``CellSegmentator`` makes
+    them: nuclei -> img_as_ubyte, channel 0 = 0, INTER_AREA to the original size; cell -> channel 0 = 0,
+    INTER_AREA in float, img_as_ubyte (the size given as OpenCV wants it, (W, H))."""
+    h, w = out_hw
+    nuc = img_as_ubyte(np.clip(np.asarray(nuclei, np.float32), 0.0, 1.0))
+    nuc[..., 0] = 0
+    c = np.array(cell, dtype=np.float32)
+    c[..., 0] = 0
+    if nuc.shape[:2] != (h, w):
+        nuc = cv2.resize(nuc, (w, h), interpolation=cv2.INTER_AREA)
+        c = cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
+    return nuc, img_as_ubyte(np.clip(c, 0.0, 1.0))
 
 
 def _fill_holes(image):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hpa_maps import maps, random_case
 from hpa_postprocess_oracle import label_cell as oracle
+from hpa_postprocess_oracle import official_inputs
 from skimage.segmentation import watershed as sk_watershed
 
 from common.segmentation.hpa import exact
@@ -35,9 +36,9 @@ def ways(monkeypatch) -> list[bool]:
 
 
 def same_as_oracle(nuclei: np.ndarray, cell: np.ndarray, side: int, **kw) -> np.ndarray:
-    """label_from_maps at the original size equals the oracle on the official inputs; the cells."""
+    """label_from_maps at the original size equals the oracle (with the official feeding); the cells."""
     c, n = pp.label_from_maps(nuclei, cell, (side, side), **kw)
-    oc, on = oracle(*pp.official_inputs(nuclei, cell, (side, side)), corrected=kw.get("corrected", False))
+    oc, on = oracle(*official_inputs(nuclei, cell, (side, side)), corrected=kw.get("corrected", False))
     assert c.dtype == n.dtype == np.uint16
     assert np.array_equal(c, oc), f"cells differ at {int((c != oc).sum())} px"
     assert np.array_equal(n, on), f"nuclei differ at {int((n != on).sum())} px"
@@ -108,5 +109,5 @@ def test_corrected_and_working_size_paths(seed):
     same_as_oracle(nuc, cell, side, corrected=True)
     planes = pp.input_planes(nuc, cell, nuc.shape[:2])  # labelled at the networks' size, sizes scaled
     c, n = pp.label_planes(*planes, pixel_scale=0.25)
-    oc, on = oracle(*pp.official_inputs(nuc, cell, nuc.shape[:2]), pixel_scale=0.25)
+    oc, on = oracle(*official_inputs(nuc, cell, nuc.shape[:2]), pixel_scale=0.25)
     assert np.array_equal(c, oc) and np.array_equal(n, on)

@@ -62,12 +62,14 @@ def rescale(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     When shrinking an axis by factor f = in/out: Gaussian of sigma (f - 1) / 2 (truncated at 4 sigma,
     mirror borders), then linear interpolation at pixel centres (align_corners=False), clipped to the
-    input's range.
+    input's range. The Gaussian runs on channels-last tensors: the same numbers as on contiguous ones
+    (tests/test_hpa_seg.py checks it), a fraction of the time.
     """
     h_in, w_in = x.shape[-2:]
     if (h_in, w_in) == tuple(size):
         return x
     lo, hi = x.amin(dim=(-2, -1), keepdim=True), x.amax(dim=(-2, -1), keepdim=True)
+    x = x.contiguous(memory_format=torch.channels_last)  # the same sums, several times faster on a CPU
     for axis, (n_in, n_out) in enumerate(((h_in, size[0]), (w_in, size[1]))):
         sigma = max(0.0, (n_in / n_out - 1.0) / 2.0)
         if sigma <= 0:
@@ -82,7 +84,7 @@ def rescale(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         else:
             pad, kshape = (radius, radius, 0, 0), (1, 1, 1, -1)
         x = F.conv2d(F.pad(x, pad, mode="reflect"), k.view(kshape).repeat(c, 1, 1, 1), groups=c)
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
     return torch.minimum(torch.maximum(x, lo), hi)
 
 
