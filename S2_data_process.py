@@ -34,6 +34,7 @@ LABEL_AT = "original"                                     # HPA label_cell at: o
 FULL_MASKS = "test"                                       # splits with original-size masks: test | all | none
 SEG_BATCH = 8                                             # images per segment() call (HPA networks)
 DEVICE = "auto"                                           # device of the HPA networks (auto | cpu | cuda)
+SEG_PRECISION = "fp32"                                    # HPA networks: fp32 (the truth) | bf16 (AMX/CUDA)
 # ---------------------------------------------------------------------------- run
 NUM_WORKERS = 4                                           # processes (builtin); 1 = in this process
 SHARD = ""                                                # "i/n": do every n-th image from the i-th (0-based)
@@ -128,11 +129,12 @@ _SEGMENTERS: dict = {}
 
 
 def _segmenter(opts: dict):
-    key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"], opts["label_at"])
+    key = (opts["segmenter"], opts["hpa_seg_dir"], opts["device"], opts["label_at"], opts["seg_precision"])
     if key not in _SEGMENTERS:
         kw = {}
         if opts["segmenter"] == "hpa":
-            kw = {"label_at": opts["label_at"], "post_workers": opts["io_threads"]}
+            kw = {"label_at": opts["label_at"], "post_workers": opts["io_threads"],
+                  "precision": opts["seg_precision"]}
         _SEGMENTERS[key] = segmentation.get_segmenter(opts["segmenter"], weights_dir=opts["hpa_seg_dir"],
                                                       device=opts["device"], **kw)
     return _SEGMENTERS[key]
@@ -261,6 +263,7 @@ def main(argv=None):
     if cfg.SEGMENTER.strip().lower() == "auto":
         why = f" (auto: HPA weights {'found' if seg_name == 'hpa' else 'not found'} in {seg_dir})"
     print(f"S2: segmenter {seg_name}{why}, segmenting at {seg_at} size, shard {shard[0]}/{shard[1]}")
+    segmentation.check_precision(cfg.SEG_PRECISION, "S2", networks=seg_name == "hpa")
 
     if seg_name == "hpa" and not why and not segmentation.hpa.available(seg_dir):  # named, not auto
         raise SystemExit(constants.missing_input(f"S2: --SEGMENTER hpa: {seg_dir}: the HPA weights",
@@ -320,7 +323,8 @@ def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_a
 
     opts = {"out_dir": str(out_dir), "image_size": cfg.IMAGE_SIZE, "seg_at": seg_at, "segmenter": seg_name,
             "hpa_seg_dir": str(seg_dir), "device": cfg.DEVICE, "io_threads": max(cfg.NUM_WORKERS, 1),
-            "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS, "max_pixels": cfg.MAX_PIXELS}
+            "label_at": cfg.LABEL_AT, "full_masks": cfg.FULL_MASKS, "max_pixels": cfg.MAX_PIXELS,
+            "seg_precision": cfg.SEG_PRECISION}
     if seg_name == "hpa":  # one process holds the networks; NUM_WORKERS threads read each batch and
         # NUM_WORKERS processes post-process it
         step, workers = max(cfg.SEG_BATCH, 1), 1

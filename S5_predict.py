@@ -82,6 +82,7 @@ SEGMENTER = "auto"                # used only when S2's test mask is missing: au
 HPA_SEG_DIR = "input/hpa-seg"     # official HPA segmentation weights (for auto | hpa)
 IMAGE_SIZE = 512                  # working resolution when S2's outputs are missing (S2's IMAGE_SIZE)
 SEG_AT = "auto"                   # image the segmenter gets when S2's mask is missing (S2's SEG_AT)
+SEG_PRECISION = "fp32"            # HPA networks then: fp32 (the truth) | bf16 (AMX/CUDA; labels may differ)
 # ---------------------------------------------------------------------------- run
 DEVICE = "auto"                   # auto | cpu | cuda
 AMP = True                        # mixed precision (CUDA only)
@@ -126,6 +127,7 @@ from common import (
     predict,
     recipes,
     report,
+    segmentation,
 )
 from common.constants import NUM_CLASSES
 
@@ -245,6 +247,7 @@ def _check_constants(cfg) -> None:
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "BATCH_SIZE", "MAX_PIXELS", step=step)
     config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step=step)
     config.require_number(cfg, "PIXEL_SIZE", step=step)
+    segmentation.check_precision(cfg.SEG_PRECISION, step)
     config.require_positive(cfg, "TTA", maximum=8, step=step)
     config.require_positive(cfg, "LIMIT", "N_OVERLAYS", "P1_CELLPOOL_STRIDE", "P1_CELLPOOL_SIZE", minimum=0,
                             step=step)

@@ -279,7 +279,7 @@ class FieldSource:
         self.z_plane, self.max_pixels = int(cfg["TIFF_Z_PLANE"]), int(cfg["MAX_PIXELS"])
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
         self.segmenter = segmentation.get_segmenter(cfg["SEGMENTER"], constants.resolve(cfg["HPA_SEG_DIR"]),
-                                                    device=cfg["DEVICE"])
+                                                    device=cfg["DEVICE"], precision=cfg["SEG_PRECISION"])
         self.sizes: dict[str, tuple[int, int]] = {}
         self.n_segmented = 0
         self.depths: set[int] = set()  # bit depths below 16 said once each
@@ -326,6 +326,7 @@ class ImageSource:
         self.test_dir = constants.resolve(cfg["COMPETITION_DIR"]) / "test"
         self.size, self.segmenter_name = int(cfg["IMAGE_SIZE"]), cfg["SEGMENTER"]
         self.seg_dir, self.device = constants.resolve(cfg["HPA_SEG_DIR"]), cfg["DEVICE"]
+        self.precision = cfg["SEG_PRECISION"]
         self.seg_at, self.max_pixels = cfg["SEG_AT"], cfg["MAX_PIXELS"]
         try:
             fov.resolve_seg_at(self.seg_at, "hpa")  # a bad value stops here, not at the first image
@@ -396,7 +397,7 @@ class ImageSource:
             raise FieldFailed(reason(e)) from e
         if self._segmenter is None:  # a segmenter that cannot be built stops S5; one image failing does not
             self._segmenter = segmentation.get_segmenter(self.segmenter_name, self.seg_dir,
-                                                         device=self.device)
+                                                         device=self.device, precision=self.precision)
             self.size = self._s2_size()
             print(f"S5: segmenting test images without an S2 mask with '{self._segmenter.name}' "
                   f"(common.fov, as S2)", flush=True)

@@ -19,11 +19,7 @@ MAX_LEVELS = 9           # levels of the import graph of common/
 MAX_FUNCTION_LINES = 60  # every function of common/, decorators and docstring included
 MAX_S5_MAIN_LINES = 40   # S5_predict.main wires and writes
 # deliberate exceptions to MAX_FUNCTION_LINES, with the reason
-LONG_FUNCTIONS = {
-    "common.segmentation.hpa.postprocess.label_cell":
-        "the official HPA-Cell-Segmentation post-processing, kept step for step as published so that "
-        "it can be compared with the original line by line (its quirks are the competition's truth)",
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 MODELS = ("common.models", "common.mil", "common.cellpool")          # torch only
 DATASETS = ("common.datasets", "common.bag_datasets")
 FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric",

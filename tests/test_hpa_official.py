@@ -1,6 +1,6 @@
 """The official HPA post-processing, reproduced: the reference label maps of ../shared/hpa_seg_reference
 from their softmax maps, by every path (label_from_maps, the default segmenter path with a stand-in
-network, S5's fallback, S2 --SEG_AT resized, tools/label_from_maps.py); the faster pieces equal skimage's."""
+network, S5's fallback, S2 --SEG_AT resized, tools/label_from_maps.py); the oracle makes them too."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import load_script
-from scipy import ndimage as ndi
-from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
-from skimage.segmentation import find_boundaries
+from hpa_postprocess_oracle import label_cell as oracle
+from hpa_postprocess_oracle import official_inputs
 from torch import nn
 
 from common import fields, fov, io
@@ -143,52 +142,29 @@ def test_label_from_maps_tool(ref, tmp_path):
         tool.main([str(tmp_path / "bad.npz"), str(tmp_path / "out3")])
 
 
-# ----------------------------------------------------------------------------- exact faster pieces
-def _random_labels(rng, shape=(96, 80), n=12) -> np.ndarray:
-    lab = np.zeros(shape, np.int32)
-    for k in range(1, n + 1):
-        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
-        r = rng.integers(3, 14)
-        yy, xx = np.ogrid[:shape[0], :shape[1]]
-        lab[(yy - y) ** 2 + ((xx - x) * rng.uniform(0.6, 1.6)) ** 2 <= r * r] = k
-    return lab
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_faster_pieces_equal_skimage_and_scipy(seed):
-    rng = np.random.default_rng(seed)
-    lab = _random_labels(rng)
-    for dtype in (np.uint8, np.int32):
-        x = lab.astype(dtype)
-        for r in (1, 2, 6):
-            assert np.array_equal(pp.grey_closing(x, r), closing(x, disk(r))), (dtype, r)
-        assert np.array_equal(pp.thick_boundaries(x), find_boundaries(x))
-    mask = lab > 0
-    mask[rng.random(mask.shape) < 0.05] ^= True
-    assert np.array_equal(pp.fill_holes(mask), ndi.binary_fill_holes(mask))
-    # the official code ran on skimage < 0.26, where min_size / area_threshold removed parts SMALLER than
-    # the value; skimage 0.26 deprecates them (and its deprecated path removes one size more), its
-    # max_size removes parts up to and including the value: the old behaviour is max_size = value - 1
-    for size in (5, 40, 300):
-        assert np.array_equal(pp.fill_small_holes(mask, size), remove_small_holes(mask, max_size=size - 1))
-        assert np.array_equal(pp.remove_small(mask, size), remove_small_objects(mask, max_size=size - 1))
-        assert np.array_equal(pp.remove_small(lab, size), remove_small_objects(lab, max_size=size - 1))
+# ----------------------------------------------------------------------------- the oracle, the feeding
+def test_the_oracle_is_the_official_code(ref):
+    """tests/hpa_postprocess_oracle.py (the plain official label_cell, the oracle of
+    tests/test_hpa_postprocess.py and the "before" of benchmarks/bench_hpa_seg.py) makes the reference
+    (the touching scenario, the one where all three watersheds matter)."""
+    if ref["name"] != "B_touching_s0":
+        return
+    cell, nucleus = oracle(*official_inputs(ref["nuclei"], ref["cell"], (SIDE, SIDE)))
+    assert np.array_equal(cell, ref["ref_cell"]) and np.array_equal(nucleus, ref["ref_nucleus"])
 
 
 def test_official_inputs_match_the_official_feeding():
-    """nuclei: img_as_ubyte, channel 0 = 0, INTER_AREA; cell: channel 0 = 0, INTER_AREA in float, uint8."""
-    import cv2
-    from skimage.util import img_as_ubyte
-
+    """nuclei: img_as_ubyte, channel 0 = 0, INTER_AREA; cell: channel 0 = 0, INTER_AREA in float, uint8
+    (the oracle's official_inputs); label_from_maps reads channels 1 and 2 only, resized one by one."""
     rng = np.random.default_rng(0)
-    p = rng.dirichlet(np.ones(3), size=(32, 32)).astype(np.float32)
-    nuc, cell = pp.official_inputs(p, p, (128, 128))
-    n8 = img_as_ubyte(p)
-    n8[..., 0] = 0
-    assert np.array_equal(nuc, cv2.resize(n8, (128, 128), interpolation=cv2.INTER_AREA))
-    c = p.copy()
-    c[..., 0] = 0
-    assert np.array_equal(cell, img_as_ubyte(np.clip(cv2.resize(c, (128, 128), interpolation=cv2.INTER_AREA),
-                                                     0, 1)))
-    assert nuc.dtype == cell.dtype == np.uint8 and nuc.shape == (128, 128, 3)
-
+    for shape, out in (((32, 32), (128, 128)), ((37, 53), (150, 211)), ((40, 40), (40, 40))):
+        p = rng.dirichlet(np.ones(3), size=shape).astype(np.float32)
+        p[0, 0] = (-1e-4, 1e-4, 1 + 1e-4)  # slightly outside [0, 1], as float maps can be
+        q = rng.dirichlet(np.ones(3), size=shape).astype(np.float32)
+        nuc, cell = pp.official_inputs(p, q, out)
+        want_nuc, want_cell = official_inputs(p, q, out)
+        assert nuc.dtype == cell.dtype == np.uint8 and nuc.shape == (*out, 3)
+        assert np.array_equal(nuc, want_nuc) and np.array_equal(cell, want_cell)
+        wants = nuc[..., 1], nuc[..., 2], cell[..., 1], cell[..., 2]
+        for got, want in zip(pp.input_planes(p, q, out), wants):
+            assert got.flags.c_contiguous and np.array_equal(got, want)

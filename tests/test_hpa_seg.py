@@ -388,6 +388,33 @@ def test_rescale_matches_skimage():
         np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
+def test_rescale_channels_last_gives_the_same_numbers():
+    """The Gaussian on channels-last tensors sums exactly as on contiguous ones: segment()'s network
+    input, and so its labels, are those of the contiguous computation, bit for bit."""
+    import torch.nn.functional as F
+
+    from common.segmentation.hpa.segmenter import GAUSS_TRUNCATE, _gaussian_kernel
+
+    def contiguous(x, size):
+        lo, hi = x.amin(dim=(-2, -1), keepdim=True), x.amax(dim=(-2, -1), keepdim=True)
+        for axis, (n_in, n_out) in enumerate(zip(x.shape[-2:], size)):
+            sigma = (n_in / n_out - 1.0) / 2.0
+            radius = min(int(GAUSS_TRUNCATE * sigma + 0.5), n_in - 1)
+            k = _gaussian_kernel(sigma, radius, x.device, x.dtype)
+            k = k.view((1, 1, -1, 1) if axis == 0 else (1, 1, 1, -1))
+            pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
+            x = F.conv2d(F.pad(x, pad, mode="reflect"), k.repeat(x.shape[1], 1, 1, 1), groups=x.shape[1])
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return torch.minimum(torch.maximum(x, lo), hi)
+
+    g = torch.Generator().manual_seed(0)
+    cases = (((512, 512), (128, 128), 1), ((432, 300), (108, 75), 2), ((257, 333), (64, 83), 1))
+    for shape, size, batch in cases:
+        img = torch.randint(0, 256, (batch, *shape, 3), generator=g, dtype=torch.uint8)
+        x = img.permute(0, 3, 1, 2).float() / 255  # as predict() makes it
+        assert torch.equal(rescale(x, size), contiguous(x.contiguous(), size))
+
+
 def test_padding_matches_opencv_reflect():
     import cv2
 

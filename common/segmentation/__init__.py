@@ -21,12 +21,13 @@ from common.resize import resize_labels
 from common.segmentation import hpa
 from common.segmentation.builtin import BuiltinSegmenter
 from common.segmentation.hpa import HPASegmenter
+from common.segmentation.hpa.segmenter import PRECISIONS
 
 NAMES = ("auto", "builtin", "hpa")
 ALIASES = {"hpacellseg": "hpa", "hpa-cell-segmentation": "hpa", "watershed": "builtin"}
 
-__all__ = ["NAMES", "BuiltinSegmenter", "get_segmenter", "match_cells", "relabel", "resize_labels",
-           "resolve_name"]
+__all__ = ["NAMES", "PRECISIONS", "BuiltinSegmenter", "check_precision", "get_segmenter", "match_cells",
+           "relabel", "resize_labels", "resolve_name"]
 
 
 def resolve_name(name: str = "auto", weights_dir=HPA_SEG_DIR) -> str:
@@ -39,6 +40,19 @@ def resolve_name(name: str = "auto", weights_dir=HPA_SEG_DIR) -> str:
     return key
 
 
+def check_precision(precision: str, step: str, networks: bool = True) -> str:
+    """``SEG_PRECISION`` of ``step``: stops with one line unless it is one of ``PRECISIONS``; with ``bf16``
+    and the official networks in use (``networks``) says that labels may then differ from the official
+    cells."""
+    if precision not in PRECISIONS:
+        raise SystemExit(f"{step}: --SEG_PRECISION {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and networks:
+        print(f"{step}: SEG_PRECISION bf16: where the HPA networks segment, they run under bfloat16 "
+              "autocast, so cell labels may differ from the official cells (fp32 is the truth path)",
+              flush=True)
+    return precision
+
+
 def _accepted(cls, kw: dict) -> dict:
     params = inspect.signature(cls).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -46,18 +60,21 @@ def _accepted(cls, kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k in params}
 
 
-def get_segmenter(name: str = "auto", weights_dir=HPA_SEG_DIR, device: str = "auto", **kw):
+def get_segmenter(name: str = "auto", weights_dir=HPA_SEG_DIR, device: str = "auto", precision: str = "fp32",
+                  **kw):
     """A segmenter with ``.name`` and ``.segment(images) -> [(cell, nucleus)]``.
 
     ``name``: ``"auto"`` (the official HPA networks when ``hpa.available(weights_dir)``, else built-in),
-    ``"builtin"`` (seeded watershed, no weights) or ``"hpa"`` (alias ``"hpacellseg"``). Extra keywords go
-    to the chosen class; with ``"auto"`` the ones it does not take are dropped.
+    ``"builtin"`` (seeded watershed, no weights) or ``"hpa"`` (alias ``"hpacellseg"``). ``precision``
+    (``SEG_PRECISION``): the HPA networks' arithmetic, ``fp32`` or ``bf16``. Extra keywords go to the
+    chosen class; with ``"auto"`` the ones it does not take are dropped.
     """
     key = resolve_name(name, weights_dir)
     auto = str(name).strip().lower() == "auto"
     if key == "builtin":
         return BuiltinSegmenter(**(_accepted(BuiltinSegmenter, kw) if auto else kw))
-    return HPASegmenter(weights_dir, device=device, **(_accepted(HPASegmenter, kw) if auto else kw))
+    return HPASegmenter(weights_dir, device=device, precision=precision,
+                        **(_accepted(HPASegmenter, kw) if auto else kw))
 
 
 # ----------------------------------------------------------------------------- label-map helpers

@@ -18,10 +18,11 @@ everything here reproduces it, quirks included:
   clipped at the threshold, ids never cast to uint8. It departs from the truth (mean IoU ~0.985 at
   2048 px on the reference scenarios) and is kept only for comparison.
 
-Speed: the same operations, fewer passes. Small objects/holes are removed with one ``bincount``, holes
-are filled from one labelling of the background, the grey closing and the thick boundaries use OpenCV
-morphology (equal to skimage's for these symmetric, convex footprints; tests check it); the watersheds,
-Otsu and ``measure.label`` are skimage's own calls, so ties are broken exactly as in the original.
+Speed, with the same labels: the maps are fed plane by plane (channel 0 is never read), thresholds
+are lookups on uint8, and each skimage / scipy call is replaced by a faster one that returns exactly
+what it returns (:mod:`.exact`: OpenCV labelling, sizes and flood fills; a watershed that labels whole
+mask parts holding one marker label and calls skimage's own where labels meet). The plain official
+code is the test oracle, ``tests/hpa_postprocess_oracle.py``; docs/SEGMENTATION.md has the profile.
 ``pixel_scale`` (< 1) labels at a lower resolution with every size scaled (areas by its square): the
 "fast" path, which does NOT reproduce the truth (cells ~15 % smaller at 512 px).
 """
@@ -29,14 +30,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage import measure
-from skimage.filters import threshold_otsu
-from skimage.morphology import disk
-from skimage.segmentation import watershed
 from skimage.util import img_as_ubyte
 
 from common.resize import resize_labels
+from common.segmentation.hpa import exact
 
 # ---- behaviour
 CORRECTED = False                 # True: the "meant" behaviour instead of the official quirks (see above)
@@ -56,11 +53,28 @@ CELL_MIN_AREA = 5500              # cells smaller than this are dropped
 CELL_CLOSING_RADIUS = 6           # closing of the first cell labels (disk)
 OFFICIAL_SCALE = 0.25             # the official networks see the original image scaled by this
 
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _V = np.arange(256, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- feeding
+def input_planes(nuclei: np.ndarray, cell: np.ndarray, out_hw: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Channels 1 and 2 (border, interior) of :func:`official_inputs`, as four contiguous uint8 planes
+    ``(nuclei border, nuclei interior, cell border, cell interior)``: the channels are resized one by
+    one (OpenCV treats channels independently) and channel 0, set to 0 and never read, is left out."""
+    h, w = int(out_hw[0]), int(out_hw[1])
+
+    def resized(plane):
+        return plane if plane.shape == (h, w) else cv2.resize(plane, (w, h), interpolation=cv2.INTER_AREA)
+
+    def to_ubyte(x):  # img_as_ubyte(np.clip(x, 0, 1)): rint(255 x) in float32, saturated to 0..255
+        return cv2.convertScaleAbs(cv2.threshold(x, 0, 0, cv2.THRESH_TOZERO)[1], alpha=255)
+
+    nb, ni = (resized(img_as_ubyte(np.clip(np.asarray(nuclei[..., k], np.float32), 0, 1))) for k in (1, 2))
+    cb, ci = (to_ubyte(resized(np.ascontiguousarray(cell[..., k], np.float32))) for k in (1, 2))
+    return nb, ni, cb, ci
+
+
 def official_inputs(nuclei: np.ndarray, cell: np.ndarray, out_hw: tuple[int, int]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``label_cell``'s uint8 ``(H, W, 3)`` inputs from the networks' float softmax maps ``(h, w, 3)``.
@@ -70,89 +84,71 @@ def official_inputs(nuclei: np.ndarray, cell: np.ndarray, out_hw: tuple[int, int
     channel 0 = 0, ``INTER_AREA`` in float, ``img_as_ubyte``. (The original passed ``(H, W)`` where OpenCV
     wants ``(W, H)``; all HPA images are square, and here the size is given the right way round.)
     """
-    h, w = int(out_hw[0]), int(out_hw[1])
-    nuc = img_as_ubyte(np.clip(np.asarray(nuclei, np.float32), 0.0, 1.0))
-    nuc[..., 0] = 0
-    c = np.array(cell, dtype=np.float32)
-    c[..., 0] = 0
-    if nuc.shape[:2] != (h, w):
-        nuc = cv2.resize(nuc, (w, h), interpolation=cv2.INTER_AREA)
-        c = cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
-    return nuc, img_as_ubyte(np.clip(c, 0.0, 1.0))
-
-
-# ----------------------------------------------------------------------------- exact, faster pieces
-def remove_small(labels: np.ndarray, min_size: float) -> np.ndarray:
-    """``skimage.morphology.remove_small_objects``: labels (or 4-connected parts of a bool mask) with
-    fewer than ``min_size`` pixels set to 0."""
-    if labels.dtype == bool:
-        lab, n = ndi.label(labels)
-        if n == 0:
-            return labels
-        keep = np.bincount(lab.ravel()) >= min_size
-        keep[0] = False
-        return keep[lab]
-    if labels.size == 0 or not labels.any():
-        return labels
-    keep = np.bincount(labels.ravel()) >= min_size
-    keep[0] = False
-    return np.where(keep[labels], labels, 0).astype(labels.dtype, copy=False)
-
-
-def fill_small_holes(mask: np.ndarray, max_size: float) -> np.ndarray:
-    """``remove_small_holes(mask, max_size)``: background parts (4-connected, border ones included)
-    with fewer than ``max_size`` pixels set to True."""
-    holes, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    small = np.bincount(holes.ravel()) < max_size
-    small[0] = False
-    return mask | small[holes]
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``ndi.binary_fill_holes`` (background 4-connected to the image edge stays background)."""
-    bg, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    edge = np.zeros(n + 1, bool)
-    for side in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
-        edge[side] = True
-    edge[0] = True
-    return mask | ~edge[bg]
-
-
-def _morph_dtype(labels: np.ndarray) -> np.ndarray:
-    top = int(labels.max()) if labels.size else 0
-    if labels.dtype in (np.uint8, np.uint16) or top < 65536:
-        return labels.astype(np.uint16 if labels.dtype != np.uint8 else np.uint8, copy=False)
-    if top < 2 ** 24:
-        return labels.astype(np.float32)
-    raise ValueError(f"label ids up to {top}: too many for the morphology")
-
-
-def grey_closing(labels: np.ndarray, radius: int) -> np.ndarray:
-    """``skimage.morphology.closing(labels, disk(radius))`` (reflect border = ignore, for a disk)."""
-    if radius < 1:
-        return labels
-    src = _morph_dtype(labels)
-    out = cv2.morphologyEx(src, cv2.MORPH_CLOSE, disk(radius).astype(np.uint8))  # border: ignored
-    return out.astype(labels.dtype, copy=False)
-
-
-def thick_boundaries(labels: np.ndarray) -> np.ndarray:
-    """``skimage.segmentation.find_boundaries(labels)`` (mode ``thick``, connectivity 1)."""
-    src = _morph_dtype(labels)
-    return cv2.dilate(src, _CROSS) != cv2.erode(src, _CROSS)
-
-
-def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """The official ``__fill_holes``: cut the label boundaries, fill holes of the union, 4-connected ids."""
-    cut = (labels > 0) & ~thick_boundaries(labels)
-    return ndi.label(fill_holes(cut))[0]
+    nb, ni, cb, ci = input_planes(nuclei, cell, out_hw)
+    zero = np.zeros_like(nb)
+    return np.stack([zero, nb, ni], -1), np.stack([zero, cb, ci], -1)
 
 
 # ----------------------------------------------------------------------------- label_cell
+def _lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[x]`` (bool, 256 entries) of a uint8 image, by OpenCV's lookup."""
+    return cv2.LUT(np.ascontiguousarray(x), table.astype(np.uint8)).view(bool)
+
+
+def _nuclei(nuc_b: np.ndarray, nuc_i: np.ndarray, cell_b: np.ndarray, a: float, corrected: bool
+            ) -> np.ndarray:
+    """Step 1 of ``label_cell``: the official ``__wsh(nuc_i / 255, 0.4, 1 - (nuc_b + cell_b) / 255 > 0.05,
+    nuc_i / 255, -0.25, 500)``, nuclei under 2500 px dropped, ``measure.label``."""
+    if corrected:
+        total = nuc_b.astype(np.int32) + cell_b
+        border_ok = (1 - np.arange(511) / 255.0 > SEED_BORDER_MARGIN)[total]
+    else:  # uint8 + uint8 wraps past 255, as in the original
+        border_ok = _lut(nuc_b + cell_b, 1 - _V / 255.0 > SEED_BORDER_MARGIN)
+    seeds = border_ok & _lut(nuc_i, _V / 255 > NUC_MASK_THRESHOLD + NUC_SEED_ADJUST)
+    markers = exact.drop_small_parts(seeds, SEED_MIN_AREA * a)[0]  # ndi.label's ids, renumbered: the
+    mask = _lut(nuc_i, _V / 255.0 > NUC_MASK_THRESHOLD)               # watershed only compares them
+    mask = exact.fill_small_holes(mask, NUC_HOLE_AREA * a)
+    mask_parts = exact.drop_small_parts(mask, NUC_MASK_MIN_AREA * a)
+    nuclei = exact.watershed(lambda: (mask_parts[0] > 0).view(np.uint8), markers, None,
+                             watershed_line=True, min_size=NUC_MIN_AREA * a, mask_parts=mask_parts)
+    return exact.label_equal(nuclei)
+
+
+def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """The official ``__fill_holes`` before its ``ndi.label``: label boundaries cut, holes filled (bool)."""
+    return exact.fill_holes((labels > 0) & ~exact.thick_boundaries(labels))
+
+
+def _cells(nuclei: np.ndarray, cell_b: np.ndarray, cell_i: np.ndarray, a: float, radius: int,
+           corrected: bool) -> tuple[np.ndarray, int]:
+    """Step 2 of ``label_cell``: the two cell watersheds, the closing, holes, the size floor; ``(ids, n)``
+    with ids 1..n in raster order (the last ``measure.label``)."""
+    thr = max(CELL_THRESHOLD_FLOOR, exact.otsu_uint8(cell_i) * CELL_OTSU_FACTOR)
+    borders = _lut(cell_b, _V / 255 > CELL_BORDER_THRESHOLD)
+    region = _lut(cell_i, _V / 255 > thr)
+    if corrected:
+        region = region & ~borders
+
+        def neg_distance():
+            return -np.clip(cell_i.astype(np.float64), 255 * thr, None)
+    else:  # np.invert(int8 0/1) is -1/-2: nothing excluded; np.clip(x, t, x) is x
+        def neg_distance():
+            return -cell_i.astype(np.float64)
+    # ids wrap past 255 (cast to uint8), as in the original
+    cell = exact.watershed(neg_distance, nuclei, region, min_size=CELL_MIN_AREA * a,
+                           dtype=None if corrected else np.uint8)
+    cell = exact.grey_closing(cell, radius)
+    cell = exact.parts(_fill_label_holes(cell))[0]
+    # extend the cells into the cell-border pixels
+    cell = exact.watershed(neg_distance, cell, (cell > 0) | borders)
+    ids, n = exact.parts(_fill_label_holes(cell), 8)
+    keep = exact.part_sizes(ids, n) >= CELL_MIN_AREA * a
+    keep[0] = False
+    if keep[1:].all():
+        return ids, n
+    return (np.cumsum(keep) * keep).astype(ids.dtype)[ids], int(keep.sum())
+
+
 def label_cell(nuclei: np.ndarray, cell: np.ndarray, pixel_scale: float = 1.0,
                corrected: bool = CORRECTED) -> tuple[np.ndarray, np.ndarray]:
     """The official ``label_cell`` on uint8 ``(H, W, 3)`` maps -> ``(cell, nucleus)`` label maps.
@@ -160,7 +156,8 @@ def label_cell(nuclei: np.ndarray, cell: np.ndarray, pixel_scale: float = 1.0,
     Note the order: the original returned ``(nuclei, cell)``; here cell first, as everywhere in the
     project. Cell ids 1..n, nucleus k lies in cell k; uint16 (int32 past 65535 cells). ``pixel_scale``:
     map pixels per original pixel (1 = the official resolution; sizes are scaled by it, areas by its
-    square). ``corrected``: see the module docstring.
+    square). ``corrected``: see the module docstring. Pixel for pixel the official code
+    (``tests/hpa_postprocess_oracle.py``), by the faster equal calls of :mod:`.exact`.
     """
     if nuclei.shape != cell.shape or nuclei.ndim != 3 or nuclei.shape[2] < 3:
         raise ValueError(f"nuclei and cell maps must be (H, W, 3) of one shape, got {nuclei.shape} "
@@ -168,56 +165,24 @@ def label_cell(nuclei: np.ndarray, cell: np.ndarray, pixel_scale: float = 1.0,
     if nuclei.dtype != np.uint8 or cell.dtype != np.uint8:
         raise ValueError(f"label_cell takes uint8 maps (see official_inputs), got {nuclei.dtype}, "
                          f"{cell.dtype}")
+    planes = (np.ascontiguousarray(m[..., k]) for m, k in ((nuclei, 1), (nuclei, 2), (cell, 1), (cell, 2)))
+    return label_planes(*planes, pixel_scale=pixel_scale, corrected=corrected)
+
+
+def label_planes(nuc_b: np.ndarray, nuc_i: np.ndarray, cell_b: np.ndarray, cell_i: np.ndarray,
+                 pixel_scale: float = 1.0, corrected: bool = CORRECTED) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_cell` on the four uint8 planes of :func:`input_planes`."""
     a = float(pixel_scale) ** 2
-    nuc_b, nuc_i = nuclei[..., 1], nuclei[..., 2]
-    cell_b, cell_i = cell[..., 1], cell[..., 2]
-
-    # 1. nuclei: __wsh(nuc_i / 255, 0.4, 1 - (nuc_b + cell_b) / 255 > 0.05, nuc_i / 255, -0.25, 500)
-    if corrected:
-        total = nuc_b.astype(np.int32) + cell_b
-        border_ok = 1 - total / 255.0 > SEED_BORDER_MARGIN
-    else:  # uint8 + uint8 wraps past 255, as in the original
-        border_ok = (1 - _V / 255.0 > SEED_BORDER_MARGIN)[nuc_b + cell_b]
-    seeds = border_ok & (_V / 255 > NUC_MASK_THRESHOLD + NUC_SEED_ADJUST)[nuc_i]
-    seeds = remove_small(seeds, SEED_MIN_AREA * a)
-    mask = (_V / 255.0 > NUC_MASK_THRESHOLD)[nuc_i]
-    mask = fill_small_holes(mask, NUC_HOLE_AREA * a)
-    mask = remove_small(mask, NUC_MASK_MIN_AREA * a)
-    markers = ndi.label(seeds, output=np.uint32)[0]
-    mask8 = mask.astype(np.uint8)
-    nuclei_label = watershed(mask8, markers, mask=mask8, watershed_line=True)
-    nuclei_label = remove_small(nuclei_label, NUC_MIN_AREA * a)
-    nuclei_label = measure.label(nuclei_label)
-
-    # 2. cells
-    thr = max(CELL_THRESHOLD_FLOOR, threshold_otsu(cell_i / 255) * CELL_OTSU_FACTOR)
-    borders = (_V / 255 > CELL_BORDER_THRESHOLD)[cell_b]
-    region = (_V / 255 > thr)[cell_i]
-    if corrected:
-        region &= ~borders
-        distance = np.clip(cell_i.astype(np.float64), 255 * thr, None)
-    else:  # np.invert(int8 0/1) is -1/-2: nothing excluded; np.clip(x, t, x) is x
-        distance = cell_i.astype(np.float64)
-    cell_label = watershed(-distance, nuclei_label, mask=region.astype(np.int8))
-    cell_label = remove_small(cell_label, CELL_MIN_AREA * a)
-    if not corrected:
-        cell_label = cell_label.astype(np.uint8)  # ids wrap past 255, as in the original
-    cell_label = grey_closing(cell_label, int(np.round(CELL_CLOSING_RADIUS * pixel_scale)))
-    cell_label = _fill_label_holes(cell_label)
-    # extend the cells into the cell-border pixels
-    sk = ((cell_label > 0) | borders).astype(np.int8)
-    cell_label = watershed(-distance, cell_label, mask=sk)
-    cell_label = _fill_label_holes(cell_label)
-    cell_label = measure.label(cell_label > 0)
-    cell_label = remove_small(cell_label, CELL_MIN_AREA * a)
-    cell_label = measure.label(cell_label)
-    dtype = np.uint16 if int(cell_label.max(initial=0)) <= 65535 else np.int32
-    cell_label = cell_label.astype(dtype)
-
-    # 3. each cell's nucleus: nucleus pixels inside cells, small parts dropped, the cell's id
-    nuc = measure.label((cell_label > 0) & (nuclei_label > 0))
-    nuc = remove_small(nuc, NUC_MIN_AREA * a)
-    nucleus = np.where(nuc > 0, cell_label, 0).astype(dtype)
+    nuclei_label = _nuclei(nuc_b, nuc_i, cell_b, a, corrected)
+    radius = int(np.round(CELL_CLOSING_RADIUS * pixel_scale))
+    cell_label, n = _cells(nuclei_label, cell_b, cell_i, a, radius, corrected)
+    dtype = np.uint16 if n <= 65535 else np.int32
+    cell_label = cell_label.astype(dtype, copy=False)
+    # each cell's nucleus: nucleus pixels inside cells, small parts (8-connected) dropped, the cell's id
+    ids, n = exact.parts((cell_label > 0) & (nuclei_label > 0), 8)
+    keep = exact.part_sizes(ids, n) >= NUC_MIN_AREA * a
+    keep[0] = False
+    nucleus = np.where(keep[ids], cell_label, 0).astype(dtype)
     return cell_label, nucleus
 
 
@@ -232,9 +197,8 @@ def label_from_maps(nuclei: np.ndarray, cell: np.ndarray, out_hw: tuple[int, int
     """
     out_hw = (int(out_hw[0]), int(out_hw[1]))
     label_hw = out_hw if label_hw is None else (int(label_hw[0]), int(label_hw[1]))
-    nuc8, cell8 = official_inputs(nuclei, cell, label_hw)
     scale = np.sqrt(label_hw[0] * label_hw[1] / (out_hw[0] * out_hw[1]))
-    c, n = label_cell(nuc8, cell8, pixel_scale=float(scale), corrected=corrected)
+    c, n = label_planes(*input_planes(nuclei, cell, label_hw), pixel_scale=float(scale), corrected=corrected)
     if label_hw != out_hw:
         c, n = resize_labels(c, out_hw), resize_labels(n, out_hw)
     return c, n
@@ -251,5 +215,4 @@ def label_cells(nuc_border: np.ndarray, nuc_interior: np.ndarray, cell_border: n
     zero = np.zeros_like(np.asarray(nuc_border, np.float32))
     nuc = np.stack([zero, nuc_border, nuc_interior], -1)
     cel = np.stack([zero, cell_border, cell_interior], -1)
-    nuc8, cell8 = official_inputs(nuc, cel, zero.shape)
-    return label_cell(nuc8, cell8, pixel_scale=pixel_scale, corrected=corrected)
+    return label_planes(*input_planes(nuc, cel, zero.shape), pixel_scale=pixel_scale, corrected=corrected)
