@@ -12,9 +12,13 @@ Prints tables, seconds per field of view (best of REPEAT runs, each variant time
 * one forward of the official network architecture (random weights) at the network size, fp32 and
   bf16 (autocast, channels-last), and the whole ``HPASegmenter.segment`` on a 2048² field with the
   same networks (their outputs replaced by the reference maps, so the post-processing is a real one);
+* label agreement with the reference cells when the networks' arithmetic changes (channels-last fp32, bf16
+  autocast): without the real weights, the change a variant makes to the logits of the official
+  architecture (random weights, a smooth input), relative to their spread, is added to the reference
+  maps' logits at the same relative size; the labels of those maps are compared with the reference;
 * with ``--S2 true``: ``S2_data_process.py`` end to end on S2_IMAGES random 2048² fields (NUM_WORKERS
-  2, networks on the CPU as above), images/s; ``--CODE_DIR`` runs another checkout's S2 (e.g. the
-  commit before, for the "before" column).
+  2: the networks in the main process on the CPU as above, the post-processing in 2 processes),
+  images/s; ``--CODE_DIR`` runs another checkout's S2 (e.g. the commit before, for the "before" column).
 
     python benchmarks/bench_hpa_seg.py [--SIDES 2048,3072] [--REPEAT 3] [--THREADS 2]
     python benchmarks/bench_hpa_seg.py --POST false --S2 true [--CODE_DIR /tmp/before]
@@ -22,6 +26,7 @@ Prints tables, seconds per field of view (best of REPEAT runs, each variant time
 # ---------------------------------------------------------------------------- what
 POST = True             # the post-processing table (before / after, stages, memory)
 SEGMENT_CPU = True      # the network forwards and the whole segment() on the CPU
+AGREEMENT = True        # label agreement of channels-last fp32 and bf16 with fp32 (transplanted errors)
 S2 = False              # S2 end to end (slow: S2_IMAGES fields through both networks on the CPU)
 # ---------------------------------------------------------------------------- sizes
 SIDES = [2048, 3072]    # original sides of the fields of view (px); the networks see a quarter of it
@@ -51,6 +56,8 @@ import numpy as np
 import torch
 
 from common import config
+from common.io import read_label_png
+from common.segmentation import match_cells
 from common.segmentation.dpn_unet import DPNUNet
 from common.segmentation.hpa import HPASegmenter, exact
 from common.segmentation.hpa import postprocess as pp
@@ -228,6 +235,49 @@ def network_table(cfg) -> None:
               f"+ post-processing, {src} maps): {whole:.2f}")
 
 
+def agreement_table(cfg) -> None:
+    print("\nlabels when the networks' arithmetic changes (its error on the official architecture, random "
+          "weights, transplanted onto the reference maps' logits):")
+    variants = {"fp32 channels-last": (True, False), "bf16 autocast channels-last": (True, True)}
+    errors = {}
+    for k, (kind, seed) in enumerate((("nuclei", 1), ("cell", 2))):
+        torch.manual_seed(cfg.SEED + k)
+        net = DPNUNet().eval()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 32, 32, generator=g), size=(512, 512),
+                                            mode="bilinear") * 4 - 2
+        z = _logits(net, x, False, False)
+        errors[kind] = {v: (_logits(net, x, *flags) - z) / z.std() for v, flags in variants.items()}
+    for scenario in SCENARIOS:
+        if not (REFERENCE / f"{scenario}_ref_cell.png").is_file():
+            print("  (no reference maps)")
+            return
+        nuc, cell, _ = maps(2048, scenario)
+        ref = [read_label_png(REFERENCE / f"{scenario}_ref_{w}.png") for w in ("cell", "nucleus")]
+        for v in [*variants, "bf16 rounding of the logits only"]:
+            probs = []
+            for kind, p in (("nuclei", nuc), ("cell", cell)):
+                z = torch.from_numpy(np.log(np.maximum(p, 1e-7)))
+                z = z.to(torch.bfloat16).float() if v not in variants else z + errors[kind][v] * z.std()
+                probs.append(z.softmax(-1).numpy())
+            got = pp.label_from_maps(*probs, (2048, 2048))
+            m = [match_cells(r, g_) for r, g_ in zip(ref, got)]
+            px = [int((r != g_).sum()) for r, g_ in zip(ref, got)]
+            c, n = m
+            print(f"  {scenario} {v}: pixels that differ: cells {px[0]}, nuclei {px[1]}; cells matched "
+                  f"{c['matched']}/{c['n_true']}, mean IoU {c['mean_iou']:.4f} (worst "
+                  f"{c['ious'].min():.3f}); nuclei {n['matched']}/{n['n_true']}, {n['mean_iou']:.4f}")
+
+
+def _logits(net, x, channels_last: bool, bf16: bool) -> torch.Tensor:
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = net(x).float()[0].permute(1, 2, 0).contiguous()
+    net.to(memory_format=torch.contiguous_format)
+    return out
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -265,11 +315,7 @@ t = time.perf_counter()
 S2.main(["--COMPETITION_DIR", {data!r}, "--HPA512_DIR", {out!r}, "--SEGMENTER", "hpa", "--NUM_WORKERS",
          "{workers}", "--DEVICE", "cpu"] + {extra!r})
 dt = time.perf_counter() - t
-for seg in S2._SEGMENTERS.values():
-    seg.close()  # the post-processing processes end: their peak memory is counted
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({{"s": dt, "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "rss_worker": kids}}))
+print(json.dumps({{"s": dt, "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
@@ -301,8 +347,9 @@ def s2_table(cfg) -> None:
                 print(run.stdout[-2000:], run.stderr[-4000:])
                 raise SystemExit(f"S2 run failed ({precision})")
             res = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"  {precision}: {res['s']:.1f} s, {cfg.S2_IMAGES / res['s']:.3f} images/s; peak RSS main "
-                  f"{res['rss_main']:.0f} MB, largest worker {res['rss_worker']:.0f} MB")
+            ips = cfg.S2_IMAGES / res["s"]
+            print(f"  {precision}: {res['s']:.1f} s, {ips:.3f} images/s; peak RSS of the main process "
+                  f"{res['rss_main']:.0f} MB")
 
 
 def main(argv=None):
@@ -315,6 +362,8 @@ def main(argv=None):
         post_table(cfg)
     if cfg.SEGMENT_CPU:
         network_table(cfg)
+    if cfg.AGREEMENT:
+        agreement_table(cfg)
     if cfg.S2:
         s2_table(cfg)
     print("(shared machine: the best of several runs, indicative)")
