@@ -38,6 +38,7 @@ S2_WORKERS = 2          # S2's NUM_WORKERS
 CODE_DIR = ""           # S2 from this checkout instead of this one ("" = this one)
 SEED = 0
 
+import inspect
 import json
 import resource
 import subprocess
@@ -297,14 +298,7 @@ assert postprocess.__file__.startswith({code!r}), postprocess.__file__
 with np.load({maps!r}) as z:
     maps = z["nuclei"], z["cell"]
 
-class TimedStandIn(torch.nn.Module):  # as bench_hpa_seg.TimedStandIn, with this checkout's DPNUNet
-    def __init__(self, probs):
-        super().__init__()
-        self.net = DPNUNet().eval()
-        self.register_buffer("logits", torch.from_numpy(np.log(np.maximum(probs, 1e-12))).permute(2, 0, 1))
-    def forward(self, x):
-        self.net(x)
-        return self.logits[None].expand(x.shape[0], -1, -1, -1)
+{stand_in}
 
 def get_segmenter(name, weights_dir=None, device="cpu", **kw):
     kw = {{k: v for k, v in kw.items() if k in ("label_at", "post_workers", "precision")}}
@@ -341,7 +335,8 @@ def s2_table(cfg) -> None:
             if extra and cfg.CODE_DIR:
                 continue  # another checkout may not know SEG_PRECISION
             driver = _S2_DRIVER.format(code=code, threads=cfg.THREADS, maps=str(maps_file), data=str(data),
-                                       out=str(Path(tmp) / precision), workers=cfg.S2_WORKERS, extra=extra)
+                                       out=str(Path(tmp) / precision), workers=cfg.S2_WORKERS, extra=extra,
+                                       stand_in=inspect.getsource(TimedStandIn))  # that checkout's DPNUNet
             run = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, cwd=code)
             if run.returncode:
                 print(run.stdout[-2000:], run.stderr[-4000:])

@@ -105,8 +105,9 @@ def _nuclei(nuc_b: np.ndarray, nuc_i: np.ndarray, cell_b: np.ndarray, a: float, 
     else:  # uint8 + uint8 wraps past 255, as in the original
         border_ok = _lut(nuc_b + cell_b, 1 - _V / 255.0 > SEED_BORDER_MARGIN)
     seeds = border_ok & _lut(nuc_i, _V / 255 > NUC_MASK_THRESHOLD + NUC_SEED_ADJUST)
-    markers = exact.drop_small_parts(seeds, SEED_MIN_AREA * a)[0]  # ndi.label's ids, renumbered: the
-    mask = _lut(nuc_i, _V / 255.0 > NUC_MASK_THRESHOLD)               # watershed only compares them
+    # the seeds' ids stand for ndi.label's (numbered otherwise: the watershed only compares them)
+    markers = exact.drop_small_parts(seeds, SEED_MIN_AREA * a)[0]
+    mask = _lut(nuc_i, _V / 255.0 > NUC_MASK_THRESHOLD)
     mask = exact.fill_small_holes(mask, NUC_HOLE_AREA * a)
     mask_parts = exact.drop_small_parts(mask, NUC_MASK_MIN_AREA * a)
     nuclei = exact.watershed(lambda: (mask_parts[0] > 0).view(np.uint8), markers, None,
