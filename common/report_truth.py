@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import constants, encoding, io, metric, report
+from common import cell_tables, encoding, io, metric, report
 from common.constants import NUM_CLASSES
 
 
@@ -50,7 +50,7 @@ def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -
         rows_of.setdefault(f, []).append(k)
     for f, ks in rows_of.items():
         image_id = model["fields"][f]["id"]
-        path = labels_dir / f"{constants.file_stem(image_id)}.png"
+        path = labels_dir / cell_tables.label_file(image_id)
         if image_id not in images or not path.is_file():
             continue
         best = _best_truth(io.read_label_png(path), cells.iloc[images[image_id]], iou)

@@ -12,9 +12,19 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from conftest import ROOT, load_script, tmpfs_run
+from own_images_data import (
+    declared_tiff,
+    field,
+    gzip_bomb,
+    write_channel_bytes_name,
+    write_channel_files,
+    write_tiffs,
+)
 
 from common import io, lock
 
@@ -293,16 +303,6 @@ def _bad_s2_file(request, tmp_path):
 @case("an own field that cannot be used as it is (more than `MAX_PIXELS` values by its header, a gzip bomb, "
       "NaN, negatives, floats outside [0, 1], a Z-stack, a name that is not UTF-8)")
 def _unusable_field(request, tmp_path):
-    import numpy as np
-    import tifffile
-    from own_images_data import (
-        declared_tiff,
-        field,
-        gzip_bomb,
-        write_channel_bytes_name,
-        write_channel_files,
-        write_tiffs,
-    )
 
     folder = tmp_path / "fields"
     write_tiffs(folder, {"good": field(1, 64, 64)})
@@ -311,8 +311,9 @@ def _unusable_field(request, tmp_path):
     write_channel_files(folder, {"bomb": field(6, 64, 64)}, ["_green", "_blue", "_yellow"], ".png")
     nan = np.moveaxis(field(2, 64, 64), -1, 0).astype(np.float32) / 65535
     nan[1, 0, 0] = np.nan
-    tifffile.imwrite(folder / "nan.tif", nan)
-    tifffile.imwrite(folder / "negative.tif", np.moveaxis(field(3, 64, 64), -1, 0).astype(np.int32) - 5)
+    tifffile.imwrite(folder / "nan.tif", nan, photometric="minisblack")
+    tifffile.imwrite(folder / "negative.tif", np.moveaxis(field(3, 64, 64), -1, 0).astype(np.int32) - 5,
+                     photometric="minisblack")
     tifffile.imwrite(folder / "zstack.tif", np.moveaxis(field(4, 64, 64), -1, 0).copy(), imagej=True,
                      metadata={"axes": "ZYX"})
     write_channel_bytes_name(folder, b"bad\xff", field(5, 64, 64), ["_red", "_green", "_blue", "_yellow"])
