@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, demo_data, io, lock
+from common import config, constants, io, lock
+from common.demo import demo_data
 
 # constants renamed in this release: an old name on the command line stops with the new one
 _RENAMED = {"OUT_DIR": "COMPETITION_DIR"}

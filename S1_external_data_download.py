@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 from tqdm import tqdm
 
-from common import config, constants, download, lock
+from common import config, constants, lock
 from common import io as hio
+from common.data import download
 
 # HPA location names that are not competition classes but map onto one (the original's table)
 EXTRA_NAMES = {
@@ -195,7 +196,7 @@ def select_rows(df: pd.DataFrame, cfg, path: Path) -> tuple[pd.DataFrame, pd.Dat
 
 # ---------------------------------------------------------------------------- downloads
 def tif_to_png(src: Path, dst: Path) -> None:
-    """A downloaded (gzipped) TIFF channel -> 8-bit PNG (16-bit scaled by ``io.to_uint8``)."""
+    """A downloaded (gzipped) TIFF channel -> 8-bit PNG (16-bit scaled by ``images.to_uint8``)."""
     hio.imwrite(dst, hio.read_channel(src))  # dst may be a temporary name: the format is its target's
 
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, fov, io, lock, owned, parallel, segmentation
+from common import config, constants, fov, images, io, lock, owned, parallel, segmentation
 
 _SPLITS = ("train", "test")
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -156,9 +156,9 @@ def _prepare(task: tuple, opts: dict, out_dir: Path):
     split, folder, image_id = task
     paths = out_paths(out_dir, split, image_id)
     try:
-        img = io.read_image(folder, image_id, opts["max_pixels"])
+        img = images.read_image(folder, image_id, opts["max_pixels"])
         small = fov.working_image(img, opts["image_size"])
-        io.write_rgby(paths["image"], small)
+        images.write_rgby(paths["image"], small)
         return split, image_id, paths, img, small
     except Exception as e:  # noqa: BLE001 - a bad image is reported, the others go on
         return _fail(paths, split, image_id, f"{type(e).__name__}: {e}")
@@ -187,9 +187,9 @@ def process_batch(batch: dict) -> list[dict]:
     for (split, image_id, paths, _, _), f in zip(ready, fovs):
         h, w = f.hw
         try:
-            io.save_masks(paths["mask"], f.cell, f.nucleus)
+            images.save_masks(paths["mask"], f.cell, f.nucleus)
             if keeps_full(opts["full_masks"], split):
-                io.save_masks(paths["mask_full"], f.cell_full, f.nucleus_full)
+                images.save_masks(paths["mask_full"], f.cell_full, f.nucleus_full)
             rec = {"ID": image_id, "split": split, "ok": True, "ImageWidth": int(w), "ImageHeight": int(h),
                    "n_cells": len(np.unique(f.cell[f.cell > 0])), "segmenter": opts["segmenter"],
                    "seg_at": opts["seg_at"], "label_at": opts["label_at"]}
@@ -314,7 +314,7 @@ def _run(cfg, data_dir: Path, out_dir: Path, seg_dir: Path, seg_name: str, seg_a
         return [p["meta"], p["image"], p["mask"], *full]
 
     def inputs(t):  # a channel file newer than the outputs (e.g. regenerated demo data) redoes the image
-        return [io.channel_path(t[1], t[2], c) for c in constants.CHANNELS]
+        return [images.channel_path(t[1], t[2], c) for c in constants.CHANNELS]
 
     todo, done = parallel.split_done(tasks, outputs, overwrite=cfg.OVERWRITE, inputs=inputs)
     print(f"S2: {len(tasks)} images in this shard: {len(done)} already done, {len(todo)} to do")

@@ -83,8 +83,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import augment, config, constants, io, models, recipes, train, weights
-from common.datasets import CellPoolDataset, ImageDataset, split_fold
+from common import config, constants, io, recipes
+from common.data import augment
+from common.data.datasets import CellPoolDataset, ImageDataset, split_fold
+from common.models import models, weights
+from common.training import train
 
 # constants renamed or removed in this release: an old name on the command line stops with one line
 _RENAMED = {"DATA_DIR": "HPA512_DIR"}
@@ -111,7 +114,7 @@ def main(argv=None):
     config.require_number(cfg, "P_FLIP", "P_AFFINE", "P_COARSE_DROPOUT", maximum=1, step="S3")
     train.check_config(cfg, "S3")  # and in fit: here before the images are read
     train.check_model_constants(cfg, "S3")
-    cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/cellpool.py)
+    cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/models/cellpool.py)
     if cfg["VARIANT"] not in augment.P1_VARIANTS:
         raise SystemExit(f"--VARIANT must be one of {augment.P1_VARIANTS}")
     constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")

@@ -39,9 +39,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, constants, io, lock, owned, parallel
-from common.crop_files import crop_image_cells
-from common.datasets import external_flags
+from common import config, constants, images, io, lock, owned, parallel
+from common.data.crop_files import crop_image_cells
+from common.data.datasets import external_flags
 
 _INDEX_COLUMNS = ["ID", "cell_id", "x0", "y0", "x1", "y1", "area", "border"]
 
@@ -77,7 +77,7 @@ def _originals(cfg, tasks: list[dict]) -> None:
     cells_<S>.json (S4.2 and S5 then crop the same way); a few images without their original too."""
     if not cfg.FROM_ORIGINAL or not tasks:
         return
-    found = sum(io.channel_path(t["original_dir"], t["image_id"], "red").is_file() for t in tasks)
+    found = sum(images.channel_path(t["original_dir"], t["image_id"], "red").is_file() for t in tasks)
     if found == len(tasks):
         print(f"S4.1: cropping from the original images ({found} found)", flush=True)
         return

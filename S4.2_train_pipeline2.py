@@ -7,11 +7,11 @@ Reads   input/hpa-512/train_all.csv (ID, Label, is_ext, fold), S4.1's CELLS_DIR/
 Writes  output/<RUN_NAME>/fold<FOLD>/  best.pth last.pth config.json summary.csv train.log curves.png
         (and at the best epoch oof.csv, and oof_cells.csv with the cell-level validation)
 
-Model: common.models.build_model with PIPELINE=2 -> common.mil.BagModel (cell classifier on every
-cell, "logits" = MIL_POOL over the bag, loss (MIL_W_MAX*BCE(pool) + MIL_W_MEAN*BCE(mean)) / sum).
+Model: common.models.models.build_model with PIPELINE=2 -> common.models.mil.BagModel (cell classifier on
+every cell, "logits" = MIL_POOL over the bag, loss (MIL_W_MAX*BCE(pool) + MIL_W_MEAN*BCE(mean)) / sum).
 Validation: image-level mAP of the pooled logits on the fold's bags (val_mAP), and, when the
 per-cell truth exists, cell_mAP_strict / cell_mAP_lenient of every TRUE cell of the fold's
-images (common.cell_validation: cropped exactly like S4.1 crops, scored with metric.score_cells).
+images (common.training.cell_validation: cropped exactly like S4.1 crops, scored with metric.score_cells).
 
     python S4.2_train_pipeline2.py --FOLD 0
     python S4.2_train_pipeline2.py --CELL_SIZE 128 --MODEL_NAME resnet18 --EPOCHS 2 --DEVICE cpu
@@ -50,7 +50,7 @@ MIL_CHUNK = 256              # cells per forward at inference (memory bound)
 # ---------------------------------------------------------------------------- self-training
 PSEUDO_LABELS = ""           # CSV of soft per-cell targets (tools/make_pseudo_labels.py); "" = off
 PSEUDO_W = 1.0               # weight of the per-cell BCE on them, added to the MIL loss
-# ---------------------------------------------------------------------------- training (common.train)
+# ------------------------------------------------------------------------ training (common.training.train)
 EPOCHS = 20                  # epochs
 BATCH_SIZE = 8               # bags per step and process (x CELLS_PER_IMAGE cells)
 LR = 3e-4                    # peak learning rate
@@ -90,10 +90,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import augment, config, constants, io, models, recipes, train, weights
-from common.bag_datasets import BagDataset, PseudoBagDataset, read_pseudo_labels
-from common.cell_validation import CellValidation
-from common.datasets import external_flags, split_fold
+from common import config, constants, io, recipes
+from common.data import augment
+from common.data.bag_datasets import BagDataset, PseudoBagDataset, read_pseudo_labels
+from common.data.datasets import external_flags, split_fold
+from common.models import models, weights
+from common.training import train
+from common.training.cell_validation import CellValidation
 
 log = logging.getLogger("hpa.s42")
 # constants renamed or removed in this release: an old name on the command line stops with one line

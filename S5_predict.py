@@ -4,7 +4,7 @@ Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: orde
         HPA512_DIR/test/{ID}.png, test_cell_mask/{ID}.npz and test_cell_mask_full/{ID}.npz from S2
         (when the mask is absent: the original COMPETITION_DIR/test/{ID}_{red,green,blue,yellow}.png is
         read and prepared here by common.fov, exactly as S2 does it)
-        or, with --IMAGES, a folder of one's own fields of view (no sample submission; common.fields):
+        or, with --IMAGES, a folder of one's own fields of view (no sample submission; common.predict.fields):
         {ID}{CHANNEL_SUFFIXES}.{png,jpg,tif,...} (one file per channel, 8/16-bit) or one multi-channel
         {ID}.tif/.tiff (TIFF_PLANES), any size (non-square padded square for the models), segmented here
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
@@ -21,11 +21,11 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/cells.csv             with CELL_TABLES: image, cell_id, x, y (centroid), area,
                                          touches_border, top_class, top_prob, one column per class name
         OUTPUT_DIR/images.csv            with CELL_TABLES: image, width, height, n_cells, per class the
-                                         fraction of the cells at >= THRESHOLD (common.cell_tables)
+                                         fraction of the cells at >= THRESHOLD (common.predict.cell_tables)
         OUTPUT_DIR/labels/{stem}.png     with CELL_TABLES: the 16-bit label map at the original size, ids
                                          as in cells.csv (opens as labels in Fiji and napari); {stem} =
                                          constants.file_stem(ID), the ID itself when it is a plain name
-        OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report)
+        OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report.report)
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
 OUTPUT_DIR is output, or output/<IMAGES folder name> with --IMAGES (my_fields -> output/my_fields).
@@ -113,23 +113,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import (
-    cell_tables,
-    cells,
-    config,
-    constants,
-    encoding,
-    fields,
-    io,
-    lock,
-    owned,
-    plots,
-    predict,
-    recipes,
-    report,
-    segmentation,
-)
+from common import cells, config, constants, io, lock, owned, plots, recipes, segmentation
+from common.competition import encoding
 from common.constants import NUM_CLASSES
+from common.predict import cell_tables, fields, predict
+from common.report import report
 
 # constants renamed in this release: an old name on the command line stops with the new one
 _RENAMED = {"DATA_DIR": "COMPETITION_DIR"}
@@ -342,7 +330,7 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
 
 
 def _source(cfg, sample: pd.DataFrame | None, found: tuple | None, predictors: list):
-    """Where the images come from, one interface (``common.fields``): IMAGES' fields, or the test set."""
+    """Where the images come from, one interface (``predict.fields``): IMAGES' fields, or the test set."""
     if found:
         return fields.FieldSource(cfg, *found)
     keep_original = any(p.from_original for p in predictors)  # a run that crops the original needs it
@@ -473,7 +461,7 @@ def _outputs(cfg, sample: pd.DataFrame, predictors: list, res: Results) -> list[
     out += [Output("s5_config.json", True, lambda p: config.save(dict(cfg, RUNS_USED=runs_used), p)),
             Output("s5_failures.csv", True,
                    lambda p: io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), p))]
-    out += [Output(f"labels/{cell_tables.label_file(image_id)}", False,
+    out += [Output(f"labels/{constants.label_file(image_id)}", False,
                    lambda p, b=png: io.atomic_write_bytes(p, b))
             for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
     if cfg.REPORT:

@@ -2,13 +2,13 @@
 
 Reads a submission (ID,ImageWidth,ImageHeight,PredictionString) and the per-cell truth
 (ID,ImageWidth,ImageHeight,cell_id,Label,EncodedMask; one row per cell and label, see
-common/metric.py), prints a per-class AP table and ends with exactly two lines
+common/competition/metric.py), prints a per-class AP table and ends with exactly two lines
 ``mAP_strict=<x>`` and ``mAP_lenient=<x>``. Beside the submission it writes
 ``<stem>_scores.csv``, ``<stem>_ap.png`` (per-class AP bars), ``<stem>_pr.png`` (lenient
 precision-recall envelopes) and ``<stem>_eval_config.json``. ``--REPORT`` re-renders S5's
 ``report.html`` (beside SUBMISSION, from its ``report/data.json`` and ``labels/``) with the
 per-class AP table, each cell's true labels and a gallery of the most confident mistakes per
-class (``common.report_truth``).
+class (``common.report.report_truth``).
 
 ``--MAKE truth`` first writes ``submission_truth.csv`` (beside SUBMISSION) from the truth: each
 true cell with its true labels at confidence 1 (must score 1.0). ``--MAKE broadcast`` writes
@@ -45,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, io, lock, metric, owned, report_truth
+from common import config, constants, io, lock, owned
+from common.competition import encoding, metric
 from common.io import atomic_to_csv
+from common.report import report_truth
 
 _MAKE_CHOICES = ("", "truth", "broadcast")
 

@@ -34,9 +34,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import config, io
-from common.augment import LabelAugment
-from common.bag_datasets import BagDataset
+from common import config, images
+from common.data.augment import LabelAugment
+from common.data.bag_datasets import BagDataset
 
 
 def make_images(root: Path, n: int, n_cells: int, orig: int) -> tuple[Path, Path]:
@@ -52,9 +52,9 @@ def make_images(root: Path, n: int, n_cells: int, orig: int) -> tuple[Path, Path
             cv2.ellipse(lab, (int(cx), int(cy)), ax, float(rng.uniform(0, 180)), 0, 360, 256 + k, -1)
         low = rng.integers(0, 255, (32, 32, 4), dtype=np.uint8)
         img = cv2.resize(low, (512, 512), interpolation=cv2.INTER_LINEAR)
-        io.write_rgby(hpa / "train" / f"{iid}.png", img)
-        io.save_masks(hpa / "train_cell_mask" / f"{iid}.npz", lab, lab)
-        io.write_channels(comp, iid, cv2.resize(low, (orig, orig), interpolation=cv2.INTER_LINEAR))
+        images.write_rgby(hpa / "train" / f"{iid}.png", img)
+        images.save_masks(hpa / "train_cell_mask" / f"{iid}.npz", lab, lab)
+        images.write_channels(comp, iid, cv2.resize(low, (orig, orig), interpolation=cv2.INTER_LINEAR))
         rows.append(dict(ID=iid, Label="0|16", is_ext=0, fold=i % 5))
     pd.DataFrame(rows).to_csv(hpa / "train_all.csv", index=False)
     return hpa, comp

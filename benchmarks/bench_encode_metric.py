@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 
-from common import config, constants, encoding, metric
+from common import config, constants
+from common.competition import encoding, metric
 
 
 def voronoi(seeds: np.ndarray, size: int, grid: int = 512, radius: float = 0.09) -> np.ndarray:

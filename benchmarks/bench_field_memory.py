@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import tifffile
 
-from common import config, fields, io
+from common import config, io
+from common.predict import fields
 
 
 def synthetic(side: int) -> np.ndarray:

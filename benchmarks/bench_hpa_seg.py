@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from common import config
-from common.io import read_label_png
+from common.images import read_label_png
 from common.segmentation import match_cells
 from common.segmentation.dpn_unet import DPNUNet
 from common.segmentation.hpa import HPASegmenter, exact

@@ -2,9 +2,9 @@
 2048 px, and an estimate of a 22-model ensemble on one GPU within Kaggle's 9-hour limit.
 
 Everything is made here (no S0..S4 outputs needed): N_IMAGES synthetic 512-px fields of view with
-N_CELLS cells (common.demo_render) and a randomly initialised timm model (pretrained=False, BatchNorm
+N_CELLS cells (common.demo.demo_render) and a randomly initialised timm model (pretrained=False, BatchNorm
 statistics set on a few of the views so outputs are not saturated), saved as a checkpoint and
-loaded by common.predict.RunPredictor exactly as S5 loads a trained run. Times:
+loaded by common.predict.predict.RunPredictor exactly as S5 loads a trained run. Times:
   1. pipeline-1 "masked" scoring of every cell: RunPredictor.predict (batches of BATCH_SIZE views,
      TTA variants in the same batch) vs predict_per_cell (one forward pass per cell view); seconds
      per image, and the largest |difference| of the probabilities (must be <= 1e-5). CPU, and CUDA
@@ -62,8 +62,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from common import augment, cells, config, demo_render, encoding, fov, models, predict
+from common import cells, config, fov
+from common.competition import encoding
 from common.constants import NUM_CLASSES
+from common.data import augment
+from common.demo import demo_render
+from common.models import models
+from common.predict import predict
 from common.resize import resize_image
 from common.segmentation import resize_labels
 

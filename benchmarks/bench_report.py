@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from common import cell_tables, config, constants, fov, io, report
+from common import config, constants, fov, io
+from common.predict import cell_tables
+from common.report import report
 from common.resize import resize_labels
 
 

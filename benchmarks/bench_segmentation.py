@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from common import config, demo_labels, demo_render, segmentation
+from common import config, segmentation
+from common.demo import demo_labels, demo_render
 
 cv2.setNumThreads(1)
 

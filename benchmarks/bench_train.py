@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 import S3_train_pipeline1 as S3  # its constants: the augmentation and model settings benchmarked
-from common import augment, config, io, models
-from common.datasets import ImageDataset
+from common import config, images
+from common.data import augment
+from common.data.datasets import ImageDataset
+from common.models import models
 
 
 def _write_images(folder: Path, n: int, size: int):
@@ -39,7 +41,7 @@ def _write_images(folder: Path, n: int, size: int):
         img = (rng.random((size // 8, size // 8, 4)) * 255).astype(np.uint8)  # smooth-ish, PNG-realistic
         img = np.asarray(np.kron(img, np.ones((8, 8, 1))), np.uint8)
         img = (img // 2 + rng.integers(0, 30, img.shape, dtype=np.uint8)).astype(np.uint8)
-        io.write_rgby(folder / f"b{i:03d}.png", img)
+        images.write_rgby(folder / f"b{i:03d}.png", img)
         rows.append({"ID": f"b{i:03d}", "Label": "0|5", "is_ext": i % 2})
     return pd.DataFrame(rows)
 

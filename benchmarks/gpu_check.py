@@ -44,7 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from common import config, models, recipes, train
+from common import config, recipes
+from common.models import models
+from common.training import train
 
 
 def families(limit: int = 0) -> list[dict]:

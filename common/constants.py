@@ -296,6 +296,11 @@ def file_stem(image_id: str) -> str:
     return f"{safe}~{digest}"
 
 
+def label_file(image_id: str) -> str:
+    """The file name of a field's label map in ``labels/``: ``{file_stem(ID)}.png``."""
+    return f"{file_stem(image_id)}.png"
+
+
 def parse_labels(label: str | float | None) -> list[int]:
     """'8|5|0' -> [8, 5, 0]; empty or NaN -> []. Raises ValueError on an id outside 0..18."""
     if label is None or (isinstance(label, float) and label != label) or str(label).strip() == "":

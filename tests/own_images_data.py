@@ -13,7 +13,8 @@ import pandas as pd
 import tifffile
 from toy_data import make_toy_dataset
 
-from common import demo_render, io
+from common import images, io
+from common.demo import demo_render
 
 TINY = ["--MODEL_NAME", "test_resnet", "--PRETRAINED", "false", "--EPOCHS", "1", "--MAX_TRAIN_STEPS", "1",
         "--WARMUP_EPOCHS", "0", "--NUM_WORKERS", "0", "--DEVICE", "cpu", "--FOLD", "-1",
@@ -38,7 +39,7 @@ def field(seed: int, height: int, width: int) -> np.ndarray:
 def write_competition(folder: Path, images: dict[str, np.ndarray]) -> None:
     """``test/{ID}_{red,green,blue,yellow}.png`` (8-bit) and ``sample_submission.csv``."""
     for image_id, img in images.items():
-        io.write_channels(folder / "test", image_id, io.to_uint8(img))
+        images.write_channels(folder / "test", image_id, images.to_uint8(img))
     rows = [{"ID": i, "ImageWidth": im.shape[1], "ImageHeight": im.shape[0], "PredictionString": ""}
             for i, im in images.items()]
     pd.DataFrame(rows).to_csv(folder / "sample_submission.csv", index=False)
@@ -89,7 +90,7 @@ def gzip_bomb(path: Path, members: int = 1000) -> Path:
 
 def png_declaring(path: Path, height: int, width: int) -> Path:
     """A small 8-bit PNG whose IHDR is rewritten to declare ``height`` x ``width`` (nothing decodes it)."""
-    data = bytearray(io.encode_png(np.zeros((4, 4), np.uint8)))
+    data = bytearray(images.encode_png(np.zeros((4, 4), np.uint8)))
     data[16:24] = struct.pack(">II", width, height)
     path.write_bytes(bytes(data))
     return path
@@ -100,4 +101,4 @@ def write_channel_bytes_name(folder: Path, name: bytes, img: np.ndarray, suffixe
     for k, suffix in enumerate(suffixes):
         path = os.fsencode(folder) + b"/" + name + suffix.encode() + b".png"
         with open(path, "wb") as f:
-            f.write(io.encode_png(io.to_uint8(img[..., k])))
+            f.write(images.encode_png(images.to_uint8(img[..., k])))

@@ -20,16 +20,16 @@ MAX_FUNCTION_LINES = 60  # every function of common/, decorators and docstring i
 MAX_S5_MAIN_LINES = 40   # S5_predict.main wires and writes
 # deliberate exceptions to MAX_FUNCTION_LINES, with the reason
 LONG_FUNCTIONS: dict[str, str] = {}
-MODELS = ("common.models", "common.mil", "common.cellpool")          # torch only
-DATASETS = ("common.datasets", "common.bag_datasets")
-FILE_READERS = ("common.io", "common.fov", "common.download", "common.encoding", "common.metric",
-                "common.crop_files", "common.weights_fetch", "common.checkpoint_saver", "common.run_folder",
-                "common.demo_data")
+MODELS = ("common.models.models", "common.models.mil", "common.models.cellpool")          # torch only
+DATASETS = ("common.data.datasets", "common.data.bag_datasets")
+FILE_READERS = ("common.io", "common.fov", "common.data.download", "common.competition.encoding", "common.competition.metric",
+                "common.data.crop_files", "common.models.weights_fetch", "common.training.checkpoint_saver", "common.training.run_folder",
+                "common.demo.demo_data")
 # no file I/O of their own: the cell geometry (S4.1's crop files are crop_files'), the run-time weights
 # lookup (the fetcher and its manifest are weights_fetch's), the demo's labels and renderer (its files
 # are demo_data's)
-NO_FILE_IO = ("common.cells", "common.weights", "common.demo_labels", "common.demo_field",
-              "common.demo_render")
+NO_FILE_IO = ("common.cells", "common.models.weights", "common.demo.demo_labels", "common.demo.demo_field",
+              "common.demo.demo_render")
 
 
 def _module_name(path: Path) -> str:
@@ -135,7 +135,7 @@ def test_no_function_imports_another_common_module():
 def test_models_are_torch_only():
     graph = _graph()
     for m in MODELS:
-        bad = sorted(graph[m] & set(DATASETS + FILE_READERS + ("common.predict",)))
+        bad = sorted(graph[m] & set(DATASETS + FILE_READERS + ("common.predict.predict",)))
         assert not bad, f"{m} imports {bad}: a model module imports no dataset, reader or predict"
 
 
@@ -148,7 +148,7 @@ def test_geometry_and_runtime_weights_import_no_file_io():
 
 def test_common_never_imports_predict_or_a_script():
     for m, deps in _graph().items():
-        assert m == "common.predict" or "common.predict" not in deps, f"{m} imports common.predict"
+        assert m == "common.predict.predict" or "common.predict.predict" not in deps, f"{m} imports common.predict.predict"
     for m, p in _modules().items():
         for node in ast.walk(_tree(p)):
             scripts = tuple(f"S{k}" for k in range(7))
@@ -162,7 +162,7 @@ def test_only_distributed_touches_torch_distributed():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n.startswith("torch.distributed") for n in names):
-                assert m == "common.distributed", f"{m} imports torch.distributed"
+                assert m == "common.training.distributed", f"{m} imports torch.distributed"
 
 
 def _bases(cls: ast.ClassDef) -> set[str]:
@@ -202,8 +202,8 @@ def test_repeated_facts_are_spelled_once():
             if any(isinstance(n, (ast.Name, ast.Attribute)) and ast.unparse(n).endswith("IMAGE_PREDS")
                    for n in ast.walk(fn)):
                 found["IMAGE_PRED"].add(name)
-    assert found == {"run folder": {"common.constants"}, "round 6": set(), "variants": {"common.augment"},
-                     "IMAGE_PRED": {"common.predict.check_image_pred"}}
+    assert found == {"run folder": {"common.constants"}, "round 6": set(), "variants": {"common.data.augment"},
+                     "IMAGE_PRED": {"common.predict.predict.check_image_pred"}}
 
 
 # ----------------------------------------------------------------------------- short functions

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from common import augment
 from common.constants import (
     BLUE,
     CHANNEL_STATS,
@@ -17,6 +16,7 @@ from common.constants import (
     RED,
     YELLOW,
 )
+from common.data import augment
 
 P1 = (0.5, 0.75, 0.7)  # p_flip, p_affine, p_dropout (S3's values)
 
@@ -158,7 +158,7 @@ def test_masked_coarse_dropout_hole_is_70_percent():
 def test_image_dataset(tmp_path):
     from toy_data import make_toy_dataset
 
-    from common.datasets import ImageDataset
+    from common.data.datasets import ImageDataset
 
     df = make_toy_dataset(tmp_path, n=6, size=32)
     ds = ImageDataset(df, tmp_path / "train", transforms=augment.build_transforms("masked", 48, True, *P1),

@@ -1,5 +1,5 @@
-"""Cell pooling (common/cellpool.py, datasets.CellPoolDataset) and the self-training round
-(tools/make_pseudo_labels.py, bag_datasets.PseudoBagDataset, the pseudo-label loss of common/mil.py).
+"""Cell pooling (common/models/cellpool.py, datasets.CellPoolDataset) and the self-training round
+(tools/make_pseudo_labels.py, bag_datasets.PseudoBagDataset, the pseudo-label loss of common/models/mil.py).
 
 * cellpool scoring equals the masked global-average pooling computed by hand (cv2 INTER_AREA masks);
 * a one-cell image (the cell is the whole image) gives the plain image prediction;
@@ -17,11 +17,14 @@ import torch.nn.functional as F
 from conftest import load_script
 from toy_data import make_toy_dataset
 
-from common import augment, cellpool, checkpoints, fov, io, models, predict
-from common.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
+from common import fov, images, tta
 from common.constants import NUM_CLASSES
-from common.datasets import CellPoolDataset
-from common.mil import BagModel
+from common.data import augment
+from common.data.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, crop_path, read_pseudo_labels
+from common.data.datasets import CellPoolDataset
+from common.models import cellpool, checkpoints, models
+from common.models.mil import BagModel
+from common.predict import predict
 from common.resize import resize_image
 
 torch.set_num_threads(1)
@@ -63,10 +66,10 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
     want = np.zeros((len(ids), NUM_CLASSES))
     with torch.no_grad():
         for k in range(4):
-            fmap = clf.backbone.forward_features(augment.dihedral(x, k))[0]          # (F, 4, 4)
+            fmap = clf.backbone.forward_features(tta.dihedral(x, k))[0]          # (F, 4, 4)
             assert fmap.shape[-2:] == (4, 4)
             for i, c in enumerate(ids):
-                mask = augment.dihedral(torch.from_numpy((labels == c).astype(np.float32)), k).numpy()
+                mask = tta.dihedral(torch.from_numpy((labels == c).astype(np.float32)), k).numpy()
                 w = torch.from_numpy(cv2.resize(mask, (4, 4), interpolation=cv2.INTER_AREA))
                 gap = (fmap * w).sum((-1, -2)) / w.sum()
                 want[i] += torch.sigmoid(clf.head(gap)).numpy() / 4
@@ -90,7 +93,7 @@ def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
     np.testing.assert_allclose(image_p, plain.predict(f)[1], atol=1e-5)  # the run's own
     x = augment.normalize(resize_image(image, 128)[None], "competition")
     with torch.no_grad():
-        ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(augment.dihedral(x, k)))[0]
+        ref = torch.stack([torch.sigmoid(pred.model.classifier.logits(tta.dihedral(x, k)))[0]
                            for k in range(2)]).mean(0).numpy()
         grid = pred.model.classifier.backbone.forward_features(x).shape[-1]
     assert grid == (8 if stride == 16 else 4)
@@ -172,7 +175,7 @@ def cell_data(tmp_path_factory):
         y0, x0 = (k // 2) * 20, (k % 2) * 20
         lab[y0 + 1:y0 + 19, x0 + 1:x0 + 19] = k + 1
     for iid in df["ID"]:
-        io.save_masks(root / "train_cell_mask" / f"{iid}.npz", lab)
+        images.save_masks(root / "train_cell_mask" / f"{iid}.npz", lab)
     return root, lab
 
 
@@ -195,7 +198,7 @@ def test_cellpool_training_step_and_scoring(cell_data, tmp_path):
     # cellpool scoring of the run (as trained) reads exactly the trained cell logits
     pred = predict.RunPredictor(run, "cpu", tta=1)
     assert pred.variant == "cellpool"
-    image = io.read_rgby(root / "train" / "toy0000.png")
+    image = images.read_rgby(root / "train" / "toy0000.png")
     cell_p, _ = pred.predict(fov.FieldOfView.of(image, lab))
     x = augment.normalize(resize_image(image, 48)[None], "competition")
     with torch.no_grad():
@@ -241,8 +244,8 @@ def test_pseudo_labels_never_come_from_a_model_that_trained_on_the_image(tmp_pat
     lab = np.zeros((16, 16), np.uint16)
     lab[2:8, 2:8], lab[9:14, 9:14] = 1, 2
     for i, iid in enumerate(df["ID"]):
-        io.write_rgby(tmp_path / "train" / f"{iid}.png", np.full((16, 16, 4), i, np.uint8))
-        io.save_masks(tmp_path / "mask" / f"{iid}.npz", lab)
+        images.write_rgby(tmp_path / "train" / f"{iid}.png", np.full((16, 16, 4), i, np.uint8))
+        images.save_masks(tmp_path / "mask" / f"{iid}.npz", lab)
     runs = [_FakeRun(0, 0.2), _FakeRun(1, 0.6), _FakeRun(0, 0.4), _FakeRun(-1, 0.9)]
     tool = load_script("tools/make_pseudo_labels.py")
     out = tool.make_pseudo_labels(df, runs, tmp_path / "train", tmp_path / "mask", normalize="none")
@@ -266,7 +269,7 @@ def test_pseudo_bags_and_loss(tmp_path):
     rng = np.random.default_rng(0)
     for iid in ids:
         for c in (1, 2, 3):
-            io.write_rgby(crop_path(tmp_path, iid, c), rng.integers(0, 255, (16, 16, 4), dtype=np.uint8))
+            images.write_rgby(crop_path(tmp_path, iid, c), rng.integers(0, 255, (16, 16, 4), dtype=np.uint8))
             rows.append({"ID": iid, "cell_id": c})
     index = pd.DataFrame(rows)
     df = pd.DataFrame({"ID": ids, "Label": ["0|3", "5"]})

@@ -15,8 +15,9 @@ import torch
 from test_s4 import _s41_args, make_data, run_s41
 from toy_data import make_toy_dataset
 
-from common import checkpoints, metric
-from common.datasets import ImageDataset, split_fold
+from common.competition import metric
+from common.data.datasets import ImageDataset, split_fold
+from common.models import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "32", "--BATCH_SIZE", "2",

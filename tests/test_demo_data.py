@@ -1,4 +1,4 @@
-"""The synthetic HPA-like generator (common/demo_data.py) and S0_make_demo_data.py."""
+"""The synthetic HPA-like generator (common/demo/demo_data.py) and S0_make_demo_data.py."""
 from __future__ import annotations
 
 import collections
@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from skimage.segmentation import watershed
 
-from common import demo_data as dd
-from common import demo_labels, demo_render, io
+from common import images
+from common.competition.encoding import decode_binary_mask
 from common.constants import CHANNELS, NEGATIVE, NUM_CLASSES, parse_labels
-from common.encoding import decode_binary_mask
+from common.demo import demo_data as dd
+from common.demo import demo_labels, demo_render
 
 
 def _img(seed, size=256, classes=(0, 13, 16), n_cells=None):
@@ -180,10 +181,10 @@ def test_dataset_layout_and_truth(dataset):
         for image_id in ids:
             for c in CHANNELS:
                 bits.add(cv2.imread(str(dataset / split / f"{image_id}_{c}.png"), cv2.IMREAD_UNCHANGED).dtype)
-            img = io.read_image(dataset / split, image_id)
+            img = images.read_image(dataset / split, image_id)
             assert img.shape == (256, 256, 4)
-            cells = io.read_label_png(dataset / f"{split}_cell_truth" / f"{image_id}.png")
-            nuc = io.read_label_png(dataset / f"{split}_nucleus_truth" / f"{image_id}.png")
+            cells = images.read_label_png(dataset / f"{split}_cell_truth" / f"{image_id}.png")
+            nuc = images.read_label_png(dataset / f"{split}_nucleus_truth" / f"{image_id}.png")
             assert np.all(cells[nuc > 0] == nuc[nuc > 0])
             rows = cells_csv[cells_csv["ID"] == image_id]
             assert set(rows["cell_id"]) == set(np.unique(cells)) - {0}
@@ -201,7 +202,7 @@ def test_dataset_matches_make_image_and_is_deterministic(dataset, tmp_path):
     job = dd.plan_dataset(5, 2, seed=7, frac_16bit=0.5)[0]
     rng = np.random.default_rng(np.random.SeedSequence([7, 0, 0]))
     r = demo_render.make_image(rng, 256, job["classes"])
-    disk = io.read_image(dataset / "train", job["id"])
+    disk = images.read_image(dataset / "train", job["id"])
     assert np.abs(disk.astype(int) - r["image"].astype(int)).max() <= 1  # 16-bit PNGs round to within 1
     dd.make_dataset(tmp_path, 5, 2, 256, seed=7, frac_16bit=0.5, num_workers=2)
 

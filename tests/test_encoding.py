@@ -1,4 +1,4 @@
-"""Mask strings, label-map encoding, prediction strings and submission files (common.encoding)."""
+"""Mask strings, label-map encoding, prediction strings and submission files (common.competition.encoding)."""
 from __future__ import annotations
 
 import base64
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_util
 
-from common import encoding
-from common.io import read_label_png
+from common.competition import encoding
+from common.images import read_label_png
 
 
 def _runs(mask: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from own_images_data import (
     write_tiffs,
 )
 
-from common import io, lock
+from common import images, io, lock
 
 S2 = load_script("S2_data_process.py")
 S41 = load_script("S4.1_crop_cells.py")
@@ -37,7 +37,7 @@ SIZE = 128
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict:
     """Tiny demo data, and S2's outputs of it on a normal disk."""
-    from common import demo_data
+    from common.demo import demo_data
 
     root = tmp_path_factory.mktemp("faults")
     data = root / "data"
@@ -63,7 +63,7 @@ def _no_partial_files(folder: Path) -> int:
         if p.suffix == ".png":
             assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None, f"{p} is truncated"
         elif p.suffix == ".npz":
-            io.load_masks(p)
+            images.load_masks(p)
     return len(files)
 
 

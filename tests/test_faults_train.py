@@ -20,7 +20,9 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import checkpoint_saver, checkpoints, io, models
+from common import io
+from common.models import checkpoints, models
+from common.training import checkpoint_saver
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--MODEL_NAME", "resnet10t", "--PRETRAINED", "false", "--IMAGE_SIZE", "48", "--BATCH_SIZE", "4",

@@ -11,7 +11,8 @@ import sys
 import pytest
 from conftest import ROOT, tmpfs_run
 
-from common import demo_data, lock
+from common import lock
+from common.demo import demo_data
 
 HOLD = ("import sys; sys.path.insert(0, sys.argv[1]); from common import lock\n"
         "with lock.hold(sys.argv[2], 'S9'):\n    print('held')")

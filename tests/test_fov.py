@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import bag_datasets, cells, crop_files, fields, fov, io, predict
+from common import cells, fov, images
+from common.data import bag_datasets, crop_files
+from common.predict import fields, predict
 from common.resize import resize_labels
 
 SIZE = 128  # working size of the scale test (demo images are 256 px)
@@ -17,7 +19,7 @@ SIZE = 128  # working size of the scale test (demo images are 256 px)
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    demo_data = pytest.importorskip("common.demo_data")
+    demo_data = pytest.importorskip("common.demo.demo_data")
     d = tmp_path_factory.mktemp("demo")
     demo_data.make_dataset(d, n_train=1, n_test=3, size=256, seed=5, min_cells=5, max_cells=9)
     return d
@@ -73,15 +75,15 @@ def _field(side: int, rng) -> tuple[np.ndarray, np.ndarray]:
 def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
     rng = np.random.default_rng(side)
     original, lab = _field(side, rng)
-    io.write_channels(tmp_path / "orig", "img", original)
+    images.write_channels(tmp_path / "orig", "img", original)
     mask = tmp_path / "train_cell_mask" / "img.npz"
-    io.save_masks(mask, lab, lab)
+    images.save_masks(mask, lab, lab)
     full = None
     if with_full:  # S2's original-size mask (FULL_MASKS): both sides must take it
         full = resize_labels(lab, side)
         full[(full == 3) & (np.arange(side)[None, :] % 7 == 0)] = 0  # unlike the resized 512 map
-        io.save_masks(fov.full_mask_path(mask), full, full)
-    io.write_rgby(tmp_path / "small.png", fov.working_image(original, 512))
+        images.save_masks(fov.full_mask_path(mask), full, full)
+    images.write_rgby(tmp_path / "small.png", fov.working_image(original, 512))
     task = {"image_id": "img", "mask_path": str(mask), "image_path": str(tmp_path / "small.png"),
             "original_dir": str(tmp_path / "orig"), "out_dir": str(tmp_path / "cells"), "size": 128,
             "margin": 0.05, "overwrite": True}
@@ -91,7 +93,7 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
     ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)
     test_crops = run.views(fov.FieldOfView.of(fov.working_image(original, 512), lab, ids, original, full))
     for c, crop in zip(ids, test_crops):
-        train_crop = io.read_rgby(bag_datasets.crop_path(tmp_path / "cells", "img", c))
+        train_crop = images.read_rgby(bag_datasets.crop_path(tmp_path / "cells", "img", c))
         assert np.array_equal(train_crop, crop), f"cell {c} at {side} px"
 
 

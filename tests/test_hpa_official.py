@@ -12,7 +12,8 @@ from hpa_postprocess_oracle import label_cell as oracle
 from hpa_postprocess_oracle import official_inputs
 from torch import nn
 
-from common import fields, fov, io
+from common import fov, images
+from common.predict import fields
 from common.segmentation import match_cells
 from common.segmentation.hpa import HPASegmenter
 from common.segmentation.hpa import postprocess as pp
@@ -29,8 +30,8 @@ def ref(request, shared_dir) -> dict:
         maps = {k: z[k] for k in z.files}
     return {"name": request.param, "maps_path": d / f"{request.param}_softmax512.npz",
             "nuclei": maps["nuclei"], "cell": maps["cell"],
-            "ref_cell": io.read_label_png(d / f"{request.param}_ref_cell.png"),
-            "ref_nucleus": io.read_label_png(d / f"{request.param}_ref_nucleus.png")}
+            "ref_cell": images.read_label_png(d / f"{request.param}_ref_cell.png"),
+            "ref_nucleus": images.read_label_png(d / f"{request.param}_ref_nucleus.png")}
 
 
 def check(ref: dict, cell: np.ndarray, nucleus: np.ndarray | None) -> None:
@@ -64,7 +65,7 @@ def stand_in_segmenter(ref: dict) -> HPASegmenter:
 
 
 def blank_fov(folder, image_id: str) -> None:
-    io.write_channels(folder, image_id, np.zeros((SIDE, SIDE, 4), np.uint8))
+    images.write_channels(folder, image_id, np.zeros((SIDE, SIDE, 4), np.uint8))
 
 
 # ----------------------------------------------------------------------------- reference agreement
@@ -122,21 +123,22 @@ def test_s2_seg_at_resized_keeps_the_official_cells(ref, tmp_path, monkeypatch):
     res = S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(out), "--SEGMENTER", "hpa",
                    "--SEG_AT", "resized", "--NUM_WORKERS", "1"])
     assert res["processed"] == 1 and res["failed"] == 0
-    cell, nucleus = io.load_masks(out / "test_cell_mask_full" / "fov1.npz")
+    cell, nucleus = images.load_masks(out / "test_cell_mask_full" / "fov1.npz")
     check(ref, cell, nucleus)
-    small, _ = io.load_masks(out / "test_cell_mask" / "fov1.npz")
+    small, _ = images.load_masks(out / "test_cell_mask" / "fov1.npz")
     assert small.shape == (512, 512) and len(np.unique(small)) == len(np.unique(cell))
 
 
 def test_label_from_maps_tool(ref, tmp_path):
     tool = load_script("tools/label_from_maps.py", "label_from_maps_tool")
     cell_png, nucleus_png = tool.main([str(ref["maps_path"]), str(tmp_path / "out")])
-    check(ref, io.read_label_png(cell_png), io.read_label_png(nucleus_png))
+    check(ref, images.read_label_png(cell_png), images.read_label_png(nucleus_png))
     # original_size given explicitly; a bad file is refused with its name
     z = tmp_path / "maps.npz"
     np.savez(z, nuclei=ref["nuclei"], cell=ref["cell"], original_size=np.array([SIDE, SIDE]))
     cell_png, _ = tool.main([str(z), str(tmp_path / "out2")])
-    assert np.array_equal(io.read_label_png(cell_png), io.read_label_png(tmp_path / "out" / "cell.png"))
+    assert np.array_equal(images.read_label_png(cell_png),
+                          images.read_label_png(tmp_path / "out" / "cell.png"))
     np.savez(tmp_path / "bad.npz", nuclei=ref["nuclei"])
     with pytest.raises(SystemExit, match="bad.npz.*cell"):
         tool.main([str(tmp_path / "bad.npz"), str(tmp_path / "out3")])

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import bag_datasets, demo_data, metric
+from common.competition import metric
 from common.constants import NUM_CLASSES
+from common.data import bag_datasets
+from common.demo import demo_data
 
 IDS = ["NA", "nan"]  # pandas' default reader turns both into NaN
 

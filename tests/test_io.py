@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from common import io
+from common import images, io
 from common.constants import CHANNELS
 
 
@@ -20,7 +20,7 @@ def test_real_16bit_hpa_channel(shared_dir):
     path = shared_dir / "hpa_sample" / "1000_A12_2_green.png"
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.max() > 255
-    got = io.read_channel(path)
+    got = images.read_channel(path)
     assert got.dtype == np.uint8 and got.shape == (2048, 2048)
     assert np.array_equal(got, np.rint(raw / 257.0).astype(np.uint8))
     assert not np.array_equal(got, raw.astype(np.uint8))  # not wrapped / truncated
@@ -29,18 +29,18 @@ def test_real_16bit_hpa_channel(shared_dir):
 def test_16bit_scaling_is_proportional(tmp_path):
     vals = np.array([[0, 128, 129, 257, 512, 1000, 32768, 65535]], np.uint16)
     cv2.imwrite(str(tmp_path / "a.png"), vals)
-    got = io.read_channel(tmp_path / "a.png")
+    got = images.read_channel(tmp_path / "a.png")
     assert got.tolist() == [[0, 0, 1, 1, 2, 4, 128, 255]]
-    assert io.to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist() == [0, 128, 255]
+    assert images.to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist() == [0, 128, 255]
 
 
 def test_competition_layout_png_round_trip(tmp_path):
     img = _rgby()
-    io.write_channels(tmp_path, "abc", img)
+    images.write_channels(tmp_path, "abc", img)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"abc_{c}.png" for c in CHANNELS)
-    assert np.array_equal(io.read_image(tmp_path, "abc"), img)
-    io.write_channels(tmp_path / "b", "abc", img.astype(np.uint16) * 257)  # 16-bit layout
-    assert np.array_equal(io.read_image(tmp_path / "b", "abc"), img)
+    assert np.array_equal(images.read_image(tmp_path, "abc"), img)
+    images.write_channels(tmp_path / "b", "abc", img.astype(np.uint16) * 257)  # 16-bit layout
+    assert np.array_equal(images.read_image(tmp_path / "b", "abc"), img)
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".tif", ".tif.gz"])
@@ -57,50 +57,50 @@ def test_other_formats(tmp_path, ext):
             tmp = tmp_path / "t.tif"
             tifffile.imwrite(tmp, img[..., i])
             p.write_bytes(gzip.compress(tmp.read_bytes()))
-    got = io.read_image(tmp_path, "x")
+    got = images.read_image(tmp_path, "x")
     assert got.shape == (32, 48, 4) and got.dtype == np.uint8
     tol = 3 if ext == ".jpg" else 0
     assert np.abs(got.astype(int) - img.astype(int)).max() <= tol
 
 
 def test_missing_or_bad_channel_names_the_file(tmp_path):
-    io.write_channels(tmp_path, "abc", _rgby())
+    images.write_channels(tmp_path, "abc", _rgby())
     (tmp_path / "abc_yellow.png").unlink()
     with pytest.raises(io.ImageReadError, match="abc_yellow"):
-        io.read_image(tmp_path, "abc")
+        images.read_image(tmp_path, "abc")
     (tmp_path / "abc_yellow.png").write_bytes(b"not a png")
     with pytest.raises(io.ImageReadError, match="abc_yellow.png"):
-        io.read_image(tmp_path, "abc")
+        images.read_image(tmp_path, "abc")
     cv2.imwrite(str(tmp_path / "abc_yellow.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(io.ImageReadError, match="sizes differ"):
-        io.read_image(tmp_path, "abc")
+        images.read_image(tmp_path, "abc")
 
 
 def test_rgby_png_round_trip_keeps_channel_order(tmp_path):
     img = np.zeros((8, 9, 4), np.uint8)
     img[..., 0], img[..., 1], img[..., 2], img[..., 3] = 10, 20, 30, 40
-    p = io.write_rgby(tmp_path / "a.png", img)
-    assert io.read_rgby(p)[0, 0].tolist() == [10, 20, 30, 40]
+    p = images.write_rgby(tmp_path / "a.png", img)
+    assert images.read_rgby(p)[0, 0].tolist() == [10, 20, 30, 40]
     rnd = _rgby(3)
-    assert np.array_equal(io.read_rgby(io.write_rgby(tmp_path / "b.png", rnd)), rnd)
+    assert np.array_equal(images.read_rgby(images.write_rgby(tmp_path / "b.png", rnd)), rnd)
     with pytest.raises(ValueError):
-        io.write_rgby(tmp_path / "c.png", rnd[..., :3])
+        images.write_rgby(tmp_path / "c.png", rnd[..., :3])
     with pytest.raises(io.ImageReadError):
-        io.read_rgby(tmp_path / "missing.png")
+        images.read_rgby(tmp_path / "missing.png")
 
 
 def test_masks_round_trip_many_cells(tmp_path):
     cell = np.arange(30 * 30, dtype=np.int32).reshape(30, 30) % 300  # ids 0..299
     nuc = np.where(cell % 2 == 0, cell, 0)
-    p = io.save_masks(tmp_path / "m.npz", cell, nuc)
-    c2, n2 = io.load_masks(p)
+    p = images.save_masks(tmp_path / "m.npz", cell, nuc)
+    c2, n2 = images.load_masks(p)
     assert c2.dtype == np.uint16 and c2.max() == 299
     assert np.array_equal(c2, cell) and np.array_equal(n2, nuc)
-    c3, n3 = io.load_masks(io.save_masks(tmp_path / "only.npz", cell))
+    c3, n3 = images.load_masks(images.save_masks(tmp_path / "only.npz", cell))
     assert n3 is None and np.array_equal(c3, cell)
     with pytest.raises(ValueError, match="65535"):
-        io.save_masks(tmp_path / "big.npz", np.full((2, 2), 70000, np.int32))
-    lab = io.read_label_png(io.write_label_png(tmp_path / "l.png", cell))
+        images.save_masks(tmp_path / "big.npz", np.full((2, 2), 70000, np.int32))
+    lab = images.read_label_png(images.write_label_png(tmp_path / "l.png", cell))
     assert lab.dtype == np.uint16 and np.array_equal(lab, cell)
 
 
@@ -130,7 +130,7 @@ def test_temp_names_match_no_glob_of_the_steps_and_writers_still_pick_the_format
             tmp.write_bytes(b"x")
     assert all(n.startswith(".") and n.endswith(".tmp") for n in seen.values())
     img = _rgby(3)
-    assert np.array_equal(io.read_rgby(io.write_rgby(tmp_path / "a.png", img)), img)  # PNG via imencode
+    assert np.array_equal(images.read_rgby(images.write_rgby(tmp_path / "a.png", img)), img)  # PNG (imencode)
     with io.atomic_path(tmp_path / "b.jpg") as tmp:
         io.imwrite(tmp, img[..., 0])
     assert (tmp_path / "b.jpg").read_bytes()[:2] == b"\xff\xd8"           # a JPEG, as the name says
@@ -177,8 +177,8 @@ def test_atomic_outputs_follow_the_umask(tmp_path, umask, mode):
     try:
         paths = [io.atomic_write_text(tmp_path / "a.txt", "x"),
                  io.atomic_to_csv(pd.DataFrame({"a": [1]}), tmp_path / "b.csv"),
-                 io.write_rgby(tmp_path / "c.png", _rgby()),
-                 io.save_masks(tmp_path / "d.npz", np.zeros((4, 4), np.uint16))]
+                 images.write_rgby(tmp_path / "c.png", _rgby()),
+                 images.save_masks(tmp_path / "d.npz", np.zeros((4, 4), np.uint16))]
         with io.atomic_path(tmp_path / "e.bin") as tmp:                 # a writer that replaces the file
             src = tmp_path / "src"
             src.write_bytes(b"y")
@@ -194,19 +194,19 @@ def test_atomic_outputs_follow_the_umask(tmp_path, umask, mode):
 def test_to_uint8_refuses_what_it_would_clip(tmp_path):
     rng = np.random.default_rng(1)
     u16 = rng.integers(0, 65536, (1100, 1000), dtype=np.uint16)  # more than one block of the conversion
-    assert np.array_equal(io.to_uint8(u16), ((u16.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    assert np.array_equal(images.to_uint8(u16), ((u16.astype(np.uint32) + 128) // 257).astype(np.uint8))
     unit = rng.random((1100, 1000), dtype=np.float32)
-    assert np.array_equal(io.to_uint8(unit), np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8))
+    assert np.array_equal(images.to_uint8(unit), np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8))
     for arr, why in ((np.array([0.0, 1.5], np.float32), r"float values from 0 to 1.5, outside \[0, 1\]"),
                      (np.array([0.0, np.nan]), "NaN or infinite"),
                      (np.array([5, -3], np.int32), r"negative values \(down to -3; int32\)"),
                      (np.array([5, 70000], np.int32), r"values up to 70000 need more than 16 bits"),
                      (np.array([True, False]), "pixel type bool is not read")):
         with pytest.raises(io.ImageReadError, match=why):
-            io.to_uint8(arr)
+            images.to_uint8(arr)
     tifffile.imwrite(tmp_path / "x_red.tif", np.array([[0.25, 2.0]], np.float32))
     with pytest.raises(io.ImageReadError, match=r"x_red.tif: float values from 0.25 to 2"):
-        io.read_channel(tmp_path / "x_red.tif")
+        images.read_channel(tmp_path / "x_red.tif")
 
 
 def test_headers_are_checked_against_the_budget_before_decoding(tmp_path):
@@ -214,7 +214,7 @@ def test_headers_are_checked_against_the_budget_before_decoding(tmp_path):
 
     png = png_declaring(tmp_path / "a_red.png", 20000, 30000)
     jpg = tmp_path / "b_red.jpg"
-    data = bytearray(io.encode_jpeg(np.zeros((8, 8), np.uint8), 90))
+    data = bytearray(images.encode_jpeg(np.zeros((8, 8), np.uint8), 90))
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = (20000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
     jpg.write_bytes(bytes(data))
@@ -223,13 +223,13 @@ def test_headers_are_checked_against_the_budget_before_decoding(tmp_path):
         n = 600_000_000 * (2 if path == tif else 1)
         with pytest.raises(io.ImageReadError, match=rf"{path.name}: too large to decode: {n} pixels "
                                                     rf"\({dims}; MAX_PIXELS 1000000\)"):
-            io.read_array(path, io.PixelBudget(1_000_000))
+            images.read_array(path, images.PixelBudget(1_000_000))
     small = tmp_path / "s"
-    io.write_channels(small, "abc", _rgby(h=40, w=50))  # 2000 pixels a channel
-    assert io.read_image(small, "abc", max_pixels=8000).shape == (40, 50, 4)
+    images.write_channels(small, "abc", _rgby(h=40, w=50))  # 2000 pixels a channel
+    assert images.read_image(small, "abc", max_pixels=8000).shape == (40, 50, 4)
     with pytest.raises(io.ImageReadError, match=r"abc_yellow.png: too large to decode: 8000 pixels \(40 x 50 "
                                                 r"and 6000 in the other files; MAX_PIXELS 7999\)"):
-        io.read_image(small, "abc", max_pixels=7999)
+        images.read_image(small, "abc", max_pixels=7999)
 
 
 def test_a_tif_gz_is_gunzipped_within_the_budget_only(tmp_path):
@@ -238,13 +238,13 @@ def test_a_tif_gz_is_gunzipped_within_the_budget_only(tmp_path):
     tifffile.imwrite(plain, img)
     gz = tmp_path / "x_red.tif.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes()))
-    assert np.array_equal(io.read_array(gz, io.PixelBudget(64 * 64)), img)
+    assert np.array_equal(images.read_array(gz, images.PixelBudget(64 * 64)), img)
     bomb = tmp_path / "bomb_red.tif.gz"
     bomb.write_bytes(gzip.compress(bytes(32 << 20)) * 2)  # two members, 64 MiB gunzipped
     with pytest.raises(io.ImageReadError, match=rf"bomb_red.tif.gz: too large to decode: gunzips to more "
-                                                rf"than {1000 * 8 + io.GZ_SLACK} bytes \(8 bytes per pixel "
-                                                r"of MAX_PIXELS 1000\)"):
-        io.read_array(bomb, io.PixelBudget(1000))
+                                                rf"than {1000 * 8 + images.GZ_SLACK} bytes \(8 bytes per "
+                                                r"pixel of MAX_PIXELS 1000\)"):
+        images.read_array(bomb, images.PixelBudget(1000))
 
 
 def test_decoder_messages_quote_no_bytes_of_the_file(tmp_path):
@@ -253,8 +253,8 @@ def test_decoder_messages_quote_no_bytes_of_the_file(tmp_path):
     for name in ("a_red.tif", "b_red.png"):
         (tmp_path / name).symlink_to(secret)
         with pytest.raises(io.ImageReadError, match=rf"{name}: cannot decode image \(not a PNG, JPEG or"):
-            io.read_channel(tmp_path / name)
+            images.read_channel(tmp_path / name)
     (tmp_path / "c_red.tif").write_bytes(b"MM\x00*" + b"hunter2" * 20)
     with pytest.raises(io.ImageReadError, match=r"c_red.tif: cannot decode image \(not a valid TIFF") as e:
-        io.read_channel(tmp_path / "c_red.tif")
+        images.read_channel(tmp_path / "c_red.tif")
     assert "hunter2" not in str(e.value)

@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import load_script
 
-from common import checkpoints, constants, weights
+from common import constants
+from common.models import checkpoints, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

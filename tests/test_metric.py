@@ -1,11 +1,11 @@
-"""The competition metric (common.metric), checked against hand-computed values."""
+"""The competition metric (common.competition.metric), checked against hand-computed values."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from common import encoding, metric
+from common.competition import encoding, metric
 
 H = W = 20
 

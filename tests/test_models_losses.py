@@ -6,8 +6,8 @@ import timm
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from common import checkpoints, losses, models
 from common.constants import NUM_CLASSES
+from common.models import checkpoints, losses, models
 
 torch.set_num_threads(1)
 

@@ -23,7 +23,8 @@ from own_images_data import (
     write_tiffs,
 )
 
-from common import cell_tables, encoding, io
+from common import constants, images
+from common.competition import encoding
 from common.constants import CLASS_NAMES, file_stem
 
 torch.set_num_threads(1)
@@ -74,7 +75,7 @@ def _check_tables_agree_with_label_maps(out: Path, sizes: dict) -> pd.DataFrame:
     assert list(cells_df.columns[:8]) == ["image", "cell_id", "x", "y", "area", "touches_border", "top_class",
                                           "top_prob"] and list(cells_df.columns[8:]) == list(CLASS_NAMES)
     for image_id, (h, w) in sizes.items():
-        lab = cv2.imread(str(out / "labels" / cell_tables.label_file(image_id)), cv2.IMREAD_UNCHANGED)
+        lab = cv2.imread(str(out / "labels" / constants.label_file(image_id)), cv2.IMREAD_UNCHANGED)
         assert lab.dtype == np.uint16 and lab.shape == (h, w), (image_id, lab.dtype, lab.shape)
         mine = cells_df[cells_df["image"] == image_id].set_index("cell_id")
         ids = sorted(int(i) for i in np.unique(lab) if i)
@@ -139,7 +140,7 @@ def test_competition_layout_cells_match_cell_predictions(runs):
     # the label maps hold the cells of the submission's masks, id for id
     sub = encoding.read_submission(out / "submission.csv").set_index("ID")
     for image_id, (h, w) in SIZES.items():
-        lab = io.read_label_png(out / "labels" / f"{image_id}.png")
+        lab = images.read_label_png(out / "labels" / f"{image_id}.png")
         string = sub.loc[image_id, "PredictionString"]
         masks = {m for _, _, m in encoding.parse_prediction_string(string, w, h)}
         assert masks == set(encoding.encode_label_map(lab).values())
@@ -201,7 +202,7 @@ def test_names_with_spaces_accents_or_a_leading_dash_are_fields_and_bad_bytes_ar
     read = {**NAMES, "twelve": (80, 80), "full": (80, 80)}
     _check_tables_agree_with_label_maps(out, read)            # rows keep the names; labels/ by file_stem
     files = sorted(p.name for p in (out / "labels").iterdir())
-    assert files == sorted(cell_tables.label_file(n) for n in read)
+    assert files == sorted(constants.label_file(n) for n in read)
     assert all(f.isascii() and " " not in f and not f.startswith("-") for f in files)
     assert file_stem("Image 1").startswith("Image_1~") and file_stem("twelve") == "twelve"
     sub = _read(out, "submission.csv")  # S6 reads competition IDs only

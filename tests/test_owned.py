@@ -15,7 +15,8 @@ import torch
 from conftest import load_script
 from own_images_data import field, train_tiny, write_channel_files, write_competition
 
-from common import demo_data, owned
+from common import owned
+from common.demo import demo_data
 
 torch.set_num_threads(1)
 S0, S2, S3, S41, S5, S6 = (load_script(f) for f in ("S0_make_demo_data.py", "S2_data_process.py",

@@ -1,5 +1,5 @@
-"""One's own fields read by rule (common.fields.read_field): the pixel budget checked from the headers,
-floats, signed and wide integers, Z / T stacks, dim fields and short reasons; no model needed."""
+"""One's own fields read by rule (common.predict.fields.read_field): the pixel budget checked from the
+headers, floats, signed and wide integers, Z / T stacks, dim fields and short reasons; no model needed."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +12,8 @@ import tifffile
 from conftest import ROOT, load_script
 from own_images_data import declared_tiff, field, gzip_bomb, png_declaring
 
-from common import fields, io
+from common import io
+from common.predict import fields
 
 PLANES = [0, 1, 2, 3]
 MAX_PIXELS = load_script("S5_predict.py").MAX_PIXELS

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from common import config, recipes, schedules
+from common import config, recipes
+from common.training import schedules
 
 R = recipes.RECIPES
 
@@ -123,7 +124,8 @@ def test_every_recipe_is_accepted_by_its_script():
 @pytest.mark.slow
 def test_every_recipe_builds_its_model_and_takes_one_training_step():
     """pretrained=False, tiny sizes by override: each of the 9 backbones x pipeline, one Adam step."""
-    from common import models, train
+    from common.models import models
+    from common.training import train
 
     seen = set()
     for name, r in R.items():

@@ -20,7 +20,10 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import cell_tables, constants, encoding, fov, plots, report, report_page
+from common import constants, fov, plots
+from common.competition import encoding
+from common.predict import cell_tables
+from common.report import report, report_page
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCALE = 4  # original pixels per thumbnail pixel

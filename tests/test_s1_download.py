@@ -1,4 +1,4 @@
-"""S1 / common.download against a real HTTP server on 127.0.0.1 with injected faults."""
+"""S1 / common.data.download against a real HTTP server on 127.0.0.1 with injected faults."""
 from __future__ import annotations
 
 import collections
@@ -17,8 +17,9 @@ import pytest
 import tifffile
 
 import S1_external_data_download as s1
-from common import config, constants, download
+from common import config, constants
 from common import io as hio
+from common.data import download
 
 HOST = "https://images.proteinatlas.org"
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from conftest import load_script, nothing_in
 
-from common import fields, io, owned, parallel
+from common import images, owned, parallel
+from common.predict import fields
 
 S2 = importlib.import_module("S2_data_process")
 SIZE = 128  # IMAGE_SIZE of these tests (the demo images are 256 px)
@@ -23,11 +24,11 @@ SIZE = 128  # IMAGE_SIZE of these tests (the demo images are 256 px)
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    demo_data = pytest.importorskip("common.demo_data")
+    demo_data = pytest.importorskip("common.demo.demo_data")
     d = tmp_path_factory.mktemp("demo")
     demo_data.make_dataset(d, n_train=6, n_test=2, size=256, seed=3, min_cells=6, max_cells=12)
     # a blank field of view: no cells
-    io.write_channels(d / "train", "blank", np.zeros((200, 240, 4), np.uint8))
+    images.write_channels(d / "train", "blank", np.zeros((200, 240, 4), np.uint8))
     t = pd.read_csv(d / "train.csv")
     pd.concat([t, pd.DataFrame({"ID": ["blank"], "Label": ["18"]})]).to_csv(d / "train.csv", index=False)
     return d
@@ -70,11 +71,11 @@ def test_end_to_end_resume_failures(data, tmp_path):
     assert te["ID"].tolist() == test_ids
     for split, df in (("train", tr), ("test", te)):
         for r in df.itertuples():
-            orig = io.read_image(data / split, r.ID)
+            orig = images.read_image(data / split, r.ID)
             assert (r.ImageHeight, r.ImageWidth) == orig.shape[:2]  # original sizes
-            small = io.read_rgby(out / split / f"{r.ID}.png")
+            small = images.read_rgby(out / split / f"{r.ID}.png")
             assert np.array_equal(small, cv2.resize(orig, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
-            cell, nuc = io.load_masks(out / f"{split}_cell_mask" / f"{r.ID}.npz")
+            cell, nuc = images.load_masks(out / f"{split}_cell_mask" / f"{r.ID}.npz")
             assert cell.dtype == np.uint16 and cell.shape == (SIZE, SIZE) and nuc.shape == (SIZE, SIZE)
             assert set(np.unique(cell)) == set(range(r.n_cells + 1))  # ids 1..n_cells
             assert np.all(cell[nuc > 0] == nuc[nuc > 0])
@@ -277,15 +278,15 @@ def test_a_replaced_image_is_processed_again(data, tmp_path):
     ids = pd.read_csv(data / "train.csv")["ID"].tolist()
     before = meta_mtimes(out)
     # the same ID with new pixels (e.g. demo data regenerated): its outputs are stale
-    other = io.read_image(data / "train", ids[2])
-    io.write_channels(data / "train", ids[0], other)
+    other = images.read_image(data / "train", ids[2])
+    images.write_channels(data / "train", ids[0], other)
     res = run(data, out)
     assert res["processed"] == 1 and res["skipped"] == len(before) - 1
     after = meta_mtimes(out)
     assert after[f"{ids[0]}.json"] != before[f"{ids[0]}.json"]
     assert all(after[k] == v for k, v in before.items() if k != f"{ids[0]}.json")
-    np.testing.assert_array_equal(io.load_masks(out / "train_cell_mask" / f"{ids[0]}.npz")[0],
-                                  io.load_masks(out / "train_cell_mask" / f"{ids[2]}.npz")[0])
+    np.testing.assert_array_equal(images.load_masks(out / "train_cell_mask" / f"{ids[0]}.npz")[0],
+                                  images.load_masks(out / "train_cell_mask" / f"{ids[2]}.npz")[0])
 
 
 def test_records_are_json(data, tmp_path):
@@ -343,7 +344,7 @@ def _files(root):
 def test_hostile_ids_are_rejected_before_anything_is_read_or_written(data, tmp_path, csv, kind):
     bad = {"parent": "../../evil", "subfolder": "train/evil", "absolute": str(tmp_path / "evil"),
            "backslash": "..\\evil"}[kind]
-    io.write_channels(tmp_path, "evil", np.full((64, 64, 4), 50, np.uint8))  # what the ID points at
+    images.write_channels(tmp_path, "evil", np.full((64, 64, 4), 50, np.uint8))  # what the ID points at
     if csv == "train_external.csv":
         pd.DataFrame({"ID": ["ext_ok", bad], "Label": ["0", "1"]}).to_csv(data / csv, index=False)
     else:
@@ -443,7 +444,7 @@ def test_s5_segments_an_image_without_an_s2_mask_at_s2s_working_size(data, tmp_p
     out = tmp_path / "out"
     run(data, out)                                                          # S2 at SIZE (128)
     test_id = pd.read_csv(data / "sample_submission.csv")["ID"][0]
-    want = io.load_masks(out / "test_cell_mask" / f"{test_id}.npz")[0]
+    want = images.load_masks(out / "test_cell_mask" / f"{test_id}.npz")[0]
     for p in (out / "test" / f"{test_id}.png", out / "test_cell_mask" / f"{test_id}.npz"):
         p.unlink()
     S5 = load_script("S5_predict.py")

@@ -14,8 +14,9 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import checkpoints, constants, models, recipes
-from common.datasets import split_fold
+from common import constants, recipes
+from common.data.datasets import split_fold
+from common.models import checkpoints, models
 
 ROOT = Path(__file__).resolve().parents[1]
 S3 = importlib.import_module("S3_train_pipeline1")

@@ -16,12 +16,14 @@ import torch
 from conftest import load_script
 from torch import nn
 
-from common import cells, encoding, io, models
-from common.augment import LabelAugment
-from common.bag_datasets import BagDataset
+from common import cells, images
+from common.competition import encoding
 from common.constants import NEGATIVE, NUM_CLASSES
-from common.crop_files import crop_path
-from common.mil import BagModel, MILHead, mil_loss, pool_cells
+from common.data.augment import LabelAugment
+from common.data.bag_datasets import BagDataset
+from common.data.crop_files import crop_path
+from common.models import models
+from common.models.mil import BagModel, MILHead, mil_loss, pool_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -62,14 +64,14 @@ def make_data(root: Path, n_images: int = 8) -> dict:
         lab = _label_map(rng, 64, n_cells, base=300 if i == 1 else 1)
         img = rng.integers(0, 60, (64, 64, 4), dtype=np.uint8)
         img[..., 1][lab > 0] = 220 if cls == 0 else 30
-        io.write_rgby(hpa / "train" / f"{iid}.png", img)
+        images.write_rgby(hpa / "train" / f"{iid}.png", img)
         if i != 5:                             # image 5 has no mask
-            io.save_masks(hpa / "train_cell_mask" / f"{iid}.npz", lab, lab)
+            images.save_masks(hpa / "train_cell_mask" / f"{iid}.npz", lab, lab)
         if not is_ext:                         # originals at 2x
             big = cv2.resize(img, (128, 128), interpolation=cv2.INTER_NEAREST)
-            io.write_channels(comp / "train", iid, big)
+            images.write_channels(comp / "train", iid, big)
             big_lab = cv2.resize(lab, (128, 128), interpolation=cv2.INTER_NEAREST)
-            io.write_label_png(comp / "train_cell_truth" / f"{iid}.png", big_lab)
+            images.write_label_png(comp / "train_cell_truth" / f"{iid}.png", big_lab)
             for c in cells.cell_ids(big_lab):
                 truth.append(dict(ID=iid, ImageWidth=128, ImageHeight=128, cell_id=c, Label=cls,
                                   EncodedMask=encoding.encode_binary_mask(big_lab == c)))
@@ -106,20 +108,20 @@ def test_s41_writes_crops_and_index(data):
     assert data["s41"]["written"] == len(index) > 0 and data["s41"]["failed"] == 0
     assert (index.loc[index["ID"] == "img01", "cell_id"] >= 300).all()
     # a competition image is cropped from its 128-px original with the mask upscaled (nearest)
-    lab, _ = io.load_masks(hpa / "train_cell_mask" / "img01.npz")
-    orig = io.read_image(data["comp"] / "train", "img01")
+    lab, _ = images.load_masks(hpa / "train_cell_mask" / "img01.npz")
+    orig = images.read_image(data["comp"] / "train", "img01")
     big = cv2.resize(lab, (128, 128), interpolation=cv2.INTER_NEAREST)
     c = int(index.loc[index["ID"] == "img01", "cell_id"].iloc[0])
-    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
+    np.testing.assert_array_equal(images.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
                                   cells.crop_cell(orig, big, c, 32, S41_MARGIN))
     row = index[(index["ID"] == "img01") & (index["cell_id"] == c)].iloc[0]
     assert (row.x0, row.y0, row.x1, row.y1) == cells.bounding_boxes(lab)[c]       # 512-px coordinates
     assert row.area == int((lab == c).sum())
     # the external image (no original) is cropped from its 64-px image
-    lab7, _ = io.load_masks(hpa / "train_cell_mask" / "img07.npz")
+    lab7, _ = images.load_masks(hpa / "train_cell_mask" / "img07.npz")
     c7 = cells.cell_ids(lab7)[0]
-    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img07", c7)),
-                                  cells.crop_cell(io.read_rgby(hpa / "train" / "img07.png"), lab7, c7, 32,
+    np.testing.assert_array_equal(images.read_rgby(crop_path(hpa / "cells_32", "img07", c7)),
+                                  cells.crop_cell(images.read_rgby(hpa / "train" / "img07.png"), lab7, c7, 32,
                                                   S41_MARGIN))
     assert json.loads((hpa / "cells_32.json").read_text())["CROP_MARGIN"] == S41_MARGIN
 
@@ -142,7 +144,7 @@ def test_s41_resume_writes_nothing_new_and_lists_failures(data, tmp_path):
     df = pd.read_csv(hpa / "train_all.csv")
     df = pd.concat([df, pd.DataFrame([dict(ID="broken", Label="0", is_ext=1, fold=0)])])
     df.to_csv(bad / "train_all.csv", index=False)
-    io.save_masks(bad / "mask_broken.npz", np.ones((8, 8), np.uint16))
+    images.save_masks(bad / "mask_broken.npz", np.ones((8, 8), np.uint16))
     (hpa / "train_cell_mask" / "broken.npz").write_bytes((bad / "mask_broken.npz").read_bytes())
     try:
         out = run_s41(_s41_args(dict(hpa=bad, comp=data["comp"]), TRAIN_CSV=bad / "train_all.csv",
@@ -279,7 +281,7 @@ def test_pools():
 # ----------------------------------------------------------------------------- S4.2
 @pytest.mark.slow
 def test_s42_two_epoch_cpu_run_lowers_loss(data, tmp_path):
-    from common.checkpoints import load_checkpoint
+    from common.models.checkpoints import load_checkpoint
 
     crops = run_s41(_s41_args(data, size=64))
     assert crops["failed"] == 0
@@ -340,7 +342,7 @@ def test_s42_trains_and_validates_images_named_na_and_nan(tmp_path, capsys):
 def test_s41_without_originals_crops_from_the_copies_says_so_and_records_it(data, tmp_path, capsys):
     """No competition data: S4.1 crops from S2's resized copies with a warning and records FROM_ORIGINAL
     false in cells_<S>.json; S4.2 says so and saves it; S5's run line says where its crops come from."""
-    from common import predict
+    from common.predict import predict
 
     hpa = tmp_path / "hpa-512"
     shutil.copytree(data["hpa"], hpa, ignore=shutil.ignore_patterns("cells_*", "s41_*"))
@@ -353,10 +355,10 @@ def test_s41_without_originals_crops_from_the_copies_says_so_and_records_it(data
             f"({d['comp'] / 'train'}): not found (put the competition data there to crop from the "
             "originals)") in out
     assert json.loads((hpa / "cells_32.json").read_text())["FROM_ORIGINAL"] is False
-    lab, _ = io.load_masks(hpa / "train_cell_mask" / "img01.npz")              # a competition image
+    lab, _ = images.load_masks(hpa / "train_cell_mask" / "img01.npz")              # a competition image
     c = cells.cell_ids(lab)[0]
-    copy = io.read_rgby(hpa / "train" / "img01.png")
-    np.testing.assert_array_equal(io.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
+    copy = images.read_rgby(hpa / "train" / "img01.png")
+    np.testing.assert_array_equal(images.read_rgby(crop_path(hpa / "cells_32", "img01", c)),
                                   cells.crop_cell(copy, lab, c, 32, S41_MARGIN))
     run_s42(["--HPA512_DIR", str(hpa), "--TRAIN_CSV", str(hpa / "train_all.csv"), "--COMPETITION_DIR",
              str(d["comp"]), "--OUTPUT_DIR", str(tmp_path / "out"), "--FOLD", "-1", "--CELL_SIZE", "32",

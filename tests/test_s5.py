@@ -14,8 +14,10 @@ import pytest
 import torch
 from conftest import load_script, tmpfs_run
 
-from common import cells, encoding, fov, io, owned, predict, segmentation
+from common import cells, fov, images, owned, segmentation
+from common.competition import encoding
 from common.constants import NUM_CLASSES
+from common.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIG = 128      # side of the demo images (the "original" resolution of the submission masks)
@@ -41,10 +43,10 @@ def _cut_first_test_image(comp: Path) -> None:
     """Crop the first test image (channels, truth PNG, truth rows, sample size) to SHORT x ORIG."""
     sample = pd.read_csv(comp / "sample_submission.csv", dtype={"ID": str})
     iid = sample["ID"][0]
-    io.write_channels(comp / "test", iid, io.read_image(comp / "test", iid)[:SHORT])
+    images.write_channels(comp / "test", iid, images.read_image(comp / "test", iid)[:SHORT])
     truth_png = comp / "test_cell_truth" / f"{iid}.png"
-    truth_map = io.read_label_png(truth_png)[:SHORT]
-    io.write_label_png(truth_png, truth_map)
+    truth_map = images.read_label_png(truth_png)[:SHORT]
+    images.write_label_png(truth_png, truth_map)
     sample.loc[0, "ImageHeight"] = SHORT
     sample.to_csv(comp / "sample_submission.csv", index=False)
     truth = pd.read_csv(comp / "test_cells.csv", dtype={"ID": str, "Label": str})
@@ -85,7 +87,7 @@ def e2e(tmp_path_factory) -> dict:
 
 
 def _labels(hpa: Path, image_id: str) -> np.ndarray:
-    return io.load_masks(hpa / "test_cell_mask" / f"{image_id}.npz")[0]
+    return images.load_masks(hpa / "test_cell_mask" / f"{image_id}.npz")[0]
 
 
 def _by_mask(s: str, width: int, height: int) -> dict[str, dict[int, float]]:
@@ -203,7 +205,7 @@ def test_s6_scores_the_submission_above_zero(e2e, capsys):
 def test_image_with_zero_cells_keeps_an_empty_row(e2e, tmp_path):
     comp, hpa = _copy_inputs(e2e, tmp_path)
     empty_id = e2e["sample"]["ID"][0]
-    io.save_masks(hpa / "test_cell_mask" / f"{empty_id}.npz", np.zeros((WORK, WORK), np.uint16))
+    images.save_masks(hpa / "test_cell_mask" / f"{empty_id}.npz", np.zeros((WORK, WORK), np.uint16))
     out = tmp_path / "out"
     sub_path = S5.main(_s5_args(e2e, comp, hpa, out, "--N_OVERLAYS", "3"))
     sub = encoding.read_submission(sub_path)
@@ -421,9 +423,9 @@ def test_batched_and_per_cell_inference_agree(e2e, pipeline):
     if pipeline == 2:
         assert pred.from_original                                          # S4.1 cropped the originals
     for iid in e2e["sample"]["ID"]:
-        image = io.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
+        image = images.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
         labels = _labels(e2e["hpa"], iid)
-        original = io.read_image(e2e["comp"] / "test", iid)
+        original = images.read_image(e2e["comp"] / "test", iid)
         ids = cells.cell_ids(labels)
         f = fov.FieldOfView.of(image, labels, ids, original)
         batched, image_probs = pred.predict(f)
@@ -472,7 +474,7 @@ def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
     masked = predict.RunPredictor(run, "cpu", tta=2)
     differs = False
     for iid, rows in preds.groupby("ID"):
-        image = io.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
+        image = images.read_rgby(e2e["hpa"] / "test" / f"{iid}.png")
         labels = _labels(e2e["hpa"], iid)
         want = ref.predict(fov.FieldOfView.of(image, labels, rows["cell_id"].tolist()))[0]
         got = rows[[f"c{c}" for c in range(NUM_CLASSES)]].to_numpy()

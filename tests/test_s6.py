@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from common import encoding
+from common.competition import encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_missing_files_are_named(truth_csv, tmp_path, capsys):
 
 
 def test_baseline_comparison_with_a_bootstrap_interval(truth_csv, tmp_path, capsys):
-    from common import metric
+    from common.competition import metric
 
     truth_sub = _run(capsys, "--SUBMISSION", str(tmp_path / "s.csv"), "--TRUTH", str(truth_csv), "--MAKE",
                      "truth", "--PLOTS", "false")

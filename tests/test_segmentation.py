@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common import io, segmentation
+from common import images, segmentation
 from common.segmentation import BuiltinSegmenter, get_segmenter, match_cells, relabel, resize_labels
 
 
@@ -27,7 +27,7 @@ def _grid_image(size: int, pitch: int, radius: int):
 
 @pytest.fixture(scope="module")
 def demo_images():
-    demo_render = pytest.importorskip("common.demo_render")
+    demo_render = pytest.importorskip("common.demo.demo_render")
     rng = np.random.default_rng(7)
     return [demo_render.make_image(rng, 512, [k % 19]) for k in range(3)]
 
@@ -71,8 +71,8 @@ def test_many_cells_survive_segment_save_load(tmp_path):
     img, n = _grid_image(1024, 56, 16)  # 18 x 18 = 324 cells
     cell, nuc = BuiltinSegmenter().segment([img])[0]
     assert n >= 256 and int(cell.max()) == n
-    path = io.save_masks(tmp_path / "m.npz", cell, nuc)
-    c2, n2 = io.load_masks(path)
+    path = images.save_masks(tmp_path / "m.npz", cell, nuc)
+    c2, n2 = images.load_masks(path)
     assert c2.dtype == np.uint16 and np.array_equal(c2, cell) and np.array_equal(n2, nuc)
 
 
@@ -131,13 +131,14 @@ def test_builtin_cells_are_the_same_on_every_call(tmp_path):
     """A demo image (S0's default seed) whose cells changed by one pixel from one call to the next
     (OpenCV's precise distance transform alternated between two results), which made S2's masks,
     and so the demo's scores, differ between two runs of the same seeded pipeline."""
-    from common import demo_data, fov, io
+    from common import fov
+    from common.demo import demo_data
     from common.segmentation.builtin import BuiltinSegmenter
 
     image_id = "4c1f8c49-bb96-11e8-b2b9-ac1f6b95f9cb"
     job = next(j for j in demo_data.plan_dataset(320, 32, 2021, frac_16bit=0.25) if j["id"] == image_id)
     demo_data._generate_one(dict(job, out_dir=str(tmp_path), seed=2021, size=512, min_cells=8, max_cells=30))
-    original = io.read_image(tmp_path / "train", image_id)
+    original = images.read_image(tmp_path / "train", image_id)
     seg = BuiltinSegmenter()
     cells = [fov.prepare([original], 512, seg)[0].cell for _ in range(4)]
     assert cells[0].max() > 5 and all(np.array_equal(cells[0], c) for c in cells[1:])

@@ -8,8 +8,11 @@ import pytest
 import torch
 from toy_data import make_toy_dataset
 
-from common import augment, checkpoints, config, models, train, train_state
-from common.datasets import ImageDataset
+from common import config
+from common.data import augment
+from common.data.datasets import ImageDataset
+from common.models import checkpoints, models
+from common.training import train, train_state
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Pretrained weights offline (common.weights, tools/fetch_weights.py): the clear error of S3 / S4.2
+"""Pretrained weights offline (common.models.weights, tools/fetch_weights.py): the clear error of S3 / S4.2
 without network or cache, PRETRAINED_DIR == PRETRAINED_FILE == the hub path, the original's stem,
 and the fetcher against a stand-in download. Nothing here touches the network."""
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 from conftest import nothing_in
 from safetensors.torch import save_file
 
-from common import models, recipes, weights, weights_fetch
+from common import recipes
 from common.constants import CHANNELS
+from common.models import models, weights, weights_fetch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import io
+from common import images, io
 
 
 def make_toy_dataset(folder: str | Path, n: int = 32, size: int = 64, seed: int = 0,
@@ -30,7 +30,7 @@ def make_toy_dataset(folder: str | Path, n: int = 32, size: int = 64, seed: int 
             m = size // 8
             img[y0 + m:y0 + half - m, x0 + m:x0 + half - m, 1] = 220
         image_id = f"toy{i:04d}"
-        io.write_rgby(folder / "train" / f"{image_id}.png", img)
+        images.write_rgby(folder / "train" / f"{image_id}.png", img)
         rows.append({"ID": image_id, "Label": "|".join(str(classes[k]) for k in chosen),
                      "is_ext": int(i % 5 == 4), "fold": i % n_folds, "ImageWidth": size,
                      "ImageHeight": size, "n_cells": 3})

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd
 
-from common import constants, io, metric
+from common import constants, io
+from common.competition import metric
 from common.constants import NUM_CLASSES
 
 YS = [f"y{c}" for c in range(NUM_CLASSES)]  # oof.csv: true labels

@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import config, constants, io, weights, weights_fetch
+from common import config, constants, io
+from common.models import weights, weights_fetch
 
 
 def _split_positional(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from common import config, io
+from common import config, images
 from common.segmentation.hpa import postprocess
 
 _USAGE = "usage: python tools/label_from_maps.py MAPS.npz OUT_DIR [--LABEL_AT original|working]"
@@ -74,7 +74,8 @@ def main(argv=None) -> tuple[Path, Path]:
     label_hw = None if cfg.LABEL_AT == "original" else nuc.shape[:2]
     c, n = postprocess.label_from_maps(nuc, cell, hw, label_hw=label_hw, corrected=cfg.CORRECTED)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = io.write_label_png(out_dir / "cell.png", c), io.write_label_png(out_dir / "nucleus.png", n)
+    paths = (images.write_label_png(out_dir / "cell.png", c),
+             images.write_label_png(out_dir / "nucleus.png", n))
     print(f"{maps.name}: {int(c.max())} cells at {hw[0]} x {hw[1]} -> {paths[0]}, {paths[1]}")
     return paths
 

@@ -4,7 +4,7 @@
 Reads   HPA512_DIR/train_all.csv (ID, Label, fold), HPA512_DIR/train/{ID}.png, train_cell_mask/{ID}.npz
         (S2), the original COMPETITION_DIR/train/ for pipeline-2 runs trained on original-resolution
         crops, and the RUNS (S3 / S4.2 run folders; each keeps its saved constants, among them its FOLD)
-Writes  OUT_CSV: ID, cell_id, fold, n_runs, t0..t18 (read by common.bag_datasets.read_pseudo_labels),
+Writes  OUT_CSV: ID, cell_id, fold, n_runs, t0..t18 (read by common.data.bag_datasets.read_pseudo_labels),
         then train on it with
         python S4.2_train_pipeline2.py --PSEUDO_LABELS input/hpa-512/pseudo_labels.csv
 
@@ -47,8 +47,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import bag_datasets, cells, config, constants, fov, io, predict
-from common.datasets import labels_to_multihot
+from common import cells, config, constants, fov, images, io
+from common.data import bag_datasets
+from common.data.datasets import labels_to_multihot
+from common.predict import predict
 
 # (no upper-case names below the constants block: config.parse would read them as constants)
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -85,15 +87,15 @@ def make_pseudo_labels(train_df: pd.DataFrame, predictors: list, image_dir: str 
         use = eligible(predictors, fold)
         if not use:
             continue
-        image = io.read_rgby(Path(image_dir) / f"{iid}.png")
-        labels = io.load_masks(Path(mask_dir) / f"{iid}.npz")[0]
+        image = images.read_rgby(Path(image_dir) / f"{iid}.png")
+        labels = images.load_masks(Path(mask_dir) / f"{iid}.npz")[0]
         ids = cells.cell_ids(labels)
         if not ids:
             continue
         original = None
         if original_dir and any(predictors[i].pipeline == 2 and predictors[i].from_original for i in use) \
-                and io.channel_path(original_dir, iid, "red").is_file():
-            original = io.read_image(original_dir, iid)
+                and images.channel_path(original_dir, iid, "red").is_file():
+            original = images.read_image(original_dir, iid)
         f = fov.FieldOfView.of(image, labels, ids, original)
         probs = np.mean([predictors[i].predict(f)[0] for i in use], axis=0)
         t = soft_targets(probs, labels_to_multihot(r.Label), normalize)

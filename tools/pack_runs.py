@@ -34,7 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import checkpoints, constants, io, owned, predict
+from common import constants, io, owned
+from common.models import checkpoints
+from common.predict import predict
 
 KEEP = ("model", "config")           # what a slim checkpoint holds (checkpoints.load_checkpoint needs these)
 COPY = ("summary.csv",)  # copied beside the slim checkpoint (config.json is written, made portable)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2
 import numpy as np
 
-from common import config, constants, io
+from common import config, constants, images, io
 
 _RENAMED = {"OUT_PNG": "OUT_IMAGE"}
 
@@ -98,7 +98,8 @@ def main(argv=None):
     finally:
         driver.quit()
     if out.suffix.lower() != ".png":
-        png = io.encode_jpeg(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cfg.JPEG_QUALITY)
+        shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        png = images.encode_jpeg(shot, cfg.JPEG_QUALITY)
     io.atomic_write_bytes(out, png)
     print(f"wrote {out} ({len(png) / 1024:.0f} kB)")
 

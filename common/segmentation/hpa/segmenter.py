@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.augment import dihedral, undo_dihedral
 from common.constants import BLUE, HPA_SEG_DIR, RED, YELLOW
 from common.device import resolve_device
 from common.segmentation.dpn_unet import normalize
 from common.segmentation.hpa.postprocess import OFFICIAL_SCALE, label_from_maps
 from common.segmentation.hpa.weights import available, load_hpa_model
+from common.tta import dihedral, undo_dihedral
 
 SCALE = OFFICIAL_SCALE            # input -> working resolution (the official scale_factor)
 PAD_TOP_LEFT = 32                 # official padding: 32 px at the top and left, the rest bottom/right

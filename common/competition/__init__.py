@@ -1,0 +1,1 @@
+"""The competition's formats: the mask encoding of submissions and the cell-level metric."""

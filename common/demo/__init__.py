@@ -1,0 +1,1 @@
+"""S0's synthetic HPA-like demo data: labels, field geometry, renderer, dataset writer."""

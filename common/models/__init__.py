@@ -1,0 +1,1 @@
+"""The networks: backbone and heads, MIL, cell pooling, losses, checkpoints, pretrained weights."""

@@ -1,0 +1,1 @@
+"""Prediction: runs rebuilt from checkpoints, test-time views, image sources, per-cell tables."""

@@ -1,0 +1,1 @@
+"""report.html: the page's data, HTML, script, and S6's truth panel."""
