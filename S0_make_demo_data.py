@@ -70,10 +70,10 @@ def _make(cfg, out_dir: Path) -> Path:
         raise SystemExit(f"need N_TRAIN >= 1 and N_TEST >= 0, got {cfg.N_TRAIN}, {cfg.N_TEST}")
     t0 = time.time()
     try:
-        summary = demo_data.make_dataset(
-            out_dir, cfg.N_TRAIN, cfg.N_TEST, cfg.IMAGE_SIZE, cfg.SEED, min_cells=cfg.MIN_CELLS,
-            max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
-            rare_boost=cfg.RARE_BOOST, num_workers=cfg.NUM_WORKERS, progress=True)
+        plan = demo_data.DemoPlan(cfg.N_TRAIN, cfg.N_TEST, cfg.IMAGE_SIZE, cfg.SEED, min_cells=cfg.MIN_CELLS,
+                                  max_cells=cfg.MAX_CELLS, frac_16bit=cfg.FRAC_16BIT, temper=cfg.LABEL_TEMPER,
+                                  rare_boost=cfg.RARE_BOOST)
+        summary = demo_data.make_dataset(out_dir, plan, num_workers=cfg.NUM_WORKERS, progress=True)
     except FileExistsError as e:
         raise SystemExit(f"S0: {e}: choose another COMPETITION_DIR") from None
     config.save(dict(cfg) | wanted, out_dir / demo_data.CONFIG_NAME)  # last: marks the dataset complete

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 from tqdm import tqdm
 
-from common import config, constants, lock
+from common import config, constants, images, lock
 from common import io as hio
 from common.data import download
 
@@ -197,7 +197,7 @@ def select_rows(df: pd.DataFrame, cfg, path: Path) -> tuple[pd.DataFrame, pd.Dat
 # ---------------------------------------------------------------------------- downloads
 def tif_to_png(src: Path, dst: Path) -> None:
     """A downloaded (gzipped) TIFF channel -> 8-bit PNG (16-bit scaled by ``images.to_uint8``)."""
-    hio.imwrite(dst, hio.read_channel(src))  # dst may be a temporary name: the format is its target's
+    hio.imwrite(dst, images.read_channel(src))  # dst may be a temporary name: the format is its target's
 
 
 @dataclass
@@ -227,8 +227,8 @@ def fetch_image(session, iid: str, url: str, out_dir: Path, cfg, on_bytes=None) 
     """The 4 channels of one image (JPG, else TIF.GZ -> PNG); what happened."""
     res = ImageResult(iid)
     shapes = set()
-    kw = dict(validate=download.validate_image, timeout=cfg.TIMEOUT, max_seconds=cfg.MAX_SECONDS or None,
-              attempts=cfg.ATTEMPTS, backoff=cfg.BACKOFF, skip_existing=False, on_bytes=on_bytes)
+    patience = download.Patience(cfg.TIMEOUT, cfg.MAX_SECONDS or None, cfg.ATTEMPTS, cfg.BACKOFF)
+    kw = dict(validate=download.validate_image, patience=patience, skip_existing=False, on_bytes=on_bytes)
     for color in constants.CHANNELS:
         jpg, png = out_dir / f"{iid}_{color}.jpg", out_dir / f"{iid}_{color}.png"
         found, shape = _existing([jpg, png], cfg.VERIFY_EXISTING)

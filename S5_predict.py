@@ -116,7 +116,7 @@ from tqdm import tqdm
 from common import cells, config, constants, io, lock, owned, plots, recipes, segmentation
 from common.competition import encoding
 from common.constants import NUM_CLASSES
-from common.predict import cell_tables, fields, predict
+from common.predict import cell_tables, fields, predict, views
 from common.report import report
 
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -393,8 +393,8 @@ def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     runs = _runs(cfg)
     weights = [float(w) for w in _per_run(cfg.RUN_WEIGHTS, len(runs), 1.0, "RUN_WEIGHTS")]
     ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]
-    predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT,
-                                       cfg.P1_VARIANT, cfg.P1_CELLPOOL_STRIDE, cfg.P1_CELLPOOL_SIZE)
+    view = views.ViewChoice(cfg.P1_VARIANT, cfg.P1_CELLPOOL_STRIDE, cfg.P1_CELLPOOL_SIZE)
+    predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT, view)
                   for r, t in zip(runs, ttas)]
     for p, w in zip(predictors, weights):
         print(f"S5: {p} weight {w}", flush=True)
@@ -434,9 +434,8 @@ def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res:
     boxes = cells.bounding_boxes(f.cell)
     border = np.array([cells.touches_border(boxes[c], f.region) for c in f.ids])
     cell_p, image_p = predict.score_runs(predictors, f)
-    variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border,
-                               image_pred=cfg.IMAGE_PRED, multiply=cfg.MULTIPLY_IMAGE_PRED,
-                               border_weight=cfg.BORDER_WEIGHT, comparisons=cfg.VARIANTS)
+    mix = predict.Mix(cfg.IMAGE_PRED, cfg.MULTIPLY_IMAGE_PRED, cfg.BORDER_WEIGHT, cfg.VARIANTS)
+    variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border, mix)
     ens = variants["ensemble"]
     for name, probs in variants.items():
         res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)

@@ -223,7 +223,7 @@ def network_table(cfg) -> None:
     nuc, cell, src = maps(2048, SCENARIOS[1])
     img = [np.random.default_rng(cfg.SEED).integers(0, 256, (2048, 2048, 4), dtype=np.uint8)]
     x = torch.randn(1, 3, 512, 512)
-    segs = {p: HPASegmenter(models=(TimedStandIn(nuc), TimedStandIn(cell)), device="cpu", precision=p)
+    segs = {p: HPASegmenter((TimedStandIn(nuc), TimedStandIn(cell)), device="cpu", precision=p)
             for p in cfg.PRECISIONS}
     best: dict[str, list[float]] = {}
     for _ in range(max(1, cfg.REPEAT)):
@@ -302,7 +302,7 @@ with np.load({maps!r}) as z:
 
 def get_segmenter(name, weights_dir=None, device="cpu", **kw):
     kw = {{k: v for k, v in kw.items() if k in ("label_at", "post_workers", "precision")}}
-    return HPASegmenter(models=(TimedStandIn(maps[0]), TimedStandIn(maps[1])), device="cpu", **kw)
+    return HPASegmenter((TimedStandIn(maps[0]), TimedStandIn(maps[1])), device="cpu", **kw)
 S2.segmentation.get_segmenter = get_segmenter
 S2.segmentation.resolve_name = lambda name, d=None: "hpa"
 t = time.perf_counter()

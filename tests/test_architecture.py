@@ -1,9 +1,10 @@
-"""The map of the house, checked over the AST (DESIGN.md, "Rooms" and "Walls").
+"""The map of the house, checked over the AST (DESIGN.md, "Floor plan" and "Walls").
 
 Every import counts, wherever it stands: the import graph of ``common/`` has no cycle and stands on
 at most ``MAX_LEVELS`` levels (a module stands one level above the highest module it imports);
-no function imports another ``common/`` module (a hidden import is a hidden arrow); models are
-torch only; no module is both a dataset and a model; functions stay short.
+no function imports another ``common/`` module (a hidden import is a hidden arrow); each stage's
+folder imports only the folders ``WALLS`` allows; models are torch only; no module is both a dataset
+and a model; functions stay short and take few parameters; modules stay short.
 """
 from __future__ import annotations
 
@@ -18,13 +19,32 @@ COMMON = ROOT / "common"
 MAX_LEVELS = 9           # levels of the import graph of common/
 MAX_FUNCTION_LINES = 60  # every function of common/, decorators and docstring included
 MAX_S5_MAIN_LINES = 40   # S5_predict.main wires and writes
+MAX_S5_FUNCTION_LINES = 40  # and every other function of S5_predict.py
+MAX_PARAMS = 8           # parameters of a common/ function (self / cls not counted; *args, **kw count one)
+MAX_MODULE_LINES = 450   # lines of a common/ module
 # deliberate exceptions to MAX_FUNCTION_LINES, with the reason
 LONG_FUNCTIONS: dict[str, str] = {}
-MODELS = ("common.models.models", "common.models.mil", "common.models.cellpool")          # torch only
+# deliberate exceptions to MAX_MODULE_LINES, with the reason
+LONG_MODULES = {"common.segmentation.hpa.weights": "the restricted unpickler of the official .pth files: "
+                "its allow-list of globals and its opcode handling read best in one place"}
+# the folders of common/ ("base": the modules directly in common/) and the folders each may import
+WALLS = {
+    "base": {"segmentation"},              # fov hands fields to the segmenters
+    "segmentation": {"base"},
+    "competition": {"base"},
+    "data": {"base"},
+    "models": {"base"},
+    "demo": {"base", "competition"},
+    "report": {"base", "competition"},
+    "training": {"base", "competition", "data", "models"},
+    "predict": {"base", "data", "models", "report", "segmentation"},
+}
+MODELS = ("common.models.models", "common.models.mil", "common.models.cellpool")  # torch only
 DATASETS = ("common.data.datasets", "common.data.bag_datasets")
-FILE_READERS = ("common.io", "common.fov", "common.data.download", "common.competition.encoding", "common.competition.metric",
-                "common.data.crop_files", "common.models.weights_fetch", "common.training.checkpoint_saver", "common.training.run_folder",
-                "common.demo.demo_data")
+FILE_READERS = ("common.io", "common.images", "common.fov", "common.data.download",
+                "common.competition.encoding", "common.competition.metric", "common.data.crop_files",
+                "common.models.weights_fetch", "common.training.checkpoint_saver",
+                "common.training.run_folder", "common.demo.demo_data")
 # no file I/O of their own: the cell geometry (S4.1's crop files are crop_files'), the run-time weights
 # lookup (the fetcher and its manifest are weights_fetch's), the demo's labels and renderer (its files
 # are demo_data's)
@@ -146,9 +166,24 @@ def test_geometry_and_runtime_weights_import_no_file_io():
         assert not bad, f"{m} imports {bad}: it does no file I/O of its own"
 
 
+def _folder(m: str) -> str:
+    """The folder of common/ a module lives in ("base": common/ itself)."""
+    parts = m.split(".")
+    return parts[1] if len(parts) > 1 and (COMMON / parts[1]).is_dir() else "base"
+
+
+def test_each_folder_imports_only_what_its_walls_allow():
+    assert set(WALLS) == {_folder(m) for m in _modules()}, "WALLS names every folder of common/, no other"
+    crossings = sorted(f"{m} imports {d} ({_folder(m)}/ may not import {_folder(d)}/)"
+                       for m, deps in _graph().items() for d in deps
+                       if _folder(d) != _folder(m) and _folder(d) not in WALLS[_folder(m)])
+    assert not crossings, "\n".join(crossings)
+
+
 def test_common_never_imports_predict_or_a_script():
     for m, deps in _graph().items():
-        assert m == "common.predict.predict" or "common.predict.predict" not in deps, f"{m} imports common.predict.predict"
+        assert m == "common.predict.predict" or "common.predict.predict" not in deps, \
+            f"{m} imports common.predict.predict"
     for m, p in _modules().items():
         for node in ast.walk(_tree(p)):
             scripts = tuple(f"S{k}" for k in range(7))
@@ -202,7 +237,8 @@ def test_repeated_facts_are_spelled_once():
             if any(isinstance(n, (ast.Name, ast.Attribute)) and ast.unparse(n).endswith("IMAGE_PREDS")
                    for n in ast.walk(fn)):
                 found["IMAGE_PRED"].add(name)
-    assert found == {"run folder": {"common.constants"}, "round 6": set(), "variants": {"common.data.augment"},
+    assert found == {"run folder": {"common.constants"}, "round 6": set(),
+                     "variants": {"common.data.augment"},
                      "IMAGE_PRED": {"common.predict.predict.check_image_pred"}}
 
 
@@ -216,10 +252,34 @@ def test_functions_of_common_are_short():
     assert not stale, f"LONG_FUNCTIONS lists functions that are short now (remove them): {stale}"
 
 
+def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    a = fn.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    names += [f"*{x.arg}" for x in (a.vararg, a.kwarg) if x is not None]
+    return names[1:] if names and names[0] in ("self", "cls") else names
+
+
+def test_functions_of_common_take_few_parameters():
+    many = {name: len(_params(fn)) for m, p in _modules().items() for name, fn in _functions(_tree(p), m)
+            if len(_params(fn)) > MAX_PARAMS}
+    assert not many, f"functions of common/ with more than {MAX_PARAMS} parameters: {many}"
+
+
+def test_modules_of_common_are_short():
+    long = {m: len(p.read_text().splitlines()) for m, p in _modules().items()
+            if len(p.read_text().splitlines()) > MAX_MODULE_LINES}
+    unexplained = {m: n for m, n in long.items() if m not in LONG_MODULES}
+    assert not unexplained, f"modules over {MAX_MODULE_LINES} lines: {unexplained}"
+    stale = sorted(set(LONG_MODULES) - set(long))
+    assert not stale, f"LONG_MODULES lists modules that are short now (remove them): {stale}"
+
+
 def test_s5_main_only_wires():
     tree = _tree(ROOT / "S5_predict.py")
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     assert _lines(main) <= MAX_S5_MAIN_LINES, f"S5_predict.main is {_lines(main)} lines"
+    long = {name: _lines(fn) for name, fn in _functions(tree, "S5") if _lines(fn) > MAX_S5_FUNCTION_LINES}
+    assert not long, f"S5_predict.py functions over {MAX_S5_FUNCTION_LINES} lines: {long}"
 
 
 def test_the_checks_see_hidden_imports_and_cycles(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from common.data.bag_datasets import TARGET_COLS, BagDataset, PseudoBagDataset, 
 from common.data.datasets import CellPoolDataset
 from common.models import cellpool, checkpoints, models
 from common.models.mil import BagModel
-from common.predict import predict
+from common.predict import predict, views
 from common.resize import resize_image
 
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def _toy_image(seed=0, side=256):
 
 def test_cellpool_equals_masked_gap_by_hand(tmp_path):
     pred = predict.RunPredictor(_checkpoint(tmp_path / "r" / "fold0" / "best.pth"), "cpu", tta=4,
-                                variant="cellpool")
+                                view=views.ViewChoice("cellpool"))
     image, labels = _toy_image()
     ids = [1, 2, 3, 4]
     cell_p, image_p = pred.predict(fov.FieldOfView.of(image, labels, ids))
@@ -84,12 +84,12 @@ def test_cellpool_equals_masked_gap_by_hand(tmp_path):
 @pytest.mark.parametrize("stride", [0, 16])
 def test_one_cell_image_gives_the_image_prediction(tmp_path, stride):
     ckpt = _checkpoint(tmp_path / "r" / "fold0" / "best.pth")
-    pred = predict.RunPredictor(ckpt, "cpu", tta=2, variant="cellpool", cellpool_stride=stride)
+    pred = predict.RunPredictor(ckpt, "cpu", tta=2, view=views.ViewChoice("cellpool", stride))
     image, _ = _toy_image(1)
     whole = np.ones(image.shape[:2], np.uint16)
     f = fov.FieldOfView.of(image, whole)
     cell_p, image_p = pred.predict(f)
-    plain = predict.RunPredictor(ckpt, "cpu", tta=2, variant="masked")
+    plain = predict.RunPredictor(ckpt, "cpu", tta=2, view=views.ViewChoice("masked"))
     np.testing.assert_allclose(image_p, plain.predict(f)[1], atol=1e-5)  # the run's own
     x = augment.normalize(resize_image(image, 128)[None], "competition")
     with torch.no_grad():
@@ -111,7 +111,7 @@ def test_views_reach_the_run_through_one_forward(tmp_path):
     ckpt = _checkpoint(tmp_path / "r" / "fold0" / "best.pth")
     image, labels = _toy_image(2)
     for variant, stride in (("masked", 0), ("center_cells", 0), ("cellpool", 0), ("cellpool", 16)):
-        pred = predict.RunPredictor(ckpt, "cpu", tta=2, variant=variant, cellpool_stride=stride)
+        pred = predict.RunPredictor(ckpt, "cpu", tta=2, view=views.ViewChoice(variant, stride))
         calls, forward = [], pred.forward
         pred.forward = lambda x, fn=None, calls=calls, forward=forward: calls.append(len(x)) or forward(x, fn)
         pred.predict(fov.FieldOfView.of(image, labels, [1, 2]))
@@ -151,7 +151,7 @@ def test_a_checkpoint_without_its_variant_is_named(tmp_path):
         predict.RunPredictor(ckpt, "cpu")
     # the model itself depends on VARIANT (cellpool or not): no test-time view makes up for it
     with pytest.raises(KeyError, match=r"best\.pth: the checkpoint's config has no 'VARIANT'"):
-        predict.RunPredictor(ckpt, "cpu", variant="center_cells")
+        predict.RunPredictor(ckpt, "cpu", view=views.ViewChoice("center_cells"))
     cfg = {k: v for k, v in P1.items() if k != "IMAGE_SIZE"}
     ckpt = _checkpoint(tmp_path / "s" / "fold0" / "best.pth", cfg)
     with pytest.raises(KeyError, match=r"best\.pth: the checkpoint's config has no 'IMAGE_SIZE'"):

@@ -25,7 +25,7 @@ def _img(seed, size=256, classes=(0, 13, 16), n_cells=None):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    dd.make_dataset(out, 5, 2, 256, seed=7, frac_16bit=0.5, num_workers=1)
+    dd.make_dataset(out, dd.DemoPlan(5, 2, 256, seed=7, frac_16bit=0.5), num_workers=1)
     return out
 
 
@@ -204,7 +204,7 @@ def test_dataset_matches_make_image_and_is_deterministic(dataset, tmp_path):
     r = demo_render.make_image(rng, 256, job["classes"])
     disk = images.read_image(dataset / "train", job["id"])
     assert np.abs(disk.astype(int) - r["image"].astype(int)).max() <= 1  # 16-bit PNGs round to within 1
-    dd.make_dataset(tmp_path, 5, 2, 256, seed=7, frac_16bit=0.5, num_workers=2)
+    dd.make_dataset(tmp_path, dd.DemoPlan(5, 2, 256, seed=7, frac_16bit=0.5), num_workers=2)
 
     def digest(root):
         return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
@@ -264,4 +264,4 @@ def test_s0_overwrite_never_deletes_files_it_did_not_make(tmp_path):
     # a planned file that exists without being in the manifest is never written over
     (demo / dd.MANIFEST_NAME).write_text("[]")
     with pytest.raises(FileExistsError, match="not made"):
-        dd.make_dataset(demo, 2, 1, 64, seed=3)
+        dd.make_dataset(demo, dd.DemoPlan(2, 1, 64, seed=3))

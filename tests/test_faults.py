@@ -41,7 +41,8 @@ def demo(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("faults")
     data = root / "data"
-    demo_data.make_dataset(data, n_train=6, n_test=2, size=256, seed=3, min_cells=6, max_cells=12)
+    demo_data.make_dataset(data, demo_data.DemoPlan(n_train=6, n_test=2, size=256, seed=3,
+                                                    min_cells=6, max_cells=12))
     hpa = root / "hpa"
     S2.main(["--COMPETITION_DIR", str(data), "--HPA512_DIR", str(hpa), "--IMAGE_SIZE", str(SIZE),
              "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"])

@@ -78,7 +78,8 @@ def test_a_lock_on_a_read_only_or_full_filesystem_is_one_line(tmp_path, fs):
 
 def test_s2_on_a_disk_full_at_start_stops_with_one_line(tmp_path):
     data = tmp_path / "data"
-    demo_data.make_dataset(data, n_train=2, n_test=0, size=64, seed=1, min_cells=2, max_cells=3)
+    demo_data.make_dataset(data, demo_data.DemoPlan(n_train=2, n_test=0, size=64, seed=1,
+                                                    min_cells=2, max_cells=3))
     out = tmp_path / "out"
     argv = [sys.executable, str(ROOT / "S2_data_process.py"), "--COMPETITION_DIR", str(data),
             "--HPA512_DIR", str(out), "--SEGMENTER", "builtin", "--NUM_WORKERS", "1"]

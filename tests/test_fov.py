@@ -11,7 +11,7 @@ from conftest import load_script
 
 from common import cells, fov, images
 from common.data import bag_datasets, crop_files
-from common.predict import fields, predict
+from common.predict import fields, views
 from common.resize import resize_labels
 
 SIZE = 128  # working size of the scale test (demo images are 256 px)
@@ -21,7 +21,8 @@ SIZE = 128  # working size of the scale test (demo images are 256 px)
 def demo(tmp_path_factory):
     demo_data = pytest.importorskip("common.demo.demo_data")
     d = tmp_path_factory.mktemp("demo")
-    demo_data.make_dataset(d, n_train=1, n_test=3, size=256, seed=5, min_cells=5, max_cells=9)
+    demo_data.make_dataset(d, demo_data.DemoPlan(n_train=1, n_test=3, size=256, seed=5,
+                                                 min_cells=5, max_cells=9))
     return d
 
 
@@ -89,7 +90,7 @@ def test_training_and_test_crops_are_identical(side, with_full, tmp_path):
             "margin": 0.05, "overwrite": True}
     res = crop_files.crop_image_cells(task)
     assert res["from_original"] and res["written"] == len(cells.cell_ids(lab))
-    run = predict.CropView(128, 0.05, from_original=True)  # the view of a p2 run trained on originals
+    run = views.CropView(128, 0.05, from_original=True)  # the view of a p2 run trained on originals
     ids = cells.cell_ids(lab) if full is None else cells.cell_ids(full)
     test_crops = run.views(fov.FieldOfView.of(fov.working_image(original, 512), lab, ids, original, full))
     for c, crop in zip(ids, test_crops):

@@ -61,7 +61,7 @@ class StandIn(nn.Module):
 
 
 def stand_in_segmenter(ref: dict) -> HPASegmenter:
-    return HPASegmenter(models=(StandIn(ref["nuclei"]), StandIn(ref["cell"])), device="cpu")
+    return HPASegmenter((StandIn(ref["nuclei"]), StandIn(ref["cell"])), device="cpu")
 
 
 def blank_fov(folder, image_id: str) -> None:

@@ -24,7 +24,7 @@ def image(seed=0, hw=(160, 128)) -> np.ndarray:
 def test_fp32_is_plain_float32_and_bf16_is_close():
     nets = small_net(0), small_net(1)
     img = [image()]
-    fp32 = HPASegmenter(models=nets, device="cpu")
+    fp32 = HPASegmenter(nets, device="cpu")
     assert not fp32.channels_last and fp32.precision == "fp32"
     assert all(p.is_contiguous() for m in nets for p in m.parameters())  # untouched by fp32
     p32 = fp32.predict(img)[0]
@@ -32,7 +32,7 @@ def test_fp32_is_plain_float32_and_bf16_is_close():
         x = fp32._probs(nets[1], torch.ones(1, 3, 64, 64), False)
         ref = nets[1](torch.ones(1, 3, 64, 64)).softmax(1)
     assert torch.equal(x, ref)
-    bf16 = HPASegmenter(models=(small_net(0), small_net(1)), device="cpu", precision="bf16")
+    bf16 = HPASegmenter((small_net(0), small_net(1)), device="cpu", precision="bf16")
     assert bf16.channels_last and bf16.cell_model[0].weight.is_contiguous(memory_format=torch.channels_last)
     p16 = bf16.predict(img)[0]
     assert p16.dtype == np.float32 and p16.shape == p32.shape
@@ -42,7 +42,7 @@ def test_fp32_is_plain_float32_and_bf16_is_close():
 
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision 'fp16'"):
-        HPASegmenter(models=(small_net(0), small_net(1)), device="cpu", precision="fp16")
+        HPASegmenter((small_net(0), small_net(1)), device="cpu", precision="fp16")
     assert segmentation.get_segmenter("builtin", precision="bf16").name == "builtin"
 
 

@@ -446,7 +446,7 @@ def test_segmenter_geometry_channels_padding_tta():
     imgs.append(rng.integers(0, 256, (64, 96, 4), dtype=np.uint8))  # a second size, no padding needed
     net = _PointwiseNet()
     for tta in (False, True):
-        seg = HPASegmenter(models=(net, net), device="cpu", scale=0.5, batch_size=2, tta=tta)
+        seg = HPASegmenter((net, net), device="cpu", scale=0.5, batch_size=2, tta=tta)
         probs = seg.predict(imgs)
         for img, p in zip(imgs, probs):
             h, w = working_size(*img.shape[:2], 0.5)
@@ -468,7 +468,7 @@ def test_segmenter_end_to_end_two_cells():
         _disk(img[..., RED], cy, cx, 72, 200)
         _disk(img[..., YELLOW], cy, cx, 72, 200)
     net = _PointwiseNet()
-    seg = HPASegmenter(models=(net, net), device="cpu")
+    seg = HPASegmenter((net, net), device="cpu")
     assert seg.name == "hpa" and seg.uses_original_size
     [(cell, nucleus)] = seg.segment([img])
     assert cell.shape == nucleus.shape == (480, 400) and cell.dtype == np.uint16
@@ -482,10 +482,10 @@ def test_segmenter_end_to_end_two_cells():
     assert cell_s.shape == (480, 400) and sorted(np.unique(cell_s)) == [0, 1, 2]
     inter = ((cell_s > 0) & (cell > 0)).sum() / ((cell_s > 0) | (cell > 0)).sum()
     assert inter > 0.95
-    [(cell_w, _)] = HPASegmenter(models=(net, net), device="cpu", label_at="working").segment([img])
+    [(cell_w, _)] = HPASegmenter((net, net), device="cpu", label_at="working").segment([img])
     assert cell_w.shape == (480, 400) and sorted(np.unique(cell_w)) == [0, 1, 2]
     # post-processing in worker processes: the same label maps
-    par = HPASegmenter(models=(net, net), device="cpu", post_workers=2)
+    par = HPASegmenter((net, net), device="cpu", post_workers=2)
     try:
         both = par.segment([img, small], sizes=[(480, 400), (480, 400)])
     finally:
@@ -497,7 +497,7 @@ def test_segmenter_with_the_network(loaded):
     """The real (random-weight) network through the whole path: shapes, dtypes, input resolution."""
     rng = np.random.default_rng(3)
     imgs = [rng.integers(0, 256, (200, 180, 4), dtype=np.uint8)]
-    seg = HPASegmenter(models=(loaded, loaded), device="cpu", scale=0.25)
+    seg = HPASegmenter((loaded, loaded), device="cpu", scale=0.25)
     [(cell, nucleus)] = seg.segment(imgs)
     assert cell.shape == nucleus.shape == (200, 180) and cell.dtype == nucleus.dtype == np.uint16
     assert np.all((nucleus == 0) | (nucleus == cell))

@@ -35,7 +35,8 @@ def setup(tmp_path_factory) -> dict:
     write_channel_files(root / "fields", images, SUFFIXES, ".png")
     write_competition(root / "comp", images)
     data, hpa = root / "data", root / "hpa512"   # (root / "hpa" is the toy set of the run)
-    demo_data.make_dataset(data, n_train=4, n_test=1, size=64, seed=3, min_cells=3, max_cells=5)
+    demo_data.make_dataset(data, demo_data.DemoPlan(n_train=4, n_test=1, size=64, seed=3,
+                                                    min_cells=3, max_cells=5))
     S2.main(_s2_args(data, hpa))
     return dict(root=root, run=run, data=data, hpa=hpa)
 

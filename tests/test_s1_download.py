@@ -17,8 +17,7 @@ import pytest
 import tifffile
 
 import S1_external_data_download as s1
-from common import config, constants
-from common import io as hio
+from common import config, constants, images
 from common.data import download
 
 HOST = "https://images.proteinatlas.org"
@@ -162,12 +161,14 @@ def _restore_s1_constants():
 def test_500_then_success_is_retried(tmp_path, session):
     with HPAServer({"/a.jpg": jpeg_channel(1)}) as srv:
         srv.faults["/a.jpg"] = ["500", "500"]
-        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg", timeout=2)
+        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg",
+                                   patience=download.Patience(timeout=2))
         assert r.status == download.OK and r.info == (64, 64)
         assert srv.hits["/a.jpg"] == 3
-        assert hio.read_channel(tmp_path / "a.jpg").shape == (64, 64)
+        assert images.read_channel(tmp_path / "a.jpg").shape == (64, 64)
         srv.faults["/a.jpg"] = ["500"] * 5  # more 500s than retries: reported, nothing saved
-        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "b.jpg", timeout=2)
+        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "b.jpg",
+                                   patience=download.Patience(timeout=2))
         assert r.status == download.HTTP_ERROR and "500" in r.detail
         assert srv.hits["/a.jpg"] == 3 + 3
     assert not (tmp_path / "b.jpg").exists() and leftovers(tmp_path) == []
@@ -175,7 +176,8 @@ def test_500_then_success_is_retried(tmp_path, session):
 
 def test_404_is_not_retried_and_existing_file_is_skipped(tmp_path, session):
     with HPAServer({"/a.jpg": jpeg_channel(1)}) as srv:
-        r = download.download_file(session, srv.url + "/missing.jpg", tmp_path / "m.jpg", timeout=2)
+        r = download.download_file(session, srv.url + "/missing.jpg", tmp_path / "m.jpg",
+                                   patience=download.Patience(timeout=2))
         assert r.status == download.NOT_FOUND and srv.hits["/missing.jpg"] == 1
         assert download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg").status == "ok"
         again = download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg")
@@ -190,13 +192,14 @@ def test_connection_dropped_mid_body(tmp_path, session):
     body = jpeg_channel(2)
     with HPAServer({"/a.jpg": body}) as srv:
         srv.faults["/a.jpg"] = ["drop"]
-        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg", timeout=2, backoff=0.01)
+        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "a.jpg",
+                                   patience=download.Patience(timeout=2, backoff=0.01))
         assert r.status == download.OK and srv.hits["/a.jpg"] == 2
         assert r.nbytes == len(body) // 2 + len(body)  # the cut-off half is counted too
         assert (tmp_path / "a.jpg").read_bytes() == body
         srv.faults["/a.jpg"] = ["drop"] * 3  # dropped on every attempt: reported, no partial file
-        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "b.jpg", timeout=2,
-                                   attempts=3, backoff=0.01)
+        r = download.download_file(session, srv.url + "/a.jpg", tmp_path / "b.jpg",
+                                   patience=download.Patience(timeout=2, attempts=3, backoff=0.01))
         assert r.status == download.CONNECTION and "cut off" in r.detail
         assert srv.hits["/a.jpg"] == 2 + 3
     assert not (tmp_path / "b.jpg").exists() and leftovers(tmp_path) == []
@@ -207,7 +210,8 @@ def test_corrupt_jpeg_is_rejected(tmp_path, session):
     files = {"/bad.jpg": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "/trunc.jpg": good[:-200]}
     with HPAServer(files) as srv:
         for name in ("bad", "trunc"):
-            r = download.download_file(session, f"{srv.url}/{name}.jpg", tmp_path / f"{name}.jpg", timeout=2)
+            r = download.download_file(session, f"{srv.url}/{name}.jpg", tmp_path / f"{name}.jpg",
+                                       patience=download.Patience(timeout=2))
             assert r.status == download.INVALID, r
             assert not (tmp_path / f"{name}.jpg").exists()
     assert leftovers(tmp_path) == []
@@ -217,11 +221,13 @@ def test_slow_response_times_out(tmp_path):
     s = download.make_session(retries=1, backoff=0.01)
     with HPAServer({"/a.jpg": jpeg_channel(4)}, slow_s=1.5, drip_s=0.05) as srv:
         srv.faults["/a.jpg"] = ["slow", "slow"]
-        r = download.download_file(s, srv.url + "/a.jpg", tmp_path / "a.jpg", timeout=0.3)
+        r = download.download_file(s, srv.url + "/a.jpg", tmp_path / "a.jpg",
+                                   patience=download.Patience(timeout=0.3))
         assert r.status == download.TIMEOUT, r
         assert srv.hits["/a.jpg"] == 2  # the read timeout was retried once by the session
         srv.faults["/a.jpg"] = ["drip"]  # each read is quick, the whole body is not: the deadline cuts it
-        r = download.download_file(s, srv.url + "/a.jpg", tmp_path / "a.jpg", timeout=1, max_seconds=0.3)
+        r = download.download_file(s, srv.url + "/a.jpg", tmp_path / "a.jpg",
+                                   patience=download.Patience(timeout=1, max_seconds=0.3))
         assert r.status == download.TIMEOUT and "deadline" in r.detail
     s.close()
     assert not (tmp_path / "a.jpg").exists() and leftovers(tmp_path) == []
@@ -234,7 +240,7 @@ def test_transform_tifgz_to_png(tmp_path, session):
                                    transform=s1.tif_to_png)
         assert r.ok
     png = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_UNCHANGED)
-    assert png.dtype == np.uint8 and np.array_equal(png, hio.to_uint8(arr))
+    assert png.dtype == np.uint8 and np.array_equal(png, images.to_uint8(arr))
     assert leftovers(tmp_path) == []
 
 
@@ -364,10 +370,11 @@ def test_s1_end_to_end_with_faults_and_resume(tmp_path):
         assert srv.hits["/11/2_B1_1_green.jpg"] == 1 and srv.hits["/11/2_B1_1_green.tif.gz"] == 1
         assert not any("9_I1_1" in p or "9_J1_1" in p or ".." in p for p in srv.hits)
         for iid in got["ID"]:
-            img = hio.read_image(out, iid)
+            img = images.read_image(out, iid)
             assert img.shape == (64, 64, 4) and img.dtype == np.uint8
         assert (out / "11_2_B1_1_green.png").is_file() and not (out / "11_2_B1_1_green.jpg").exists()
-        assert np.array_equal(hio.read_image(out, "11_2_B1_1")[..., constants.GREEN], hio.to_uint8(tif_arr))
+        green = images.read_image(out, "11_2_B1_1")[..., constants.GREEN]
+        assert np.array_equal(green, images.to_uint8(tif_arr))
         assert not (out / "13_4_D1_1_blue.jpg").exists() and not (out / "16_7_G1_1_green.jpg").exists()
         assert leftovers(out) == []
         assert not (tmp_path / "8_H1_1_red.jpg").exists() and not list(tmp_path.glob("**/*passwd*"))
@@ -429,4 +436,4 @@ def test_s1_full_disk_stops_naming_the_file(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"cannot write {out}/") and "No space left on device" in last
     assert "Traceback" not in proc.stderr and not (tmp_path / "train_external.csv").exists()
-    assert leftovers(snap) == [] and all(hio.read_channel(p).shape == (64, 64) for p in snap.iterdir())
+    assert leftovers(snap) == [] and all(images.read_channel(p).shape == (64, 64) for p in snap.iterdir())

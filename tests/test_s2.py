@@ -26,7 +26,8 @@ SIZE = 128  # IMAGE_SIZE of these tests (the demo images are 256 px)
 def demo_dir(tmp_path_factory):
     demo_data = pytest.importorskip("common.demo.demo_data")
     d = tmp_path_factory.mktemp("demo")
-    demo_data.make_dataset(d, n_train=6, n_test=2, size=256, seed=3, min_cells=6, max_cells=12)
+    demo_data.make_dataset(d, demo_data.DemoPlan(n_train=6, n_test=2, size=256, seed=3,
+                                                 min_cells=6, max_cells=12))
     # a blank field of view: no cells
     images.write_channels(d / "train", "blank", np.zeros((200, 240, 4), np.uint8))
     t = pd.read_csv(d / "train.csv")

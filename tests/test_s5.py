@@ -17,7 +17,7 @@ from conftest import load_script, tmpfs_run
 from common import cells, fov, images, owned, segmentation
 from common.competition import encoding
 from common.constants import NUM_CLASSES
-from common.predict import predict
+from common.predict import predict, views
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIG = 128      # side of the demo images (the "original" resolution of the submission masks)
@@ -395,8 +395,7 @@ def test_combine_ensembles_then_multiplies_then_weights_the_border():
     cell = [rng.random((3, NUM_CLASSES), dtype=np.float32) for _ in range(3)]
     image = [rng.random(NUM_CLASSES, dtype=np.float32) for _ in range(3)]
     weights, pipelines, border = [1.0, 2.0, 1.0], [1, 2, 1], np.array([True, False, False])
-    out = predict.combine(cell, image, weights, pipelines, border, image_pred="both", multiply=True,
-                          border_weight=0.5, comparisons=True)
+    out = predict.combine(cell, image, weights, pipelines, border, predict.Mix("both", True, 0.5, True))
     assert list(out) == predict.variant_names(pipelines, True) == \
         ["ensemble", "cells", "pipeline1", "pipeline2", "image_level", "x_image"]
     ens = predict.ensemble(cell, weights)
@@ -408,8 +407,7 @@ def test_combine_ensembles_then_multiplies_then_weights_the_border():
     np.testing.assert_array_equal(out["pipeline2"], cell[1] * edge)
     np.testing.assert_array_equal(out["image_level"], np.broadcast_to(img, ens.shape) * edge)
     assert all(v.dtype == np.float32 for v in out.values())
-    plain = predict.combine(cell, image, weights, [1, 1, 1], border, image_pred="model", multiply=False,
-                            border_weight=1.0, comparisons=False)
+    plain = predict.combine(cell, image, weights, [1, 1, 1], border, predict.Mix("model", False, 1.0, False))
     assert list(plain) == ["ensemble"] and plain["ensemble"] is not None
     np.testing.assert_array_equal(plain["ensemble"], ens)
 
@@ -470,7 +468,7 @@ def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
     args[args.index("--RUNS") + 1] = str(run)
     S5.main(args)
     preds = pd.read_csv(out / "cell_predictions.csv", dtype={"ID": str})
-    ref = predict.RunPredictor(run, "cpu", tta=2, variant="cellpool", cellpool_stride=16)
+    ref = predict.RunPredictor(run, "cpu", tta=2, view=views.ViewChoice("cellpool", 16))
     masked = predict.RunPredictor(run, "cpu", tta=2)
     differs = False
     for iid, rows in preds.groupby("ID"):
@@ -483,7 +481,7 @@ def test_p1_variant_cellpool_scores_pipeline1_from_one_pass(e2e, tmp_path):
         differs |= bool(np.abs(plain - want).max() > 1e-4)
     assert differs  # not the masked scoring under another name
     with pytest.raises(ValueError, match="variant"):
-        predict.RunPredictor(run, "cpu", variant="nope")
+        predict.RunPredictor(run, "cpu", view=views.ViewChoice("nope"))
 
 
 def test_checkpoint_last_reads_each_runs_last_epoch(e2e, tmp_path):

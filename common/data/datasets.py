@@ -83,9 +83,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, df: pd.DataFrame, image_dir: str | Path, transforms=None,
                  label_aug: augment.LabelAugment | None = None, image_size: int = 512, seed: int = 0,
-                 id_col: str = "ID", label_col: str = "Label", ext: str = ".png", cache_gb: float = 0.0,
-                 cache_threads: int = 4):
-        missing = [c for c in (id_col, label_col) if c not in df.columns]
+                 cache_gb: float = 0.0, cache_threads: int = 4):
+        missing = [c for c in ("ID", "Label") if c not in df.columns]
         if missing:
             raise ValueError(f"dataset table lacks column(s) {missing}; has {list(df.columns)}")
         self.df = df.reset_index(drop=True)
@@ -95,10 +94,9 @@ class ImageDataset(Dataset):
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.epoch = 0
-        self.ext = ext
-        self.ids = self.df[id_col].astype(str).tolist()
+        self.ids = self.df["ID"].astype(str).tolist()
         labels = []
-        for i, lab in enumerate(self.df[label_col].tolist()):
+        for i, lab in enumerate(self.df["Label"].tolist()):
             try:
                 labels.append(labels_to_multihot(lab))
             except ValueError as e:
@@ -126,7 +124,7 @@ class ImageDataset(Dataset):
         self.epoch = int(epoch)
 
     def path(self, i: int) -> Path:
-        return self.image_dir / f"{self.ids[i]}{self.ext}"
+        return self.image_dir / f"{self.ids[i]}.png"
 
     def _read(self, i: int) -> np.ndarray:
         return resize_image(images.read_rgby(self.path(i)), self.image_size)

@@ -38,6 +38,18 @@ RETRY_STATUSES = (500, 502, 503, 504)
 CHUNK = 1 << 16
 
 
+@dataclass(frozen=True)
+class Patience:
+    """How long ``download_file`` waits and how often it tries: ``timeout`` per connect/read (requests
+    semantics), ``max_seconds`` bounds one attempt (None: no bound), ``attempts`` in all for a body cut
+    off mid-stream (sleeping ``backoff * 2**k`` between them)."""
+
+    timeout: float | tuple = 30.0
+    max_seconds: float | None = None
+    attempts: int = 3
+    backoff: float = 0.5
+
+
 @dataclass
 class DownloadResult:
     """What ``download_file`` did: ``status`` (one of the constants above), bytes received
@@ -73,7 +85,7 @@ def make_session(retries: int = 5, backoff: float = 0.5, pool_size: int = 16,
 
 
 def validate_image(path: str | Path) -> tuple[int, int]:
-    """Decode a channel file (JPG, PNG, TIF, TIF.GZ) with ``common.io.read_channel``; its shape.
+    """Decode a channel file (JPG, PNG, TIF, TIF.GZ) with ``common.images.read_channel``; its shape.
 
     Raises ``common.io.ImageReadError`` when the file does not decode as a 2-D image.
     """
@@ -123,8 +135,7 @@ def _chunks(r: requests.Response):
 def download_file(session: requests.Session, url: str, path: str | Path,
                   validate: Callable[[Path], Any] | None = validate_image, *,
                   transform: Callable[[Path, Path], None] | None = None,
-                  timeout: float | tuple = 30.0, max_seconds: float | None = None,
-                  attempts: int = 3, backoff: float = 0.5, skip_existing: bool = True,
+                  patience: Patience = Patience(), skip_existing: bool = True,
                   on_bytes: Callable[[int], None] | None = None) -> DownloadResult:
     """Download ``url`` to ``path`` atomically; never raises for network or content problems.
 
@@ -133,8 +144,8 @@ def download_file(session: requests.Session, url: str, path: str | Path,
     - ``transform(raw, out)`` converts the raw download (a temporary file whose suffix is the
       URL's, e.g. ``.tif.gz``) into ``out``, a temporary of ``io.atomic_path``:
       ``io.target_name(out)`` is ``path``'s name and ``io.imwrite`` writes the format it says.
-    - ``timeout`` is per connect/read (requests semantics); ``max_seconds`` bounds one attempt.
-    - A body cut off mid-stream is fetched again up to ``attempts`` times in all (sleeping
+    - ``patience`` (:class:`Patience`): the per connect/read ``timeout``, ``max_seconds`` per attempt;
+      a body cut off mid-stream is fetched again up to ``attempts`` times in all (sleeping
       ``backoff * 2**k``); 5xx/connection errors are retried inside the session itself.
     """
     path = Path(path)
@@ -153,15 +164,15 @@ def download_file(session: requests.Session, url: str, path: str | Path,
             on_bytes(n)
 
     last = DownloadResult(CONNECTION, 0, "no attempt made")
-    for attempt in range(max(1, attempts)):
+    for attempt in range(max(1, patience.attempts)):
         if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+            time.sleep(patience.backoff * 2 ** (attempt - 1))
         fd, raw_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + _url_suffix(url),
                                         dir=path.parent)
         os.close(fd)
         raw = Path(raw_name)
         try:
-            fetched = _fetch(session, url, path, raw, timeout, max_seconds, count, got)
+            fetched = _fetch(session, url, path, raw, patience, count, got)
             if isinstance(fetched, DownloadResult):
                 return fetched
             return _save(path, raw, url, fetched, got[0], validate, transform)
@@ -181,14 +192,14 @@ class _CutOff(Exception):
         self.result = result
 
 
-def _fetch(session: requests.Session, url: str, path: Path, raw: Path, timeout, max_seconds,
+def _fetch(session: requests.Session, url: str, path: Path, raw: Path, patience: Patience,
            count: Callable[[int], None], got: list[int]) -> int | DownloadResult:
     """One request of ``url`` streamed into ``raw`` -> the body's byte count, or the result of a failed
     request (raises :class:`_CutOff` for a body cut off, :class:`common.io.WriteError` when ``raw``
     cannot be written)."""
-    deadline = time.monotonic() + max_seconds if max_seconds else None
+    deadline = time.monotonic() + patience.max_seconds if patience.max_seconds else None
     try:
-        code, n = _stream(session, url, raw, timeout, deadline, count)
+        code, n = _stream(session, url, raw, patience.timeout, deadline, count)
     except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as e:
         return DownloadResult(TIMEOUT, got[0], f"timeout: {_short(e)}")
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,24 @@ def plan_dataset(n_train: int, n_test: int, seed: int, *, temper: float = LABEL_
     return jobs
 
 
-def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed: int, *,
-                 min_cells: int = MIN_CELLS, max_cells: int = MAX_CELLS, frac_16bit: float = 0.0,
-                 temper: float = LABEL_TEMPER, rare_boost: float = RARE_BOOST, num_workers: int = 1,
-                 progress: bool = False) -> dict:
-    """Write a demo dataset in the competition layout with per-cell truth; returns a summary.
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a demo dataset holds: image counts, side, seed, cells per image, the share of 16-bit
+    images and the label sampling (S0's constants)."""
+
+    n_train: int
+    n_test: int
+    size: int
+    seed: int
+    min_cells: int = MIN_CELLS
+    max_cells: int = MAX_CELLS
+    frac_16bit: float = 0.0
+    temper: float = LABEL_TEMPER
+    rare_boost: float = RARE_BOOST
+
+
+def make_dataset(out_dir: str | Path, plan: DemoPlan, num_workers: int = 1, progress: bool = False) -> dict:
+    """Write the demo dataset ``plan`` in the competition layout with per-cell truth; returns a summary.
 
     Writes ``train/``, ``test/`` (``{ID}_{red,green,blue,yellow}.png``), ``train.csv`` (ID,Label),
     ``sample_submission.csv`` (ID,ImageWidth,ImageHeight,PredictionString),
@@ -96,10 +110,11 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
     EncodedMask; one row per cell and label). The output depends only on the arguments, not on
     ``num_workers``.
     """
-    if not 1 <= min_cells <= max_cells:
-        raise ValueError(f"need 1 <= min_cells <= max_cells, got {min_cells}, {max_cells}")
+    if not 1 <= plan.min_cells <= plan.max_cells:
+        raise ValueError(f"need 1 <= min_cells <= max_cells, got {plan.min_cells}, {plan.max_cells}")
     out_dir = Path(out_dir)
-    jobs = plan_dataset(n_train, n_test, seed, temper=temper, rare_boost=rare_boost, frac_16bit=frac_16bit)
+    jobs = plan_dataset(plan.n_train, plan.n_test, plan.seed, temper=plan.temper, rare_boost=plan.rare_boost,
+                        frac_16bit=plan.frac_16bit)
     files = planned_files(jobs)
     own = set(read_manifest(out_dir) or [])
     foreign = [f for f in files if f not in own and os.path.lexists(out_dir / f)]
@@ -112,8 +127,8 @@ def make_dataset(out_dir: str | Path, n_train: int, n_test: int, size: int, seed
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
     io.atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(sorted(own | set(files)), indent=0) + "\n")
     for j in jobs:
-        j.update(out_dir=str(out_dir), seed=int(seed), size=int(size), min_cells=int(min_cells),
-                 max_cells=int(max_cells))
+        j.update(out_dir=str(out_dir), seed=int(plan.seed), size=int(plan.size),
+                 min_cells=int(plan.min_cells), max_cells=int(plan.max_cells))
     if num_workers > 1 and len(jobs) > 1:
         with parallel.process_pool(num_workers) as pool:
             results = list(_progress(pool.map(_generate_one, jobs), len(jobs), progress))

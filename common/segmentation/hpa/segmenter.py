@@ -115,24 +115,24 @@ def pad_reflect(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tenso
 class HPASegmenter:
     """Cells and nuclei by the official HPA networks; ``segment(images, sizes) -> [(cell, nucleus)]``.
 
-    ``weights_dir``: the folder with ``dpn_unet_nuclei_v1`` and ``dpn_unet_cell_3ch_v1`` as ``.safetensors``
-    (preferred) or ``.pth``. ``scale``: original -> network resolution (0.25, the official value); it is
-    applied to the ORIGINAL size of each field of view (``sizes`` of :meth:`segment`), whatever size the
-    handed image has. ``label_at``: ``original`` (the official ``label_cell`` at the original size) or
-    ``working`` (at the network's size, sizes scaled: faster, cells ~15 % smaller). ``tta``: 8-way
-    flip/transpose averaging of the cell network. ``amp``: float16 autocast, on CUDA only. ``precision``:
-    ``fp32`` or ``bf16`` (bfloat16 autocast and channels-last tensors, on CPU and CUDA). ``models``: a
-    ``(nuclei, cell)`` pair of networks to use instead of files. ``post_workers``: processes that run the
+    ``weights``: the folder with ``dpn_unet_nuclei_v1`` and ``dpn_unet_cell_3ch_v1`` as ``.safetensors``
+    (preferred) or ``.pth``, or a ``(nuclei, cell)`` pair of networks to use instead. ``scale``: original
+    -> network resolution (0.25, the official value); it is applied to the ORIGINAL size of each field of
+    view (``sizes`` of :meth:`segment`), whatever size the handed image has. ``label_at``: ``original``
+    (the official ``label_cell`` at the original size) or ``working`` (at the network's size, sizes
+    scaled: faster, cells ~15 % smaller). ``tta``: 8-way flip/transpose averaging of the cell network.
+    ``precision``: ``fp32`` (float16 autocast on CUDA, exact float32 on the CPU) or ``bf16`` (bfloat16
+    autocast and channels-last tensors, on CPU and CUDA). ``post_workers``: processes that run the
     post-processing of a batch in parallel (it holds the GIL; 1 = in this process).
     """
 
     name = "hpa"
     uses_original_size = True     # the network scale is taken from the original size (common.fov)
 
-    def __init__(self, weights_dir: str | Path = HPA_SEG_DIR, device: str | torch.device = "auto",
-                 tta: bool = False, batch_size: int = 4, scale: float = SCALE, amp: bool = True,
-                 label_at: str = LABEL_AT, models: tuple[torch.nn.Module, torch.nn.Module] | None = None,
-                 post_workers: int = 1, precision: str = "fp32"):
+    def __init__(self, weights: str | Path | tuple[torch.nn.Module, torch.nn.Module] = HPA_SEG_DIR,
+                 device: str | torch.device = "auto", tta: bool = False, batch_size: int = 4,
+                 scale: float = SCALE, label_at: str = LABEL_AT, post_workers: int = 1,
+                 precision: str = "fp32"):
         if scale <= 0 or batch_size < 1:
             raise ValueError("scale must be > 0 and batch_size >= 1")
         if label_at not in ("original", "working"):
@@ -144,17 +144,17 @@ class HPASegmenter:
         self.label_at = label_at
         self.post_workers, self._pool = max(1, int(post_workers)), None
         self.precision = precision
-        self.amp = bool(amp) and self.device.type == "cuda" and precision == "fp32"
+        self.amp = self.device.type == "cuda" and precision == "fp32"  # float16 autocast: CUDA's fp32 path
         self.channels_last = self.device.type == "cuda" or precision == "bf16"
         self._autocast = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float16,
                           "enabled": self.amp or precision == "bf16"}
-        if models is None:
-            if not available(weights_dir):
+        models = weights
+        if isinstance(weights, (str, Path)):
+            if not available(weights):
                 raise FileNotFoundError(
-                    f"HPA segmentation weights not found in {weights_dir}: need dpn_unet_nuclei_v1 and "
+                    f"HPA segmentation weights not found in {weights}: need dpn_unet_nuclei_v1 and "
                     "dpn_unet_cell_3ch_v1 (.safetensors or .pth); see docs/SEGMENTATION.md")
-            models = (load_hpa_model(weights_dir, "nuclei", self.device),
-                      load_hpa_model(weights_dir, "cell", self.device))
+            models = tuple(load_hpa_model(weights, net, self.device) for net in ("nuclei", "cell"))
         self.nuclei_model, self.cell_model = (m.to(self.device).eval() for m in models)
         if self.channels_last:
             for m in (self.nuclei_model, self.cell_model):
