@@ -96,66 +96,66 @@ _PIPELINE = 1  # saved as the run's PIPELINE: S5 (models.build_model) rebuilds t
 
 
 def run_name(cfg: dict) -> str:
-    if cfg["RUN_NAME"]:
-        return cfg["RUN_NAME"]
-    model = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg["MODEL_NAME"].split(".")[0])
-    loss = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg["LOSS"])
+    if cfg.RUN_NAME:
+        return cfg.RUN_NAME
+    model = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg.MODEL_NAME.split(".")[0])
+    loss = re.sub(r"[^A-Za-z0-9_-]+", "-", cfg.LOSS)
     return f"p1_{model}_{cfg['IMAGE_SIZE']}_{cfg['VARIANT']}_{loss}"
 
 
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S3"),
                        recipe_table=recipes.table("S3"), renamed=_RENAMED, removed=_REMOVED)
-    cfg["PIPELINE"] = _PIPELINE
-    s2 = config.saved_s2(constants.resolve(cfg["HPA512_DIR"]))  # S5 segments unseen test images at this size
-    cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
+    cfg.PIPELINE = _PIPELINE
+    s2 = config.saved_s2(constants.resolve(cfg.HPA512_DIR))  # S5 segments unseen test images at this size
+    cfg.S2_IMAGE_SIZE = int(s2[0]["IMAGE_SIZE"]) if s2 else None
     config.require_positive(cfg, "IMAGE_SIZE", "CELLPOOL_CELLS", step="S3")
     config.require_number(cfg, "CACHE_GB", step="S3")
     config.require_number(cfg, "P_FLIP", "P_AFFINE", "P_COARSE_DROPOUT", maximum=1, step="S3")
     train.check_config(cfg, "S3")  # and in fit: here before the images are read
     train.check_model_constants(cfg, "S3")
-    cellpool = cfg["VARIANT"] == "cellpool"  # trains like "masked", cells pooled (common/models/cellpool.py)
-    if cfg["VARIANT"] not in augment.P1_VARIANTS:
+    cellpool = cfg.VARIANT == "cellpool"  # trains like "masked", cells pooled (common/models/cellpool.py)
+    if cfg.VARIANT not in augment.P1_VARIANTS:
         raise SystemExit(f"--VARIANT must be one of {augment.P1_VARIANTS}")
-    constants.output_folder(cfg["OUTPUT_DIR"], "OUTPUT_DIR")
+    constants.output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     try:
         print(f"S3: initial weights: {weights.require(cfg)}")
     except weights.PretrainedUnavailable as e:
         raise SystemExit(f"S3: {e}") from None
-    data_dir = constants.resolve(cfg["HPA512_DIR"])
-    csv = data_dir / cfg["TRAIN_CSV"]
+    data_dir = constants.resolve(cfg.HPA512_DIR)
+    csv = data_dir / cfg.TRAIN_CSV
     if not csv.is_file():
         raise SystemExit(constants.missing_input(csv, "hpa-512", "run S2 first: python S2_data_process.py"))
     df = io.read_id_table(csv, ("ID", "Label"))  # IDs as strings: an image "NA" stays "NA"
-    if cfg["MAX_IMAGES"] > 0:
-        df = df.iloc[: cfg["MAX_IMAGES"]]
-    train_df, val_df = split_fold(df, cfg, csv, "S3", val_external=cfg["VAL_EXTERNAL"])
+    if cfg.MAX_IMAGES > 0:
+        df = df.iloc[: cfg.MAX_IMAGES]
+    train_df, val_df = split_fold(df, cfg, csv, "S3", val_external=cfg.VAL_EXTERNAL)
 
-    image_dir = data_dir / cfg["IMAGE_SUBDIR"]
-    tfm = augment.build_transforms("masked" if cellpool else cfg["VARIANT"], cfg["IMAGE_SIZE"], True,
-                                   p_flip=cfg["P_FLIP"], p_affine=cfg["P_AFFINE"],
-                                   p_dropout=cfg["P_COARSE_DROPOUT"])
-    budget, threads = cfg["CACHE_GB"], max(1, cfg["NUM_WORKERS"])  # RAM cache, per process
+    image_dir = data_dir / cfg.IMAGE_SUBDIR
+    tfm = augment.build_transforms("masked" if cellpool else cfg.VARIANT, cfg.IMAGE_SIZE, True,
+                                   p_flip=cfg.P_FLIP, p_affine=cfg.P_AFFINE,
+                                   p_dropout=cfg.P_COARSE_DROPOUT)
+    budget, threads = cfg.CACHE_GB, max(1, cfg.NUM_WORKERS)  # RAM cache, per process
     Dataset, cells_kw = ImageDataset, {}
     if cellpool:
         Dataset = CellPoolDataset
-        cells_kw = dict(mask_dir=data_dir / cfg["MASK_SUBDIR"], cells_per_image=cfg["CELLPOOL_CELLS"])
+        cells_kw = dict(mask_dir=data_dir / cfg.MASK_SUBDIR, cells_per_image=cfg.CELLPOOL_CELLS)
     train_ds = Dataset(train_df, image_dir, **cells_kw, transforms=tfm,
-                       label_aug=augment.LabelAugment.from_cfg(cfg), image_size=cfg["IMAGE_SIZE"],
-                       seed=cfg["SEED"], cache_gb=budget, cache_threads=threads)
+                       label_aug=augment.LabelAugment.from_cfg(cfg), image_size=cfg.IMAGE_SIZE,
+                       seed=cfg.SEED, cache_gb=budget, cache_threads=threads)
     if train_ds.cache is not None:
         budget -= train_ds.cache_bytes() / 1e9
     val_ds = None
     if val_df is not None:
-        val_ds = Dataset(val_df, image_dir, **cells_kw, image_size=cfg["IMAGE_SIZE"], seed=cfg["SEED"],
+        val_ds = Dataset(val_df, image_dir, **cells_kw, image_size=cfg.IMAGE_SIZE, seed=cfg.SEED,
                          cache_gb=budget, cache_threads=threads)
     for name, ds in (("train", train_ds), ("val", val_ds)):
-        if ds is not None and cfg["CACHE_GB"] > 0:
+        if ds is not None and cfg.CACHE_GB > 0:
             state = "cached in RAM" if ds.cache is not None else "read from disk (over CACHE_GB)"
             print(f"S3: {name}: {len(ds)} images at {cfg['IMAGE_SIZE']} px "
                   f"({ds.cache_bytes() / 1e9:.2f} GB), {state}")
 
-    out_dir = constants.resolve(cfg["OUTPUT_DIR"]) / constants.run_folder(run_name(cfg), cfg["FOLD"])
+    out_dir = constants.resolve(cfg.OUTPUT_DIR) / constants.run_folder(run_name(cfg), cfg.FOLD)
     model = models.new_model(cfg)  # seeded: the initial weights depend on SEED only
     result = train.fit(cfg, model, train_ds, val_ds, out_dir, step="S3")
     if result["rank"] == 0:  # under torchrun: one line, from rank 0

@@ -107,9 +107,9 @@ _PIPELINE = 2  # saved as the run's PIPELINE: S5 (models.build_model) rebuilds t
 
 
 def run_name(cfg: dict) -> str:
-    if cfg["RUN_NAME"]:
-        return cfg["RUN_NAME"]
-    model = str(cfg["MODEL_NAME"]).split(".")[0]
+    if cfg.RUN_NAME:
+        return cfg.RUN_NAME
+    model = str(cfg.MODEL_NAME).split(".")[0]
     return f"p2_{model}_{cfg['CELL_SIZE']}_{cfg['MIL_POOL']}"
 
 
@@ -121,8 +121,8 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
     missing = [k for k in ("CROP_MARGIN", "FROM_ORIGINAL") if k not in s41]
     if missing:
         raise SystemExit(f"{path}: no {missing} (run S4.1 --CELL_SIZE {cfg['CELL_SIZE']} again)")
-    cfg["CROP_MARGIN"], cfg["FROM_ORIGINAL"] = float(s41["CROP_MARGIN"]), bool(s41["FROM_ORIGINAL"])
-    where = "the original images" if cfg["FROM_ORIGINAL"] else "S2's resized copies (no originals at S4.1)"
+    cfg.CROP_MARGIN, cfg.FROM_ORIGINAL = float(s41["CROP_MARGIN"]), bool(s41["FROM_ORIGINAL"])
+    where = "the original images" if cfg.FROM_ORIGINAL else "S2's resized copies (no originals at S4.1)"
     print(f"S4.2: the crops of {path.name}: from {where} (FROM_ORIGINAL {cfg['FROM_ORIGINAL']}), CROP_MARGIN "
           f"{cfg['CROP_MARGIN']:g}; S5 crops test cells the same way", flush=True)
 
@@ -131,9 +131,9 @@ def _read_crop_settings(cfg: dict, hpa: Path) -> None:
 def main(argv=None):
     cfg = config.parse(globals(), argv, recipes=recipes.for_script("S4.2"),
                        recipe_table=recipes.table("S4.2"), renamed=_RENAMED, removed=_REMOVED)
-    cfg["PIPELINE"] = _PIPELINE
+    cfg.PIPELINE = _PIPELINE
     s2 = config.saved_s2(constants.resolve(cfg.HPA512_DIR))  # S5 segments an unseen test image at this size
-    cfg["S2_IMAGE_SIZE"] = int(s2[0]["IMAGE_SIZE"]) if s2 else None
+    cfg.S2_IMAGE_SIZE = int(s2[0]["IMAGE_SIZE"]) if s2 else None
     config.require_positive(cfg, "CELL_SIZE", "CELLS_PER_IMAGE", "MIL_CHUNK", step="S4.2")
     config.require_number(cfg, "PSEUDO_W", step="S4.2")
     train.check_config(cfg, "S4.2")  # and in fit: here before the crops are read

@@ -69,8 +69,7 @@ from common.data import augment
 from common.demo import demo_render
 from common.models import models
 from common.predict import predict
-from common.resize import resize_image
-from common.segmentation import resize_labels
+from common.resize import resize_image, resize_labels
 
 
 # ----------------------------------------------------------------------------- data and model

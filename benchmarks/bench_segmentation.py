@@ -36,6 +36,7 @@ import numpy as np
 
 from common import config, segmentation
 from common.demo import demo_labels, demo_render
+from common.resize import resize_labels
 
 cv2.setNumThreads(1)
 
@@ -95,7 +96,7 @@ def main(argv=None):
     a_s, a_o, b_s, b_o = [], [], [], []
     for d in data:
         truth_o = d["cells"]
-        truth_s = segmentation.resize_labels(truth_o, S)
+        truth_s = resize_labels(truth_o, S)
         small = cv2.resize(d["image"], (S, S), interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()
         pred_s = seg.segment([small])[0][0]
@@ -104,8 +105,8 @@ def main(argv=None):
         t2 = time.perf_counter()
         t_small, t_orig = t_small + t1 - t0, t_orig + t2 - t1
         a_s.append((truth_s, pred_s))
-        a_o.append((truth_o, segmentation.resize_labels(pred_s, O)))
-        b_s.append((truth_s, segmentation.resize_labels(pred_o, S)))
+        a_o.append((truth_o, resize_labels(pred_s, O)))
+        b_s.append((truth_s, resize_labels(pred_o, S)))
         b_o.append((truth_o, pred_o))
     rows[f"segment at {S}, score at {S}"] = _score(a_s, cfg.IOU)
     rows[f"segment at {S}, score at {O} (nearest up)"] = _score(a_o, cfg.IOU)

@@ -1,8 +1,7 @@
-"""Reading and writing images and masks; atomic writes.
+"""Files and tables: the one atomic writer (temporary name, then rename) and its stale temporaries,
+write errors that stop a step, tables of image IDs checked on reading, Kaggle dataset metadata.
 
-Every image in memory is ``H x W x 4`` uint8 in the canonical channel order of
-:mod:`common.constants` (red, green, blue, yellow). 16-bit channels are scaled to 8 bits
-proportionally (``round(x / 257)``: 65535 -> 255), never truncated.
+Pixels (images, channels, label maps) are :mod:`common.images`'.
 """
 from __future__ import annotations
 

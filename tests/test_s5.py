@@ -18,6 +18,7 @@ from common import cells, fov, images, owned, segmentation
 from common.competition import encoding
 from common.constants import NUM_CLASSES
 from common.predict import predict, views
+from common.resize import resize_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIG = 128      # side of the demo images (the "original" resolution of the submission masks)
@@ -145,7 +146,7 @@ def test_submission_rows_masks_at_original_size_and_19_classes_per_cell(e2e):
     for row in sub.itertuples(index=False):
         labels = _labels(hpa, row.ID)
         assert labels.shape == (WORK, WORK)
-        full = segmentation.resize_labels(labels, (row.ImageHeight, row.ImageWidth))
+        full = resize_labels(labels, (row.ImageHeight, row.ImageWidth))
         big = _upscale(labels, row.ImageHeight, row.ImageWidth)         # independent of cv2
         ids = cells.cell_ids(labels)
         assert ids, "the demo test images all have cells"

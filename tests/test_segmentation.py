@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from common import images, segmentation
-from common.segmentation import BuiltinSegmenter, get_segmenter, match_cells, relabel, resize_labels
+from common.resize import resize_labels
+from common.segmentation import BuiltinSegmenter, get_segmenter, match_cells, relabel
 
 
 def _grid_image(size: int, pitch: int, radius: int):

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from common import config, constants, fov, images, io, segmentation
 from common.constants import CHANNELS, own_id_problem, shown_name
+from common.resize import resize_labels
 
 TIFF_EXTS = (".tif", ".tiff")
 DEPTHS = (8, 10, 12, 14, 16)   # bit depths an integer field may have: the smallest above its brightest value
@@ -374,7 +375,7 @@ class ImageSource:
         full_path = fov.full_mask_path(mask_path)
         full = images.load_masks(full_path)[0] if full_path.is_file() else None
         if labels.shape != image.shape[:2]:
-            labels = segmentation.resize_labels(labels, image.shape[:2])
+            labels = resize_labels(labels, image.shape[:2])
         return fov.FieldOfView(image, labels, None, self.sizes[image_id], full)
 
     def load(self, image_id: str) -> fov.FieldOfView:

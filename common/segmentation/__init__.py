@@ -6,8 +6,8 @@
 Which image a segmenter is handed, and at which scale, is decided in one place: :mod:`common.fov`.
 
 Label maps: 0 = background, cells 1..n, the nucleus of cell k has id k; uint16 (int32 past 65535 cells).
-``resize_labels`` (:mod:`common.resize`: the one label-map kernel) and ``relabel`` bring label maps to
-another size and back to 1..n.
+``common.resize.resize_labels`` (the one label-map kernel, imported from there) and ``relabel``
+bring label maps to another size and back to 1..n.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 from skimage.segmentation import relabel_sequential
 
 from common.constants import HPA_SEG_DIR
-from common.resize import resize_labels
 from common.segmentation import hpa
 from common.segmentation.builtin import BuiltinSegmenter
 from common.segmentation.hpa import HPASegmenter
@@ -27,7 +26,7 @@ NAMES = ("auto", "builtin", "hpa")
 ALIASES = {"hpacellseg": "hpa", "hpa-cell-segmentation": "hpa", "watershed": "builtin"}
 
 __all__ = ["NAMES", "PRECISIONS", "BuiltinSegmenter", "check_precision", "get_segmenter", "match_cells",
-           "relabel", "resize_labels", "resolve_name"]
+           "relabel", "resolve_name"]
 
 
 def resolve_name(name: str = "auto", weights_dir=HPA_SEG_DIR) -> str:
