@@ -260,17 +260,7 @@ def _check_constants(cfg) -> None:
     if not low_high[0] < low_high[1]:
         raise SystemExit(f"S5: --RESCALE_PERCENTILES {low_high}: the low percentile must come first, below "
                          "the high one")
-    config.require_items(cfg, "TIFF_PLANES", "plane numbers >= 0", lambda p: config.is_int(p) and p >= 0,
-                         length=4, distinct=True, step=step)
-    names = config.require_items(cfg, "CHANNEL_NAMES", "channel names, not empty",
-                                 lambda x: isinstance(x, (str, int, float)) and str(x).strip() != "",
-                                 distinct=True, step=step)
-    if len(names) not in (0, 4):
-        raise SystemExit(f"S5: --CHANNEL_NAMES {names}: give 4 names (microtubules, protein, nucleus, ER), "
-                         "or none to pick the channels by TIFF_PLANES")
-    config.require_items(cfg, "CHANNEL_SUFFIXES", "file-name endings, not empty, no '/'",
-                         lambda x: isinstance(x, str) and x.strip() != "" and "/" not in x and "\\" not in x,
-                         length=4, distinct=True, step=step)
+    _check_channels(cfg, step)
     name = cfg.SUBMISSION
     if not (isinstance(name, str) and name.endswith(".csv") and name == Path(name).name and "\\" not in name
             and not name.startswith(".")):
@@ -278,6 +268,21 @@ def _check_constants(cfg) -> None:
                          "in OUTPUT_DIR)")
     if name in _ESSENTIAL_EXTRAS:
         raise SystemExit(f"S5: --SUBMISSION {name!r}: is the name of another output of S5; choose another")
+
+
+def _check_channels(cfg, step: str) -> None:
+    """IMAGES' channels: TIFF_PLANES, CHANNEL_NAMES (4 names or none), CHANNEL_SUFFIXES."""
+    config.require_items(cfg, "TIFF_PLANES", "plane numbers >= 0", lambda p: config.is_int(p) and p >= 0,
+                         length=4, distinct=True, step=step)
+    names = config.require_items(cfg, "CHANNEL_NAMES", "channel names, not empty",
+                                 lambda x: isinstance(x, (str, int, float)) and str(x).strip() != "",
+                                 distinct=True, step=step)
+    if len(names) not in (0, 4):
+        raise SystemExit(f"{step}: --CHANNEL_NAMES {names}: give 4 names (microtubules, protein, nucleus, "
+                         "ER), or none to pick the channels by TIFF_PLANES")
+    config.require_items(cfg, "CHANNEL_SUFFIXES", "file-name endings, not empty, no '/'",
+                         lambda x: isinstance(x, str) and x.strip() != "" and "/" not in x and "\\" not in x,
+                         length=4, distinct=True, step=step)
 
 
 def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:

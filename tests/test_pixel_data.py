@@ -168,7 +168,8 @@ _MEASURE = """
 import resource, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from common import fields, io
+from common import io
+from common.predict import fields
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # a broken check fails here, not the machine
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for name, files in {fields_!r}:

@@ -13,6 +13,9 @@ Layouts (one folder, files side by side; hidden files and other extensions are i
   the first and the last axis (``C x H x W`` or ``H x W x C``). An axis tifffile calls Z (depth) or
   T (time) is never taken as channels: the field is refused, unless ``z_plane`` (TIFF_Z_PLANE >= 0)
   picks that plane of it.
+* an OME-Zarr plate, the folder itself or folders in it (:mod:`common.predict.plates`): ID
+  ``{plate}_{well}_{field}``; an OME-TIFF ``{ID}.ome.tif`` is a multi-channel TIFF. With ``names``
+  (CHANNEL_NAMES) the channels of both are picked by their names in the OME metadata, not by ``planes``.
 
 A file name ending in a suffix is a channel file (the longest matching suffix); another ``.tif`` /
 ``.tiff`` is a multi-channel TIFF. The ID is the rest of the name: any printable name (spaces, accents,
@@ -49,7 +52,6 @@ from common.predict import plates
 
 TIFF_EXTS = (".tif", ".tiff")
 OME_TIFF = ".ome"              # an OME-TIFF's name: {ID}.ome.tif / {ID}.ome.tiff
-LOCATION_COLUMNS = ["plate", "well", "field"]  # where a plate's field lies (FieldSource.location_columns)
 DEPTHS = (8, 10, 12, 14, 16)   # bit depths an integer field may have: the smallest above its brightest value
 DIM_BELOW = 16                 # a field whose brightest value, read at 8 bits, is below this looks dim
 STACK_AXES = {"Z": "a Z-stack", "T": "a time series"}  # tifffile's axes that are never channels
@@ -122,25 +124,6 @@ def _problem(image_id: str, tiffs: list[Path], chans: dict[int, list[Path]], suf
     return ""
 
 
-def _plates(folder: Path) -> tuple[dict[str, list[plates.PlateField]], list[dict]]:
-    """``{ID: [plate fields]}`` of the OME-Zarr plate ``folder``, or of the plates in it, and the failures
-    of their wells (a plate whose metadata is unreadable is one failure, named by its folder)."""
-    found: dict[str, list[plates.PlateField]] = {}
-    failures: list[dict] = []
-    listed = ([folder] if plates.is_plate(folder)
-              else sorted(p for p in folder.iterdir() if not p.name.startswith(".")))
-    for plate in filter(plates.is_plate, listed):
-        try:
-            fields, wells = plates.plate_fields(plate)
-        except ValueError as e:
-            failures.append({"ID": shown_name(plate.name), "reason": str(e)})
-            continue
-        failures += wells
-        for image_id, pf in fields:
-            found.setdefault(image_id, []).append(pf)
-    return found, failures
-
-
 def discover(folder: str | Path, suffixes: list[str]) -> tuple[list[Field], list[dict]]:
     """The fields of ``folder`` sorted by ID (its files, the OME-Zarr plates in it, or the fields of the
     plate it is), and the failures (``{"ID", "reason"}``) of the IDs whose files make no field. Raises
@@ -153,7 +136,7 @@ def discover(folder: str | Path, suffixes: list[str]) -> tuple[list[Field], list
               "multi-channel {ID}.tif/.tiff/.ome.tif or an OME-Zarr plate")
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder (looked for {looked})")
-    placed, failures = _plates(folder)
+    placed, failures = plates.find(folder)
     tiffs, chans = ({}, {}) if plates.is_plate(folder) else _classify(folder, list(suffixes))
     found = []
     for image_id in sorted(set(tiffs) | set(chans) | set(placed)):
@@ -327,13 +310,9 @@ class FieldSource:
         return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
 
     def location_columns(self, ids: list[str]) -> pd.DataFrame | None:
-        """``image, plate, well, field`` of ``ids`` (empty for a field that is no plate's), for
-        ``cell_tables.with_location``; None when no field lies on a plate (the tables stay as they are)."""
-        if not self.locations:
-            return None
-        rows = [(i, *self.locations.get(i, (None, None, None))) for i in ids]
-        frame = pd.DataFrame(rows, columns=["image", *LOCATION_COLUMNS])
-        return frame.astype({"plate": "string", "well": "string", "field": "Int64"})
+        """``image, plate, well, field`` of ``ids`` for ``cell_tables.with_location`` (None: no field is a
+        plate's; :func:`plates.location_frame`)."""
+        return plates.location_frame(self.locations, ids)
 
     def load(self, image_id: str) -> fov.FieldOfView:
         try:

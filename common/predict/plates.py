@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 import tifffile
 
 from common import images
+from common.constants import shown_name
 from common.io import ImageReadError
 
 STACK_AXES = {"z": "a Z-stack", "t": "a time series"}  # plate axes that are never channels (as a TIFF's)
+LOCATION_COLUMNS = ["plate", "well", "field"]           # where a plate's field lies (images.csv, cells.csv)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,34 @@ def _well_images(well: Path) -> list[str] | str:
     return f"a field path outside the plate: {bad[0]!r}" if bad else listed
 
 
+def find(folder: Path) -> tuple[dict[str, list[PlateField]], list[dict]]:
+    """``{ID: [plate fields]}`` of the plate ``folder``, or of the plates in it, and the failures of their
+    wells (a plate whose metadata is unreadable is one failure, named by its folder)."""
+    found: dict[str, list[PlateField]] = {}
+    failures: list[dict] = []
+    listed = [folder] if is_plate(folder) else sorted(p for p in Path(folder).iterdir() if p.name[:1] != ".")
+    for plate in filter(is_plate, listed):
+        try:
+            fields, wells = plate_fields(plate)
+        except ValueError as e:
+            failures.append({"ID": shown_name(plate.name), "reason": str(e)})
+            continue
+        failures += wells
+        for image_id, pf in fields:
+            found.setdefault(image_id, []).append(pf)
+    return found, failures
+
+
+def location_frame(locations: dict[str, tuple], ids: list[str]) -> pd.DataFrame | None:
+    """``image, plate, well, field`` of ``ids`` (``locations``: ``{ID: (plate, well, field)}``; empty for
+    a field on no plate); None when ``locations`` is empty."""
+    if not locations:
+        return None
+    rows = [(i, *locations.get(i, (None, None, None))) for i in ids]
+    frame = pd.DataFrame(rows, columns=["image", *LOCATION_COLUMNS])
+    return frame.astype({"plate": "string", "well": "string", "field": "Int64"})
+
+
 def ome_channel_names(path: Path) -> list[str] | None:
     """The channel names of an OME-TIFF (``Channel@Name`` of its first image's ``Pixels``, "" where a
     channel has none); None for a TIFF without OME-XML."""
@@ -136,7 +167,7 @@ def ome_channel_names(path: Path) -> list[str] | None:
     except Exception as e:  # noqa: BLE001 - any reader failure is this field's
         why = images.decode_problem(e)
         raise ImageReadError(f"{Path(path).name}: cannot read its OME-XML ({why})") from None
-    return [] if pixels is None else [str(c.get("Name", "")) for c in pixels if tag(c) == "Channel"]
+    return [] if pixels is None else [str(ch.get("Name", "")) for ch in pixels if tag(ch) == "Channel"]
 
 
 def channel_indices(labels: list[str] | None, names: list[str], planes: list[int], n: int,
@@ -173,7 +204,7 @@ def _image_meta(pf: PlateField) -> tuple[str, list[str], list[str] | None]:
         dataset = str(scales["datasets"][0]["path"])
         axes = [("c" if a.get("type") == "channel" else str(a["name"]).lower()) if isinstance(a, dict)
                 else str(a).lower() for a in scales.get("axes", list("tczyx"))]
-        labels = [str(c.get("label", "")) for c in attrs["omero"]["channels"]] if "omero" in attrs else None
+        labels = [str(ch.get("label", "")) for ch in attrs["omero"]["channels"]] if "omero" in attrs else None
     except (ImageReadError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise ImageReadError(f"{pf.where}: no readable multiscale image metadata ({type(e).__name__}: "
                              f"{e})") from None
