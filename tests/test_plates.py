@@ -42,8 +42,8 @@ def _fields() -> dict[str, np.ndarray]:
 
 
 def _stored(img: np.ndarray, order: list[str]) -> np.ndarray:
-    """C x H x W: the channels of an RGBY field in the stored ``order``."""
-    return np.stack([img[..., CANONICAL.index(n)] for n in order])
+    """C x H x W: the channels of an RGBY field in the stored ``order`` (a stain it lacks: its first)."""
+    return np.stack([img[..., CANONICAL.index(n) if n in CANONICAL else 0] for n in order])
 
 
 def write_plate(folder: Path, images: dict, fmt=None, order=IN_PLATE, z: int = 0) -> Path:
@@ -207,6 +207,25 @@ def test_the_plate_budget_is_taken_from_the_shape_before_reading(screen):
     with pytest.raises(fields.FieldFailed, match=rf"too large to decode: {n} pixels \(4 x {SIDE} x {SIDE}; "
                                                  rf"MAX_PIXELS {n - 1}\)"):
         source.load("P1_A1_0")
+
+
+def test_a_chunk_over_MAX_PIXELS_and_a_plain_tiff_under_CHANNEL_NAMES_are_listed(screen, tmp_path):
+    wide = write_plate(tmp_path / "wide.zarr", screen["images"], order=[*IN_PLATE, "Actin", "Golgi"])
+    n = 5 * SIDE * SIDE                                 # 4 planes fit; a chunk of all 6 does not
+    names = ["--CHANNEL_NAMES", ",".join(CANONICAL)]
+    source = fields.FieldSource(_cfg(*names, "--MAX_PIXELS", str(n)), *fields.discover(wide, SUFFIXES))
+    why = rf"wide.zarr/A/1/0: too large to decode: chunks of {6 * SIDE * SIDE} pixels \(6 x {SIDE} x {SIDE}; "
+    with pytest.raises(fields.FieldFailed, match=why + rf"MAX_PIXELS {n}\)"):
+        source.load("P1_A1_0")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    data = _stored(screen["images"]["P1_A1_0"], CANONICAL)
+    tifffile.imwrite(plain / "t.tif", data, photometric="minisblack")
+    source = fields.FieldSource(_cfg(*names), *fields.discover(plain, SUFFIXES))
+    with pytest.raises(fields.FieldFailed, match=r"^t.tif: its metadata names no channel; CHANNEL_NAMES"):
+        source.load("t")
+    by_index = fields.FieldSource(_cfg(), *fields.discover(plain, SUFFIXES)).load("t").original
+    assert np.array_equal(by_index, _loaded(screen["plate"], *names)["P1_A1_0"][0])
 
 
 @pytest.mark.parametrize("names, why", [("a,b,c", "give 4 names"), ("a,b,a,c", "different channel"),

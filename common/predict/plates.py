@@ -14,8 +14,9 @@ name without ``.zarr`` / ``.ome.zarr``; well = its row's and column's names as t
 
 Axes (:func:`read_plate_field`): ``y`` and ``x`` are the field; ``c`` (or the axis of type ``channel``)
 holds the channels; any other axis (``t``, ``z``) of one plane is dropped, of more is refused unless
-``z_plane`` (TIFF_Z_PLANE >= 0) picks its plane, as a TIFF's Z or T axis. The pixel budget counts the
-planes read (4 x H x W), taken from the array's shape before any chunk is read.
+``z_plane`` (TIFF_Z_PLANE >= 0) picks its plane, as a TIFF's Z or T axis. Before any chunk is read, the
+pixel budget takes the planes read (4 x H x W) from the array's shape, and a chunk of more values than
+the budget allows, or a pixel type other than integers and floats, is refused.
 
 Channel names: a plate's ``omero.channels[].label``, an OME-TIFF's ``Channel@Name`` in its OME-XML
 (:func:`ome_channel_names`), matched exactly (:func:`channel_indices`).
@@ -179,8 +180,8 @@ def channel_indices(labels: list[str] | None, names: list[str], planes: list[int
             raise ImageReadError(f"{where}: {n} plane(s); TIFF_PLANES asks for planes {list(planes)}")
         return list(planes)
     if labels is None:
-        raise ImageReadError(f"{where}: no channel names in it (no OME metadata); CHANNEL_NAMES needs them "
-                             "(set CHANNEL_NAMES to [] to pick the channels by TIFF_PLANES)")
+        raise ImageReadError(f"{where}: its metadata names no channel; CHANNEL_NAMES needs the names (set "
+                             "CHANNEL_NAMES to [] to pick the channels by TIFF_PLANES)")
     has = ", ".join(repr(x) for x in labels) or "none"
     missing = [x for x in names if x not in labels]
     twice = [x for x in names if labels.count(x) > 1]
@@ -229,6 +230,18 @@ def _plane_index(axes: list[str], shape: tuple, z_plane: int, where: str) -> lis
     return index
 
 
+def _check_array(arr, where: str, limit: int) -> None:
+    """Refuse, before any chunk is read, a pixel type other than integers and floats and a chunk (what
+    zarr decodes at once) of more than ``limit`` (MAX_PIXELS) values."""
+    kind = np.dtype(arr.dtype)
+    if not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise ImageReadError(f"{where}: pixel type {kind} is not read (integers or floats only)")
+    chunk = int(np.prod([int(n) for n in arr.chunks], dtype=object))
+    if chunk > limit:
+        raise ImageReadError(f"{where}: too large to decode: chunks of {chunk} pixels "
+                             f"({' x '.join(str(n) for n in arr.chunks)}; MAX_PIXELS {limit})")
+
+
 def read_plate_field(pf: PlateField, names: list[str], planes: list[int], z_plane: int,
                      budget: images.PixelBudget) -> tuple[list[np.ndarray], list[str]]:
     """The four channels of a plate's field (2-D, dtype as stored) picked by :func:`channel_indices`,
@@ -247,6 +260,7 @@ def read_plate_field(pf: PlateField, names: list[str], planes: list[int], z_plan
     n = arr.shape[axes.index("c")] if "c" in axes else 1
     picked = channel_indices(labels, list(names), list(planes), n, pf.where)
     budget.take((len(picked), arr.shape[axes.index("y")], arr.shape[axes.index("x")]))
+    _check_array(arr, pf.where, budget.limit)
     chans = []
     for c in picked:
         try:
