@@ -200,6 +200,15 @@ def test_a_folder_of_plates_and_files_lists_both_and_a_clash_names_both(screen, 
         ["lone", None, None, None], ["P1_B03_1", "P1", "B03", 1]]
 
 
+def test_a_well_without_metadata_is_one_failure_and_its_plate_goes_on(screen, tmp_path):
+    plate = write_plate(tmp_path / "broken.zarr", screen["images"])
+    (plate / "B" / "03" / "zarr.json").unlink()
+    found, fails = fields.discover(plate, SUFFIXES)
+    assert [f.image_id for f in found] == ["P1_A1_0", "P1_A1_1"]
+    why = "broken.zarr/B/03: no readable well metadata (no 'well' in a zarr.json or .zattrs there)"
+    assert fails == [{"ID": "P1_B03", "reason": why}]
+
+
 def test_the_plate_budget_is_taken_from_the_shape_before_reading(screen):
     n = 4 * SIDE * SIDE
     cfg = _cfg("--CHANNEL_NAMES", ",".join(CANONICAL), "--MAX_PIXELS", str(n - 1))

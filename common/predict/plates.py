@@ -122,7 +122,10 @@ def plate_fields(folder: Path) -> tuple[list[tuple[str, PlateField]], list[dict]
 
 def _well_images(well: Path) -> list[str] | str:
     """The paths of a well's fields (its ``well.images``), or why they cannot be used."""
-    listed = [str(im["path"]) for im in attributes(well)["well"]["images"]]
+    meta = attributes(well)
+    if "well" not in meta:
+        return "no 'well' in a zarr.json or .zattrs there"
+    listed = [str(im["path"]) for im in meta["well"]["images"]]
     bad = [p for p in listed if not _inside(p)]
     return f"a field path outside the plate: {bad[0]!r}" if bad else listed
 
@@ -246,8 +249,10 @@ def read_plate_field(pf: PlateField, names: list[str], planes: list[int], z_plan
                      budget: images.PixelBudget) -> tuple[list[np.ndarray], list[str]]:
     """The four channels of a plate's field (2-D, dtype as stored) picked by :func:`channel_indices`,
     and how each is named in messages; the budget takes ``4 x H x W`` before any chunk is read."""
-    import zarr  # only a plate's pixels need zarr (a Kaggle notebook runs without it)
-
+    try:
+        import zarr  # only a plate's pixels need zarr (a Kaggle notebook runs without it)
+    except ImportError:
+        raise ImageReadError("reading an OME-Zarr plate needs the zarr package: pip install zarr") from None
     dataset, axes, labels = _image_meta(pf)
     try:
         arr = zarr.open_array(str(pf.group / dataset), mode="r")
