@@ -266,14 +266,12 @@ def read_plate_field(pf: PlateField, names: list[str], planes: list[int], z_plan
     picked = channel_indices(labels, list(names), list(planes), n, pf.where)
     budget.take((len(picked), arr.shape[axes.index("y")], arr.shape[axes.index("x")]))
     _check_array(arr, pf.where, budget.limit)
-    chans = []
-    for c in picked:
-        try:
-            plane = np.asarray(arr[tuple(c if i is None else i for i in index)])
-        except Exception as e:  # noqa: BLE001
-            why = type(e).__name__
-            raise ImageReadError(f"{pf.where}/{dataset}: cannot read channel {c} ({why})") from None
-        chans.append(plane.T if axes.index("x") < axes.index("y") else plane)
+    try:  # the four channels in one read: each chunk is decoded once
+        block = np.asarray(arr.oindex[tuple(picked if i is None else i for i in index)])
+    except Exception as e:  # noqa: BLE001
+        raise ImageReadError(f"{pf.where}/{dataset}: cannot read it ({type(e).__name__})") from None
+    kept = [a for a, i in zip(axes, index) if not isinstance(i, int)]  # c, y and x in the stored order
+    chans = list(np.moveaxis(block, [kept.index("c"), kept.index("y"), kept.index("x")], [0, 1, 2]))
     shown = [f"{pf.where} channel {labels[c]!r}" if labels and c < len(labels) else f"{pf.where} channel {c}"
              for c in picked]
     return chans, shown
