@@ -6,7 +6,8 @@ Reads   COMPETITION_DIR/sample_submission.csv (ID, ImageWidth, ImageHeight: orde
         read and prepared here by common.fov, exactly as S2 does it)
         or, with --IMAGES, a folder of one's own fields of view (no sample submission; common.predict.fields):
         {ID}{CHANNEL_SUFFIXES}.{png,jpg,tif,...} (one file per channel, 8/16-bit) or one multi-channel
-        {ID}.tif/.tiff (TIFF_PLANES), any size (non-square padded square for the models), segmented here
+        {ID}.tif/.tiff (TIFF_PLANES), any size (non-square padded square for the models), segmented here;
+        or an OME-Zarr plate (IDs {plate}_{well}_{field}) or {ID}.ome.tif, channels by CHANNEL_NAMES
         RUNS_DIR/<run>/fold<k>/best.pth of S3 and S4.2 (each rebuilt from its saved constants;
                                          RUNS_DIR: output, where S3 and S4.2 write, or a pack_runs.py folder)
 Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, masks at the original size
@@ -52,6 +53,8 @@ CHANNEL_SUFFIXES = ["_red", "_green", "_blue", "_yellow"]  # IMAGES: file-name e
                                   # of the microtubule, protein, nucleus and ER channel files of a field
 TIFF_PLANES = [0, 1, 2, 3]        # IMAGES, one multi-channel {ID}.tif per field: the planes of microtubules,
                                   # protein, nucleus and ER
+CHANNEL_NAMES = []                # IMAGES, OME-Zarr plates and OME-TIFFs: the channel names (OME metadata) of
+                                  # microtubules, protein, nucleus and ER ([] = by TIFF_PLANES)
 TIFF_Z_PLANE = -1                 # IMAGES: the plane to take of a TIFF's Z (depth) or T (time) axis
                                   # (-1 = refuse such a stack: its planes are never channels)
 RESCALE = False                   # IMAGES: stretch each channel from RESCALE_PERCENTILES to 0..255
@@ -196,6 +199,7 @@ class Results:
     n_cells: int = 0
     n_dropped: int = 0                            # cells lost at the original size
     n_found_failed: int = 0                       # IMAGES: fields that discovery could not use
+    locations: pd.DataFrame | None = None         # plate, well, field of plate fields (cells.csv, images.csv)
 
 
 @dataclass
@@ -256,11 +260,7 @@ def _check_constants(cfg) -> None:
     if not low_high[0] < low_high[1]:
         raise SystemExit(f"S5: --RESCALE_PERCENTILES {low_high}: the low percentile must come first, below "
                          "the high one")
-    config.require_items(cfg, "TIFF_PLANES", "plane numbers >= 0", lambda p: config.is_int(p) and p >= 0,
-                         length=4, distinct=True, step=step)
-    config.require_items(cfg, "CHANNEL_SUFFIXES", "file-name endings, not empty, no '/'",
-                         lambda x: isinstance(x, str) and x.strip() != "" and "/" not in x and "\\" not in x,
-                         length=4, distinct=True, step=step)
+    _check_channels(cfg, step)
     name = cfg.SUBMISSION
     if not (isinstance(name, str) and name.endswith(".csv") and name == Path(name).name and "\\" not in name
             and not name.startswith(".")):
@@ -268,6 +268,21 @@ def _check_constants(cfg) -> None:
                          "in OUTPUT_DIR)")
     if name in _ESSENTIAL_EXTRAS:
         raise SystemExit(f"S5: --SUBMISSION {name!r}: is the name of another output of S5; choose another")
+
+
+def _check_channels(cfg, step: str) -> None:
+    """IMAGES' channels: TIFF_PLANES, CHANNEL_NAMES (4 names or none), CHANNEL_SUFFIXES."""
+    config.require_items(cfg, "TIFF_PLANES", "plane numbers >= 0", lambda p: config.is_int(p) and p >= 0,
+                         length=4, distinct=True, step=step)
+    names = config.require_items(cfg, "CHANNEL_NAMES", "channel names, not empty",
+                                 lambda x: isinstance(x, (str, int, float)) and str(x).strip() != "",
+                                 distinct=True, step=step)
+    if len(names) not in (0, 4):
+        raise SystemExit(f"{step}: --CHANNEL_NAMES {names}: give 4 names (microtubules, protein, nucleus, "
+                         "ER), or none to pick the channels by TIFF_PLANES")
+    config.require_items(cfg, "CHANNEL_SUFFIXES", "file-name endings, not empty, no '/'",
+                         lambda x: isinstance(x, str) and x.strip() != "" and "/" not in x and "\\" not in x,
+                         length=4, distinct=True, step=step)
 
 
 def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:
@@ -350,7 +365,7 @@ def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, runs: tuple, out
     tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
               if cfg.CELL_TABLES or cfg.REPORT else None)
     res = Results(names, {n: {} for n in names}, failures=list(source.failures), tables=tables,
-                  n_found_failed=len(source.failures))
+                  n_found_failed=len(source.failures), locations=source.location_columns(source.ids))
     todo = source.ids if not cfg.LIMIT else source.ids[: int(cfg.LIMIT)]
     for k, image_id in enumerate(tqdm(todo, total=len(todo), desc="S5 predict")):
         _predict_image(cfg, runs, source, image_id, res, overlay=k < cfg.N_OVERLAYS)
@@ -455,8 +470,11 @@ def _outputs(cfg, sample: pd.DataFrame, predictors: list, res: Results) -> list[
            Output("cell_predictions.csv", True,
                   lambda p: io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), p))]
     if cfg.CELL_TABLES:
-        out += [Output("cells.csv", True, lambda p: io.atomic_to_csv(res.tables.cells_frame(), p)),
-                Output("images.csv", True, lambda p: io.atomic_to_csv(res.tables.images_frame(), p))]
+        located = cell_tables.with_location  # plate, well, field after image (None: the tables as they were)
+        out += [Output("cells.csv", True,
+                       lambda p: io.atomic_to_csv(located(res.tables.cells_frame(), res.locations), p)),
+                Output("images.csv", True,
+                       lambda p: io.atomic_to_csv(located(res.tables.images_frame(), res.locations), p))]
     out += [Output("s5_config.json", True, lambda p: config.save(dict(cfg, RUNS_USED=runs_used), p)),
             Output("s5_failures.csv", True,
                    lambda p: io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), p))]

@@ -68,7 +68,7 @@ from common.constants import NUM_CLASSES
 from common.data import augment
 from common.demo import demo_render
 from common.models import models
-from common.predict import predict
+from common.predict import predict, views
 from common.resize import resize_image, resize_labels
 
 
@@ -231,7 +231,7 @@ def bench_cellpool(folder: Path, device: str, amp: bool, size: int, cfg) -> list
         ck = make_checkpoint(folder, cfg.MODEL_NAME, size, images, cfg.SEED)
         kinds = [("masked", 0)] + [("cellpool", s) for s in cfg.CELLPOOL_STRIDES]
         preds = [predict.RunPredictor(ck, device, tta=cfg.TTA, batch_size=cfg.BATCH_SIZE, amp=amp,
-                                      variant=v, cellpool_stride=s) for v, s in kinds]
+                                      view=views.ViewChoice(v, s)) for v, s in kinds]
         image, labels = images[0]
         macs = []
         for p in preds:

@@ -25,7 +25,7 @@ def _tiff(path: Path, stack: np.ndarray, **kw) -> fields.Field:
 
 
 def _read(f: fields.Field, rescale=None, z_plane=-1, max_pixels=MAX_PIXELS):
-    return fields.read_field(f, PLANES, rescale, z_plane, max_pixels)
+    return fields.read_field(f, PLANES, rescale, z_plane, max_pixels, [])
 
 
 def _cyx(img: np.ndarray) -> np.ndarray:
@@ -168,12 +168,14 @@ _MEASURE = """
 import resource, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from common import fields, io
+from common import io
+from common.predict import fields
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # a broken check fails here, not the machine
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for name, files in {fields_!r}:
     try:
-        fields.read_field(fields.Field(name, tuple(map(Path, files))), [0, 1, 2, 3], None, -1, {max_pixels})
+        f = fields.Field(name, tuple(map(Path, files)))
+        fields.read_field(f, [0, 1, 2, 3], None, -1, {max_pixels}, [])
         print("READ", name)
     except io.ImageReadError as e:
         print("FAILED", name, e)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from common import cells, config, constants, fov, images, io
 from common.data import bag_datasets
 from common.data.datasets import labels_to_multihot
-from common.predict import predict
+from common.predict import predict, views
 
 # (no upper-case names below the constants block: config.parse would read them as constants)
 # constants renamed in this release: an old name on the command line stops with the new one
@@ -118,7 +118,7 @@ def main(argv=None) -> Path:
     predictors = []
     for r in runs:  # (the variant applies to pipeline-1 runs only)
         p = predict.RunPredictor(r, cfg.DEVICE, cfg.TTA, cfg.BATCH_SIZE, checkpoint=cfg.CHECKPOINT,
-                                 variant=cfg.P1_VARIANT)
+                                 view=views.ViewChoice(cfg.P1_VARIANT))
         predictors.append(p)
         print(f"make_pseudo_labels: {p} labels fold {run_fold(p)}", flush=True)
     folds = sorted({run_fold(p) for p in predictors if run_fold(p) >= 0})

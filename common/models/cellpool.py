@@ -8,7 +8,7 @@ which is the identity for average pooling and keeps any conv head after the pool
 classifier head. With a linear head this equals the class-activation map averaged over the cell;
 a one-cell image whose cell is the whole image gives exactly the plain image prediction.
 
-* Test time (no retraining): ``RunPredictor(..., variant="cellpool")`` (S5 ``P1_VARIANT``) scores
+* Test time (no retraining): ``RunPredictor(..., view=ViewChoice("cellpool"))`` (S5 ``P1_VARIANT``) scores
   any pipeline-1 checkpoint so (``views.CellPoolView``). ``stride`` rebuilds the backbone with timm's
   ``output_stride`` (8 | 16, dilated; same weights) and ``size`` changes the input side, for a grid
   that resolves cells (stride 32 at 128 px is a 4 x 4 grid).

@@ -16,6 +16,8 @@ field at a time when the report is written (:class:`ReportFields`).
   exactly the cells of ``cells.csv`` (any other id zeroed): Fiji and napari open it as labels.
 * ``images.csv``: ``image, width, height, n_cells`` and per class the fraction of the field's cells
   whose probability is >= ``threshold`` (empty for a field without cells).
+* ``plate, well, field`` after ``image`` in both tables, for fields of an OME-Zarr plate
+  (:func:`with_location`; a table of fields on no plate has no such columns).
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ from common.report import report
 from common.resize import resize_image, resize_labels
 
 IMAGE_COLUMNS = ["image", "width", "height", "n_cells", *CLASS_NAMES]
+
+
+def with_location(frame: pd.DataFrame, locations: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` (cells.csv or images.csv, or a part of either) with the ``plate, well, field`` columns of
+    ``locations`` (``FieldSource.location_columns``: ``image`` and those) put after ``image``, matched by
+    image; ``frame`` itself when ``locations`` is None (the table stays as it was, byte for byte)."""
+    if locations is None:
+        return frame
+    where = locations.drop_duplicates("image").set_index("image").reindex(frame["image"])
+    out = frame.copy()
+    for k, column in enumerate(c for c in locations.columns if c != "image"):
+        out.insert(1 + k, column, where[column].array)
+    return out
 
 
 def only(labels: np.ndarray, ids) -> np.ndarray:

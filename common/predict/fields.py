@@ -13,6 +13,9 @@ Layouts (one folder, files side by side; hidden files and other extensions are i
   the first and the last axis (``C x H x W`` or ``H x W x C``). An axis tifffile calls Z (depth) or
   T (time) is never taken as channels: the field is refused, unless ``z_plane`` (TIFF_Z_PLANE >= 0)
   picks that plane of it.
+* an OME-Zarr plate, the folder itself or folders in it (:mod:`common.predict.plates`): ID
+  ``{plate}_{well}_{field}``; an OME-TIFF ``{ID}.ome.tif`` is a multi-channel TIFF. With ``names``
+  (CHANNEL_NAMES) the channels of both are picked by their names in the OME metadata, not by ``planes``.
 
 A file name ending in a suffix is a channel file (the longest matching suffix); another ``.tif`` /
 ``.tiff`` is a multi-channel TIFF. The ID is the rest of the name: any printable name (spaces, accents,
@@ -45,9 +48,11 @@ from tqdm import tqdm
 
 from common import config, constants, fov, images, io, segmentation
 from common.constants import CHANNELS, own_id_problem, shown_name
+from common.predict import plates
 from common.resize import resize_labels
 
 TIFF_EXTS = (".tif", ".tiff")
+OME_TIFF = ".ome"              # an OME-TIFF's name: {ID}.ome.tif / {ID}.ome.tiff
 DEPTHS = (8, 10, 12, 14, 16)   # bit depths an integer field may have: the smallest above its brightest value
 DIM_BELOW = 16                 # a field whose brightest value, read at 8 bits, is below this looks dim
 STACK_AXES = {"Z": "a Z-stack", "T": "a time series"}  # tifffile's axes that are never channels
@@ -59,10 +64,12 @@ class FieldFailed(Exception):
 
 @dataclass(frozen=True)
 class Field:
-    """A field of view found in a folder: one multi-channel TIFF, or one file per channel (RGBY)."""
+    """A field of view found in a folder: one multi-channel TIFF, one file per channel (RGBY), or a
+    plate's field (``plate``; ``files``: its image group)."""
 
     image_id: str
     files: tuple[Path, ...]
+    plate: plates.PlateField | None = None
 
 
 # ----------------------------------------------------------------------------- finding
@@ -89,20 +96,24 @@ def _classify(folder: Path, suffixes: list[str]) -> tuple[dict, dict]:
         if k is not None:
             chans.setdefault(stem[: -len(suffixes[k])], {}).setdefault(k, []).append(path)
         elif ext in TIFF_EXTS:
-            tiffs.setdefault(stem, []).append(path)
+            ome = stem.lower().endswith(OME_TIFF) and len(stem) > len(OME_TIFF)
+            tiffs.setdefault(stem[: -len(OME_TIFF)] if ome else stem, []).append(path)
     return tiffs, chans
 
 
-def _problem(image_id: str, tiffs: list[Path], chans: dict[int, list[Path]], suffixes: list[str]) -> str:
-    """Why the files found for ``image_id`` make no field ("" when they do)."""
+def _problem(image_id: str, tiffs: list[Path], chans: dict[int, list[Path]], suffixes: list[str],
+             placed: list[plates.PlateField]) -> str:
+    """Why the files (and plate fields) found for ``image_id`` make no field ("" when they do)."""
     names = [shown_name(p.name) for p in [*tiffs, *(p for k in sorted(chans) for p in chans[k])]]
+    names += [shown_name(p.where) for p in placed]
     why = own_id_problem(image_id)
     if why:
         return f"the name {names[0]} {why}"
-    if tiffs and chans:
+    if sum(map(bool, (tiffs, chans, placed))) > 1:
         return "two layouts claim this ID: " + ", ".join(names)
-    if len(tiffs) > 1:
-        return "several multi-channel TIFFs claim this ID: " + ", ".join(names)
+    if len(tiffs) > 1 or len(placed) > 1:
+        what = "multi-channel TIFFs" if tiffs else "plate fields"
+        return f"several {what} claim this ID: " + ", ".join(names)
     twice = [k for k in sorted(chans) if len(chans[k]) > 1]
     if twice:
         return (f"two files for the {CHANNELS[twice[0]]} channel ({suffixes[twice[0]]}): "
@@ -115,23 +126,27 @@ def _problem(image_id: str, tiffs: list[Path], chans: dict[int, list[Path]], suf
 
 
 def discover(folder: str | Path, suffixes: list[str]) -> tuple[list[Field], list[dict]]:
-    """The fields of ``folder`` sorted by ID, and the failures (``{"ID", "reason"}``) of the IDs whose
-    files make no field. Raises ValueError (naming the folder and what was looked for) when the folder
-    does not exist or holds no recognisable field."""
+    """The fields of ``folder`` sorted by ID (its files, the OME-Zarr plates in it, or the fields of the
+    plate it is), and the failures (``{"ID", "reason"}``) of the IDs whose files make no field. Raises
+    ValueError (naming the folder and what was looked for) when the folder does not exist or holds no
+    recognisable field."""
     folder = Path(folder)
     if len(suffixes) != len(CHANNELS) or len(set(suffixes)) != len(suffixes):
         raise ValueError(f"CHANNEL_SUFFIXES {suffixes}: give {len(CHANNELS)} different file-name endings")
-    looked = (f"one file per channel {{ID}}{{{','.join(suffixes)}}}.{{png,jpg,tif,...}} or one "
-              "multi-channel {ID}.tif/.tiff")
+    looked = (f"one file per channel {{ID}}{{{','.join(suffixes)}}}.{{png,jpg,tif,...}}, one "
+              "multi-channel {ID}.tif/.tiff/.ome.tif or an OME-Zarr plate")
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder (looked for {looked})")
-    tiffs, chans = _classify(folder, list(suffixes))
-    found, failures = [], []
-    for image_id in sorted(set(tiffs) | set(chans)):
-        t, c = tiffs.get(image_id, []), chans.get(image_id, {})
-        why = _problem(image_id, t, c, list(suffixes))
+    placed, failures = plates.find(folder)
+    tiffs, chans = ({}, {}) if plates.is_plate(folder) else _classify(folder, list(suffixes))
+    found = []
+    for image_id in sorted(set(tiffs) | set(chans) | set(placed)):
+        t, c, z = tiffs.get(image_id, []), chans.get(image_id, {}), placed.get(image_id, [])
+        why = _problem(image_id, t, c, list(suffixes), z)
         if why:
             failures.append({"ID": shown_name(image_id), "reason": why})
+        elif z:
+            found.append(Field(image_id, (z[0].group,), z[0]))
         else:
             found.append(Field(image_id, tuple(t) if t else tuple(c[k][0] for k in range(len(CHANNELS)))))
     if not found and not failures:
@@ -192,14 +207,19 @@ def field_bits(chans: list[np.ndarray]) -> int | None:
     return next((b for b in DEPTHS if top < 2 ** b), 16)
 
 
-def _channels(f: Field, planes: list[int], z_plane: int, budget: images.PixelBudget) -> list[np.ndarray]:
+def _channels(f: Field, planes: list[int], names: list[str], z_plane: int,
+              budget: images.PixelBudget) -> tuple[list[np.ndarray], list[str]]:
+    """The four channels of a field (2-D, dtype as stored) and how messages name each: by CHANNEL_NAMES
+    (``names``) from a plate's or an OME-TIFF's metadata, else by TIFF_PLANES (``planes``)."""
+    if f.plate is not None:
+        return plates.read_plate_field(f.plate, names, planes, z_plane, budget)
     if len(f.files) == 1:
-        stack = tiff_planes(f.files[0], z_plane, budget)
-        if max(planes) >= len(stack) or min(planes) < 0:
-            raise io.ImageReadError(f"{f.files[0].name}: {len(stack)} plane(s) of {stack.shape[1]} x "
-                                    f"{stack.shape[2]}; TIFF_PLANES asks for planes {list(planes)}")
-        return [stack[p] for p in planes]
-    return [images.read_gray(path, budget) for path in f.files]
+        path = f.files[0]
+        labels = plates.ome_channel_names(path) if names else None
+        stack = tiff_planes(path, z_plane, budget)
+        picked = plates.channel_indices(labels, names, planes, len(stack), path.name)
+        return [stack[p] for p in picked], [f"{path.name} plane {p}" for p in picked]
+    return [images.read_gray(path, budget) for path in f.files], [p.name for p in f.files]
 
 
 def _to_uint8(chans: list[np.ndarray], names: list[str], bits: int | None) -> np.ndarray:
@@ -219,24 +239,22 @@ def _to_uint8(chans: list[np.ndarray], names: list[str], bits: int | None) -> np
 
 
 def read_field(f: Field, planes: list[int], rescale: list[float] | None, z_plane: int,
-               max_pixels: int) -> tuple[np.ndarray, int | None]:
+               max_pixels: int, names: list[str]) -> tuple[np.ndarray, int | None]:
     """``H x W x 4`` uint8 RGBY of a field by the rules of the module docstring, and the bit depth its
     integer channels were read at (:func:`field_bits`; None with ``rescale`` or without such channels).
     A reader failure, a refused value, channels of different sizes or more than ``max_pixels`` values
     is an ``io.ImageReadError``."""
     budget = images.PixelBudget(max_pixels)
     try:
-        chans = _channels(f, list(planes), z_plane, budget)
+        chans, shown = _channels(f, list(planes), list(names), z_plane, budget)
         shapes = [c.shape for c in chans]
-        names = ([f"{f.files[0].name} plane {p}" for p in planes] if len(f.files) == 1
-                 else [p.name for p in f.files])
         if len(set(shapes)) != 1:
             raise io.ImageReadError("channel sizes differ: " + ", ".join(
-                f"{n} {s[0]} x {s[1]}" for n, s in zip(names, shapes)))
+                f"{n} {s[0]} x {s[1]}" for n, s in zip(shown, shapes)))
         if rescale:
             return np.stack([stretch(c, rescale) for c in chans], axis=-1), None
         bits = field_bits(chans)
-        return _to_uint8(chans, names, bits), bits
+        return _to_uint8(chans, shown, bits), bits
     except MemoryError:
         raise io.ImageReadError(f"too large to decode: {budget.used} pixels (out of memory)") from None
 
@@ -277,6 +295,8 @@ class FieldSource:
         self.fields = {f.image_id: f for f in found}
         self.ids, self.failures = [f.image_id for f in found], list(failures)
         self.planes, self.size, self.seg_at = list(cfg["TIFF_PLANES"]), int(cfg["IMAGE_SIZE"]), cfg["SEG_AT"]
+        self.names = [str(x) for x in cfg["CHANNEL_NAMES"]]  # a name that looks like a number is read as one
+        self.locations = {f.image_id: f.plate.location for f in found if f.plate is not None}
         self.z_plane, self.max_pixels = int(cfg["TIFF_Z_PLANE"]), int(cfg["MAX_PIXELS"])
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
         self.segmenter = segmentation.get_segmenter(cfg["SEGMENTER"], constants.resolve(cfg["HPA_SEG_DIR"]),
@@ -290,10 +310,15 @@ class FieldSource:
         rows = [(i, self.sizes[i][1], self.sizes[i][0]) for i in self.ids if i in self.sizes]
         return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
 
+    def location_columns(self, ids: list[str]) -> pd.DataFrame | None:
+        """``image, plate, well, field`` of ``ids`` for ``cell_tables.with_location`` (None: no field is a
+        plate's; :func:`plates.location_frame`)."""
+        return plates.location_frame(self.locations, ids)
+
     def load(self, image_id: str) -> fov.FieldOfView:
         try:
             original, bits = read_field(self.fields[image_id], self.planes, self.rescale, self.z_plane,
-                                        self.max_pixels)
+                                        self.max_pixels, self.names)
         except Exception as e:  # noqa: BLE001 - any reader failure is this field's
             raise FieldFailed(reason(e)) from e
         if bits is not None and bits < 16 and bits not in self.depths:
@@ -338,6 +363,10 @@ class ImageSource:
 
     def table(self) -> pd.DataFrame:
         return self.sample
+
+    def location_columns(self, ids: list[str]) -> None:
+        """The competition's images lie on no plate."""
+        return None
 
     def _s2_size(self) -> int:
         """S2's working size, and where it comes from, said once; another IMAGE_SIZE is a warning."""
