@@ -45,7 +45,7 @@ def _num(x) -> float | None:
 def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -> list:
     """Per reported cell: its true cell's labels (class ids), ``[]`` when no true cell overlaps it at
     IoU >= ``iou``, ``None`` when unknown (its image has no truth or no label map)."""
-    cells, labs, rows_of = metric.truth_cells(truth)
+    cells, labs, truth_rows = metric.truth_cells(truth)
     out: list = [None] * len(model["cells"]["id"])
     rows_of: dict[int, list[int]] = {}
     for k, f in enumerate(model["cells"]["field"]):
@@ -53,12 +53,12 @@ def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -
     for f, ks in rows_of.items():
         image_id = model["fields"][f]["id"]
         path = labels_dir / label_file(image_id)
-        if image_id not in rows_of or not path.is_file():
+        if image_id not in truth_rows or not path.is_file():
             continue
-        best = _best_truth(images.read_label_png(path), cells.iloc[rows_of[image_id]], iou)
+        best = _best_truth(images.read_label_png(path), cells.iloc[truth_rows[image_id]], iou)
         for k in ks:
             j = best.get(model["cells"]["id"][k], -1)
-            out[k] = np.flatnonzero(labs[rows_of[image_id][j]]).tolist() if j >= 0 else []
+            out[k] = np.flatnonzero(labs[truth_rows[image_id][j]]).tolist() if j >= 0 else []
     return out
 
 
