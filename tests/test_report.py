@@ -144,7 +144,9 @@ def test_page_is_offline_and_loads_without_errors(built, browser):
     urls += [json.loads(e["message"])["message"]["params"]["request"]["url"]
              for e in browser.get_log("performance") if '"Network.requestWillBeSent"' in e["message"]]
     assert urls and all(u.startswith(base) for u in urls), urls
-    assert sum("/report/" in u for u in set(urls)) == len(FIELDS)  # every thumbnail, from the folder
+    pictures = {u for u in urls if "/report/" in u and u.endswith((".jpg", ".png"))}
+    assert len(pictures) == len(FIELDS)  # every thumbnail, from the folder
+    assert {u for u in urls if "/report/" in u} - pictures == {base + "report/index.js"}  # pages' index
     assert browser.find_element("id", "n-failures").text == "1"
     assert browser.find_element("css selector", "#failures li").get_attribute("textContent") == \
         "broken1: unreadable PNG"  # S5's dicts: the ID and the reason, not the keys

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import images
 from common.competition import encoding, metric
 from common.constants import NUM_CLASSES, label_file
 from common.report import report
@@ -44,7 +45,7 @@ def _num(x) -> float | None:
 def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -> list:
     """Per reported cell: its true cell's labels (class ids), ``[]`` when no true cell overlaps it at
     IoU >= ``iou``, ``None`` when unknown (its image has no truth or no label map)."""
-    cells, labs, images = metric.truth_cells(truth)
+    cells, labs, rows = metric.truth_cells(truth)  # rows: {image ID: its rows of cells}
     out: list = [None] * len(model["cells"]["id"])
     rows_of: dict[int, list[int]] = {}
     for k, f in enumerate(model["cells"]["field"]):
@@ -52,12 +53,12 @@ def cell_truth(labels_dir: Path, model: dict, truth: pd.DataFrame, iou: float) -
     for f, ks in rows_of.items():
         image_id = model["fields"][f]["id"]
         path = labels_dir / label_file(image_id)
-        if image_id not in images or not path.is_file():
+        if image_id not in rows or not path.is_file():
             continue
-        best = _best_truth(images.read_label_png(path), cells.iloc[images[image_id]], iou)
+        best = _best_truth(images.read_label_png(path), cells.iloc[rows[image_id]], iou)
         for k in ks:
             j = best.get(model["cells"]["id"][k], -1)
-            out[k] = np.flatnonzero(labs[images[image_id][j]]).tolist() if j >= 0 else []
+            out[k] = np.flatnonzero(labs[rows[image_id][j]]).tolist() if j >= 0 else []
     return out
 
 
