@@ -59,7 +59,7 @@ JS = r"""
 (function(){
 'use strict';
 const D=JSON.parse(document.getElementById('report-data').textContent),K=D.k,N=D.top.length;
-const $=id=>document.getElementById(id),NS=$('class-bars').namespaceURI;
+const $=id=>document.getElementById(id),NS='http://www.w3.org/2000/svg';
 const sel=$('cls'),thr=$('thr'),byTop=$('mode-top'),grey=$('grey');
 const chk=D.tints.map((t,c)=>$('ch-'+c)),on=new Uint8Array(N);
 function make(tag,text,attrs){const e=document.createElement(tag);
