@@ -79,6 +79,11 @@ def test_pages_open_and_link_to_each_other_in_order(paged, browser):
         assert browser.find_element("id", "page-of").text.startswith(f"page {n + 1} of 3 ")
         assert browser.execute_script("return typeof window.reportReady") == "number"
         assert bool(browser.find_elements("id", "prev")) == (n > 0)
+        if n == 1:  # a later page's field: its larger view with the cell ids
+            browser.find_element("css selector", "#f-4 button.zoom").click()
+            assert browser.find_element("id", "zoom-title").text.startswith("fov04 · ")
+            assert len(browser.find_elements("css selector", "#zoom text.cid")) == len(DISCS)
+            browser.find_element("id", "zoom-close").click()
         if n + 1 < len(expect):
             browser.find_element("id", "next").click()
         else:

@@ -59,7 +59,7 @@ JS = r"""
 (function(){
 'use strict';
 const D=JSON.parse(document.getElementById('report-data').textContent),K=D.k,N=D.top.length;
-const $=id=>document.getElementById(id),NS='http://www.w3.org/2000/svg';
+const $=id=>document.getElementById(id);
 const sel=$('cls'),thr=$('thr'),byTop=$('mode-top'),grey=$('grey');
 const chk=D.tints.map((t,c)=>$('ch-'+c)),on=new Uint8Array(N);
 function make(tag,text,attrs){const e=document.createElement(tag);
@@ -136,7 +136,7 @@ function zoom(f){
  $('zoom-title').textContent=F.id+' \u00b7 '+F.w+'\u00d7'+F.h+' \u00b7 '+F.n+' cells';
  for(const p of svg.querySelectorAll('path.cell')){p.classList.replace('cell','zcell');
   p.classList.remove('sel');}
- const ids=document.createElementNS(NS,'g'),fs=(Math.max(F.tw,F.th)/40).toFixed(1);
+ const NS=svg.namespaceURI,ids=document.createElementNS(NS,'g'),fs=(Math.max(F.tw,F.th)/40).toFixed(1);
  for(let k=0;k<N;k++)if(D.field[k]===f){const t=document.createElementNS(NS,'text');
   t.setAttribute('class','cid');t.setAttribute('x',(D.x[k]*F.tw/F.w).toFixed(1));
   t.setAttribute('y',(D.y[k]*F.th/F.h).toFixed(1));t.setAttribute('font-size',fs);t.dataset.k=k;
