@@ -1,10 +1,14 @@
-"""report.html: one self-contained offline page of per-cell results (fields, outlines, filters).
+"""report.html and its pages: offline per-cell results (fields, outlines, filters) at any number of fields.
 
 Contract (S5 calls it; S6 --REPORT adds the truth section, ``common.report.report_truth``):
 
-    fields = [report.ReportField(image_id, thumb, thumb_labels, (height, width)), ...]
+    report.write_pages(out_dir, entries, failures, threshold=0.5, title="...", pixel_size=0, page_size=200)
     report.write_report(out_dir, fields, cells, failures, threshold=0.5, title="...", pixel_size=0)
 
+* ``entries``: an iterable of ``(ReportField(image_id, thumb, thumb_labels, (height, width)), rows)`` in
+  field order, ``rows`` that field's rows of cells.csv; consumed once, one page at a time (a generator
+  is never materialised). ``write_report`` takes a sequence of fields and all their cells and calls
+  ``write_pages`` (``page_size`` 0: one page).
 * ``thumb``: the field's four channels (RGBY, ``constants.CHANNELS``) at the thumbnail's size (longest
   side <= 512 px, the original's aspect ratio): an ``h x w x 4`` uint8 array, or those channels
   already encoded by :func:`encode_channels` (JPEG or PNG bytes, written as they are);
@@ -20,10 +24,12 @@ Each field's picture is one grey JPEG holding its channels as tiles (:func:`chan
 protein (green) at the thumbnail's size, the three reference stains at 1/``REFERENCE_SHRINK`` of it;
 the page composes the false colour (``constants.FALSE_COLOUR``) on a canvas, so each stain can be
 shown or hidden. Writes ``out_dir/report/{stem}.jpg|png`` (:func:`thumb_name`: the ID's file stem),
-``out_dir/report/data.json`` (everything the page shows: S6 re-renders the page from it) and
-``out_dir/report.html`` (``common.report.report_page``); returns the HTML path. Outlines are SVG paths in
-thumbnail pixels, one per cell; a cell that vanished from the thumbnail's label map is drawn as a
-small circle at its centroid.
+the pages and their data (``common.report.pages``: ``report.html`` the summary over every field and
+page 1, ``report/page-NNNN.html`` the later pages, ``report/page-NNNN.json`` each page's data,
+``report/index.js`` every field's ID and per-class field sets, ``report/data.json`` the header and
+every field: S6 re-renders the pages from them, :func:`read_model`, :func:`render`); the HTML by
+``common.report.report_page``. Outlines are SVG paths in thumbnail pixels, one per cell; a cell that
+vanished from the thumbnail's label map is drawn as a small circle at its centroid.
 """
 from __future__ import annotations
 
