@@ -221,17 +221,22 @@ def _truth_case(folder: Path, cells: pd.DataFrame) -> tuple[Path, Path]:
     return sub, truth_csv
 
 
+def s6_report(driver, folder: Path, cells: pd.DataFrame, capsys) -> None:
+    """S6 --REPORT on S5's outputs in ``folder`` (+ _truth_case's); report.html opened, its AP table there."""
+    sub, truth_csv = _truth_case(folder, cells)
+    load_script("S6_evaluate.py", "S6_evaluate").main(
+        ["--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--REPORT", "true", "--PLOTS", "false"])
+    assert "(with the truth)" in capsys.readouterr().out
+    console = _open(driver, folder / "report.html")
+    assert not [e for e in console if e["level"] == "SEVERE"], console
+    assert len(driver.find_elements("css selector", "#ap-table tr")) == 1 + constants.NUM_CLASSES
+
+
 def test_s6_report_adds_the_ap_table_and_the_gallery(built, browser, tmp_path, capsys):
     folder, cells = built
     out = tmp_path / "out"
     shutil.copytree(folder, out)
-    sub, truth_csv = _truth_case(out, cells)
-    load_script("S6_evaluate.py", "S6_evaluate").main(
-        ["--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--REPORT", "true", "--PLOTS", "false"])
-    assert "(with the truth)" in capsys.readouterr().out
-    console = _open(browser, out / "report.html")
-    assert not [e for e in console if e["level"] == "SEVERE"], console
-    assert len(browser.find_elements("css selector", "#ap-table tr")) == 1 + constants.NUM_CLASSES
+    s6_report(browser, out, cells, capsys)
     crops = browser.find_elements("css selector", "#gallery figure.crop")
     assert crops
     wrong = {(f.get_attribute("data-image"), int(f.get_attribute("data-cell"))) for f in crops}

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import test_report
-from conftest import load_script
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
-from test_report import _build, _open, _truth_case
+from test_report import _build, _open, s6_report
 
 from common import constants
 from common.report import pages, report
@@ -185,13 +184,7 @@ def test_s6_truth_on_a_paged_report(browser, tmp_path, capsys):
     truth on its own page."""
     folder = tmp_path / "out"
     cells = _build(folder, page_size=2)  # test_report's three fields: sq1, sq2 on page 1, wide on page 2
-    sub, truth_csv = _truth_case(folder, cells)
-    load_script("S6_evaluate.py", "S6_evaluate").main(
-        ["--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--REPORT", "true", "--PLOTS", "false"])
-    assert "(with the truth)" in capsys.readouterr().out
-    console = _open(browser, folder / "report.html")
-    assert not [e for e in console if e["level"] == "SEVERE"], console
-    assert len(browser.find_elements("css selector", "#ap-table tr")) == 1 + constants.NUM_CLASSES
+    s6_report(browser, folder, cells, capsys)
     crop = browser.find_element("css selector", "#gallery figure.crop[data-image='wide'][data-cell='1']")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", crop)
     painted = "return arguments[0].querySelector('canvas.pic').dataset.painted === '1'"
@@ -207,3 +200,12 @@ def test_s6_truth_on_a_paged_report(browser, tmp_path, capsys):
     assert browser.find_element("id", "truth").text.startswith("truth: ")
     assert not browser.find_elements("id", "ap-table")
     shutil.rmtree(folder)
+
+
+def test_a_missing_page_of_data_stops_s6_with_one_line(paged, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(paged, folder)
+    (folder / report.REPORT_DIR / pages.page_json(1)).unlink()
+    with pytest.raises(FileNotFoundError, match=r"page-0002\.json: a page of the report's data is missing: "
+                                                r"run S5 again"):
+        report.read_model(folder)

@@ -35,8 +35,8 @@ CELL_KEYS = ("field", "id", "x", "y", "area", "border", "top", "p", "shape", "bo
 
 
 def n_pages(n_fields: int, page_size: int) -> int:
-    """Pages of a report of ``n_fields`` (one, empty, when there is none)."""
-    return max(1, -(-int(n_fields) // int(page_size)))
+    """Pages of a report of ``n_fields`` (one, empty, when there is none; one when ``page_size`` is 0)."""
+    return max(1, -(-int(n_fields) // int(page_size))) if page_size else 1
 
 
 def page_stem(p: int) -> str:
@@ -56,8 +56,9 @@ def page_json(p: int) -> str:
 
 def page_files(n_fields: int, page_size: int) -> list[str]:
     """The files ``write_pages`` writes under report/ besides the pictures (names relative to report/):
-    data.json, index.js, ``page-NNNN.json`` for every page and ``page-NNNN.html`` from page 2 on.
-    ``report.html`` (page 1) lies beside report/ and is not listed."""
+    data.json, index.js, ``page-NNNN.json`` for every page and ``page-NNNN.html`` from page 2 on
+    (``page_size`` 0: one page, as ``write_report``'s 0). ``report.html`` (page 1) lies beside report/
+    and is not listed."""
     n = n_pages(n_fields, page_size)
     return [DATA_FILE, INDEX_FILE, *(name for p in range(n) for name in
                                      ([page_json(p)] + ([page_html(p)] if p else [])))]

@@ -162,9 +162,9 @@ def write_pages(out_dir: str | Path, entries, failures, *, threshold: float, tit
 
 def page_files(n_fields: int, page_size: int) -> list[str]:
     """The files :func:`write_pages` writes under ``report/`` besides the pictures, as names relative to
-    ``report/``, for ``n_fields`` fields in pages of ``page_size``: ``data.json``, ``index.js``, each
-    page's ``page-NNNN.json`` and, from page 2 on, ``page-NNNN.html`` (page 1 is ``report.html``
-    beside ``report/``, not listed)."""
+    ``report/``, for ``n_fields`` fields in pages of ``page_size`` (0: one page, as :func:`write_report`'s
+    0): ``data.json``, ``index.js``, each page's ``page-NNNN.json`` and, from page 2 on,
+    ``page-NNNN.html`` (page 1 is ``report.html`` beside ``report/``, not listed)."""
     return pages.page_files(n_fields, page_size)
 
 

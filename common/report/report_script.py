@@ -189,7 +189,7 @@ function matches(){const box=$('matches'),c=sel.value===''?-1:+sel.value;box.rep
   'class':'match','data-i':i,title:'page '+(Math.floor(i/X.page_size)+1)});box.insertBefore(a,more);
   box.insertBefore(document.createTextNode(' '),more);}at+=LIST;more.hidden=at>=list.length;}
  more.addEventListener('click',show);show();}
-sel.addEventListener('change',matches);
+for(const ev of ['input','change'])sel.addEventListener(ev,matches);
 apply();matches();
 window.reportReady=performance.now();  // ms from the navigation's start to this page's script done
 })();
