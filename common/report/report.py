@@ -57,6 +57,7 @@ TILE_ALIGN = 8                 # tiles (with their border) start on JPEG's 8-pix
 TILE_PAD = 2                   # each tile's border: its edge pixels repeated
 OUTLINE_EPS = 1.0              # approxPolyDP tolerance of the outlines (thumbnail pixels)
 _PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8"
+_CLASS_INDEX = {n: j for j, n in enumerate(CLASS_NAMES)}  # class name -> its index
 
 
 @dataclass
@@ -344,14 +345,16 @@ def _outline(mask: np.ndarray, x0: int, y0: int) -> str:
 def _cell_table(cells: pd.DataFrame, field_of: np.ndarray, shapes: list, boxes: list) -> dict:
     """The cells as columns (compact JSON), values as given (cells.csv's): field index, id, centroid,
     area, border, top class, probabilities (row-major), outline, box."""
-    top = cells["top_class"].map({n: i for i, n in enumerate(CLASS_NAMES)})
-    if top.isna().any():
-        raise ValueError(f"report: unknown top_class {cells['top_class'][top.isna()].iloc[0]!r}")
-    return {"field": field_of.tolist(), "id": cells["cell_id"].astype(int).tolist(),
-            "x": cells["x"].to_numpy(np.float64).tolist(), "y": cells["y"].to_numpy(np.float64).tolist(),
-            "area": cells["area"].astype(int).tolist(),
-            "border": cells["touches_border"].astype(bool).astype(int).tolist(),
-            "top": top.astype(int).tolist(), "k": NUM_CLASSES,
+    names = cells["top_class"].tolist()
+    unknown = [n for n in names if n not in _CLASS_INDEX]
+    if unknown:
+        raise ValueError(f"report: unknown top_class {unknown[0]!r}")
+    column = {c: cells[c].to_numpy() for c in ("cell_id", "x", "y", "area", "touches_border")}
+    return {"field": field_of.tolist(), "id": column["cell_id"].astype(int).tolist(),
+            "x": column["x"].astype(np.float64).tolist(), "y": column["y"].astype(np.float64).tolist(),
+            "area": column["area"].astype(int).tolist(),
+            "border": column["touches_border"].astype(bool).astype(int).tolist(),
+            "top": [_CLASS_INDEX[n] for n in names], "k": NUM_CLASSES,
             "p": cells[list(CLASS_NAMES)].to_numpy(np.float64).ravel().tolist(),
             "shape": shapes, "box": boxes}
 
