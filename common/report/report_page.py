@@ -1,11 +1,14 @@
-"""The HTML of report.html, from the report's data (``common.report.report`` builds and saves it).
+"""The HTML of the report's pages, from their data (``common.report.report`` builds and saves them).
 
-One page, no network: inline CSS and script (``common.report.report_script``, no library), inline SVG charts,
-the data as one JSON block; pictures are relative URLs under the report folder. Each field is a
-``<canvas class="pic">`` (the page composes the stains shown from the field's channel picture) under an
-SVG of its cells, one ``<path class="cell c{top class}" data-k data-image data-cell>`` each, and its
-scale bar when the pixel size is known. Data reach the page as escaped HTML or JSON, and its script
-writes text with ``textContent`` only. ``CLASS_COLOURS`` gives each class its one colour.
+Page 1 (report.html) holds the summary over every field; every page its fields, previous / next
+links and a "jump to field" box, and loads ``report/index.js`` (``common.report.pages``) for the jump
+and the class filter over all pages. No network: inline CSS and script
+(``common.report.report_script``, no library), inline SVG charts, the page's data as one JSON block;
+pictures are relative URLs under the report folder. Each field is a ``<canvas class="pic">`` (the
+page composes the stains shown from the field's channel picture) under an SVG of its cells, one
+``<path class="cell c{top class}" data-k data-image data-cell>`` each, and its scale bar when the
+pixel size is known. Data reach the page as escaped HTML or JSON, and its script writes text with
+``textContent`` only. ``CLASS_COLOURS`` gives each class its one colour.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def page(view: dict, columns) -> str:
         data.update(truth=truth["cells"], iou=truth["iou"])
     blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     top = _summary(view) if view["summary"] is not None else \
-        "<p><a id='home' href='../report.html'>summary (every field)</a></p>"
+        f"<p><a id='home' href='{view['home']}'>summary (every field)</a></p>"
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>{e(title)}</title><style>{report_script.CSS}{_class_css()}</style></head><body>",
