@@ -330,7 +330,10 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     try:
-        pictures = [f["src"] for f in json.loads((out_dir / "report" / "data.json").read_text())["fields"]]
+        data = json.loads((out_dir / "report" / "data.json").read_text())
+        pictures = [f["src"] for f in data["fields"]]
+        if "page_size" in data:  # a paged report: its pages and their data besides data.json
+            pictures += report.page_files(len(pictures), int(data["page_size"]))
     except (OSError, ValueError, KeyError, TypeError):
         pictures = []
     record.adopt([sub, *_ESSENTIAL_EXTRAS, "report.html", "report/data.json",
@@ -498,8 +501,11 @@ def _write(cfg, out_dir: Path, record: owned.Record, outputs: list[Output], res:
     write the essential outputs (each complete or absent: a full disk stops S5 with the file's name),
     then the optional ones. Returns the files written and the errors of the optional ones (a full
     disk's first: it stops the writing)."""
-    pictures = (["report/data.json", *(f"report/{report.thumb_name(f[0])}" for f in res.tables.report_fields)]
-                if cfg.REPORT else [])
+    pictures = []
+    if cfg.REPORT:  # the report's pages and their data (report.html is an output), its pictures
+        held = res.tables.report_fields
+        pictures = [*(f"report/{name}" for name in report.page_files(len(held), 0)),
+                    *(f"report/{report.thumb_name(f[0])}" for f in held)]
     record.begin([o.rel for o in outputs] + pictures, _FOLDERS)
     record.remove()  # the previous run's files go first: the folder never mixes two runs
     before = _in_folders(out_dir)  # what stays in S5's folders is not S5's: only new files are recorded

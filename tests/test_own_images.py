@@ -2,7 +2,6 @@
 per-cell results of both modes (cells.csv, images.csv, labels/{ID}.png): one tiny run shared."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ from own_images_data import (
 from common import constants, images
 from common.competition import encoding
 from common.constants import CLASS_NAMES, file_stem
+from common.report.report import read_model
 
 torch.set_num_threads(1)
 S3 = load_script("S3_train_pipeline1.py")
@@ -208,7 +208,7 @@ def test_names_with_spaces_accents_or_a_leading_dash_are_fields_and_bad_bytes_ar
     sub = _read(out, "submission.csv")  # S6 reads competition IDs only
     assert sorted(sub["ID"]) == sorted(read) and sub["PredictionString"].str.len().gt(0).all()
     assert "not valid UTF-8" in odd["fails"]["bad\\xff"] and "bad\\xff_" in odd["fails"]["bad\\xff"]
-    report = json.loads((out / "report" / "data.json").read_text())
+    report = read_model(out)  # data.json and the pages' data
     assert sorted(f["id"] for f in report["fields"]) == sorted(read)
     assert all((out / "report" / f["src"]).is_file() for f in report["fields"])
     assert {f["id"]: f["src"] for f in report["fields"]} == {n: f"{file_stem(n)}.jpg" for n in read}

@@ -144,7 +144,9 @@ def test_page_is_offline_and_loads_without_errors(built, browser):
     urls += [json.loads(e["message"])["message"]["params"]["request"]["url"]
              for e in browser.get_log("performance") if '"Network.requestWillBeSent"' in e["message"]]
     assert urls and all(u.startswith(base) for u in urls), urls
-    assert sum("/report/" in u for u in set(urls)) == len(FIELDS)  # every thumbnail, from the folder
+    pictures = {u for u in urls if "/report/" in u and u.endswith((".jpg", ".png"))}
+    assert len(pictures) == len(FIELDS)  # every thumbnail, from the folder
+    assert {u for u in urls if "/report/" in u} - pictures == {base + "report/index.js"}  # pages' index
     assert browser.find_element("id", "n-failures").text == "1"
     assert browser.find_element("css selector", "#failures li").get_attribute("textContent") == \
         "broken1: unreadable PNG"  # S5's dicts: the ID and the reason, not the keys
@@ -219,17 +221,22 @@ def _truth_case(folder: Path, cells: pd.DataFrame) -> tuple[Path, Path]:
     return sub, truth_csv
 
 
+def s6_report(driver, folder: Path, cells: pd.DataFrame, capsys) -> None:
+    """S6 --REPORT on S5's outputs in ``folder`` (+ _truth_case's); report.html opened, its AP table there."""
+    sub, truth_csv = _truth_case(folder, cells)
+    load_script("S6_evaluate.py", "S6_evaluate").main(
+        ["--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--REPORT", "true", "--PLOTS", "false"])
+    assert "(with the truth)" in capsys.readouterr().out
+    console = _open(driver, folder / "report.html")
+    assert not [e for e in console if e["level"] == "SEVERE"], console
+    assert len(driver.find_elements("css selector", "#ap-table tr")) == 1 + constants.NUM_CLASSES
+
+
 def test_s6_report_adds_the_ap_table_and_the_gallery(built, browser, tmp_path, capsys):
     folder, cells = built
     out = tmp_path / "out"
     shutil.copytree(folder, out)
-    sub, truth_csv = _truth_case(out, cells)
-    load_script("S6_evaluate.py", "S6_evaluate").main(
-        ["--SUBMISSION", str(sub), "--TRUTH", str(truth_csv), "--REPORT", "true", "--PLOTS", "false"])
-    assert "(with the truth)" in capsys.readouterr().out
-    console = _open(browser, out / "report.html")
-    assert not [e for e in console if e["level"] == "SEVERE"], console
-    assert len(browser.find_elements("css selector", "#ap-table tr")) == 1 + constants.NUM_CLASSES
+    s6_report(browser, out, cells, capsys)
     crops = browser.find_elements("css selector", "#gallery figure.crop")
     assert crops
     wrong = {(f.get_attribute("data-image"), int(f.get_attribute("data-cell"))) for f in crops}

@@ -1,11 +1,14 @@
-"""The HTML of report.html, from the report's data (``common.report.report`` builds and saves it).
+"""The HTML of the report's pages, from their data (``common.report.report`` builds and saves them).
 
-One page, no network: inline CSS and script (``common.report.report_script``, no library), inline SVG charts,
-the data as one JSON block; pictures are relative URLs under the report folder. Each field is a
-``<canvas class="pic">`` (the page composes the stains shown from the field's channel picture) under an
-SVG of its cells, one ``<path class="cell c{top class}" data-k data-image data-cell>`` each, and its
-scale bar when the pixel size is known. Data reach the page as escaped HTML or JSON, and its script
-writes text with ``textContent`` only. ``CLASS_COLOURS`` gives each class its one colour.
+Page 1 (report.html) holds the summary over every field; every page its fields, previous / next
+links and a "jump to field" box, and loads ``report/index.js`` (``common.report.pages``) for the jump
+and the class filter over all pages. No network: inline CSS and script
+(``common.report.report_script``, no library), inline SVG charts, the page's data as one JSON block;
+pictures are relative URLs under the report folder. Each field is a ``<canvas class="pic">`` (the
+page composes the stains shown from the field's channel picture) under an SVG of its cells, one
+``<path class="cell c{top class}" data-k data-image data-cell>`` each, and its scale bar when the
+pixel size is known. Data reach the page as escaped HTML or JSON, and its script writes text with
+``textContent`` only. ``CLASS_COLOURS`` gives each class its one colour.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from common.constants import CHANNELS, CLASS_NAMES, FALSE_COLOUR, GREEN, NUM_CLASSES, STAINS
 from common.report import report_script
+from common.report.pages import HIST_BINS, INDEX_FILE, page_html
 
 # One colour per class, in class order: the first 19 of Glasbey et al.'s maximally distinct colours
 # for dark backgrounds, as published in colorcet 3.2.1 (glasbey_light = glasbey_bw_minc_20_minl_30,
@@ -25,36 +29,45 @@ from common.report import report_script
 CLASS_COLOURS = ("#d70000", "#028800", "#b600ff", "#06acc6", "#98ff00", "#ffa530", "#ff8fc8",
                  "#79525f", "#00fecf", "#b0a5ff", "#94ad84", "#9a6900", "#376a62", "#d3008c",
                  "#fef590", "#c86f66", "#9ee3ff", "#00c946", "#a977ad")
-HIST_BINS = 20                 # bins of the confidence histogram
 CROP_MARGIN = 4                # thumbnail pixels around a cell in the gallery's crops
 BAR_FRACTION = 0.2             # scale bar: the round length (1, 2, 5 x 10^n um) up to this part of the width
 
 
-def page(model: dict, report_dir: str, columns) -> str:
-    """The whole page; ``columns``: the header of its "Download these cells" CSV (cells.csv's)."""
-    e = html.escape
-    title = model["title"] or "report"
-    cells = model["cells"]
+def page(view: dict, columns) -> str:
+    """One page of the report (``report.write_pages``: the page's fields and cells, ``summary`` on page 1,
+    S6's ``truth``); ``columns``: the header of its "Download these cells" CSV (cells.csv's)."""
+    e, base = html.escape, view["base"]
+    title, cells, truth = view["title"] or "report", view["cells"], view["truth"]
+    extra = truth["fields"] if truth is not None else []  # fields of other pages in the gallery
     fields = [{"id": f["id"], "w": f["w"], "h": f["h"], "tw": f["tw"], "th": f["th"], "n": f["n"],
-               "tiles": f["tiles"], "src": f"{report_dir}/{quote(f['src'])}"} for f in model["fields"]]
+               "tiles": f["tiles"], "src": f"{base}{quote(f['src'])}"} for f in view["fields"] + extra]
     data = {"k": NUM_CLASSES, "names": list(CLASS_NAMES), "colours": list(CLASS_COLOURS),
-            "columns": list(columns), "fields": fields, "tints": _tints(),
-            **{key: cells[key] for key in ("field", "id", "x", "y", "area", "border", "top", "p")}}
-    truth = model.get("truth")  # optional: only S6 --REPORT adds it
+            "columns": list(columns), "fields": fields, "tints": _tints(), "page": view["page"],
+            "first": view["first"], "n": len(view["fields"]), "base": base, "home": view["home"],
+            "field": [f - view["first"] for f in cells["field"]],
+            **{key: cells[key] for key in ("id", "x", "y", "area", "border", "top", "p")}}
     if truth is not None:
         data.update(truth=truth["cells"], iou=truth["iou"])
     blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    top = _summary(view) if view["summary"] is not None else \
+        f"<p><a id='home' href='{view['home']}'>summary (every field)</a></p>"
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width,initial-scale=1'>",
              f"<title>{e(title)}</title><style>{report_script.CSS}{_class_css()}</style></head><body>",
-             f"<h1>{e(title)}</h1>", _summary(model), _truth_section(model),
-             _controls(model["threshold"]), "<div id='info'>click or hover a cell</div>",
-             "<div id='tip' hidden></div><h2>Fields</h2><div class='fields'>", *_fields(model), "</div>",
+             f"<h1>{e(title)}</h1>", top, _truth_section(truth),
+             _controls(view), "<div id='matches'></div><div id='info'>click or hover a cell</div>",
+             "<div id='tip' hidden></div><h2>Fields</h2><div class='fields'>", *_fields(view), "</div>",
              "<dialog id='zoom'><div class='zoom-head'><span id='zoom-title'></span> <button type='button' "
              "id='zoom-close'>close</button></div><div id='zoom-view'></div></dialog>",
              f"<script type='application/json' id='report-data'>{blob}</script>",
+             f"<script src='{base}{quote(INDEX_FILE)}'></script>",
              f"<script>{report_script.JS}</script></body></html>\n"]
     return "".join(parts)
+
+
+def _page_url(view: dict, q: int) -> str:
+    """From this page, the URL of page ``q`` (0: report.html)."""
+    return view["home"] if q == 0 else view["base"] + quote(page_html(q))
 
 
 def _tints() -> list[list[int]]:
@@ -70,18 +83,16 @@ def _class_css() -> str:
     return "".join(f".c{j}{{stroke:{c}}}" for j, c in enumerate(CLASS_COLOURS))
 
 
-def _summary(model: dict) -> str:
-    cells, fails = model["cells"], model["failures"]
-    top = np.asarray(cells["top"], np.int64)
-    p = np.asarray(cells["p"], np.float64).reshape(-1, NUM_CLASSES)
-    top_p = p[np.arange(len(top)), top] if len(top) else np.zeros(0)
+def _summary(view: dict) -> str:
+    """Page 1's summary over every field: counts, the failures, cells per top class, the histogram."""
+    summary, fails = view["summary"], view["failures"]
     items = "".join(f"<li><b>{html.escape(i)}</b>: {html.escape(r)}</li>" for i, r in fails)
     failed = (f"<details id='failures'><summary>the failed fields and why</summary><ul>{items}</ul>"
               "</details>") if fails else ""
-    return ("<h2>Summary</h2><p id='counts'><span id='n-fields'>" + str(len(model["fields"])) +
-            "</span> fields, <span id='n-cells'>" + str(len(top)) + "</span> cells, <span id='n-failures'>"
-            + str(len(fails)) + "</span> failures</p>" + failed + "<div class='charts'>"
-            + _class_bars(np.bincount(top, minlength=NUM_CLASSES)) + _histogram(top_p) + "</div>")
+    return ("<h2>Summary</h2><p id='counts'><span id='n-fields'>" + str(summary["n_fields"]) +
+            "</span> fields, <span id='n-cells'>" + str(summary["n_cells"]) + "</span> cells, <span "
+            "id='n-failures'>" + str(len(fails)) + "</span> failures</p>" + failed + "<div class='charts'>"
+            + _class_bars(np.asarray(summary["counts"])) + _histogram(np.asarray(summary["hist"])) + "</div>")
 
 
 def _class_bars(counts: np.ndarray) -> str:
@@ -99,9 +110,8 @@ def _class_bars(counts: np.ndarray) -> str:
     return "".join(out) + "</svg></figure>"
 
 
-def _histogram(top_p: np.ndarray) -> str:
-    """Vertical bars: the distribution of the top class's probability."""
-    counts, _ = np.histogram(top_p, bins=HIST_BINS, range=(0.0, 1.0))
+def _histogram(counts: np.ndarray) -> str:
+    """Vertical bars: the distribution of the top class's probability (``counts``: HIST_BINS bins)."""
     w, h, bw = 400, 140, 400 / HIST_BINS
     scale = (h - 20) / max(int(counts.max()), 1)
     out = [f"<figure><figcaption>confidence (top_prob) of the cells</figcaption>"
@@ -115,14 +125,26 @@ def _histogram(top_p: np.ndarray) -> str:
     return "".join(out) + "</svg></figure>"
 
 
-def _controls(threshold: float) -> str:
-    """The class filter, the download, the stain legend with its toggles, the class colours."""
+def _nav(view: dict) -> str:
+    """Previous / next page, where this page lies (the script adds "of N"), the jump box."""
+    p = view["page"]
+    prev = f"<a id='prev' rel='prev' href='{_page_url(view, p - 1)}'>&larr; previous</a> " if p else ""
+    after = f" <a id='next' rel='next' href='{_page_url(view, p + 1)}'>next &rarr;</a>" if view["has_next"] \
+        else ""
+    return (f"<div id='nav'>{prev}<span id='page-of'>page {p + 1}</span>{after} <label>jump to field "
+            "<input id='jump' size='18' placeholder='field ID'></label><button type='button' id='jump-go'>"
+            "go</button> <span id='jump-msg'></span></div>")
+
+
+def _controls(view: dict) -> str:
+    """The pages, the class filter, the download, the stain legend with its toggles, the class colours."""
+    threshold = view["threshold"]
     options = "".join(f"<option value='{j}'>{html.escape(n)}</option>" for j, n in enumerate(CLASS_NAMES))
     legend = "".join(f"<span class='sw' style='background:{c}'></span>{html.escape(CLASS_NAMES[j])} "
                      for j, c in enumerate(CLASS_COLOURS))
-    return ("<div id='controls'><div><label>class <select id='cls'><option value=''>all cells</option>"
-            f"{options}</select></label><label><input type='radio' name='mode' id='mode-top' checked>"
-            "top class</label><label><input type='radio' name='mode' id='mode-p'>probability &gt; "
+    return (f"<div id='controls'>{_nav(view)}<div><label>class <select id='cls'><option value=''>all "
+            f"cells</option>{options}</select></label><label><input type='radio' name='mode' id='mode-top' "
+            "checked>top class</label><label><input type='radio' name='mode' id='mode-p'>probability &gt; "
             f"<input type='range' id='thr' min='0' max='1' step='0.01' value='{threshold}'> "
             "<output id='thr-v'></output></label> <span id='shown'></span> cells shown "
             "<button type='button' id='download'>Download these cells (CSV)</button></div>"
@@ -141,23 +163,25 @@ def _stains() -> str:
             "in grey</label></div>")
 
 
-def _fields(model: dict) -> list[str]:
-    """One figure per field: its canvas, its cells' outlines and its scale bar."""
-    cells, e = model["cells"], html.escape
-    by_field: list[list[int]] = [[] for _ in model["fields"]]
+def _fields(view: dict) -> list[str]:
+    """One figure per field of the page (id ``f-{index among all fields}``, ``data-f`` its place in the
+    page's data): its canvas, its cells' outlines and its scale bar."""
+    cells, e, first = view["cells"], html.escape, view["first"]
+    by_field: list[list[int]] = [[] for _ in view["fields"]]
     for k, f in enumerate(cells["field"]):
-        by_field[f].append(k)
+        by_field[f - first].append(k)
     out = []
-    for i, (f, ks) in enumerate(zip(model["fields"], by_field)):
+    for i, (f, ks) in enumerate(zip(view["fields"], by_field)):
         fid = e(f["id"])
         paths = "".join(f"<path class='cell c{cells['top'][k]}' data-k='{k}' data-image='{fid}' "
                         f"data-cell='{cells['id'][k]}' d='{cells['shape'][k]}'/>" for k in ks)
-        out.append(f"<figure class='field' id='f-{i}' data-f='{i}'><figcaption>{fid} · {f['w']}&times;"
-                   f"{f['h']} · {len(ks)} cells <button type='button' class='zoom' data-f='{i}'>larger view"
-                   f"</button></figcaption><div class='fv' style='aspect-ratio:{f['tw']}/{f['th']}'>"
+        out.append(f"<figure class='field' id='f-{first + i}' data-f='{i}'><figcaption>{fid} · "
+                   f"{f['w']}&times;{f['h']} · {len(ks)} cells <button type='button' class='zoom' "
+                   f"data-f='{i}'>larger view</button></figcaption><div class='fv' "
+                   f"style='aspect-ratio:{f['tw']}/{f['th']}'>"
                    f"{_canvas(i, f['tw'], f['th'])}"
                    f"<svg viewBox='0 0 {f['tw']} {f['th']}' preserveAspectRatio='none'>"
-                   f"<g transform='translate(.5 .5)'>{paths}</g>{_scale_bar(f, model['pixel_size'])}</svg>"
+                   f"<g transform='translate(.5 .5)'>{paths}</g>{_scale_bar(f, view['pixel_size'])}</svg>"
                    "</div></figure>")
     return out
 
@@ -186,10 +210,9 @@ def _scale_bar(f: dict, pixel_size: float) -> str:
             f"y='{y1 - 2 * thick:.2f}' font-size='{side / 22:.1f}'>{um:g} µm</text></g>")
 
 
-def _truth_section(model: dict) -> str:
-    """S6's per-class AP table and gallery of the most confident mistakes ('' without truth)."""
-    truth = model.get("truth")  # optional: only S6 --REPORT adds it
-    if truth is None:
+def _truth_section(truth: dict | None) -> str:
+    """S6's per-class AP table and gallery of the most confident mistakes (page 1; '' elsewhere)."""
+    if truth is None or "table" not in truth:  # only S6 adds it, the table to page 1
         return ""
     rows = "".join(f"<tr><td>{c}</td><td>{html.escape(n)}</td><td class='n'>{g}</td>"
                    f"<td class='n'>{_ap(s)}</td><td class='n'>{_ap(le)}</td></tr>"
@@ -201,9 +224,9 @@ def _truth_section(model: dict) -> str:
     gallery = ["<h2>Most confident mistakes</h2><p>per class X: the cells with the highest "
                "probability for X whose matched true cell lacks X (or that match no true cell)</p>"
                "<div class='gallery' id='gallery'>"]
-    for c, ks in truth["gallery"]:
-        crops = "".join(_crop(model, k, c) for k in ks)
-        gallery.append(f"<h3>{html.escape(CLASS_NAMES[c])}</h3><div data-class='{c}'>{crops}</div>")
+    for c, crops in truth["gallery"]:
+        gallery.append(f"<h3>{html.escape(CLASS_NAMES[c])}</h3><div data-class='{c}'>"
+                       f"{''.join(_crop(crop, c) for crop in crops)}</div>")
     return table + "".join(gallery) + "</div>"
 
 
@@ -211,19 +234,17 @@ def _ap(x) -> str:
     return "-" if x is None or x != x else f"{x:.4f}"
 
 
-def _crop(model: dict, k: int, c: int) -> str:
-    """A cell cut out of its field's canvas by a view box (no new picture), its outline, p and truth."""
-    cells, e = model["cells"], html.escape
-    fi = cells["field"][k]
-    f = model["fields"][fi]
-    x0, y0, x1, y1 = cells["box"][k]
+def _crop(crop: dict, c: int) -> str:
+    """A cell cut out of its field's canvas by a view box (no new picture), its outline, p and truth
+    (``crop``: the field's place in the page's data, its ID, the cell's id, box, outline, p, truth)."""
+    e = html.escape
+    x0, y0, x1, y1 = crop["box"]
     side = max(x1 - x0, y1 - y0) + 2 * CROP_MARGIN
     vx, vy = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-    t = model["truth"]["cells"][k]
+    t = crop["truth"]
     said = ", ".join(CLASS_NAMES[j] for j in t) if t else "no true cell"
-    return (f"<figure class='crop' data-image='{e(f['id'])}' data-cell='{cells['id'][k]}'><div class='cv'>"
-            f"{_canvas(fi, side, side, f'{vx:.1f} {vy:.1f} {side} {side}')}"
+    return (f"<figure class='crop' data-image='{e(crop['image'])}' data-cell='{crop['cell']}'>"
+            f"<div class='cv'>{_canvas(crop['f'], side, side, f'{vx:.1f} {vy:.1f} {side} {side}')}"
             f"<svg viewBox='{vx:.1f} {vy:.1f} {side} {side}'><path class='c{c}' "
-            f"transform='translate(.5 .5)' d='{cells['shape'][k]}'/></svg></div><figcaption>{e(f['id'])} "
-            f"cell {cells['id'][k]}<br>p={cells['p'][k * NUM_CLASSES + c]:.4f}<br>truth: {e(said)}"
-            "</figcaption></figure>")
+            f"transform='translate(.5 .5)' d='{crop['shape']}'/></svg></div><figcaption>{e(crop['image'])} "
+            f"cell {crop['cell']}<br>p={crop['p']:.4f}<br>truth: {e(said)}</figcaption></figure>")

@@ -9,7 +9,11 @@ The script reads the page's JSON block (``report-data``) and:
 * filters the cells (top class, or probability > a threshold) and writes "Download these cells"
   (the shown cells as cells.csv's rows) as a Blob, with no server;
 * shows a cell's top three classes on hover or click, its top class's name beside the pointer, and a
-  field's larger view (a ``<dialog>``) with the cell ids drawn.
+  field's larger view (a ``<dialog>``) with the cell ids drawn;
+* with ``report/index.js`` (``window.REPORT_INDEX``, ``common.report.pages``): says where the page lies
+  among all, goes to a field typed in the jump box (its page, its figure ``#f-{index}``), and lists
+  the fields of all pages with a cell of the class chosen in the filter (links to their pages);
+* sets ``window.reportReady`` (ms from the navigation's start) when it is done.
 
 Text from the data is written with ``textContent`` only, never as HTML.
 """
@@ -46,13 +50,16 @@ text.cid{dominant-baseline:central;pointer-events:none}
 .gallery .cv{width:120px;height:120px}
 table.ap{border-collapse:collapse}table.ap td,table.ap th{padding:.1em .6em;border-bottom:1px solid #ddd}
 table.ap td.n{text-align:right}
+#nav{margin-bottom:.3em}#nav a{margin-right:.6em}#jump-msg{color:#b00}
+#matches{margin:.5em 0;max-height:12em;overflow:auto}#matches a{margin-right:.3em}
+.field{scroll-margin-top:10em}.field:target{outline:3px solid #f90}
 """
 
 JS = r"""
 (function(){
 'use strict';
 const D=JSON.parse(document.getElementById('report-data').textContent),K=D.k,N=D.top.length;
-const $=id=>document.getElementById(id),NS=$('class-bars').namespaceURI;
+const $=id=>document.getElementById(id);
 const sel=$('cls'),thr=$('thr'),byTop=$('mode-top'),grey=$('grey');
 const chk=D.tints.map((t,c)=>$('ch-'+c)),on=new Uint8Array(N);
 function make(tag,text,attrs){const e=document.createElement(tag);
@@ -125,11 +132,11 @@ document.addEventListener('mousemove',e=>{if(!tip.hidden){tip.style.left=(e.clie
 // ---- a field's larger view, the cell ids drawn
 const dlg=$('zoom'),view=$('zoom-view');
 function zoom(f){
- const F=D.fields[f],svg=document.querySelector('#f-'+f+' svg').cloneNode(true);
+ const F=D.fields[f],svg=document.querySelector('figure.field[data-f="'+f+'"] svg').cloneNode(true);
  $('zoom-title').textContent=F.id+' \u00b7 '+F.w+'\u00d7'+F.h+' \u00b7 '+F.n+' cells';
  for(const p of svg.querySelectorAll('path.cell')){p.classList.replace('cell','zcell');
   p.classList.remove('sel');}
- const ids=document.createElementNS(NS,'g'),fs=(Math.max(F.tw,F.th)/40).toFixed(1);
+ const NS=svg.namespaceURI,ids=document.createElementNS(NS,'g'),fs=(Math.max(F.tw,F.th)/40).toFixed(1);
  for(let k=0;k<N;k++)if(D.field[k]===f){const t=document.createElementNS(NS,'text');
   t.setAttribute('class','cid');t.setAttribute('x',(D.x[k]*F.tw/F.w).toFixed(1));
   t.setAttribute('y',(D.y[k]*F.th/F.h).toFixed(1));t.setAttribute('font-size',fs);t.dataset.k=k;
@@ -156,6 +163,34 @@ $('download').addEventListener('click',()=>{
  document.body.append(a);a.click();a.remove();
  setTimeout(()=>URL.revokeObjectURL(url),10000);});
 for(const x of [sel,thr,byTop,$('mode-p')])for(const ev of ['input','change'])x.addEventListener(ev,apply);
-apply();
+// ---- pages (report/index.js: every field's ID, per class the fields with a cell of it at p >= threshold)
+const X=window.REPORT_INDEX,LIST=200;
+function pageUrl(q){return q===D.page?'':q===0?D.home:D.base+'page-'+String(q+1).padStart(4,'0')+'.html';}
+function fieldUrl(i){return pageUrl(Math.floor(i/X.page_size))+'#f-'+i;}
+if(X){const n=X.ids.length,np=Math.max(1,Math.ceil(n/X.page_size));
+ $('page-of').textContent='page '+(D.page+1)+' of '+np+' \u00b7 fields '+(D.n?(D.first+1)+'\u2013'+
+  (D.first+D.n):'none')+' of '+n;}
+let byId=null;
+function go(url){if(url[0]!=='#'){location.href=url;return;}
+ location.hash=url;const el=document.getElementById(url.slice(1));if(el)el.scrollIntoView();}
+function jump(){const v=$('jump').value.trim(),msg=$('jump-msg');msg.textContent='';if(!v||!X)return;
+ if(!byId){byId=new Map();X.ids.forEach((s,i)=>byId.set(s,i));}
+ const i=byId.get(v);if(i===undefined){msg.textContent='no field '+v;return;}go(fieldUrl(i));}
+$('jump').addEventListener('keydown',e=>{if(e.key==='Enter')jump();});
+$('jump-go').addEventListener('click',jump);
+function members(c){const b=atob(X.classes[c]),out=[];
+ for(let i=0;i<X.ids.length;i++)if(b.charCodeAt(i>>3)>>(i&7)&1)out.push(i);return out;}
+function matches(){const box=$('matches'),c=sel.value===''?-1:+sel.value;box.replaceChildren();
+ if(c<0||!X)return;const list=members(c);let at=0;
+ box.append(make('span',list.length+' of '+X.ids.length+' fields have a cell of '+D.names[c]+' at p \u2265 '+
+  X.threshold+' (all pages):',{id:'n-matches'}),' ');
+ const more=make('button','more',{type:'button',id:'matches-more'});box.append(more);
+ function show(){for(const i of list.slice(at,at+LIST)){const a=make('a',X.ids[i],{href:fieldUrl(i),
+  'class':'match','data-i':i,title:'page '+(Math.floor(i/X.page_size)+1)});box.insertBefore(a,more);
+  box.insertBefore(document.createTextNode(' '),more);}at+=LIST;more.hidden=at>=list.length;}
+ more.addEventListener('click',show);show();}
+for(const ev of ['input','change'])sel.addEventListener(ev,matches);
+apply();matches();
+window.reportReady=performance.now();  // ms from the navigation's start to this page's script done
 })();
 """
