@@ -252,3 +252,20 @@ def _failure_rows(failures) -> list[list[str]]:
         image_id, reason = row
         rows.append([str(image_id), str(reason)])
     return rows
+
+
+# ---- TEMPORARY ADAPTER (branch stream, issue 35): the paged report's ``write_pages`` replaces this
+# ---- function at merge. It takes the same arguments, collects the entries and writes the one page.
+def write_pages(out_dir: str | Path, entries, failures, threshold: float, title: str, pixel_size: float,
+                page_size: int) -> Path:
+    """The report from ``entries`` (an iterator of ``(ReportField, that field's cells.csv rows)`` in field
+    order): for now :func:`write_report` of them all (``page_size`` unused)."""
+    fields, frames = [], []
+    for f, rows in entries:
+        fields.append(f)
+        if len(rows):
+            frames.append(rows)
+    cells = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame([], columns=list(CELL_COLUMNS)))
+    return write_report(out_dir, fields, cells, failures, threshold=threshold, title=title,
+                        pixel_size=pixel_size)
