@@ -503,7 +503,7 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
         pictures = [f["src"] for f in json.loads((out_dir / "report" / "data.json").read_text())["fields"]]
     except (OSError, ValueError, KeyError, TypeError):
         pictures = []
-    record.adopt([sub, *_ESSENTIAL_EXTRAS, "report.html", "report/data.json",
+    record.adopt([sub, *_ESSENTIAL_EXTRAS, "cells.parquet", "report.html", "report/data.json",
                   *(f"{Path(sub).stem}_{n}.csv" for n in predict.COMPARISONS),
                   *(f"{d}/{i}.png" for d in ("labels", "overlays") for i in ids),
                   *(f"report/{name}" for name in pictures)])

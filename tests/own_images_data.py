@@ -36,12 +36,12 @@ def field(seed: int, height: int, width: int) -> np.ndarray:
     return img["image16"][:height, :width]
 
 
-def write_competition(folder: Path, images: dict[str, np.ndarray]) -> None:
+def write_competition(folder: Path, fields: dict[str, np.ndarray]) -> None:
     """``test/{ID}_{red,green,blue,yellow}.png`` (8-bit) and ``sample_submission.csv``."""
-    for image_id, img in images.items():
+    for image_id, img in fields.items():
         images.write_channels(folder / "test", image_id, images.to_uint8(img))
     rows = [{"ID": i, "ImageWidth": im.shape[1], "ImageHeight": im.shape[0], "PredictionString": ""}
-            for i, im in images.items()]
+            for i, im in fields.items()]
     pd.DataFrame(rows).to_csv(folder / "sample_submission.csv", index=False)
 
 
