@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import constants, io
-from common.predict.cell_tables import CellTables
 
 FOLDER = ".s5_parts"        # inside OUTPUT_DIR
 RUN_FILE = "run.json"       # the fingerprint of the run the parts belong to
@@ -48,7 +47,8 @@ class Part:
     rows: list = field(default_factory=list)      # cell_predictions.csv
     failures: list = field(default_factory=list)  # s5_failures.csv ({"ID", "reason"})
     overlays: list = field(default_factory=list)  # (ID, image, labels, ids, probs) of the first N_OVERLAYS
-    tables: CellTables | None = None              # cells.csv, images.csv, labels/, the report's pictures
+    tables: object = None                         # cell_tables.CellTables: cells.csv, images.csv, labels/,
+                                                  # the report's pictures
     sizes: dict = field(default_factory=dict)     # {ID: (H, W)} of the fields read
     n_cells: int = 0
     n_dropped: int = 0                            # cells lost at the original size
