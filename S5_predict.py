@@ -26,20 +26,31 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
                                          as in cells.csv (opens as labels in Fiji and napari); {stem} =
                                          constants.file_stem(ID), the ID itself when it is a plain name
         OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report.report)
+        OUTPUT_DIR/cells.parquet         with CELL_TABLES: cells.csv's rows, typed (common.predict.merge);
+                                         above CSV_MAX_CELLS cells only this one
+        OUTPUT_DIR/.s5_parts/            parts of CHUNK fields each (common.predict.parts): a killed S5
+                                         resumes (the same command), torchrun ranks or --SHARD runs share
+                                         the fields, --MERGE true writes the outputs; removed at the end
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
 OUTPUT_DIR is output, or output/<IMAGES folder name> with --IMAGES (my_fields -> output/my_fields).
-The essential files (submission, cell predictions, cells, images, config, failures) are written first,
-the label maps, report, overlays and comparison submissions after them (_outputs: the one table).
-S5 owns what it wrote, and only that: OUTPUT_DIR/.s5.manifest.json records it (common.owned), and a
-rerun removes the files of that record just before writing (so the folder never mixes two runs;
-S6's scores written beside the submission join the record). Anything else in OUTPUT_DIR stays: a run
-folder or a user's file where S5 would write, a symbolic link there, or an input among the outputs
-stops S5 before it writes, with one line. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock).
+Fields are scored chunk by chunk; each chunk's part is saved (its label maps to labels/ first), but a single
+process keeps its last chunk in memory. The outputs are then written from the parts, one part at a time:
+the essential files (submission, cell predictions, cells, images, config, failures) first, the last
+chunk's label maps, cells.parquet, report, comparison submissions and overlays after them (_outputs: the
+one table). S5 owns what it wrote, and only that: OUTPUT_DIR/.s5.manifest.json records it (common.owned;
+a shard or rank keeps its own record, which the merge takes in), and a fresh start removes the files of
+that record before scoring (so the folder never mixes two runs; S6's scores written beside the
+submission join the record); a resume keeps the label maps and parts of the run it continues. Anything
+else in OUTPUT_DIR stays: a run folder or a user's file where S5 would write, a symbolic link there, or
+an input among the outputs stops S5 before it writes, with one line. One S5 at a time per OUTPUT_DIR
+(OUTPUT_DIR/.lock; a shard or rank holds .lock.shard{i}of{n} / .lock.rank{r}of{n}).
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
     python S5_predict.py --IMAGES my_fields --CHANNEL_SUFFIXES _ch00,_ch01,_ch02,_ch03   # -> output/my_fields
+    torchrun --nproc_per_node 4 S5_predict.py --IMAGES screen             # rank r scores chunks r, r+4, ...
+    python S5_predict.py --IMAGES screen --SHARD 0/3   (1/3, 2/3), then --MERGE true   # machines, no barrier
 """
 # ---------------------------------------------------------------------------- input
 COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
