@@ -103,7 +103,9 @@ def differences(old: dict, new: dict) -> list[str]:
 
 def check_run(folder: Path, fp: dict, overwrite: bool) -> bool:
     """Whether ``folder`` (the parts) holds a run to resume: its ``run.json`` equals ``fp``. Another
-    run's parts stop S5 with one line, unless ``overwrite`` (then False: the caller removes them)."""
+    run's parts stop S5 with one line. With ``overwrite`` False: the caller removes the parts."""
+    if overwrite:
+        return False
     try:
         old = json.loads((folder / RUN_FILE).read_text())
     except FileNotFoundError:
@@ -112,8 +114,6 @@ def check_run(folder: Path, fp: dict, overwrite: bool) -> bool:
         old = {}
     if old.get("digest") == fp["digest"]:
         return True
-    if overwrite:
-        return False
     diff = differences(old if isinstance(old, dict) else {}, fp)
     shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
     raise SystemExit(f"S5: {folder} holds the parts of an unfinished run with other settings ({shown}): "
