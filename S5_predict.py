@@ -416,7 +416,7 @@ def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, r
     if role.env is not None:
         role.env.barrier()  # every rank's parts are written
     if not role.merges:
-        print(f"S5: {role.desc}: its {len(mine)} chunk(s) are in {out_dir / parts.FOLDER}" +
+        print(f"{role.desc}: its {len(mine)} chunk(s) are in {out_dir / parts.FOLDER}" +
               ("; when every shard is done: S5 --MERGE true, with the same constants" if role.env is None
                else ""), flush=True)
         return None
