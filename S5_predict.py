@@ -295,6 +295,7 @@ def _output_dir(cfg) -> str:
 def _check_constants(cfg) -> None:
     """Every constant S5 reads that a value can break, checked at start: one line naming it."""
     step = "S5"
+    _check_scale(cfg)
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "BATCH_SIZE", "MAX_PIXELS", step=step)
     config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step=step)
     config.require_number(cfg, "PIXEL_SIZE", step=step)
@@ -331,7 +332,6 @@ def _check_constants(cfg) -> None:
                          "in OUTPUT_DIR)")
     if name in _ESSENTIAL_EXTRAS:
         raise SystemExit(f"S5: --SUBMISSION {name!r}: is the name of another output of S5; choose another")
-    _check_scale(cfg)
 
 
 def _inputs(cfg) -> tuple[pd.DataFrame | None, tuple | None]:
