@@ -232,7 +232,7 @@ def main(argv=None):
     _check_constants(cfg)  # every constant, one line each, before anything is read or written
     role = _role(cfg)  # one process, a torchrun rank (the group joined here), a --SHARD, or --MERGE
     try:
-        out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=False)  # made when S5 writes
+        out_dir = _out_dir(cfg, role)  # checked writable at start; made when S5 writes
         sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
         predictors = _predictors(cfg)  # the runs and weights: a missing run stops before the folder is made
         with lock.hold(out_dir, "S5", role.tag):  # one S5 per output folder (a shard or rank: its own lock)
@@ -241,6 +241,17 @@ def main(argv=None):
     finally:
         if role.env is not None:
             role.env.close(barrier=False)
+
+
+def _out_dir(cfg, role: Role) -> Path:
+    """OUTPUT_DIR, checked writable at start; under torchrun by rank 0 first (the check makes the folder
+    and removes it again), then by the other ranks, which leave it."""
+    if role.env is not None and role.rank:
+        role.env.barrier()
+    out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=role.rank > 0)
+    if role.env is not None and not role.rank:
+        role.env.barrier()
+    return out_dir
 
 
 def _role(cfg) -> Role:
@@ -599,6 +610,10 @@ def _merge(cfg, source, run: tuple, out_dir: Path, record: owned.Record, t_start
     held in memory); a part missing stops S5 naming its shard. The parts are removed once all is written."""
     predictors, todo, fp, held = run
     folder, n = out_dir / parts.FOLDER, parts.n_chunks(len(todo), cfg.CHUNK)
+    if not distributed.launch()[2]:  # a shard still running holds its lock: stop, naming it
+        for other in sorted(out_dir.glob(f"{lock.LOCK_NAME}.*")):
+            with lock.hold(out_dir, "S5", other.name[len(lock.LOCK_NAME) + 1:]):
+                pass
     found = parts.done(folder, fp["digest"], [c for c in range(n) if c not in held])
     missing = [c for c in range(n) if c not in held and c not in found]
     if missing:

@@ -19,6 +19,8 @@ import torch
 from conftest import load_script
 from own_images_data import field, train_tiny, write_channel_files, write_competition
 
+from common import lock
+
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 S3 = load_script("S3_train_pipeline1.py")
@@ -164,6 +166,9 @@ def test_shards_then_merge_give_one_process_outputs_and_a_missing_shard_is_named
     msg = _refused(lambda: S5.main([*args, "--MERGE", "true"]))
     assert msg.startswith(f"S5: --MERGE: shard(s) 2/3 missing (chunks 2, 5) in {out / '.s5_parts'}")
     S5.main([*args, "--SHARD", "2/3"])
+    with lock.hold(out, "S5", "shard1of3"):  # a shard still running
+        msg = _refused(lambda: S5.main([*args, "--MERGE", "true"]))
+    assert msg.startswith(f"S5: {out} (shard1of3) is being written by S5 (pid {os.getpid()} on ")
     S5.main([*args, "--MERGE", "true"])
     _same(out, setup["ref"][mode])
 
