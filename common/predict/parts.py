@@ -17,6 +17,7 @@ part: a part on disk means its label maps are there).
 * ``run.json``: the fingerprint (:func:`fingerprint`): the constants that change the results, each run's
   checkpoint (path, size, modification time) and the ordered field IDs (count and SHA-256). A rerun with
   the same fingerprint skips the chunks whose part is there; another one stops (:func:`check_run`).
+  It is written with the first part saved.
 
 The parts are S5's own files (its record lists them); they are removed once the final outputs are written.
 """
@@ -154,9 +155,18 @@ def header(path: Path) -> dict | None:
 
 
 def load(path: Path) -> Part:
-    with open(path, "rb") as f:
-        pickle.load(f)
-        return pickle.load(f)
+    """A part (read only from S5's own folder: its record lists the parts); one line when it cannot be read
+    (say, written by another version of S5)."""
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f)
+            part = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
+        raise SystemExit(f"S5: {path}: cannot be read ({type(e).__name__}: {e}); start afresh with "
+                         "--OVERWRITE true") from None
+    if not isinstance(part, Part):
+        raise SystemExit(f"S5: {path}: is not a part of S5; start afresh with --OVERWRITE true")
+    return part
 
 
 def done(folder: Path, digest: str, chunks: list[int]) -> dict[int, dict]:
