@@ -27,20 +27,31 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
                                          as in cells.csv (opens as labels in Fiji and napari); {stem} =
                                          constants.file_stem(ID), the ID itself when it is a plain name
         OUTPUT_DIR/report.html, report/  with REPORT: the page of per-cell results (common.report.report)
+        OUTPUT_DIR/cells.parquet         with CELL_TABLES: cells.csv's rows, typed (common.predict.merge);
+                                         above CSV_MAX_CELLS cells only this one
+        OUTPUT_DIR/.s5_parts/            parts of CHUNK fields each (common.predict.parts): a killed S5
+                                         resumes (the same command), torchrun ranks or --SHARD runs share
+                                         the fields, --MERGE true writes the outputs; removed at the end
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
 OUTPUT_DIR is output, or output/<IMAGES folder name> with --IMAGES (my_fields -> output/my_fields).
-The essential files (submission, cell predictions, cells, images, config, failures) are written first,
-the label maps, report, overlays and comparison submissions after them (_outputs: the one table).
-S5 owns what it wrote, and only that: OUTPUT_DIR/.s5.manifest.json records it (common.owned), and a
-rerun removes the files of that record just before writing (so the folder never mixes two runs;
-S6's scores written beside the submission join the record). Anything else in OUTPUT_DIR stays: a run
-folder or a user's file where S5 would write, a symbolic link there, or an input among the outputs
-stops S5 before it writes, with one line. One S5 at a time per OUTPUT_DIR (OUTPUT_DIR/.lock).
+Fields are scored chunk by chunk; each chunk's part is saved (its label maps to labels/ first), but a single
+process keeps its last chunk in memory. The outputs are then written from the parts, one part at a time:
+the essential files (submission, cell predictions, cells, images, config, failures) first, the last
+chunk's label maps, cells.parquet, report, comparison submissions and overlays after them (_outputs: the
+one table). S5 owns what it wrote, and only that: OUTPUT_DIR/.s5.manifest.json records it (common.owned;
+a shard or rank keeps its own record, which the merge takes in), and a fresh start removes the files of
+that record before scoring (so the folder never mixes two runs; S6's scores written beside the
+submission join the record); a resume keeps the label maps and parts of the run it continues. Anything
+else in OUTPUT_DIR stays: a run folder or a user's file where S5 would write, a symbolic link there, or
+an input among the outputs stops S5 before it writes, with one line. One S5 at a time per OUTPUT_DIR
+(OUTPUT_DIR/.lock; a shard or rank holds .lock.shard{i}of{n} / .lock.rank{r}of{n}).
 
     python S5_predict.py                                   # every run under output/
     python S5_predict.py --RUNS output/p1_x/fold0,output/p2_y/fold0 --RUN_WEIGHTS 1,2 --TTA 8
     python S5_predict.py --IMAGES my_fields --CHANNEL_SUFFIXES _ch00,_ch01,_ch02,_ch03   # -> output/my_fields
+    torchrun --nproc_per_node 4 S5_predict.py --IMAGES screen             # rank r scores chunks r, r+4, ...
+    python S5_predict.py --IMAGES screen --SHARD 0/3   (1/3, 2/3), then --MERGE true   # machines, no barrier
 """
 # ---------------------------------------------------------------------------- input
 COMPETITION_DIR = "input/hpa-single-cell-image-classification"  # sample_submission.csv and the original test/
@@ -101,13 +112,20 @@ THRESHOLD = 0.5                   # images.csv: a cell counts for a class from t
 REPORT = True                     # write report.html (and its pictures under report/)
 THUMB_SIZE = 512                  # report pictures: longest side in pixels
 PIXEL_SIZE = 0.0                  # µm per pixel of the fields: the report's scale bar (0 = unknown: no bar)
+REPORT_PAGE = 200                 # the report shows its fields in pages of this many
+# ---------------------------------------------------------------------------- many fields (resume, spread)
+CHUNK = 64                        # fields per part (OUTPUT_DIR/.s5_parts): a killed run redoes at most one
+SHARD = ""                        # "i/n": score only chunks c % n == i (their parts); no final outputs
+MERGE = False                     # make the final outputs from all shards' parts (stops if one is missing)
+OVERWRITE = False                 # start afresh: remove an unfinished run's parts instead of resuming them
+CSV_MAX_CELLS = 2_000_000         # above this many cells, cells.csv is skipped with a note (parquet kept)
 
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,11 +134,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, io, lock, owned, plots, recipes, segmentation
+from common import cells, config, constants, io, lock, owned, parallel, plots, recipes, segmentation
 from common.competition import encoding
 from common.constants import NUM_CLASSES
-from common.predict import cell_tables, fields, predict, views
+from common.predict import cell_tables, fields, merge, parts, predict, views
 from common.report import report
+from common.training import distributed
 
 # constants renamed in this release: an old name on the command line stops with the new one
 _RENAMED = {"DATA_DIR": "COMPETITION_DIR"}
@@ -187,22 +206,6 @@ _ESSENTIAL_EXTRAS = ("cell_predictions.csv", "cells.csv", "images.csv", "s5_conf
 
 
 @dataclass
-class Results:
-    """What S5 gathers over the test images before it writes anything."""
-
-    names: list[str]                              # the submissions: ensemble, then the comparisons
-    strings: dict[str, dict[str, str]]            # {name: {ID: PredictionString}}
-    rows: list = field(default_factory=list)      # cell_predictions.csv
-    failures: list = field(default_factory=list)  # s5_failures.csv
-    overlays: list = field(default_factory=list)  # (ID, image, labels, ids, probs) of the first N_OVERLAYS
-    tables: cell_tables.CellTables | None = None  # cells.csv, images.csv, labels/, the report's pictures
-    n_cells: int = 0
-    n_dropped: int = 0                            # cells lost at the original size
-    n_found_failed: int = 0                       # IMAGES: fields that discovery could not use
-    locations: pd.DataFrame | None = None         # plate, well, field of plate fields (cells.csv, images.csv)
-
-
-@dataclass
 class Output:
     """One file S5 writes: its path in OUTPUT_DIR, whether it is essential (written first; a failure
     stops S5) or optional (after them; a failure is listed, the others are still written), its writer."""
@@ -212,16 +215,86 @@ class Output:
     write: Callable[[Path], object]
 
 
+@dataclass
+class Role:
+    """This process's share: the chunks ``c % world == rank`` (``scores``), and whether it makes the final
+    outputs (``merges``); ``tag`` names its lock and record beside the main ones ("" = the main ones)."""
+
+    rank: int = 0
+    world: int = 1
+    scores: bool = True
+    merges: bool = True
+    tag: str = ""
+    desc: str = "S5"
+    env: distributed.DistEnv | None = None  # under torchrun: the process group
+
+
 def main(argv=None):
     cfg = config.parse(globals(), argv, renamed=_RENAMED)
     t_start = time.time()
     _check_constants(cfg)  # every constant, one line each, before anything is read or written
-    out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=False)  # made when S5 writes
-    sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
-    predictors = _predictors(cfg)  # the runs and their weights: a missing run stops before the folder is made
-    with lock.hold(out_dir, "S5"):  # one S5 per output folder: its files are always one run's
-        record = _claim(cfg, out_dir, found)  # stops here when an output is not S5's to write
-        return _run(cfg, sample, found, predictors, out_dir, record, t_start)
+    role = _role(cfg)  # one process, a torchrun rank (the group joined here), a --SHARD, or --MERGE
+    try:
+        out_dir = _out_dir(cfg, role)  # checked writable at start; made when S5 writes
+        sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
+        predictors = _predictors(cfg)  # the runs and weights: a missing run stops before the folder is made
+        with lock.hold(out_dir, "S5", role.tag):  # one S5 per output folder (a shard or rank: its own lock)
+            record = _claim(cfg, out_dir, found, role)  # stops here when an output is not S5's to write
+            return _run(cfg, (sample, found), predictors, out_dir, record, role, t_start)
+    finally:
+        if role.env is not None:
+            role.env.close(barrier=False)
+
+
+def _out_dir(cfg, role: Role) -> Path:
+    """OUTPUT_DIR, checked writable at start; under torchrun by rank 0 first (the check makes the folder
+    and removes it again), then by the other ranks, which leave it."""
+    if role.env is not None and role.rank:
+        role.env.barrier()
+    out_dir = constants.output_folder(_output_dir(cfg), "OUTPUT_DIR", keep=role.rank > 0)
+    if role.env is not None and not role.rank:
+        role.env.barrier()
+    return out_dir
+
+
+def _role(cfg) -> Role:
+    """Who this process is: under torchrun rank r of N (rank 0 merges), a ``--SHARD i/n`` run, a
+    ``--MERGE`` run, or the one process that does everything."""
+    try:
+        i, n = parallel.parse_shard(cfg.SHARD)
+    except ValueError as e:
+        raise SystemExit(f"S5: --{e}") from None
+    if distributed.launch()[2]:
+        if n > 1 or cfg.MERGE:
+            raise SystemExit("S5: --SHARD and --MERGE are for separate runs; under torchrun the ranks share "
+                             "the chunks and rank 0 merges: leave them out")
+        env = distributed.DistEnv(cfg.DEVICE)
+        tag = f"rank{env.rank}of{env.world}" if env.rank else ""
+        return Role(env.rank, env.world, True, env.main, tag, f"S5 rank {env.rank}", env)
+    if cfg.MERGE:
+        return Role(scores=False)
+    if n > 1:
+        return Role(i, n, True, False, f"shard{i}of{n}", f"S5 shard {i}/{n}")
+    return Role()
+
+
+def _check_scale(cfg) -> None:
+    """The constants of many fields: CHUNK, CSV_MAX_CELLS, REPORT_PAGE, SHARD with MERGE, OVERWRITE."""
+    config.require_positive(cfg, "CHUNK", "REPORT_PAGE", step="S5")
+    config.require_positive(cfg, "CSV_MAX_CELLS", minimum=0, step="S5")
+    for name in ("MERGE", "OVERWRITE"):
+        if not isinstance(cfg[name], bool):
+            raise SystemExit(f"S5: --{name} {cfg[name]!r}: must be true or false")
+    if not isinstance(cfg.SHARD, str):
+        raise SystemExit(f"S5: --SHARD {cfg.SHARD!r}: must be 'i/n', e.g. 0/4")
+    try:
+        shard = parallel.parse_shard(cfg.SHARD)
+    except ValueError as e:
+        raise SystemExit(f"S5: --{e}") from None
+    if cfg.MERGE and shard[1] > 1:
+        raise SystemExit("S5: --MERGE true makes the final outputs of all shards: leave --SHARD out")
+    if cfg.MERGE and cfg.OVERWRITE:
+        raise SystemExit("S5: --MERGE true merges the parts there are; --OVERWRITE true would remove them")
 
 
 def _output_dir(cfg) -> str:
@@ -236,6 +309,7 @@ def _output_dir(cfg) -> str:
 def _check_constants(cfg) -> None:
     """Every constant S5 reads that a value can break, checked at start: one line naming it."""
     step = "S5"
+    _check_scale(cfg)
     config.require_positive(cfg, "IMAGE_SIZE", "THUMB_SIZE", "BATCH_SIZE", "MAX_PIXELS", step=step)
     config.require_positive(cfg, "TIFF_Z_PLANE", minimum=-1, step=step)
     config.require_number(cfg, "PIXEL_SIZE", step=step)
@@ -306,17 +380,149 @@ def _read_paths(cfg, found: tuple | None) -> list[Path]:
             hpa / "test_cell_mask_full"]
 
 
-def _claim(cfg, out_dir: Path, found: tuple | None) -> owned.Record:
-    """S5's record of OUTPUT_DIR, checked: every output S5 may write is absent or S5's (its record;
-    an earlier S5's files before records existed are taken as S5's), no link, no input among them."""
-    record = owned.Record(out_dir, "S5", "OUTPUT_DIR")
+def _final_files(cfg) -> list[str]:
+    """The files of OUTPUT_DIR that only the merging process writes (not per field)."""
+    stem = Path(cfg.SUBMISSION).stem
+    return [cfg.SUBMISSION, *_ESSENTIAL_EXTRAS, *(["cells.parquet"] if cfg.CELL_TABLES else []),
+            *(["report.html", "report/data.json"] if cfg.REPORT else []),
+            *([f"{stem}_{n}.csv" for n in predict.COMPARISONS] if cfg.VARIANTS else [])]
+
+
+def _claim(cfg, out_dir: Path, found: tuple | None, role: Role) -> owned.Record:
+    """S5's record of OUTPUT_DIR (a shard's or rank's own one), checked: every output S5 may write is absent
+    or S5's (its record; an earlier S5's files before records existed are taken as S5's), no link, no input
+    among them."""
+    record = owned.Record(out_dir, "S5", "OUTPUT_DIR", tag=role.tag)
     if record.empty():
         _adopt_earlier(record, out_dir)
-    stem = Path(cfg.SUBMISSION).stem
-    files = [cfg.SUBMISSION, *_ESSENTIAL_EXTRAS, *(["report.html"] if cfg.REPORT else []),
-             *([f"{stem}_{n}.csv" for n in predict.COMPARISONS] if cfg.VARIANTS else [])]
-    record.claim(files, _FOLDERS, _read_paths(cfg, found))
+    files = _final_files(cfg) if role.merges else []
+    record.claim(files, _FOLDERS + (parts.FOLDER,), _read_paths(cfg, found))
     return record
+
+
+def _planned(cfg, todo: list[str], chunks, merges: bool) -> list[str]:
+    """Every file a process may write, recorded before it writes any: the parts of ``chunks`` and the
+    label maps of their fields, and when it ``merges`` the final outputs, pictures and overlays."""
+    files = [f"{parts.FOLDER}/{parts.RUN_FILE}"]
+    for c in chunks:
+        files.append(f"{parts.FOLDER}/{parts.part_name(c)}")
+        if cfg.CELL_TABLES:
+            files += [f"labels/{constants.label_file(i)}" for i in parts.chunk_ids(todo, cfg.CHUNK, c)]
+    if merges:
+        files += _final_files(cfg) + [f"overlays/{constants.file_stem(i)}.png" for i in todo[:cfg.N_OVERLAYS]]
+        files += [f"report/{report.thumb_name(i)}" for i in todo] if cfg.REPORT else []
+    return files
+
+
+# constants that leave the parts unchanged (where and how fast they are made, what the merge names them);
+# the runs count by their checkpoints
+_NOT_FINGERPRINTED = ("OUTPUT_DIR", "RUNS_DIR", "RUNS", "ENSEMBLE", "ENSEMBLE_RECIPES", "DEVICE",
+                      "BATCH_SIZE", "SUBMISSION", "FAIL_ON_ERRORS", "PIXEL_SIZE", "REPORT_PAGE", "SHARD",
+                      "MERGE", "OVERWRITE", "CSV_MAX_CELLS")
+
+
+def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, role: Role,
+         t_start: float) -> Path | None:
+    """Score this process's chunks of the fields (``runs``: the predictors and their ensemble weights),
+    each kept as a part, then (the merging process) write the outputs from the parts."""
+    predictors, _ = runs
+    source = _source(cfg, *inputs, predictors)
+    n_stale = sum(io.remove_stale_temps(out_dir / d) for d in ("", *_FOLDERS, parts.FOLDER))
+    if n_stale:
+        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
+    todo = source.ids if not cfg.LIMIT else source.ids[: int(cfg.LIMIT)]
+    settings = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
+    fp = parts.fingerprint(settings, [p.path for p in predictors], todo)
+    mine = parts.spread(parts.n_chunks(len(todo), cfg.CHUNK), role.rank, role.world) if role.scores else []
+    done = _start(cfg, out_dir, record, role, todo, fp, mine)
+    held = _score(cfg, runs, source, todo, role, out_dir, fp, [c for c in mine if c not in done])
+    if not role.merges:
+        record.finish(record.files, [d for d in (*_FOLDERS, parts.FOLDER) if (out_dir / d).is_dir()])
+    if role.env is not None:
+        role.env.barrier()  # every rank's parts are written
+    if not role.merges:
+        print(f"{role.desc}: its {len(mine)} chunk(s) are in {out_dir / parts.FOLDER}" +
+              ("; when every shard is done: S5 --MERGE true, with the same constants" if role.env is None
+               else ""), flush=True)
+        return None
+    return _merge(cfg, source, (predictors, todo, fp, held), out_dir, record, t_start)
+
+
+def _start(cfg, out_dir: Path, record: owned.Record, role: Role, todo: list[str], fp: dict,
+           mine: list[int]) -> set[int]:
+    """Resume or start afresh (:func:`_prepare`; under torchrun rank 0 does it, the others follow), then
+    record this process's files; returns its chunks already done."""
+    error = None
+    if role.rank == 0 or role.env is None:
+        try:
+            _prepare(cfg, out_dir, record, role, todo, fp)
+        except SystemExit as e:
+            error = e.code
+    if role.env is not None:
+        error = role.env.broadcast(error)
+    if error is not None:
+        raise SystemExit(error)
+    if role.scores:
+        record.begin(_planned(cfg, todo, mine, False), _FOLDERS + (parts.FOLDER,))
+    done = parts.done(out_dir / parts.FOLDER, fp["digest"], mine)
+    if done:
+        n_done = sum(h["fields"] for h in done.values())
+        n = sum(len(parts.chunk_ids(todo, cfg.CHUNK, c)) for c in mine)
+        print(f"{role.desc}: resuming: {n_done} of {n} fields already done", flush=True)
+    return set(done)
+
+
+def _prepare(cfg, out_dir: Path, record: owned.Record, role: Role, todo: list[str], fp: dict) -> None:
+    """The parts in OUTPUT_DIR are this run's (resume), or none, or another run's: that stops S5, unless
+    OVERWRITE. Starting afresh, the main process removes S5's earlier files (its shards' and ranks'
+    included), a shard its own."""
+    folder = out_dir / parts.FOLDER
+    if not role.scores and not (folder / parts.RUN_FILE).is_file():
+        raise SystemExit(f"S5: --MERGE: no parts in {folder}: run the shards first (--SHARD i/n), with "
+                         "the same constants")
+    resume = parts.check_run(folder, fp, cfg.OVERWRITE)
+    if not role.scores or resume:
+        return
+    if role.tag:  # a shard: its own earlier files, and the fingerprint of an overwritten run
+        record.remove()
+        (folder / parts.RUN_FILE).unlink(missing_ok=True)
+        return
+    record.absorb()
+    record.begin(_planned(cfg, todo, range(parts.n_chunks(len(todo), cfg.CHUNK)), True),
+                 _FOLDERS + (parts.FOLDER,))
+    record.remove()  # the previous run's files go first: the folder never mixes two runs
+    parts.remove(folder)
+
+
+def _score(cfg, runs: tuple, source, todo: list[str], role: Role, out_dir: Path, fp: dict,
+           chunks: list[int]) -> dict[int, parts.Part]:
+    """Score ``chunks``, each saved as a part as it is done, except the last chunk of a single process,
+    merged from memory (a kill redoes it); returns the parts held."""
+    held, last = {}, parts.n_chunks(len(todo), cfg.CHUNK) - 1
+    total = sum(len(parts.chunk_ids(todo, cfg.CHUNK, c)) for c in chunks)
+    with tqdm(total=total, desc=role.desc, unit="field", disable=not total) as bar:
+        for c in chunks:
+            part = _score_chunk(cfg, runs, source, parts.chunk_ids(todo, cfg.CHUNK, c), c, bar)
+            if role.world == 1 and role.merges and c == last:
+                held[c] = part
+            else:
+                parts.save(out_dir, part, fp, role.world)
+    return held
+
+
+def _score_chunk(cfg, runs: tuple, source, ids: list[str], chunk: int, bar) -> parts.Part:
+    """The part of one chunk: its fields scored in order."""
+    names = predict.variant_names([p.pipeline for p in runs[0]], cfg.VARIANTS)
+    tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
+              if cfg.CELL_TABLES or cfg.REPORT else None)
+    part = parts.Part(chunk, list(ids), names, {n: {} for n in names}, tables=tables)
+    n_segmented = source.n_segmented
+    for j, image_id in enumerate(ids):
+        _predict_image(cfg, runs, source, image_id, part, overlay=chunk * cfg.CHUNK + j < cfg.N_OVERLAYS)
+        bar.update()
+    part.sizes = {i: tuple(source.sizes[i]) for i in ids if i in source.sizes}
+    part.n_segmented = source.n_segmented - n_segmented
+    return part
 
 
 def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
@@ -336,7 +542,7 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
             pictures += report.page_files(len(pictures), int(data["page_size"]))
     except (OSError, ValueError, KeyError, TypeError):
         pictures = []
-    record.adopt([sub, *_ESSENTIAL_EXTRAS, "report.html", "report/data.json",
+    record.adopt([sub, *_ESSENTIAL_EXTRAS, "cells.parquet", "report.html", "report/data.json",
                   *(f"{Path(sub).stem}_{n}.csv" for n in predict.COMPARISONS),
                   *(f"{d}/{i}.png" for d in ("labels", "overlays") for i in ids),
                   *(f"report/{name}" for name in pictures)])
@@ -355,54 +561,6 @@ def _source(cfg, sample: pd.DataFrame | None, found: tuple | None, predictors: l
     return fields.ImageSource(cfg, sample, [p.cfg for p in predictors], keep_original)
 
 
-def _run(cfg, sample: pd.DataFrame | None, found: tuple | None, runs: tuple, out_dir: Path,
-         record: owned.Record, t_start: float) -> Path:
-    """Score the test images with every run (``runs``: the predictors and their ensemble weights), then
-    write the outputs (essential ones first)."""
-    predictors, weights = runs
-    source = _source(cfg, sample, found, predictors)
-    n_stale = sum(io.remove_stale_temps(d) for d in (out_dir, *(out_dir / f for f in _FOLDERS)))
-    if n_stale:
-        print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
-    names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
-    tables = (cell_tables.CellTables(cfg.THRESHOLD, cfg.THUMB_SIZE, cfg.CELL_TABLES, cfg.REPORT)
-              if cfg.CELL_TABLES or cfg.REPORT else None)
-    res = Results(names, {n: {} for n in names}, failures=list(source.failures), tables=tables,
-                  n_found_failed=len(source.failures), locations=source.location_columns(source.ids))
-    todo = source.ids if not cfg.LIMIT else source.ids[: int(cfg.LIMIT)]
-    for k, image_id in enumerate(tqdm(todo, total=len(todo), desc="S5 predict")):
-        _predict_image(cfg, runs, source, image_id, res, overlay=k < cfg.N_OVERLAYS)
-    sample = source.table()
-    outputs = _outputs(cfg, sample, predictors, res)
-    written, stopped = _write(cfg, out_dir, record, outputs, res)
-    seconds = time.time() - t_start
-    print(f"S5: {len(todo)} images, {res.n_cells} cells ({res.n_dropped} dropped: lost at the original size),"
-          " "
-          f"{len(predictors)} runs, {seconds:.1f} s ({seconds / max(len(todo), 1):.2f} s/image); "
-          f"segmented here: {source.n_segmented}", flush=True)
-    return _close(cfg, out_dir, len(todo) + res.n_found_failed, res, written, stopped)
-
-
-def _close(cfg, out_dir: Path, n_images: int, res: Results, written: set[str], stopped: list) -> Path:
-    """The closing lines: what was written, how many images failed (discovery's included), and the one
-    line that stops S5 when an output could not be written (exit status 1) or FAIL_ON_ERRORS (3)."""
-    sub_path = out_dir / cfg.SUBMISSION
-    n_comp = sum(f"{Path(cfg.SUBMISSION).stem}_{n}.csv" in written for n in res.names[1:])
-    extra = f" and {n_comp} comparison submission{'s' * (n_comp != 1)}" if n_comp else ""
-    failed = (f"{len(res.failures)} of {n_images} images FAILED (empty rows; listed in "
-              f"{out_dir / 's5_failures.csv'})" if res.failures else "0 images failed")
-    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
-    if stopped and getattr(stopped[-1], "disk_full", False):
-        raise SystemExit(f"S5: {stopped[-1]}: {sub_path.name} and cell_predictions.csv are complete (and the "
-                         "other essential outputs); the optional outputs after them were not written")
-    if stopped:
-        raise SystemExit(f"S5: {len(stopped)} optional output(s) not written, the first: {stopped[0]}; the "
-                         "essential outputs and the other optional ones are complete")
-    if res.failures and cfg.FAIL_ON_ERRORS:
-        raise SystemExit(3)
-    return sub_path
-
-
 def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     """The runs (RUNS, the named ENSEMBLE, or every run found), each rebuilt from its checkpoint, and
     their ensemble weights."""
@@ -419,7 +577,7 @@ def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     return predictors, weights
 
 
-def _predict_image(cfg, runs: tuple, source, image_id: str, res: Results, overlay: bool) -> None:
+def _predict_image(cfg, runs: tuple, source, image_id: str, res: parts.Part, overlay: bool) -> None:
     """Score the cells of one test image and add its prediction strings, cell rows, per-cell results and
     overlay to ``res``; an image that cannot be read or segmented is listed instead."""
     try:
@@ -444,7 +602,7 @@ def _predict_image(cfg, runs: tuple, source, image_id: str, res: Results, overla
         res.overlays.append((image_id, f.image, f.cell, f.ids, ens))
 
 
-def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res: Results) -> np.ndarray:
+def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res: parts.Part) -> np.ndarray:
     """The ensemble's probabilities of the cells ``f.ids`` (``runs``: the predictors and their weights);
     adds their strings and cell rows to ``res``. A cell touches the border when its box reaches the edge
     of ``f.region`` (the field's part of the working map)."""
@@ -463,58 +621,121 @@ def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res:
     return ens
 
 
-def _outputs(cfg, sample: pd.DataFrame, predictors: list, res: Results) -> list[Output]:
-    """Every file of this run, essential ones first, in the order they are written (the one table the
-    ownership record and the clean-up come from)."""
-    stem, runs_used = Path(cfg.SUBMISSION).stem, [str(p.path) for p in predictors]
-    cols = ["ID", "cell_id", "border"] + [f"c{c}" for c in range(NUM_CLASSES)]
-    out = [Output(cfg.SUBMISSION, True,
-                  lambda p: encoding.write_submission(res.strings["ensemble"], sample, p)),
+def _merge(cfg, source, run: tuple, out_dir: Path, record: owned.Record, t_start: float) -> Path:
+    """The final outputs from every part (``run``: the predictors, the fields, the fingerprint, the parts
+    held in memory); a part missing stops S5 naming its shard. The parts are removed once all is written."""
+    predictors, todo, fp, held = run
+    folder, n = out_dir / parts.FOLDER, parts.n_chunks(len(todo), cfg.CHUNK)
+    if not distributed.launch()[2]:  # a shard still running holds its lock: stop, naming it
+        for other in sorted(out_dir.glob(f"{lock.LOCK_NAME}.*")):
+            with lock.hold(out_dir, "S5", other.name[len(lock.LOCK_NAME) + 1:]):
+                pass
+    found = parts.done(folder, fp["digest"], [c for c in range(n) if c not in held])
+    missing = [c for c in range(n) if c not in held and c not in found]
+    if missing:
+        raise SystemExit(parts.missing_message(folder, missing, found))
+    store = parts.Store(folder, n, held)
+    tot = merge.totals(store, source.failures)
+    record.absorb()  # the shards' and ranks' records: their files are this record's now
+    record.begin(_planned(cfg, todo, range(n), True), _FOLDERS + (parts.FOLDER,))
+    record.remove(keep=_planned(cfg, todo, range(n), False))  # an earlier run's outputs; the parts stay
+    outputs = _outputs(cfg, source, predictors, store, tot)
+    written, stopped = _write(out_dir, record, outputs)
+    seconds = time.time() - t_start
+    print(f"S5: {tot.n_fields} images, {tot.n_cells} cells ({tot.n_dropped} dropped: lost at the original "
+          f"size), {len(predictors)} runs, {seconds:.1f} s ({seconds / max(tot.n_fields, 1):.2f} s/image); "
+          f"segmented here: {tot.n_segmented}", flush=True)
+    names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
+    return _close(cfg, out_dir, (len(todo) + len(source.failures), tot.failures, names), written, stopped)
+
+
+def _close(cfg, out_dir: Path, run: tuple, written: set[str], stopped: list) -> Path:
+    """The closing lines (``run``: the number of images, discovery's included, the failures, the
+    submissions' names): what was written, how many images failed, and the one line that stops S5 when
+    an output could not be written (exit status 1) or FAIL_ON_ERRORS (3)."""
+    n_images, failures, names = run
+    sub_path = out_dir / cfg.SUBMISSION
+    n_comp = sum(f"{Path(cfg.SUBMISSION).stem}_{n}.csv" in written for n in names[1:])
+    extra = f" and {n_comp} comparison submission{'s' * (n_comp != 1)}" if n_comp else ""
+    failed = (f"{len(failures)} of {n_images} images FAILED (empty rows; listed in "
+              f"{out_dir / 's5_failures.csv'})" if failures else "0 images failed")
+    print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)
+    if stopped and getattr(stopped[-1], "disk_full", False):
+        raise SystemExit(f"S5: {stopped[-1]}: {sub_path.name} and cell_predictions.csv are complete (and the "
+                         "other essential outputs); the optional outputs after them were not written")
+    if stopped:
+        raise SystemExit(f"S5: {len(stopped)} optional output(s) not written, the first: {stopped[0]}; the "
+                         "essential outputs and the other optional ones are complete")
+    if failures and cfg.FAIL_ON_ERRORS:
+        raise SystemExit(3)
+    return sub_path
+
+
+def _outputs(cfg, source, predictors: list, store: parts.Store, tot: merge.Totals) -> list[Output]:
+    """Every file of this run, essential ones first, in the order they are written, each made from the
+    parts one at a time (the one table the clean-up and the record's check come from)."""
+    runs_used = [str(p.path) for p in predictors]
+    sample = source.table()  # the competition's rows, or None: the fields read (IMAGES)
+    names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
+    out = [Output(cfg.SUBMISSION, True, lambda p: encoding.write_submission_parts(
+               merge.submission_frames(store, "ensemble", sample), p)),
            Output("cell_predictions.csv", True,
-                  lambda p: io.atomic_to_csv(pd.DataFrame(res.rows, columns=cols), p))]
+                  lambda p: io.atomic_to_csv_parts(merge.prediction_frames(store), merge.PREDICTION_COLUMNS,
+                                                   p))]
+    locate, on_plates = source.location_columns, source.location_columns([]) is not None  # plate, well, field
+    if cfg.CELL_TABLES and tot.n_cells <= cfg.CSV_MAX_CELLS:
+        out.append(Output("cells.csv", True, lambda p: io.atomic_to_csv_parts(
+            merge.cell_frames(store, locate), merge.located(report.CELL_COLUMNS, on_plates), p)))
+    elif cfg.CELL_TABLES:
+        print(f"S5: note: {tot.n_cells} cells, above CSV_MAX_CELLS {cfg.CSV_MAX_CELLS}: cells.csv is not "
+              "written; cells.parquet holds them (pandas, polars and DuckDB read it)", flush=True)
     if cfg.CELL_TABLES:
-        located = cell_tables.with_location  # plate, well, field after image (None: the tables as they were)
-        out += [Output("cells.csv", True,
-                       lambda p: io.atomic_to_csv(located(res.tables.cells_frame(), res.locations), p)),
-                Output("images.csv", True,
-                       lambda p: io.atomic_to_csv(located(res.tables.images_frame(), res.locations), p))]
+        out.append(Output("images.csv", True, lambda p: io.atomic_to_csv_parts(
+            merge.image_frames(store, locate), merge.located(cell_tables.IMAGE_COLUMNS, on_plates), p)))
     out += [Output("s5_config.json", True, lambda p: config.save(dict(cfg, RUNS_USED=runs_used), p)),
             Output("s5_failures.csv", True,
-                   lambda p: io.atomic_to_csv(pd.DataFrame(res.failures, columns=["ID", "reason"]), p))]
-    out += [Output(f"labels/{constants.label_file(image_id)}", False,
-                   lambda p, b=png: io.atomic_write_bytes(p, b))
-            for image_id, png in (res.tables.pngs.items() if cfg.CELL_TABLES else ())]
+                   lambda p: io.atomic_to_csv(pd.DataFrame(tot.failures, columns=["ID", "reason"]), p))]
+    return out + _optional(cfg, store, (sample, names, locate, on_plates), tot)
+
+
+def _optional(cfg, store: parts.Store, tables: tuple, tot: merge.Totals) -> list[Output]:
+    """The optional outputs, in order: the label maps still held, cells.parquet, the report, the
+    comparison submissions, the overlays (``tables``: the sample or None, the submissions' names, the
+    fields' plate locations ``source.location_columns`` and whether they lie on plates)."""
+    sample, names, locate, on_plates = tables
+    out = [Output(f"labels/{constants.label_file(image_id)}", False,
+                  lambda p, b=png: io.atomic_write_bytes(p, b))
+           for part in store.held.values() if cfg.CELL_TABLES for image_id, png in part.tables.pngs.items()]
+    if cfg.CELL_TABLES:
+        out.append(Output("cells.parquet", False,
+                          lambda p: merge.write_parquet(merge.cell_frames(store, locate), p, on_plates)))
     if cfg.REPORT:
-        out.append(Output("report.html", False, lambda p: _write_report(cfg, res, p)))
-    out += [Output(f"{stem}_{name}.csv", False,
-                   lambda p, name=name: encoding.write_submission(res.strings[name], sample, p))
-            for name in res.names[1:]]
+        out.append(Output("report.html", False, lambda p: _write_report(cfg, store, tot, p)))
+    out += [Output(f"{Path(cfg.SUBMISSION).stem}_{name}.csv", False,
+                   lambda p, name=name: encoding.write_submission_parts(
+                       merge.submission_frames(store, name, sample), p))
+            for name in names[1:]]
     out += [Output(f"overlays/{constants.file_stem(o[0])}.png", False,
                    lambda p, o=o: plots.plot_cell_overlay(o[1], o[2], o[3], o[4], p,
                                                           title=f"{o[0]}: {len(o[3])} cells"))
-            for o in res.overlays]
+            for o in tot.overlays]
     return out
 
 
-def _write(cfg, out_dir: Path, record: owned.Record, outputs: list[Output], res: Results) -> tuple[set, list]:
-    """Record the files of this run (and check them again), remove the previous run's (S5's record only),
-    write the essential outputs (each complete or absent: a full disk stops S5 with the file's name),
-    then the optional ones. Returns the files written and the errors of the optional ones (a full
-    disk's first: it stops the writing)."""
-    pictures = []
-    if cfg.REPORT:  # the report's pages and their data (report.html is an output), its pictures
-        held = res.tables.report_fields
-        pictures = [*(f"report/{name}" for name in report.page_files(len(held), 0)),
-                    *(f"report/{report.thumb_name(f[0])}" for f in held)]
-    record.begin([o.rel for o in outputs] + pictures, _FOLDERS)
-    record.remove()  # the previous run's files go first: the folder never mixes two runs
+def _write(out_dir: Path, record: owned.Record, outputs: list[Output]) -> tuple[set, list]:
+    """Write the essential outputs (each complete or absent: a full disk stops S5 with the file's name),
+    then the optional ones; record what was written, and remove the parts once everything is. Returns the
+    files written and the errors of the optional ones (a full disk's first: it stops the writing)."""
     before = _in_folders(out_dir)  # what stays in S5's folders is not S5's: only new files are recorded
     for o in outputs:
         if o.essential:
             o.write(out_dir / o.rel)
     stopped = _write_optional(out_dir, [o for o in outputs if not o.essential])
-    written = {o.rel for o in outputs if (out_dir / o.rel).is_file()} | (_in_folders(out_dir) - before)
-    record.finish(written, [d for d in _FOLDERS if (out_dir / d).is_dir()])
+    if not stopped:
+        parts.remove(out_dir / parts.FOLDER)
+    written = {f for f in record.files | {o.rel for o in outputs} if (out_dir / f).is_file()}
+    written |= _in_folders(out_dir) - before
+    record.finish(written, [d for d in (*_FOLDERS, parts.FOLDER) if (out_dir / d).is_dir()])
     return written, stopped
 
 
@@ -524,16 +745,16 @@ def _in_folders(out_dir: Path) -> set[str]:
             for e in os.scandir(out_dir / d) if e.is_file(follow_symlinks=False)}
 
 
-def _write_report(cfg, res: Results, path: Path) -> None:
-    """report.html beside the submission, with the time it took and its size on disk."""
+def _write_report(cfg, store: parts.Store, tot: merge.Totals, path: Path) -> None:
+    """report.html beside the submission, from the parts one field at a time, with the time it took and
+    its size on disk."""
     t0 = time.time()
     title = f"S5: {cfg.IMAGES or 'competition test set'}"
-    fields = cell_tables.ReportFields(res.tables.report_fields)
-    report.write_report(path.parent, fields, res.tables.cells_frame(), res.failures, threshold=cfg.THRESHOLD,
-                        title=title, pixel_size=cfg.PIXEL_SIZE)
+    report.write_pages(path.parent, merge.report_entries(store), tot.failures, threshold=cfg.THRESHOLD,
+                       title=title, pixel_size=cfg.PIXEL_SIZE, page_size=cfg.REPORT_PAGE)
     pictures = [f for f in (path.parent / "report").rglob("*") if f.is_file()]
     size = path.stat().st_size + sum(f.stat().st_size for f in pictures)
-    print(f"S5: wrote {path} ({len(fields)} fields, {size / 2**20:.1f} MB with report/) in "
+    print(f"S5: wrote {path} ({tot.n_pictures} fields, {size / 2**20:.1f} MB with report/) in "
           f"{time.time() - t0:.1f} s: open it in a browser", flush=True)
 
 

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -220,6 +220,17 @@ def atomic_to_csv(df, path: str | Path, **kw) -> Path:
     kw.setdefault("index", False)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kw)
+    return Path(path)
+
+
+def atomic_to_csv_parts(frames: Iterable, columns, path: str | Path) -> Path:
+    """The file :func:`atomic_to_csv` writes of the frames one below the other, written a frame at a time
+    (the header once: ``columns``). Each frame must hold the whole table's column types."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        pd.DataFrame(columns=list(columns)).to_csv(f, index=False)
+        for df in frames:
+            if len(df):
+                df.to_csv(f, index=False, header=False)
     return Path(path)
 
 

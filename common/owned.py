@@ -231,9 +231,10 @@ class Record:
         self.claim(files, folders)
         self._write(self.files | {_plain(f) for f in files}, self.folders | {_plain(f) for f in folders})
 
-    def remove(self) -> list[str]:
-        """Delete the recorded files and the recorded folders left empty; returns the files deleted."""
-        gone = remove_files(self.folder, self.files)
+    def remove(self, keep: Iterable[str] = ()) -> list[str]:
+        """Delete the recorded files (but ``keep``) and the recorded folders left empty; returns the files
+        deleted."""
+        gone = remove_files(self.folder, self.files - {_plain(f) for f in keep})
         for rel in sorted(self.folders, key=lambda r: -len(PurePosixPath(r).parts)):
             try:
                 real = check_path(self.folder, rel, self.step, self.constant, folder=True)
@@ -242,6 +243,18 @@ class Record:
             if real is not None and not os.listdir(self.folder / rel):
                 os.rmdir(self.folder / rel)
         return gone
+
+    def absorb(self) -> None:
+        """Take the owner's other records on this folder (those of its finished shards or ranks) into
+        this one, then delete them: what they list is this record's from now on."""
+        kin = sorted(self.folder.glob(f".{_slug(self.owner)}.*{SUFFIX}")) if self.folder.is_dir() else []
+        kin = [p for p in kin if p.name != self.path.name and stat.S_ISREG(os.lstat(p).st_mode)]
+        if not kin:
+            return
+        self._write(self.files | self.kin_files, self.folders | self.kin_folders)
+        for p in kin:
+            p.unlink(missing_ok=True)
+        self.kin_files, self.kin_folders = set(), set()
 
     def finish(self, files: Iterable[str], folders: Iterable[str] = ()) -> None:
         """Record exactly what was written: ``files`` that exist, ``folders`` (a full disk keeps the

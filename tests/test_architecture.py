@@ -37,7 +37,7 @@ WALLS = {
     "demo": {"base", "competition"},
     "report": {"base", "competition"},
     "training": {"base", "competition", "data", "models"},
-    "predict": {"base", "data", "models", "report", "segmentation"},
+    "predict": {"base", "competition", "data", "models", "report", "segmentation"},
 }
 MODELS = ("common.models.models", "common.models.mil", "common.models.cellpool")  # torch only
 DATASETS = ("common.data.datasets", "common.data.bag_datasets")

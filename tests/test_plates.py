@@ -142,6 +142,9 @@ def test_plate_tables_carry_plate_well_and_field_and_plain_ones_do_not(screen):
         ("P1_A1_0", "P1", "A1", 0), ("P1_A1_1", "P1", "A1", 1), ("P1_B03_0", "P1", "B03", 0),
         ("P1_B03_1", "P1", "B03", 1)]
     assert (cells["image"] == cells["plate"] + "_" + cells["well"] + "_" + cells["field"].astype(str)).all()
+    parquet = pd.read_parquet(out["plate"] / "cells.parquet")  # the same columns, typed, value for value
+    assert list(parquet.columns) == list(cells.columns) and parquet["field"].dtype == "int64"
+    pd.testing.assert_frame_equal(parquet, cells, check_dtype=False)
     for kind in ("ome", "png"):   # files on no plate: the tables as they always were
         assert list(_read(out[kind], "cells.csv").columns) == list(report.CELL_COLUMNS)
         assert list(_read(out[kind], "images.csv").columns) == cell_tables.IMAGE_COLUMNS

@@ -22,7 +22,7 @@ from conftest import load_script
 
 from common import constants, fov, plots
 from common.competition import encoding
-from common.predict import cell_tables
+from common.predict import cell_tables, merge, parts
 from common.report import report, report_page
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -537,8 +537,8 @@ def test_the_class_palette_has_distinct_colours():
 
 # ----------------------------------------------------------------------------- what S5 hands over
 def test_s5_hands_over_its_failures_pictures_and_pixel_size(tmp_path):
-    """S5's report step as S5 runs it: its failure dicts, the channel pictures held by cell_tables,
-    PIXEL_SIZE."""
+    """S5's report step as S5 runs it: its failure dicts, the channel pictures held by cell_tables (in a
+    part), PIXEL_SIZE."""
     from types import SimpleNamespace
 
     s5 = load_script("S5_predict.py")
@@ -547,9 +547,10 @@ def test_s5_hands_over_its_failures_pictures_and_pixel_size(tmp_path):
     probs = np.random.default_rng(0).random((len(DISCS), constants.NUM_CLASSES))
     field = fov.FieldOfView.of(_channels(64, 64), work, list(range(1, len(DISCS) + 1)), cell_full=full)
     tables.add("sq1", field, full, probs)
-    res = SimpleNamespace(tables=tables, failures=[{"ID": "bad1", "reason": "unreadable PNG"}])
-    cfg = SimpleNamespace(IMAGES="", THRESHOLD=0.5, PIXEL_SIZE=0.08)
-    s5._write_report(cfg, res, tmp_path / "report.html")
+    store = parts.Store(tmp_path / "parts", 1, {0: parts.Part(0, ["sq1"], ["ensemble"], {}, tables=tables)})
+    tot = merge.Totals(failures=[{"ID": "bad1", "reason": "unreadable PNG"}], n_pictures=1)
+    cfg = SimpleNamespace(IMAGES="", THRESHOLD=0.5, PIXEL_SIZE=0.08, REPORT_PAGE=200)
+    s5._write_report(cfg, store, tot, tmp_path / "report.html")
     model = report.read_model(tmp_path)
     assert model["failures"] == [["bad1", "unreadable PNG"]] and model["pixel_size"] == 0.08
     assert "<b>bad1</b>: unreadable PNG" in (tmp_path / "report.html").read_text()

@@ -19,7 +19,7 @@ import pandas as pd
 from pycocotools import mask as mask_util
 
 from common.constants import NUM_CLASSES
-from common.io import atomic_to_csv, read_id_table
+from common.io import atomic_to_csv, atomic_to_csv_parts, read_id_table
 
 SUBMISSION_COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 
@@ -228,14 +228,26 @@ def write_submission(pred: dict, sample_submission: pd.DataFrame, path: str | Pa
     if extra:
         raise ValueError(f"{path}: {len(extra)} predicted ID(s) not in the sample submission, "
                          f"e.g. {extra[:3]}")
+    return atomic_to_csv(submission_rows(sample_submission, pred), path)
+
+
+def submission_rows(rows: pd.DataFrame, pred: dict) -> pd.DataFrame:
+    """The submission's rows of ``rows`` (ID, ImageWidth, ImageHeight), each with its string in ``pred``
+    ("" when absent or None)."""
+    ids = rows["ID"].astype(str)
     pred = {str(k): v for k, v in pred.items()}
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "ID": ids.to_numpy(),
-        "ImageWidth": sample_submission["ImageWidth"].astype(int).to_numpy(),
-        "ImageHeight": sample_submission["ImageHeight"].astype(int).to_numpy(),
+        "ImageWidth": rows["ImageWidth"].astype(int).to_numpy(),
+        "ImageHeight": rows["ImageHeight"].astype(int).to_numpy(),
         "PredictionString": [pred.get(i) or "" for i in ids],
     })
-    return atomic_to_csv(out, path)
+
+
+def write_submission_parts(frames, path: str | Path) -> Path:
+    """The file :func:`write_submission` writes, from its rows in pieces (:func:`submission_rows`), one
+    piece at a time (S5 writes a screen's submission without holding it)."""
+    return atomic_to_csv_parts(frames, SUBMISSION_COLUMNS, path)
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

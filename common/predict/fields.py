@@ -305,10 +305,10 @@ class FieldSource:
         self.n_segmented = 0
         self.depths: set[int] = set()  # bit depths below 16 said once each
 
-    def table(self) -> pd.DataFrame:
-        """The submission's rows: every field that was read, in ID order, with its size."""
-        rows = [(i, self.sizes[i][1], self.sizes[i][0]) for i in self.ids if i in self.sizes]
-        return pd.DataFrame(rows, columns=["ID", "ImageWidth", "ImageHeight"])
+    def table(self) -> None:
+        """No fixed rows: the submission holds every field that was read, with its size (S5 takes them from
+        its parts, whichever process read the field)."""
+        return None
 
     def location_columns(self, ids: list[str]) -> pd.DataFrame | None:
         """``image, plate, well, field`` of ``ids`` for ``cell_tables.with_location`` (None: no field is a
@@ -362,6 +362,7 @@ class ImageSource:
         self.n_segmented = 0
 
     def table(self) -> pd.DataFrame:
+        """The submission's fixed rows: the sample submission's, in its order."""
         return self.sample
 
     def location_columns(self, ids: list[str]) -> None:
