@@ -25,28 +25,29 @@ them as a user would (a subprocess, the built-in segmenter, the runs in RUNS), e
 """
 
 # ---------------------------------------------------------------------------- fields
-N_FIELDS = [1000, 10000]  # fields per scale run (the last two give the slope)
-SIDE = 256  # field side (px)
-DISTINCT = 8  # distinct synthetic fields, repeated under distinct names
+N_FIELDS = [1000, 10000]      # fields per scale run (the last two give the slope)
+SIDE = 256                    # field side (px)
+DISTINCT = 8                  # distinct synthetic fields, repeated under distinct names
 SEED = 0
 # ---------------------------------------------------------------------------- S5
 RUNS = ["output/demo_p1/fold0", "output/demo_p2/fold0"]  # the demo's runs (bash run_all.sh)
-CHECKPOINT = "best.pth"  # which checkpoint of a run folder
-TTA = 1  # S5's TTA
-IMAGE_SIZE = 256  # S5's working size (fields are segmented at it)
-CHUNK = 64  # S5's fields per part
-REPORT_PAGE = 200  # S5's fields per report page
-BASELINE_REPO = ""  # a checkout of S5 before streaming, timed on the same fields ("" = none)
+CHECKPOINT = "best.pth"       # which checkpoint of a run folder
+TTA = 1                       # S5's TTA
+IMAGE_SIZE = 256              # S5's working size (fields are segmented at it)
+CHUNK = 64                    # S5's fields per part
+REPORT_PAGE = 200             # S5's fields per report page
+DEVICE = "cpu"                # S5's device (cuda: the S5 scale row of benchmarks/gpu_check.sh)
+BASELINE_REPO = ""            # a checkout of S5 before streaming, timed on the same fields ("" = none)
 # ---------------------------------------------------------------------------- kill / spread
-SPREAD_FIELDS = 1000  # fields of the kill, torchrun and shard runs
-RANKS = 2  # torchrun processes and shards
-THREADS = 1  # torch threads per process in the spread runs
+SPREAD_FIELDS = 1000          # fields of the kill, torchrun and shard runs
+RANKS = 2                     # torchrun processes and shards
+THREADS = 1                   # torch threads per process in the spread runs
 # ---------------------------------------------------------------------------- estimate / output
-ESTIMATE = 100000  # fields of the estimate
-OPEN_REPEATS = 3  # opens of each report page timed (the median is printed)
+ESTIMATE = 100000             # fields of the estimate
+OPEN_REPEATS = 3              # opens of each report page timed (the median is printed)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-BENCH_DIR = ""  # keep fields and outputs here ("" = a temporary folder, removed)
+BENCH_DIR = ""                # keep fields and outputs here ("" = a temporary folder, removed)
 
 import hashlib
 import os
@@ -113,7 +114,7 @@ def s5_command(cfg, images: Path, out: Path, *extra: str, repo: Path = ROOT) -> 
         "--SEGMENTER",
         "builtin",
         "--DEVICE",
-        "cpu",
+        cfg.DEVICE,
         "--N_OVERLAYS",
         "0",
     ]
