@@ -27,8 +27,17 @@ import cv2
 import numpy as np
 import torch
 
-from common.constants import (BLUE, CHANNEL_STATS, ENDOPLASMIC_RETICULUM, GREEN, MICROTUBULES, NEGATIVE,
-                              NUM_CLASSES, RED, YELLOW)
+from common.constants import (
+    BLUE,
+    CHANNEL_STATS,
+    ENDOPLASMIC_RETICULUM,
+    GREEN,
+    MICROTUBULES,
+    NEGATIVE,
+    NUM_CLASSES,
+    RED,
+    YELLOW,
+)
 
 # ----------------------------------------------------------------------------- fixed factors
 # (the probabilities and INTENSITY_RANGE are the scripts' constants: P_*, INTENSITY_RANGE)
