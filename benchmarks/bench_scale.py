@@ -214,7 +214,7 @@ def spread_rows(cfg, folder: Path) -> Path:
 
 
 def kill_row(cfg, folder: Path, reference: Path) -> None:
-    """S5 killed (SIGKILL) at a random moment of its run, then run again: time, fields redone, equality."""
+    """S5 killed (SIGKILL) at a random moment, then run again: time, fields found done, equality."""
     images = make_fields(folder, cfg.SPREAD_FIELDS, cfg)
     out = folder / "out_killed"
     cmd = s5_command(cfg, images, out)
@@ -232,7 +232,7 @@ def kill_row(cfg, folder: Path, reference: Path) -> None:
     found = int(done[-1][0]) if done else 0
     print(
         f"\n| {cfg.SPREAD_FIELDS} fields, CHUNK {cfg.CHUNK} | uninterrupted s | killed at s | rerun s | "
-        "fields found done | fields redone | outputs equal |"
+        "fields found done | fields left (of them redone: the chunk in progress) | outputs equal |"
     )
     print("|---|---|---|---|---|---|---|")
     print(
