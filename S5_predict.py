@@ -752,8 +752,9 @@ def _write_report(cfg, store: parts.Store, tot: merge.Totals, path: Path) -> Non
     title = f"S5: {cfg.IMAGES or 'competition test set'}"
     report.write_pages(path.parent, merge.report_entries(store), tot.failures, threshold=cfg.THRESHOLD,
                        title=title, pixel_size=cfg.PIXEL_SIZE, page_size=cfg.REPORT_PAGE)
-    pictures = [f for f in (path.parent / "report").rglob("*") if f.is_file()]
-    size = path.stat().st_size + sum(f.stat().st_size for f in pictures)
+    pictures = os.scandir(path.parent / report.REPORT_DIR)  # report/ is flat; no link followed
+    size = path.stat().st_size + sum(e.stat(follow_symlinks=False).st_size for e in pictures
+                                     if e.is_file(follow_symlinks=False))
     print(f"S5: wrote {path} ({tot.n_pictures} fields, {size / 2**20:.1f} MB with report/) in "
           f"{time.time() - t0:.1f} s: open it in a browser", flush=True)
 

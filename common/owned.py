@@ -150,12 +150,10 @@ class Record:
         self.files, self.folders = load(self.path)
         self.kin_files: set[str] = set()
         self.kin_folders: set[str] = set()
-        kin = sorted(self.folder.glob(f".{_slug(self.owner)}.*{SUFFIX}")) if self.folder.is_dir() else []
-        for other in kin:  # the owner's records of its other locks on this folder
-            if other.name != self.path.name:
-                files, folders = load(other)
-                self.kin_files |= files
-                self.kin_folders |= folders
+        for other in self._kin():  # the owner's records of its other locks on this folder
+            files, folders = load(other)
+            self.kin_files |= files
+            self.kin_folders |= folders
         self.adopted: list[str] = []
         self.inputs: set[Path] = set()
 
@@ -244,11 +242,17 @@ class Record:
                 os.rmdir(self.folder / rel)
         return gone
 
+    def _kin(self) -> list[Path]:
+        """The owner's other records on this folder (its shards' or ranks'): plain files, never a link."""
+        if not self.folder.is_dir():
+            return []
+        return [p for p in sorted(self.folder.glob(f".{_slug(self.owner)}.*{SUFFIX}"))
+                if p.name != self.path.name and stat.S_ISREG(os.lstat(p).st_mode)]
+
     def absorb(self) -> None:
         """Take the owner's other records on this folder (those of its finished shards or ranks) into
         this one, then delete them: what they list is this record's from now on."""
-        kin = sorted(self.folder.glob(f".{_slug(self.owner)}.*{SUFFIX}")) if self.folder.is_dir() else []
-        kin = [p for p in kin if p.name != self.path.name and stat.S_ISREG(os.lstat(p).st_mode)]
+        kin = self._kin()
         if not kin:
             return
         self._write(self.files | self.kin_files, self.folders | self.kin_folders)

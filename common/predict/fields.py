@@ -55,7 +55,6 @@ TIFF_EXTS = (".tif", ".tiff")
 OME_TIFF = ".ome"              # an OME-TIFF's name: {ID}.ome.tif / {ID}.ome.tiff
 DEPTHS = (8, 10, 12, 14, 16)   # bit depths an integer field may have: the smallest above its brightest value
 DIM_BELOW = 16                 # a field whose brightest value, read at 8 bits, is below this looks dim
-STACK_AXES = {"Z": "a Z-stack", "T": "a time series"}  # tifffile's axes that are never channels
 
 
 class FieldFailed(Exception):
@@ -162,14 +161,10 @@ def tiff_planes(path: str | Path, z_plane: int, budget: images.PixelBudget | Non
     arr, axes = images.read_planes(path, budget)
     keep = [i for i, n in enumerate(arr.shape) if n != 1]
     arr, axes = arr.squeeze(), "".join(axes[i] for i in keep) if len(axes) == arr.ndim else ""
-    for a in (a for a in STACK_AXES if a in axes):
-        i, n = axes.index(a), arr.shape[axes.index(a)]
-        if not 0 <= z_plane < n:
-            ask = ("set TIFF_Z_PLANE to the plane to take" if z_plane < 0
-                   else f"TIFF_Z_PLANE {z_plane} is not one of them")
-            raise io.ImageReadError(f"{path.name}: {STACK_AXES[a]} of {n} planes (axes {axes}), not "
-                                    f"channels: {ask}")
-        arr, axes = arr[(slice(None),) * i + (z_plane,)], axes[:i] + axes[i + 1:]
+    for a in (a for a in "ZT" if a in axes):  # plates.STACK_AXES: never channels
+        i = axes.index(a)
+        plane = plates.stack_plane(a, arr.shape[i], z_plane, path.name, axes)
+        arr, axes = arr[(slice(None),) * i + (plane,)], axes[:i] + axes[i + 1:]
     if arr.ndim == 2:
         return arr[None]
     if arr.ndim != 3:

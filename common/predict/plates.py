@@ -36,7 +36,7 @@ from common import images
 from common.constants import shown_name
 from common.io import ImageReadError
 
-STACK_AXES = {"z": "a Z-stack", "t": "a time series"}  # plate axes that are never channels (as a TIFF's)
+STACK_AXES = {"z": "a Z-stack", "t": "a time series"}  # axes never taken as channels (a plate's, a TIFF's)
 LOCATION_COLUMNS = ["plate", "well", "field"]           # where a plate's field lies (images.csv, cells.csv)
 
 
@@ -217,20 +217,23 @@ def _image_meta(pf: PlateField) -> tuple[str, list[str], list[str] | None]:
     return dataset, axes, labels
 
 
+def stack_plane(axis: str, n: int, z_plane: int, where: str, axes: str) -> int:
+    """The plane to take of a Z or T ``axis`` (any other non-image axis) of ``n`` planes: the only one, else
+    ``z_plane`` (TIFF_Z_PLANE); an ImageReadError naming ``where`` when it picks none. Plates and TIFFs."""
+    if n == 1:
+        return 0
+    if 0 <= z_plane < n:
+        return z_plane
+    ask = ("set TIFF_Z_PLANE to the plane to take" if z_plane < 0
+           else f"TIFF_Z_PLANE {z_plane} is not one of them")
+    kind = STACK_AXES.get(axis.lower(), f"an axis {axis!r}")
+    raise ImageReadError(f"{where}: {kind} of {n} planes (axes {axes}), not channels: {ask}")
+
+
 def _plane_index(axes: list[str], shape: tuple, z_plane: int, where: str) -> list:
     """Per axis: ``slice(None)`` for y and x, None for c, the plane taken of any other (t, z)."""
-    index = []
-    for a, n in zip(axes, shape):
-        if a in ("y", "x", "c"):
-            index.append(None if a == "c" else slice(None))
-        elif n == 1 or 0 <= z_plane < n:
-            index.append(0 if n == 1 else z_plane)
-        else:
-            ask = ("set TIFF_Z_PLANE to the plane to take" if z_plane < 0
-                   else f"TIFF_Z_PLANE {z_plane} is not one of them")
-            raise ImageReadError(f"{where}: {STACK_AXES.get(a, f'an axis {a!r}')} of {n} planes (axes "
-                                 f"{''.join(axes)}), not channels: {ask}")
-    return index
+    return [None if a == "c" else slice(None) if a in ("y", "x")
+            else stack_plane(a, n, z_plane, where, "".join(axes)) for a, n in zip(axes, shape)]
 
 
 def _check_array(arr, where: str, limit: int) -> None:
