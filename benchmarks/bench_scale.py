@@ -48,6 +48,7 @@ OPEN_REPEATS = 3              # opens of each report page timed (the median is p
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 BENCH_DIR = ""                # keep fields and outputs here ("" = a temporary folder, removed)
+PARTS = ["scale", "spread", "kill", "tables", "report", "estimate"]  # the parts to run, in this order
 
 import hashlib
 import os
@@ -173,7 +174,7 @@ def scale_rows(cfg, folder: Path) -> list[dict]:
     return rows
 
 
-def spread_rows(cfg, folder: Path) -> Path:
+def spread_rows(cfg, folder: Path) -> None:
     """SPREAD_FIELDS fields in 1 process, under torchrun, as shards + merge: seconds, equal outputs."""
     images = make_fields(folder, cfg.SPREAD_FIELDS, cfg)
     env = {"OMP_NUM_THREADS": str(cfg.THREADS), "MKL_NUM_THREADS": str(cfg.THREADS)}
@@ -210,16 +211,15 @@ def spread_rows(cfg, folder: Path) -> Path:
     print("|---|---|---|---|")
     for name, r, out in rows:
         print(f"| {name} | {r['s']:.0f} | {cfg.SPREAD_FIELDS / r['s']:.1f} | {digests(out) == ref} |")
-    return one
 
 
-def kill_row(cfg, folder: Path, reference: Path) -> None:
-    """S5 killed (SIGKILL) at a random moment, then run again: time, fields found done, equality."""
+def kill_row(cfg, folder: Path) -> None:
+    """S5 killed (SIGKILL) at a random moment, then run again: time, fields found done, equality with an
+    uninterrupted run's outputs."""
     images = make_fields(folder, cfg.SPREAD_FIELDS, cfg)
-    out = folder / "out_killed"
+    reference, out = folder / "out_full", folder / "out_killed"
+    full = timed(s5_command(cfg, images, reference), log=folder / "out_full.log")["s"]
     cmd = s5_command(cfg, images, out)
-    full = timed(cmd, log=folder / "out_full.log")["s"]
-    shutil.rmtree(out)
     when = random.Random(cfg.SEED).uniform(0.2, 0.8) * full
     p = subprocess.Popen(
         [sys.executable, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -316,14 +316,23 @@ def main(argv=None):
         )
     folder = Path(cfg.BENCH_DIR) if cfg.BENCH_DIR else Path(tempfile.mkdtemp(prefix="bench_scale_"))
     folder.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(cfg.PARTS) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"bench_scale: unknown PARTS {unknown}; choose from {PARTS}")
+    if set(cfg.PARTS) & {"tables", "report", "estimate"} and "scale" not in cfg.PARTS:
+        raise SystemExit("bench_scale: PARTS tables, report and estimate read the scale runs: add scale")
     try:
-        rows = scale_rows(cfg, folder)
-        one = spread_rows(cfg, folder)
-        kill_row(cfg, folder, one)
-        largest = [r for r in rows if r["code"] == "streaming"][-1]["out"]
-        sizes = table_rows(largest)
-        report_row(cfg, largest)
-        estimate_row(cfg, rows, sizes)
+        rows = scale_rows(cfg, folder) if "scale" in cfg.PARTS else []
+        if "spread" in cfg.PARTS:
+            spread_rows(cfg, folder)
+        if "kill" in cfg.PARTS:
+            kill_row(cfg, folder)
+        largest = [r for r in rows if r["code"] == "streaming"][-1]["out"] if rows else None
+        sizes = table_rows(largest) if "tables" in cfg.PARTS else {}
+        if "report" in cfg.PARTS:
+            report_row(cfg, largest)
+        if "estimate" in cfg.PARTS:
+            estimate_row(cfg, rows, sizes)
     finally:
         if not cfg.BENCH_DIR:
             shutil.rmtree(folder, ignore_errors=True)
