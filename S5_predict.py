@@ -30,8 +30,10 @@ Writes  OUTPUT_DIR/submission.csv        one row per sample_submission row, mask
         OUTPUT_DIR/cells.parquet         with CELL_TABLES: cells.csv's rows, typed (common.predict.merge);
                                          above CSV_MAX_CELLS cells only this one
         OUTPUT_DIR/.s5_parts/            parts of CHUNK fields each (common.predict.parts): a killed S5
-                                         resumes (the same command), torchrun ranks or --SHARD runs share
-                                         the fields, --MERGE true writes the outputs; removed at the end
+                                         resumes (the same command; a chunk whose fields' files changed
+                                         since is scored again), torchrun ranks or --SHARD runs share the
+                                         fields, --MERGE true writes the outputs (no model loaded); removed
+                                         at the end
         With --IMAGES, submission.csv has one row per field that was read (its size from its files); a
         field that could not be read is only in s5_failures.csv.
 OUTPUT_DIR is output, or output/<IMAGES folder name> with --IMAGES (my_fields -> output/my_fields).
@@ -237,7 +239,8 @@ def main(argv=None):
     try:
         out_dir = _out_dir(cfg, role)  # checked writable at start; made when S5 writes
         sample, found = _inputs(cfg)  # the sample submission (IDs and sizes checked), or IMAGES' fields
-        predictors = _predictors(cfg)  # the runs and weights: a missing run stops before the folder is made
+        predictors = _predictors(cfg, role.scores)  # the runs and weights (a merge loads no model): a
+        # missing run stops before the folder is made
         with lock.hold(out_dir, "S5", role.tag):  # one S5 per output folder (a shard or rank: its own lock)
             record = _claim(cfg, out_dir, found, role)  # stops here when an output is not S5's to write
             return _run(cfg, (sample, found), predictors, out_dir, record, role, t_start)
@@ -426,7 +429,7 @@ def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, r
     """Score this process's chunks of the fields (``runs``: the predictors and their ensemble weights),
     each kept as a part, then (the merging process) write the outputs from the parts."""
     predictors, _ = runs
-    source = _source(cfg, *inputs, predictors)
+    source = _source(cfg, *inputs, predictors if role.scores else None)
     n_stale = sum(io.remove_stale_temps(out_dir / d) for d in ("", *_FOLDERS, parts.FOLDER))
     if n_stale:
         print(f"S5: removed {n_stale} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
@@ -434,7 +437,7 @@ def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, r
     settings = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
     fp = parts.fingerprint(settings, [p.path for p in predictors], todo)
     mine = parts.spread(parts.n_chunks(len(todo), cfg.CHUNK), role.rank, role.world) if role.scores else []
-    done = _start(cfg, out_dir, record, role, todo, fp, mine)
+    done = _start(cfg, out_dir, record, role, (source, todo, fp), mine)
     held = _score(cfg, runs, source, todo, role, out_dir, fp, [c for c in mine if c not in done])
     if not role.merges:
         record.finish(record.files, [d for d in (*_FOLDERS, parts.FOLDER) if (out_dir / d).is_dir()])
@@ -448,10 +451,16 @@ def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, r
     return _merge(cfg, source, (predictors, todo, fp, held), out_dir, record, t_start)
 
 
-def _start(cfg, out_dir: Path, record: owned.Record, role: Role, todo: list[str], fp: dict,
-           mine: list[int]) -> set[int]:
+def _inputs_now(source, todo: list[str], size: int, chunk: int) -> str:
+    """The signature of the files of a chunk's fields as they are now (``parts.signature``)."""
+    return parts.signature([(i, source.inputs(i)) for i in parts.chunk_ids(todo, size, chunk)])
+
+
+def _start(cfg, out_dir: Path, record: owned.Record, role: Role, run: tuple, mine: list[int]) -> set[int]:
     """Resume or start afresh (:func:`_prepare`; under torchrun rank 0 does it, the others follow), then
-    record this process's files; returns its chunks already done."""
+    record this process's files; returns its chunks already done (``run``: the source, the fields, the
+    fingerprint), but those whose fields' files changed since."""
+    source, todo, fp = run
     error = None
     if role.rank == 0 or role.env is None:
         try:
@@ -465,6 +474,12 @@ def _start(cfg, out_dir: Path, record: owned.Record, role: Role, todo: list[str]
     if role.scores:
         record.begin(_planned(cfg, todo, mine, False), _FOLDERS + (parts.FOLDER,))
     done = parts.done(out_dir / parts.FOLDER, fp["digest"], mine)
+    changed = [c for c, h in done.items() if h.get("inputs") != _inputs_now(source, todo, cfg.CHUNK, c)]
+    if changed:
+        print(f"{role.desc}: {len(changed)} chunk(s) done before are scored again: their fields' files "
+              f"changed since (chunks {', '.join(map(str, changed[:6]))}{', ...' * (len(changed) > 6)})",
+              flush=True)
+        done = {c: h for c, h in done.items() if c not in changed}
     if done:
         n_done = sum(h["fields"] for h in done.values())
         n = sum(len(parts.chunk_ids(todo, cfg.CHUNK, c)) for c in mine)
@@ -502,11 +517,12 @@ def _score(cfg, runs: tuple, source, todo: list[str], role: Role, out_dir: Path,
     total = sum(len(parts.chunk_ids(todo, cfg.CHUNK, c)) for c in chunks)
     with tqdm(total=total, desc=role.desc, unit="field", disable=not total) as bar:
         for c in chunks:
+            inputs = _inputs_now(source, todo, cfg.CHUNK, c)  # before the files are read
             part = _score_chunk(cfg, runs, source, parts.chunk_ids(todo, cfg.CHUNK, c), c, bar)
             if role.world == 1 and role.merges and c == last:
                 held[c] = part
             else:
-                parts.save(out_dir, part, fp, role.world)
+                parts.save(out_dir, part, fp, role.world, inputs)
     return held
 
 
@@ -553,17 +569,20 @@ def _adopt_earlier(record: owned.Record, out_dir: Path) -> None:
               "are taken as S5's", flush=True)
 
 
-def _source(cfg, sample: pd.DataFrame | None, found: tuple | None, predictors: list):
-    """Where the images come from, one interface (``predict.fields``): IMAGES' fields, or the test set."""
+def _source(cfg, sample: pd.DataFrame | None, found: tuple | None, predictors: list | None):
+    """Where the images come from, one interface (``predict.fields``): IMAGES' fields, or the test set
+    (``predictors`` None: a merge, which reads no image)."""
     if found:
-        return fields.FieldSource(cfg, *found)
+        return fields.FieldSource(cfg, *found, segment=predictors is not None)
+    predictors = predictors or []
     keep_original = any(p.from_original for p in predictors)  # a run that crops the original needs it
     return fields.ImageSource(cfg, sample, [p.cfg for p in predictors], keep_original)
 
 
-def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
-    """The runs (RUNS, the named ENSEMBLE, or every run found), each rebuilt from its checkpoint, and
-    their ensemble weights."""
+def _predictors(cfg, load: bool = True) -> tuple[list, list[float]]:
+    """The runs (RUNS, the named ENSEMBLE, or every run found), each rebuilt from its checkpoint
+    (``predict.RunPredictor``; without ``load``, a merge: ``predict.RunFile``, no model), and their
+    ensemble weights."""
     if cfg.ENSEMBLE:
         _ensemble(cfg)
     runs = _runs(cfg)
@@ -571,7 +590,7 @@ def _predictors(cfg) -> tuple[list[predict.RunPredictor], list[float]]:
     ttas = [int(t) for t in _per_run(cfg.RUN_TTA, len(runs), cfg.TTA, "RUN_TTA")]
     view = views.ViewChoice(cfg.P1_VARIANT, cfg.P1_CELLPOOL_STRIDE, cfg.P1_CELLPOOL_SIZE)
     predictors = [predict.RunPredictor(r, cfg.DEVICE, t, cfg.BATCH_SIZE, cfg.AMP, cfg.CHECKPOINT, view)
-                  for r, t in zip(runs, ttas)]
+                  if load else predict.RunFile.read(r, cfg.CHECKPOINT) for r, t in zip(runs, ttas)]
     for p, w in zip(predictors, weights):
         print(f"S5: {p} weight {w}", flush=True)
     return predictors, weights
@@ -655,8 +674,10 @@ def _close(cfg, out_dir: Path, run: tuple, written: set[str], stopped: list) -> 
     an output could not be written (exit status 1) or FAIL_ON_ERRORS (3)."""
     n_images, failures, names = run
     sub_path = out_dir / cfg.SUBMISSION
-    n_comp = sum(f"{Path(cfg.SUBMISSION).stem}_{n}.csv" in written for n in names[1:])
-    extra = f" and {n_comp} comparison submission{'s' * (n_comp != 1)}" if n_comp else ""
+    comps = [f for n in names[1:] if (f := f"{Path(cfg.SUBMISSION).stem}_{n}.csv") in written]
+    size = sum((out_dir / f).stat().st_size for f in comps) / 2**20
+    extra = (f" and {len(comps)} comparison submission{'s' * (len(comps) != 1)} ({size:.1f} MB; --VARIANTS "
+             "false leaves them out)" if comps else "")
     failed = (f"{len(failures)} of {n_images} images FAILED (empty rows; listed in "
               f"{out_dir / 's5_failures.csv'})" if failures else "0 images failed")
     print(f"S5: wrote {sub_path}{extra}; {failed}", flush=True)

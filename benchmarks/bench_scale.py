@@ -241,6 +241,20 @@ def kill_row(cfg, folder: Path) -> None:
     )
 
 
+def disk_row(out: Path) -> None:
+    """What the largest run's outputs take on disk, by kind, in KB per field."""
+    n = int(out.name.rsplit("_", 1)[1])
+    kinds = {"submission.csv": ["submission.csv"],
+             "the 5 comparison submissions (VARIANTS)": ["submission_*.csv"],
+             "cells.csv + cells.parquet": ["cells.csv", "cells.parquet"], "labels/": ["labels/*"],
+             "report.html + report/": ["report.html", "report/*"]}
+    print("\n| outputs on disk | KB per field | MB at 100,000 fields |")
+    print("|---|---|---|")
+    for kind, patterns in kinds.items():
+        size = sum(f.stat().st_size for pat in patterns for f in out.glob(pat) if f.is_file())
+        print(f"| {kind} | {size / 1024 / n:.0f} | {size / n * 100000 / 2**20:.0f} |")
+
+
 def table_rows(out: Path) -> dict:
     """cells.parquet against cells.csv: MB and the time pandas takes to read each."""
     sizes = {}
@@ -329,6 +343,8 @@ def main(argv=None):
             kill_row(cfg, folder)
         largest = [r for r in rows if r["code"] == "streaming"][-1]["out"] if rows else None
         sizes = table_rows(largest) if "tables" in cfg.PARTS else {}
+        if "tables" in cfg.PARTS:
+            disk_row(largest)
         if "report" in cfg.PARTS:
             report_row(cfg, largest)
         if "estimate" in cfg.PARTS:

@@ -20,6 +20,7 @@ from conftest import load_script
 from own_images_data import field, train_tiny, write_channel_files, write_competition
 
 from common import lock
+from common.predict import parts
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +128,14 @@ def test_a_killed_run_resumes_and_other_constants_stop_it(setup, mode, capsys):
     assert msg.startswith(f"S5: {out / '.s5_parts'} holds the parts of an unfinished run with other settings "
                           "(TTA 1 -> 2)") and msg.endswith("start afresh with --OVERWRITE true")
     assert _files(out) == before
+    first = setup["root"] / ("comp/test" if mode == "comp" else "own") / "f0_green.png"  # chunk 0's field
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # its file changed since it was scored
     capsys.readouterr()
     S5.main(args)
-    assert f"S5: resuming: {n_done} of {N_FIELDS} fields already done" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "S5: 1 chunk(s) done before are scored again: their fields' files changed since (chunks 0)" in said
+    assert f"S5: resuming: {n_done - 1} of {N_FIELDS} fields already done" in said or n_done == 1
     _same(out, setup["ref"][mode])
 
 
@@ -157,7 +163,7 @@ def test_torchrun_two_ranks_give_one_process_outputs(setup):
 
 
 @pytest.mark.parametrize("mode", ["comp", "own"])
-def test_shards_then_merge_give_one_process_outputs_and_a_missing_shard_is_named(setup, mode):
+def test_shards_then_merge_give_one_process_outputs_and_a_missing_shard_is_named(setup, mode, monkeypatch):
     out = setup["root"] / f"shards_{mode}"
     args = [*setup["modes"][mode], "--OUTPUT_DIR", str(out), "--CHUNK", "1"]
     for i in (0, 1):
@@ -169,6 +175,12 @@ def test_shards_then_merge_give_one_process_outputs_and_a_missing_shard_is_named
     with lock.hold(out, "S5", "shard1of3"):  # a shard still running
         msg = _refused(lambda: S5.main([*args, "--MERGE", "true"]))
     assert msg.startswith(f"S5: {out} (shard1of3) is being written by S5 (pid {os.getpid()} on ")
+
+    def no_model(*a, **k):
+        raise AssertionError("the merge built a model or a segmenter")
+
+    monkeypatch.setattr(S5.predict, "RunPredictor", no_model)  # the merge scores nothing: no model, no GPU
+    monkeypatch.setattr(S5.fields.segmentation, "get_segmenter", no_model)
     S5.main([*args, "--MERGE", "true"])
     _same(out, setup["ref"][mode])
 
@@ -214,3 +226,26 @@ def test_peak_memory_does_not_grow_with_the_fields(setup):
                                  "--OUTPUT_DIR", str(setup["root"] / f"mem_out{n}")])
     print(f"S5 peak RSS: {peaks[40]:.0f} MB at 40 fields, {peaks[400]:.0f} MB at 400")
     assert peaks[400] - peaks[40] < MEMORY_BOUND_MB, peaks
+
+
+def test_the_inputs_signature_sees_a_changed_file_even_inside_a_field_folder_but_not_a_moved_folder(tmp_path):
+    """``parts.signature``: a file's name, size and time, every file under a plate field's folder, an absent
+    file; the folder moved elsewhere (a rename keeps the times) signs the same."""
+    group = tmp_path / "screen" / "plate.zarr" / "A" / "1" / "0"
+    (group / "0").mkdir(parents=True)
+    (group / "0" / "c").write_bytes(b"x")
+    (tmp_path / "screen" / "f_red.png").write_bytes(b"y")
+
+    def sign(top: Path) -> str:
+        return parts.signature([("A_1_0", [top / "plate.zarr" / "A" / "1" / "0"]),
+                                ("f", [top / "f_red.png", top / "absent.png"])])
+
+    first = sign(tmp_path / "screen")
+    assert sign(tmp_path / "screen") == first
+    os.rename(tmp_path / "screen", tmp_path / "moved")
+    assert sign(tmp_path / "moved") == first
+    (tmp_path / "moved" / "plate.zarr" / "A" / "1" / "0" / "0" / "c").write_bytes(b"xx")
+    assert sign(tmp_path / "moved") != first
+    second = sign(tmp_path / "moved")
+    (tmp_path / "moved" / "absent.png").write_bytes(b"")
+    assert sign(tmp_path / "moved") != second

@@ -52,12 +52,21 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def read_checkpoint(path: str | Path, what: str, remedy: str) -> dict:
-    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line SystemExit (:func:`load_error`)."""
+def read_checkpoint(path: str | Path, what: str, remedy: str, mmap: bool = False) -> dict:
+    """``torch.load(path, weights_only=True)`` on the CPU (``mmap``: the tensors read only when used), or a
+    one-line SystemExit (:func:`load_error`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - truncated zip (OSError, RuntimeError), EOFError, refused pickle
         raise SystemExit(load_error(path, e, what, remedy)) from None
+
+
+def read_config(path: str | Path, remedy: str = "") -> dict:
+    """The constants saved in a checkpoint, its tensors left unread (``mmap``), or a one-line SystemExit."""
+    ckpt = read_checkpoint(path, "", remedy or CHECKPOINT_REMEDY, mmap=True)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
+    return dict(ckpt["config"])
 
 
 def load_weights(module: nn.Module, state: dict, path: str | Path, what: str, remedy: str) -> None:

@@ -281,12 +281,13 @@ def region(hw: tuple[int, int], side: int) -> tuple[int, int]:
 # S5's two image sources share one interface: ``ids`` (the fields to score, in order), ``load(id)`` (a
 # prepared ``fov.FieldOfView`` with ``hw`` and ``region`` set, the original in it when asked for), ``sizes``
 # (``(H, W)`` of the fields known), ``table()`` (the submission's ID and size rows), ``failures`` (fields
-# that could not be used before any was loaded) and ``n_segmented``.
+# that could not be used before any was loaded), ``n_segmented`` and ``inputs(id)`` (the files a field is
+# read from: a resumed S5 scores a chunk again when they changed, ``parts.signature``).
 class FieldSource:
     """S5's images from ``cfg["IMAGES"]``: each field read, padded square, segmented by ``fov.prepare``
     (the SEGMENTER constants). ``sizes`` holds ``(H, W)`` of every field read."""
 
-    def __init__(self, cfg, found: list[Field], failures: list[dict]):
+    def __init__(self, cfg, found: list[Field], failures: list[dict], segment: bool = True):
         self.fields = {f.image_id: f for f in found}
         self.ids, self.failures = [f.image_id for f in found], list(failures)
         self.planes, self.size, self.seg_at = list(cfg["TIFF_PLANES"]), int(cfg["IMAGE_SIZE"]), cfg["SEG_AT"]
@@ -295,7 +296,8 @@ class FieldSource:
         self.z_plane, self.max_pixels = int(cfg["TIFF_Z_PLANE"]), int(cfg["MAX_PIXELS"])
         self.rescale = list(cfg["RESCALE_PERCENTILES"]) if cfg["RESCALE"] else None
         self.segmenter = segmentation.get_segmenter(cfg["SEGMENTER"], constants.resolve(cfg["HPA_SEG_DIR"]),
-                                                    device=cfg["DEVICE"], precision=cfg["SEG_PRECISION"])
+                                                    device=cfg["DEVICE"], precision=cfg["SEG_PRECISION"]
+                                                    ) if segment else None  # a merge segments nothing
         self.sizes: dict[str, tuple[int, int]] = {}
         self.n_segmented = 0
         self.depths: set[int] = set()  # bit depths below 16 said once each
@@ -309,6 +311,10 @@ class FieldSource:
         """``image, plate, well, field`` of ``ids`` for ``cell_tables.with_location`` (None: no field is a
         plate's; :func:`plates.location_frame`)."""
         return plates.location_frame(self.locations, ids)
+
+    def inputs(self, image_id: str) -> list[Path]:
+        """The field's files (a plate's field: its image group, a folder)."""
+        return list(self.fields[image_id].files)
 
     def load(self, image_id: str) -> fov.FieldOfView:
         try:
@@ -363,6 +369,13 @@ class ImageSource:
     def location_columns(self, ids: list[str]) -> None:
         """The competition's images lie on no plate."""
         return None
+
+    def inputs(self, image_id: str) -> list[Path]:
+        """S2's working image and masks of the image, and its original channel files (those that exist
+        count: :func:`load` reads S2's when they are there, else the original)."""
+        mask = self.hpa / "test_cell_mask" / f"{image_id}.npz"
+        return [self.hpa / "test" / f"{image_id}.png", mask, fov.full_mask_path(mask),
+                *(images.channel_path(self.test_dir, image_id, ch) for ch in CHANNELS)]
 
     def _s2_size(self) -> int:
         """S2's working size, and where it comes from, said once; another IMAGE_SIZE is a warning."""

@@ -11,9 +11,10 @@ part: a part on disk means its label maps are there).
 ``OUTPUT_DIR/.s5_parts/`` (:data:`FOLDER`) holds
 
 * ``part-000012.pkl``: two pickles, the header (``format``, ``fingerprint``: the run's digest, ``chunk``,
-  ``world``: how many ways the work was spread, ``fields``, ``cells``) then the :class:`Part`; written
-  under a temporary name and renamed (``io.atomic_path``), so a part is whole or absent; one that cannot
-  be read, or of another digest, counts as not done;
+  ``world``: how many ways the work was spread, ``fields``, ``cells``, ``inputs``: the :func:`signature`
+  of its fields' files) then the :class:`Part`; written under a temporary name and renamed
+  (``io.atomic_path``), so a part is whole or absent; one that cannot be read, or of another digest,
+  counts as not done, and one whose fields' files changed since is scored again when S5 resumes;
 * ``run.json``: the fingerprint (:func:`fingerprint`): the constants that change the results, each run's
   checkpoint (path, size, modification time) and the ordered field IDs (count and SHA-256). A rerun with
   the same fingerprint skips the chunks whose part is there; another one stops (:func:`check_run`).
@@ -125,10 +126,30 @@ def write_run(folder: Path, fp: dict) -> None:
     io.atomic_write_text(folder / RUN_FILE, json.dumps(fp, indent=1, sort_keys=True) + "\n")
 
 
+def _stat(path: Path, name: str) -> list[str]:
+    """``name size mtime_ns`` of a file ('-' when absent); of a folder, one such line per file under it."""
+    if path.is_dir():
+        return [line for root, dirs, files in sorted(os.walk(path)) for f in sorted(files)
+                for line in _stat(Path(root) / f, str((Path(root) / f).relative_to(path.parent)))]
+    try:
+        st = path.stat()
+    except OSError:
+        return [f"{name} -"]
+    return [f"{name} {st.st_size} {st.st_mtime_ns}"]
+
+
+def signature(inputs: list[tuple[str, list[Path]]]) -> str:
+    """The state of a chunk's input files (``(ID, its files)`` per field: their names, sizes and
+    modification times), 16 hex digits; a part whose signature differs is scored again on resume."""
+    lines = [f"{i}\t{line}" for i, files in inputs for p in files for line in _stat(Path(p), Path(p).name)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- parts on disk
-def save(out_dir: Path, part: Part, fp: dict, world: int) -> Path:
+def save(out_dir: Path, part: Part, fp: dict, world: int, inputs: str = "") -> Path:
     """Write the part's label maps to ``out_dir/labels`` (then forget them), the run's fingerprint
-    ``fp`` when it is not there yet, then the part itself (``world``: the number of shards or ranks)."""
+    ``fp`` when it is not there yet, then the part itself (``world``: the number of shards or ranks;
+    ``inputs``: the :func:`signature` of its fields' files taken before they were read)."""
     if not (out_dir / FOLDER / RUN_FILE).is_file():
         write_run(out_dir / FOLDER, fp)
     if part.tables is not None:
@@ -136,7 +157,7 @@ def save(out_dir: Path, part: Part, fp: dict, world: int) -> Path:
             io.atomic_write_bytes(out_dir / "labels" / constants.label_file(image_id), png)
         part.tables.pngs = {}
     header = {"format": FORMAT, "fingerprint": fp["digest"], "chunk": part.chunk, "world": world,
-              "fields": len(part.ids), "cells": part.n_cells}
+              "fields": len(part.ids), "cells": part.n_cells, "inputs": inputs}
     path = out_dir / FOLDER / part_name(part.chunk)
     with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)

@@ -35,6 +35,24 @@ from common.tta import N_DIHEDRAL, dihedral
 
 
 # ----------------------------------------------------------------------------- one run
+@dataclass(frozen=True, repr=False)
+class RunFile:
+    """A run as S5's merge (``--MERGE``) needs it: its checkpoint and pipeline; no model is built or loaded,
+    so the merge needs neither a GPU nor the memory of the models."""
+
+    path: Path
+    pipeline: int
+
+    @classmethod
+    def read(cls, path: str | Path, checkpoint: str = "best.pth") -> RunFile:
+        path = Path(path)
+        path = path / checkpoint if path.is_dir() else path
+        return cls(path, int(checkpoints.read_config(path)["PIPELINE"]))
+
+    def __repr__(self) -> str:
+        return f"RunFile({run_of(self.path)}: pipeline {self.pipeline}, not loaded: the merge scores nothing)"
+
+
 class RunPredictor:
     """One trained run, ready to score cells. ``path``: a checkpoint file or a folder with ``best.pth``."""
 
