@@ -417,11 +417,11 @@ def _planned(cfg, todo: list[str], chunks, merges: bool) -> list[str]:
     return files
 
 
-# constants that leave the parts unchanged (where and how fast they are made, what the merge names them);
-# the runs count by their checkpoints
+# constants that leave the parts unchanged (where and how fast they are made, what the merge names them or
+# drops from the strings); the runs count by their checkpoints
 _NOT_FINGERPRINTED = ("OUTPUT_DIR", "RUNS_DIR", "RUNS", "ENSEMBLE", "ENSEMBLE_RECIPES", "DEVICE",
                       "BATCH_SIZE", "SUBMISSION", "FAIL_ON_ERRORS", "PIXEL_SIZE", "REPORT_PAGE", "SHARD",
-                      "MERGE", "OVERWRITE", "CSV_MAX_CELLS")
+                      "MERGE", "OVERWRITE", "CSV_MAX_CELLS", "MIN_CONF")
 
 
 def _run(cfg, inputs: tuple, runs: tuple, out_dir: Path, record: owned.Record, role: Role,
@@ -623,8 +623,8 @@ def _predict_image(cfg, runs: tuple, source, image_id: str, res: parts.Part, ove
 
 def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res: parts.Part) -> np.ndarray:
     """The ensemble's probabilities of the cells ``f.ids`` (``runs``: the predictors and their weights);
-    adds their strings and cell rows to ``res``. A cell touches the border when its box reaches the edge
-    of ``f.region`` (the field's part of the working map)."""
+    adds their masks, probabilities and cell rows to ``res``. A cell touches the border when its box
+    reaches the edge of ``f.region`` (the field's part of the working map)."""
     predictors, weights = runs
     boxes = cells.bounding_boxes(f.cell)
     border = np.array([cells.touches_border(boxes[c], f.region) for c in f.ids])
@@ -632,8 +632,9 @@ def _score_cells(cfg, runs: tuple, f, cell_masks: list[str], image_id: str, res:
     mix = predict.Mix(cfg.IMAGE_PRED, cfg.MULTIPLY_IMAGE_PRED, cfg.BORDER_WEIGHT, cfg.VARIANTS)
     variants = predict.combine(cell_p, image_p, weights, [p.pipeline for p in predictors], border, mix)
     ens = variants["ensemble"]
+    res.masks[image_id] = cell_masks  # the prediction strings are written from these by the merge
     for name, probs in variants.items():
-        res.strings[name][image_id] = encoding.prediction_string(cell_masks, probs, cfg.MIN_CONF)
+        res.probs[name][image_id] = encoding.check_probs(cell_masks, probs)
     for c, b, pr in zip(f.ids, border, ens):
         res.rows.append([image_id, c, int(b), *np.round(pr, constants.PROB_DECIMALS)])
     res.n_cells += len(f.ids)
@@ -699,7 +700,7 @@ def _outputs(cfg, source, predictors: list, store: parts.Store, tot: merge.Total
     sample = source.table()  # the competition's rows, or None: the fields read (IMAGES)
     names = predict.variant_names([p.pipeline for p in predictors], cfg.VARIANTS)
     out = [Output(cfg.SUBMISSION, True, lambda p: encoding.write_submission_parts(
-               merge.submission_frames(store, "ensemble", sample), p)),
+               merge.submission_frames(store, "ensemble", sample, cfg.MIN_CONF), p)),
            Output("cell_predictions.csv", True,
                   lambda p: io.atomic_to_csv_parts(merge.prediction_frames(store), merge.PREDICTION_COLUMNS,
                                                    p))]
@@ -734,7 +735,7 @@ def _optional(cfg, store: parts.Store, tables: tuple, tot: merge.Totals) -> list
         out.append(Output("report.html", False, lambda p: _write_report(cfg, store, tot, p)))
     out += [Output(f"{Path(cfg.SUBMISSION).stem}_{name}.csv", False,
                    lambda p, name=name: encoding.write_submission_parts(
-                       merge.submission_frames(store, name, sample), p))
+                       merge.submission_frames(store, name, sample, cfg.MIN_CONF), p))
             for name in names[1:]]
     out += [Output(f"overlays/{constants.file_stem(o[0])}.png", False,
                    lambda p, o=o: plots.plot_cell_overlay(o[1], o[2], o[3], o[4], p,

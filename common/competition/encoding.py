@@ -151,12 +151,8 @@ def check_mask_string(s: str, height: int, width: int) -> None:
 
 
 # ----------------------------------------------------------------------------- prediction strings
-def prediction_string(masks: list[str], probs: np.ndarray, min_conf: float = 0.0) -> str:
-    """One image's PredictionString: a triplet for every cell x class with ``prob >= min_conf``.
-
-    ``masks[i]`` is cell i's encoded mask, ``probs`` is ``(n_cells, 19)`` in [0, 1]. Triplets are
-    cell-major (cell 0's classes in ascending order first); confidences use ``%.6g``.
-    """
+def check_probs(masks: list[str], probs: np.ndarray) -> np.ndarray:
+    """``probs`` as float64 ``(n_cells, 19)``, one row per mask, in [0, 1]; else a ValueError."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
         raise ValueError(f"probs must be (n_cells, {NUM_CLASSES}), got shape {probs.shape}")
@@ -164,6 +160,16 @@ def prediction_string(masks: list[str], probs: np.ndarray, min_conf: float = 0.0
         raise ValueError(f"{len(masks)} masks but {len(probs)} rows of probabilities")
     if probs.size and (np.isnan(probs).any() or probs.min() < 0 or probs.max() > 1):
         raise ValueError("probabilities must be in [0, 1] and not NaN")
+    return probs
+
+
+def prediction_string(masks: list[str], probs: np.ndarray, min_conf: float = 0.0) -> str:
+    """One image's PredictionString: a triplet for every cell x class with ``prob >= min_conf``.
+
+    ``masks[i]`` is cell i's encoded mask, ``probs`` is ``(n_cells, 19)`` in [0, 1]. Triplets are
+    cell-major (cell 0's classes in ascending order first); confidences use ``%.6g``.
+    """
+    probs = check_probs(masks, probs)
     cells, classes = np.nonzero(probs >= min_conf)
     return " ".join(f"{c} {probs[i, c]:.6g} {masks[i]}" for i, c in zip(cells.tolist(), classes.tolist()))
 

@@ -64,12 +64,14 @@ def totals(store: Store, failures: list) -> Totals:
     return out
 
 
-def submission_frames(store: Store, name: str, sample: pd.DataFrame | None) -> Iterator:
+def submission_frames(store: Store, name: str, sample: pd.DataFrame | None, min_conf: float) -> Iterator:
     """The rows of submission ``name`` in pieces: with ``sample`` (the competition's) its rows in order,
-    those beyond the fields scored empty; without, every field that was read, with its size."""
+    those beyond the fields scored empty; without, every field that was read, with its size. The
+    prediction strings come from the parts' masks and probabilities (triplets from ``min_conf`` on)."""
     start = 0
     for part in store:
-        strings = part.strings.get(name, {})
+        strings = {i: encoding.prediction_string(part.masks[i], p, min_conf)
+                   for i, p in part.probs.get(name, {}).items()}
         if sample is not None:
             rows = sample.iloc[start:start + len(part.ids)]
             start += len(part.ids)

@@ -3,10 +3,11 @@
 The fields to score (the source's IDs in order, LIMIT applied) are cut into chunks of ``CHUNK``; chunk
 ``c`` holds fields ``c * CHUNK ..`` and its part is the same whoever scores it (one process, a torchrun
 rank, a ``--SHARD i/n`` run). A part (:class:`Part`) is everything the final outputs need of its fields:
-the prediction strings of every variant, the cell_predictions rows, the cells.csv / images.csv rows and
-the report's pictures (``cell_tables.CellTables``), the failures, the overlays of the first N_OVERLAYS
-fields and the sizes of the fields read. Its label maps go to ``labels/`` when it is saved (before the
-part: a part on disk means its label maps are there).
+each cell's encoded mask and every variant's probabilities (the merge writes the prediction strings from
+them: a mask is kept once, not once per class and variant), the cell_predictions rows, the cells.csv /
+images.csv rows and the report's pictures (``cell_tables.CellTables``), the failures, the overlays of the
+first N_OVERLAYS fields and the sizes of the fields read. Its label maps go to ``labels/`` when it is saved
+(before the part: a part on disk means its label maps are there).
 
 ``OUTPUT_DIR/.s5_parts/`` (:data:`FOLDER`) holds
 
@@ -35,7 +36,7 @@ from common import constants, io
 
 FOLDER = ".s5_parts"        # inside OUTPUT_DIR
 RUN_FILE = "run.json"       # the fingerprint of the run the parts belong to
-FORMAT = 1                  # the parts' layout; another one is not read
+FORMAT = 2                  # the parts' layout; another one is not read (its chunk is scored again)
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Part:
     chunk: int
     ids: list[str]                                # the chunk's fields, in order
     names: list[str]                              # the submissions: ensemble, then the comparisons
-    strings: dict[str, dict[str, str]]            # {name: {ID: PredictionString}}
+    probs: dict[str, dict]                        # {name: {ID: (n_cells, 19) probabilities}}
+    masks: dict = field(default_factory=dict)     # {ID: the cells' encoded masks, in the rows' order}
     rows: list = field(default_factory=list)      # cell_predictions.csv
     failures: list = field(default_factory=list)  # s5_failures.csv ({"ID", "reason"})
     overlays: list = field(default_factory=list)  # (ID, image, labels, ids, probs) of the first N_OVERLAYS
