@@ -227,17 +227,20 @@ def kill_row(cfg, folder: Path) -> None:
     time.sleep(when)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    left = list((out / ".s5_parts").glob("part-*.pkl"))
+    part_kb = sum(f.stat().st_size for f in left) / 1024 / max(len(left) * cfg.CHUNK, 1)
     r = timed(cmd, log=folder / "out_killed.log")
     done = re.findall(r"resuming: (\d+) of (\d+) fields", r["out"])
     found = int(done[-1][0]) if done else 0
     print(
         f"\n| {cfg.SPREAD_FIELDS} fields, CHUNK {cfg.CHUNK} | uninterrupted s | killed at s | rerun s | "
-        "fields found done | fields left (of them redone: the chunk in progress) | outputs equal |"
+        "fields found done | fields left (of them redone: the chunk in progress) | outputs equal | "
+        "parts on disk, KB per field |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| kill -9, then the same command | {full:.0f} | {when:.0f} | {r['s']:.0f} | {found} | "
-        f"{cfg.SPREAD_FIELDS - found} | {digests(out) == digests(reference)} |"
+        f"{cfg.SPREAD_FIELDS - found} | {digests(out) == digests(reference)} | {part_kb:.0f} |"
     )
 
 
