@@ -136,7 +136,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from common import cells, config, constants, io, lock, owned, parallel, plots, recipes, segmentation
+from common import cells, config, constants, io, lock, memory, owned, parallel, plots, recipes, segmentation
 from common.competition import encoding
 from common.constants import NUM_CLASSES
 from common.predict import cell_tables, fields, merge, parts, predict, views
@@ -535,6 +535,7 @@ def _score_chunk(cfg, runs: tuple, source, ids: list[str], chunk: int, bar) -> p
     n_segmented = source.n_segmented
     for j, image_id in enumerate(ids):
         _predict_image(cfg, runs, source, image_id, part, overlay=chunk * cfg.CHUNK + j < cfg.N_OVERLAYS)
+        memory.trim()  # the field's temporaries given back: memory stays flat while the chunk's results grow
         bar.update()
     part.sizes = {i: tuple(source.sizes[i]) for i in ids if i in source.sizes}
     part.n_segmented = source.n_segmented - n_segmented
