@@ -187,7 +187,7 @@ def _runs(cfg) -> list[Path]:
         raise SystemExit(constants.missing_input(what, "hpa-runs", "run S3 and/or S4.2 first, or name the "
                                                  "runs' folder with --RUNS_DIR"))
     for r in runs:
-        ckpt = r / cfg.CHECKPOINT if r.is_dir() else r
+        ckpt = predict.checkpoint_of(r, cfg.CHECKPOINT)
         if not ckpt.is_file():
             raise SystemExit(f"S5: {ckpt}: checkpoint not found")
     return runs
@@ -677,7 +677,7 @@ def _close(cfg, out_dir: Path, run: tuple, written: set[str], stopped: list) -> 
     n_images, failures, names = run
     sub_path = out_dir / cfg.SUBMISSION
     comps = [f for n in names[1:] if (f := f"{Path(cfg.SUBMISSION).stem}_{n}.csv") in written]
-    size = sum((out_dir / f).stat().st_size for f in comps) / 2**20
+    size = sum((out_dir / f).stat(follow_symlinks=False).st_size for f in comps) / 2**20
     extra = (f" and {len(comps)} comparison submission{'s' * (len(comps) != 1)} ({size:.1f} MB; --VARIANTS "
              "false leaves them out)" if comps else "")
     failed = (f"{len(failures)} of {n_images} images FAILED (empty rows; listed in "

@@ -61,9 +61,9 @@ def read_checkpoint(path: str | Path, what: str, remedy: str, mmap: bool = False
         raise SystemExit(load_error(path, e, what, remedy)) from None
 
 
-def read_config(path: str | Path, remedy: str = "") -> dict:
+def read_config(path: str | Path) -> dict:
     """The constants saved in a checkpoint, its tensors left unread (``mmap``), or a one-line SystemExit."""
-    ckpt = read_checkpoint(path, "", remedy or CHECKPOINT_REMEDY, mmap=True)
+    ckpt = read_checkpoint(path, "", CHECKPOINT_REMEDY, mmap=True)
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         raise SystemExit(f"{path}: not a training checkpoint (needs 'model' and 'config')")
     return dict(ckpt["config"])

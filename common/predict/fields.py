@@ -161,7 +161,7 @@ def tiff_planes(path: str | Path, z_plane: int, budget: images.PixelBudget | Non
     arr, axes = images.read_planes(path, budget)
     keep = [i for i, n in enumerate(arr.shape) if n != 1]
     arr, axes = arr.squeeze(), "".join(axes[i] for i in keep) if len(axes) == arr.ndim else ""
-    for a in (a for a in "ZT" if a in axes):  # plates.STACK_AXES: never channels
+    for a in (a.upper() for a in plates.STACK_AXES if a.upper() in axes):  # Z, then T: never channels
         i = axes.index(a)
         plane = plates.stack_plane(a, arr.shape[i], z_plane, path.name, axes)
         arr, axes = arr[(slice(None),) * i + (plane,)], axes[:i] + axes[i + 1:]

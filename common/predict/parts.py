@@ -148,7 +148,7 @@ def signature(inputs: list[tuple[str, list[Path]]]) -> str:
 
 
 # ----------------------------------------------------------------------------- parts on disk
-def save(out_dir: Path, part: Part, fp: dict, world: int, inputs: str = "") -> Path:
+def save(out_dir: Path, part: Part, fp: dict, world: int, inputs: str) -> Path:
     """Write the part's label maps to ``out_dir/labels`` (then forget them), the run's fingerprint
     ``fp`` when it is not there yet, then the part itself (``world``: the number of shards or ranks;
     ``inputs``: the :func:`signature` of its fields' files taken before they were read)."""

@@ -35,6 +35,12 @@ from common.tta import N_DIHEDRAL, dihedral
 
 
 # ----------------------------------------------------------------------------- one run
+def checkpoint_of(path: str | Path, checkpoint: str = "best.pth") -> Path:
+    """A run's checkpoint: ``path`` itself when it is a file, else ``path / checkpoint`` (a run folder)."""
+    path = Path(path)
+    return path / checkpoint if path.is_dir() else path
+
+
 @dataclass(frozen=True, repr=False)
 class RunFile:
     """A run as S5's merge (``--MERGE``) needs it: its checkpoint and pipeline; no model is built or loaded,
@@ -45,8 +51,7 @@ class RunFile:
 
     @classmethod
     def read(cls, path: str | Path, checkpoint: str = "best.pth") -> RunFile:
-        path = Path(path)
-        path = path / checkpoint if path.is_dir() else path
+        path = checkpoint_of(path, checkpoint)
         return cls(path, int(checkpoints.read_config(path)["PIPELINE"]))
 
     def __repr__(self) -> str:
@@ -58,8 +63,7 @@ class RunPredictor:
 
     def __init__(self, path: str | Path, device: str = "auto", tta: int = 1, batch_size: int = 32,
                  amp: bool = True, checkpoint: str = "best.pth", view: ViewChoice = ViewChoice()):
-        path = Path(path)
-        self.path = path / checkpoint if path.is_dir() else path
+        self.path = checkpoint_of(path, checkpoint)
         self.device = resolve_device(device)
         self.model, self.cfg = checkpoints.load_checkpoint(self.path, self.device)
         self.pipeline = int(self.cfg["PIPELINE"])
